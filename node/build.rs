@@ -1,0 +1,13 @@
+//! Generates the gRPC code for `proto/raftkit.proto` with a vendored protoc,
+//! so a fresh machine needs no protoc installed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build finds protoc through this variable.
+    std::env::set_var("PROTOC", protoc);
+    tonic_prost_build::configure()
+        .bytes(".raftkit.v1")
+        .compile_protos(&["proto/raftkit.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/raftkit.proto");
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Errors of the engine: [`RaftError`], the status every `done` and every
+//! request gets, and [`StorageError`], what storage backends report.
+//!
+//! `RaftError` is `Clone` because one failure (a step-down, a shutdown) is
+//! handed to many waiting closures.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// A replica address: the raft id plus the `host:port` other members dial.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct PeerId {
+    pub id: u64,
+    pub addr: String,
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (id {:016x})", self.addr, self.id)
+    }
+}
+
+/// Why a task, read or admin call did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    /// This node is not the leader. `leader` is the current leader when known.
+    #[error("not leader{}", match .leader { Some(l) => format!("; leader is {}", l.addr), None => "; leader unknown".to_string() })]
+    NotLeader { leader: Option<PeerId> },
+    /// The task's `expected_term` is not the leader's current term.
+    #[error("term mismatch: the task expected term {expected}, the leader is at term {current}")]
+    TermMismatch { expected: u64, current: u64 },
+    /// The leader lost leadership before the entry was applied. The entry may
+    /// still be committed by the next leader: the outcome is unknown.
+    #[error("leader stepped down before the entry was applied; it may or may not be committed")]
+    LeaderSteppedDown,
+    /// The node is stopping; nothing more will be applied here.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// A leadership transfer is in progress; retry shortly.
+    #[error("leadership transfer in progress; retry shortly")]
+    Transferring,
+    /// A deadline passed before the operation completed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Too much work is queued; retry later.
+    #[error("node is overloaded: {0}")]
+    Busy(String),
+    /// The request itself is wrong; retrying will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The storage failed; the node stops serving this group.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The state machine rejected or failed the operation.
+    #[error("state machine error: {0}")]
+    StateMachine(String),
+    /// The node hit an unrecoverable error earlier and stopped.
+    #[error("node is stopped after an error: {0}")]
+    Stopped(String),
+}
+
+impl RaftError {
+    /// Whether the same request may succeed when sent again (possibly to
+    /// another member). Retrying a write after an error whose outcome is
+    /// unknown (`LeaderSteppedDown`, `Timeout`) can apply it twice unless the
+    /// write is idempotent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RaftError::NotLeader { .. }
+                | RaftError::LeaderSteppedDown
+                | RaftError::ShuttingDown
+                | RaftError::Transferring
+                | RaftError::Timeout(_)
+                | RaftError::Busy(_)
+        )
+    }
+
+    /// Whether a write that failed with this error was certainly not applied.
+    pub fn is_definitely_not_applied(&self) -> bool {
+        matches!(
+            self,
+            RaftError::NotLeader { .. }
+                | RaftError::TermMismatch { .. }
+                | RaftError::Transferring
+                | RaftError::Busy(_)
+                | RaftError::InvalidArgument(_)
+        )
+    }
+
+    /// A short stable name for metrics and machine-readable output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftError::NotLeader { .. } => "not_leader",
+            RaftError::TermMismatch { .. } => "term_mismatch",
+            RaftError::LeaderSteppedDown => "leader_stepped_down",
+            RaftError::ShuttingDown => "shutting_down",
+            RaftError::Transferring => "transferring",
+            RaftError::Timeout(_) => "timeout",
+            RaftError::Busy(_) => "busy",
+            RaftError::InvalidArgument(_) => "invalid_argument",
+            RaftError::Storage(_) => "storage",
+            RaftError::StateMachine(_) => "state_machine",
+            RaftError::Stopped(_) => "stopped",
+        }
+    }
+}
+
+impl From<StorageError> for RaftError {
+    fn from(e: StorageError) -> Self {
+        RaftError::Storage(e.to_string())
+    }
+}
+
+/// What a storage backend reports.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Data that was acknowledged as durable is damaged. Never skipped silently.
+    #[error("corruption in {path} at byte {offset}: {reason}")]
+    Corruption {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// The storage URI or its options are wrong.
+    #[error("invalid storage uri {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
+    /// The caller asked for something the storage cannot do (for example an
+    /// append that would leave a gap).
+    #[error("invalid storage operation: {0}")]
+    Invalid(String),
+    /// The requested entries were removed by log compaction.
+    #[error("log entry {0} was compacted")]
+    Compacted(u64),
+    /// The requested entries are beyond the end of the log.
+    #[error("log entry {index} is beyond the last index {last}")]
+    Unavailable { index: u64, last: u64 },
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Lets `?` attach context to I/O results: `file.sync_all().ctx("fsync log")?`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, StorageError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, StorageError> {
+        self.map_err(|e| StorageError::io(context(), e))
+    }
+}

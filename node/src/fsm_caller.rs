@@ -1,0 +1,382 @@
+//! The apply thread of one group (braft's `FSMCaller`): the only caller of
+//! the [`StateMachine`].
+//!
+//! It receives, in log order, the `done`s of entries this node proposed,
+//! committed entries, role changes, read barriers and snapshot requests. It
+//! matches entries to `done`s by (index, term), fails the stale ones, calls
+//! `on_apply` in batches, publishes the applied index, answers reads whose
+//! index is applied, and fires `on_leader_start` only once the leader's first
+//! entry of its term is applied.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel as chan;
+use raft::eraftpb::ConfState;
+use tokio::sync::oneshot;
+
+use crate::closure::Done;
+use crate::error::{PeerId, RaftError};
+use crate::node::NodeShared;
+use crate::raft_loop::RaftMsg;
+use crate::state_machine::{
+    ApplyIter, CommittedEntry, Configuration, LeaderChangeContext, SnapshotDone, StateMachine,
+};
+use crate::storage::snapshot::ConfRecord;
+use crate::storage::{SnapshotMeta, SnapshotStorage};
+
+/// A read waiting for its read index to be applied.
+pub(crate) struct ReadWaiter {
+    pub reply: oneshot::Sender<Result<u64, RaftError>>,
+    pub deadline: Instant,
+}
+
+/// One committed entry as the raft thread forwards it.
+pub(crate) enum Committed {
+    Normal {
+        index: u64,
+        term: u64,
+        data: Bytes,
+    },
+    /// A configuration entry, already applied to raft (`None` if raft rejected it).
+    Conf {
+        index: u64,
+        term: u64,
+        conf: Option<(Configuration, ConfState)>,
+    },
+}
+
+/// Inputs of the apply thread.
+pub(crate) enum ApplyMsg {
+    /// This node proposed the entry at (index, term); its caller waits on `done`.
+    Pending {
+        index: u64,
+        term: u64,
+        done: Done,
+    },
+    Committed(Vec<Committed>),
+    LeaderStart {
+        term: u64,
+        index: u64,
+    },
+    LeaderStop {
+        term: u64,
+    },
+    StartFollowing(LeaderChangeContext),
+    StopFollowing(LeaderChangeContext),
+    Read {
+        index: u64,
+        waiters: Vec<ReadWaiter>,
+    },
+    Snapshot,
+    Error(RaftError),
+    Shutdown,
+}
+
+pub(crate) struct FsmCaller {
+    fsm: Box<dyn StateMachine>,
+    rx: chan::Receiver<ApplyMsg>,
+    raft_tx: chan::Sender<RaftMsg>,
+    shared: Arc<NodeShared>,
+    snapshots: Arc<dyn SnapshotStorage>,
+    pending: VecDeque<(u64, u64, Done)>,
+    applied_index: u64,
+    applied_term: u64,
+    reported_applied: u64,
+    last_snapshot_index: u64,
+    conf: Configuration,
+    conf_state: ConfState,
+    leader_start: Option<(u64, u64)>,
+    leader_term: Option<u64>,
+    reads: BTreeMap<u64, Vec<ReadWaiter>>,
+    failed: Option<RaftError>,
+}
+
+impl FsmCaller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        fsm: Box<dyn StateMachine>,
+        rx: chan::Receiver<ApplyMsg>,
+        raft_tx: chan::Sender<RaftMsg>,
+        shared: Arc<NodeShared>,
+        snapshots: Arc<dyn SnapshotStorage>,
+        applied_index: u64,
+        applied_term: u64,
+        conf: Configuration,
+        conf_state: ConfState,
+    ) -> Self {
+        FsmCaller {
+            fsm,
+            rx,
+            raft_tx,
+            shared,
+            snapshots,
+            pending: VecDeque::new(),
+            applied_index,
+            applied_term,
+            reported_applied: applied_index,
+            last_snapshot_index: applied_index,
+            conf,
+            conf_state,
+            leader_start: None,
+            leader_term: None,
+            reads: BTreeMap::new(),
+            failed: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            if !self.handle(msg) {
+                return;
+            }
+            // Drain what is queued before publishing progress once.
+            while let Ok(msg) = self.rx.try_recv() {
+                if !self.handle(msg) {
+                    return;
+                }
+            }
+            self.publish_applied();
+        }
+        // The raft thread is gone without a shutdown message: treat it as one.
+        self.shutdown();
+    }
+
+    /// Returns false when the thread must exit.
+    fn handle(&mut self, msg: ApplyMsg) -> bool {
+        match msg {
+            ApplyMsg::Pending { index, term, done } => {
+                if let Some(e) = &self.failed {
+                    done.run(Err(RaftError::Stopped(e.to_string())));
+                } else {
+                    self.pending.push_back((index, term, done));
+                }
+            }
+            ApplyMsg::Committed(batch) => {
+                if self.failed.is_none() {
+                    self.apply(batch);
+                }
+            }
+            ApplyMsg::LeaderStart { term, index } => {
+                self.leader_start = Some((term, index));
+                self.check_leader_start();
+            }
+            ApplyMsg::LeaderStop { term } => {
+                if self.leader_start.is_some_and(|(t, _)| t == term) {
+                    self.leader_start = None;
+                }
+                if self.leader_term == Some(term) {
+                    self.leader_term = None;
+                    self.fsm.on_leader_stop(&RaftError::LeaderSteppedDown);
+                }
+                self.fail_pending(RaftError::LeaderSteppedDown);
+            }
+            ApplyMsg::StartFollowing(ctx) => self.fsm.on_start_following(&ctx),
+            ApplyMsg::StopFollowing(ctx) => self.fsm.on_stop_following(&ctx),
+            ApplyMsg::Read { index, waiters } => {
+                if index <= self.applied_index {
+                    for w in waiters {
+                        let _ = w.reply.send(Ok(index));
+                    }
+                } else {
+                    self.reads.entry(index).or_default().extend(waiters);
+                }
+            }
+            ApplyMsg::Snapshot => self.save_snapshot(),
+            ApplyMsg::Error(e) => {
+                self.fsm.on_error(&e);
+                let stopped = RaftError::Stopped(e.to_string());
+                self.fail_pending(stopped.clone());
+                for (_, ws) in std::mem::take(&mut self.reads) {
+                    for w in ws {
+                        let _ = w.reply.send(Err(stopped.clone()));
+                    }
+                }
+                self.failed = Some(e);
+            }
+            ApplyMsg::Shutdown => {
+                self.publish_applied();
+                self.shutdown();
+                return false;
+            }
+        }
+        true
+    }
+
+    fn shutdown(&mut self) {
+        self.fail_pending(RaftError::ShuttingDown);
+        for (_, ws) in std::mem::take(&mut self.reads) {
+            for w in ws {
+                let _ = w.reply.send(Err(RaftError::ShuttingDown));
+            }
+        }
+        if self.leader_term.take().is_some() {
+            self.fsm.on_leader_stop(&RaftError::ShuttingDown);
+        }
+        self.fsm.on_shutdown();
+    }
+
+    fn fail_pending(&mut self, err: RaftError) {
+        for (_, _, done) in self.pending.drain(..) {
+            done.run(Err(err.clone()));
+        }
+    }
+
+    /// The waiting `done` for the entry at (index, term), if this node
+    /// proposed it. Dones for indexes the log has passed, or whose entry
+    /// was replaced by another term's, fail: their entries were not committed.
+    fn take_done(&mut self, index: u64, term: u64) -> Option<Done> {
+        while let Some(&(i, t, _)) = self.pending.front() {
+            if i > index {
+                return None;
+            }
+            let (_, _, done) = self.pending.pop_front()?;
+            if i == index && t == term {
+                return Some(done);
+            }
+            done.run(Err(RaftError::LeaderSteppedDown));
+        }
+        None
+    }
+
+    fn apply(&mut self, batch: Vec<Committed>) {
+        let mut run: Vec<CommittedEntry> = Vec::with_capacity(batch.len());
+        for c in batch {
+            match c {
+                Committed::Normal { index, term, data } => {
+                    let done = self.take_done(index, term);
+                    if data.is_empty() {
+                        // A new leader's empty entry: nothing to apply.
+                        self.flush(&mut run);
+                        if let Some(d) = done {
+                            d.run(Ok(Bytes::new()));
+                        }
+                        self.applied_index = index;
+                        self.applied_term = term;
+                        continue;
+                    }
+                    run.push(CommittedEntry::new(index, term, data, done));
+                }
+                Committed::Conf { index, term, conf } => {
+                    self.flush(&mut run);
+                    if let Some(d) = self.take_done(index, term) {
+                        d.run(Ok(Bytes::new()));
+                    }
+                    if let Some((c, cs)) = conf {
+                        self.conf = c;
+                        self.conf_state = cs;
+                        self.fsm.on_configuration_committed(&self.conf, index);
+                    }
+                    self.applied_index = index;
+                    self.applied_term = term;
+                }
+            }
+        }
+        self.flush(&mut run);
+    }
+
+    fn flush(&mut self, run: &mut Vec<CommittedEntry>) {
+        let Some(last) = run.last() else {
+            return;
+        };
+        let (index, term) = (last.index, last.term);
+        self.fsm.on_apply(ApplyIter::new(run));
+        for e in run.iter_mut() {
+            if let Some(d) = e.take_done() {
+                d.run(Ok(Bytes::new()));
+            }
+        }
+        run.clear();
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    fn publish_applied(&mut self) {
+        if self.applied_index == self.reported_applied {
+            return;
+        }
+        self.reported_applied = self.applied_index;
+        self.shared
+            .applied
+            .store(self.applied_index, Ordering::Release);
+        let _ = self.raft_tx.send(RaftMsg::Applied(self.applied_index));
+        let later = self.reads.split_off(&(self.applied_index + 1));
+        for (index, ws) in std::mem::replace(&mut self.reads, later) {
+            for w in ws {
+                let _ = w.reply.send(Ok(index));
+            }
+        }
+        self.check_leader_start();
+    }
+
+    fn check_leader_start(&mut self) {
+        if let Some((term, index)) = self.leader_start {
+            if self.applied_index >= index {
+                self.leader_start = None;
+                self.leader_term = Some(term);
+                self.fsm.on_leader_start(term);
+            }
+        }
+    }
+
+    fn save_snapshot(&mut self) {
+        let index = self.applied_index;
+        if index == 0 || index == self.last_snapshot_index {
+            let result = match self.snapshots.latest() {
+                Ok(Some(r)) if r.meta().index == index => Ok(r.meta().clone()),
+                Ok(_) => Err(RaftError::InvalidArgument(
+                    "nothing has been applied since the last snapshot".into(),
+                )),
+                Err(e) => Err(e.into()),
+            };
+            let _ = self.raft_tx.send(RaftMsg::SnapshotDone(result));
+            return;
+        }
+        let mut peers: Vec<PeerId> = Vec::new();
+        for p in self
+            .conf
+            .voters
+            .iter()
+            .chain(&self.conf.learners)
+            .chain(&self.conf.voters_outgoing)
+        {
+            if !peers.iter().any(|q| q.id == p.id) {
+                peers.push(p.clone());
+            }
+        }
+        let meta = SnapshotMeta {
+            index,
+            term: self.applied_term,
+            conf: ConfRecord::from_conf_state(&self.conf_state),
+            peers,
+            ..Default::default()
+        };
+        let writer = match self.snapshots.begin(meta) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.raft_tx.send(RaftMsg::SnapshotDone(Err(e.into())));
+                return;
+            }
+        };
+        self.last_snapshot_index = index;
+        let raft_tx = self.raft_tx.clone();
+        let group = self.shared.group.clone();
+        let done = SnapshotDone::new(move |result| {
+            let outcome = match result {
+                Ok(w) => w.commit().map_err(RaftError::from),
+                Err(e) => Err(RaftError::StateMachine(e)),
+            };
+            match &outcome {
+                Ok(m) => {
+                    tracing::info!(group = %group, index = m.index, term = m.term, files = m.files.len(), "snapshot published")
+                }
+                Err(e) => tracing::warn!(group = %group, error = %e, "snapshot failed"),
+            }
+            let _ = raft_tx.send(RaftMsg::SnapshotDone(outcome));
+        });
+        self.fsm.on_snapshot_save(writer, done);
+    }
+}

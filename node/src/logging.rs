@@ -1,0 +1,60 @@
+//! One log stream: raft-rs logs through `slog`; [`raft_logger`] gives it a
+//! drain that forwards every record to `tracing` (target `raft`), with the
+//! record's key-value pairs appended. [`init_tracing`] sets up the
+//! subscriber for the binaries.
+
+use std::fmt::{self, Write as _};
+
+use slog::{Drain, Level, Never, OwnedKVList, Record, Serializer, KV};
+
+/// A `slog` drain that re-emits records as `tracing` events.
+pub struct TracingDrain;
+
+struct KvText(String);
+
+impl Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &fmt::Arguments<'_>) -> slog::Result {
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+impl Drain for TracingDrain {
+    type Ok = ();
+    type Err = Never;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), Never> {
+        let mut kv = KvText(String::new());
+        let _ = record.kv().serialize(record, &mut kv);
+        let _ = values.serialize(record, &mut kv);
+        let msg = record.msg();
+        let kv = kv.0;
+        match record.level() {
+            Level::Critical | Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
+            Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
+            Level::Info => tracing::info!(target: "raft", "{msg}{kv}"),
+            Level::Debug => tracing::debug!(target: "raft", "{msg}{kv}"),
+            Level::Trace => tracing::trace!(target: "raft", "{msg}{kv}"),
+        }
+        Ok(())
+    }
+}
+
+/// The logger handed to raft-rs for one replica.
+pub fn raft_logger(group: &str, peer_id: u64) -> slog::Logger {
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("group" => group.to_string(), "peer" => format!("{peer_id:016x}")),
+    )
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` wins, otherwise
+/// `default_filter` (for example `info,raft=warn`). Safe to call twice.
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,532 @@
+//! [`Node`]: one replica of one raft group, braft's `Node`. This module owns
+//! start-up (identity, recovery from storage, spawning the raft and apply
+//! threads) and the thread-safe handle the rest of the program holds.
+//!
+//! ```text
+//!  callers ──apply/read/step──▶ raft thread (RawNode, storage, transport)
+//!                                   │ committed entries, dones, reads
+//!                                   ▼
+//!                               apply thread (StateMachine callbacks)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel as chan;
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfState, HardState, Message};
+use raft::{RaftState, RawNode};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::closure::{ApplyResult, Done, Task};
+use crate::error::{PeerId, RaftError};
+use crate::fsm_caller::FsmCaller;
+use crate::options::{initial_peer_id, NodeOptions, ReadMode, ELECTION_TICKS};
+use crate::raft_loop::{RaftLoop, RaftMsg};
+use crate::raft_store::RaftStore;
+use crate::state_machine::{Configuration, StateMachine};
+use crate::storage::{self, SnapshotMeta};
+use crate::transport::Transport;
+
+/// Largest task accepted by `apply`, in bytes.
+pub const MAX_TASK_BYTES: usize = 16 << 20;
+
+/// The role of a replica as shown in status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// No configuration yet: waiting to be added to a group.
+    Uninitialized,
+    /// Stopped after an unrecoverable error.
+    Error,
+    /// Shut down.
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre_candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+            Role::Uninitialized => "uninitialized",
+            Role::Error => "error",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Who this replica is and whom it follows, updated by the raft thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleView {
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<PeerId>,
+}
+
+/// Replication progress of one member, as the leader sees it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub peer: PeerId,
+    pub voter: bool,
+    pub match_index: u64,
+    pub next_index: u64,
+    /// probe, replicate or snapshot.
+    pub state: String,
+    pub recent_active: bool,
+}
+
+/// A full status report of one replica (`/raft_stat`, `raftkit status`).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    pub group: String,
+    pub peer: PeerId,
+    pub role: Role,
+    pub term: u64,
+    pub vote: u64,
+    pub leader: Option<PeerId>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_log_index: u64,
+    pub last_log_index: u64,
+    /// Last index durable in the local log.
+    pub disk_index: u64,
+    pub snapshot_index: u64,
+    pub snapshot_term: u64,
+    pub conf: Configuration,
+    /// Replication progress of every member (filled on the leader only).
+    pub peers: Vec<PeerProgress>,
+    pub pending_reads: usize,
+    pub log_disk_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// State the raft and apply threads publish for cheap reads from any thread.
+pub(crate) struct NodeShared {
+    pub group: String,
+    pub id: u64,
+    pub addr: String,
+    pub applied: AtomicU64,
+    pub view: RwLock<RoleView>,
+    pub error: RwLock<Option<RaftError>>,
+    /// The node is ready once it has applied at least this far (the commit
+    /// and applied indexes it knew when it started).
+    pub ready_floor: u64,
+}
+
+impl NodeShared {
+    pub fn peer(&self) -> PeerId {
+        PeerId {
+            id: self.id,
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+struct NodeInner {
+    shared: Arc<NodeShared>,
+    tx: chan::Sender<RaftMsg>,
+    read_timeout: Duration,
+    /// Flips to `true` (or is dropped) when both threads have exited.
+    stopped: watch::Receiver<bool>,
+}
+
+/// A handle to one running replica. Cheap to clone; every method is
+/// thread-safe and never blocks the caller.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Node({} {})",
+            self.inner.shared.group,
+            self.inner.shared.peer()
+        )
+    }
+}
+
+impl Node {
+    /// Starts a replica: opens its storage, recovers (newest snapshot, then
+    /// the log after it), and starts the raft and apply threads. The
+    /// transport must already be able to deliver replies to this node (serve
+    /// first, then start nodes).
+    pub fn start(
+        opts: NodeOptions,
+        mut fsm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node, RaftError> {
+        opts.validate()?;
+        let log = storage::open_log_storage(&opts.log_uri, &opts.storage)?;
+        let mut meta_store = storage::open_meta_storage(&opts.raft_meta_uri, &opts.storage)?;
+        let snapshots: Arc<dyn storage::SnapshotStorage> = Arc::from(
+            storage::open_snapshot_storage(&opts.snapshot_uri, &opts.storage)?,
+        );
+
+        // Identity: persisted id, else derived from the initial conf, else random.
+        let mut meta = meta_store.load()?.unwrap_or_default();
+        if meta.peer_id == 0 {
+            if log.last_index() > 0 {
+                return Err(RaftError::Storage(format!(
+                    "the log at {} has entries but the raft meta at {} has no identity; refusing to start with a mismatched data directory",
+                    opts.log_uri, opts.raft_meta_uri
+                )));
+            }
+            if opts.initial_conf.is_empty() {
+                meta.peer_id = loop {
+                    let id = rand::random::<u64>();
+                    if id != 0 {
+                        break id;
+                    }
+                };
+            } else {
+                meta.peer_id = initial_peer_id(&opts.addr);
+                meta.initial_conf = opts
+                    .initial_conf
+                    .iter()
+                    .map(|a| PeerId {
+                        id: initial_peer_id(a),
+                        addr: a.clone(),
+                    })
+                    .collect();
+            }
+            meta_store.save(&meta)?;
+            tracing::info!(group = %opts.group, peer = %format!("{:016x}", meta.peer_id), initial = meta.initial_conf.len(), "new replica identity");
+        } else if !opts.initial_conf.is_empty() {
+            tracing::info!(group = %opts.group, "existing data found; ignoring the initial conf");
+        }
+        let id = meta.peer_id;
+
+        // Recover: newest snapshot into the state machine, then reconcile the log with it.
+        let mut log = log;
+        let mut peers: HashMap<u64, String> = meta
+            .initial_conf
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
+        peers.insert(id, opts.addr.clone());
+        let mut conf_state = ConfState::default();
+        conf_state.voters = meta.initial_conf.iter().map(|p| p.id).collect();
+        let mut snap_meta = SnapshotMeta::default();
+        if let Some(reader) = snapshots.latest()? {
+            snap_meta = reader.meta().clone();
+            fsm.on_snapshot_load(&reader).map_err(|e| {
+                RaftError::StateMachine(format!("loading snapshot {}: {e}", snap_meta.index))
+            })?;
+            conf_state = snap_meta.conf.to_conf_state();
+            for p in &snap_meta.peers {
+                peers.insert(p.id, p.addr.clone());
+            }
+            tracing::info!(group = %opts.group, index = snap_meta.index, term = snap_meta.term, "loaded snapshot");
+        }
+        if log.first_index() > snap_meta.index + 1 {
+            return Err(RaftError::Storage(format!(
+                "the log starts at {} but the newest snapshot ends at {}: entries in between are missing",
+                log.first_index(),
+                snap_meta.index
+            )));
+        }
+        if log.last_index() < snap_meta.index {
+            log.reset(snap_meta.index + 1, snap_meta.term)?;
+        }
+        let last_index = log.last_index();
+        let mut hs = HardState::default();
+        hs.term = meta.term.max(snap_meta.term);
+        hs.vote = if meta.term >= snap_meta.term {
+            meta.vote
+        } else {
+            0
+        };
+        // The persisted commit is written lazily: it may lag, never lead
+        // beyond what the snapshot proves committed (raft-rs pull 593).
+        hs.commit = meta.commit.max(snap_meta.index).min(last_index);
+        let ready_floor = hs.commit.max(meta.applied.min(last_index));
+
+        let store = RaftStore {
+            log,
+            snapshot_index: snap_meta.index,
+            snapshot_term: snap_meta.term,
+            initial: RaftState::new(hs.clone(), conf_state.clone()),
+        };
+        let cfg = raft::Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: (ELECTION_TICKS as u64 / opts.heartbeat_factor).max(1) as usize,
+            applied: snap_meta.index,
+            max_size_per_msg: opts.max_size_per_msg,
+            max_inflight_msgs: opts.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: match opts.read_mode {
+                ReadMode::ReadIndex => raft::ReadOnlyOption::Safe,
+                ReadMode::Lease => raft::ReadOnlyOption::LeaseBased,
+            },
+            max_uncommitted_size: opts.max_uncommitted_bytes,
+            max_committed_size_per_ready: opts.max_apply_batch_bytes,
+            batch_append: true,
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| RaftError::InvalidArgument(format!("raft config: {e}")))?;
+        let logger = crate::logging::raft_logger(&opts.group, id);
+        let raw = RawNode::new(&cfg, store, &logger)
+            .map_err(|e| RaftError::Storage(format!("creating raft node: {e}")))?;
+
+        let shared = Arc::new(NodeShared {
+            group: opts.group.clone(),
+            id,
+            addr: opts.addr.clone(),
+            applied: AtomicU64::new(snap_meta.index),
+            view: RwLock::new(RoleView {
+                role: if conf_state.voters.is_empty() && conf_state.learners.is_empty() {
+                    Role::Uninitialized
+                } else {
+                    Role::Follower
+                },
+                term: hs.term,
+                leader: None,
+            }),
+            error: RwLock::new(None),
+            ready_floor,
+        });
+
+        let (raft_tx, raft_rx) = chan::unbounded();
+        let (apply_tx, apply_rx) = chan::unbounded();
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let stopped_tx = Arc::new(stopped_tx);
+
+        let initial_conf = Configuration {
+            voters: conf_state
+                .voters
+                .iter()
+                .map(|i| PeerId {
+                    id: *i,
+                    addr: peers.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            learners: conf_state
+                .learners
+                .iter()
+                .map(|i| PeerId {
+                    id: *i,
+                    addr: peers.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            voters_outgoing: conf_state
+                .voters_outgoing
+                .iter()
+                .map(|i| PeerId {
+                    id: *i,
+                    addr: peers.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let caller = FsmCaller::new(
+            fsm,
+            apply_rx,
+            raft_tx.clone(),
+            shared.clone(),
+            snapshots,
+            snap_meta.index,
+            snap_meta.term,
+            initial_conf,
+            conf_state.clone(),
+        );
+        let apply_guard = stopped_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("apply-{}", opts.group))
+            .spawn(move || {
+                caller.run();
+                drop(apply_guard);
+            })
+            .map_err(|e| RaftError::Storage(format!("spawning the apply thread: {e}")))?;
+
+        let raft_loop = RaftLoop::new(
+            raw,
+            opts.clone(),
+            raft_rx,
+            apply_tx,
+            transport,
+            shared.clone(),
+            meta_store,
+            meta,
+            peers,
+        );
+        let raft_guard = stopped_tx;
+        std::thread::Builder::new()
+            .name(format!("raft-{}", opts.group))
+            .spawn(move || {
+                raft_loop.run();
+                drop(raft_guard);
+            })
+            .map_err(|e| RaftError::Storage(format!("spawning the raft thread: {e}")))?;
+
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                shared,
+                tx: raft_tx,
+                read_timeout: Duration::from_millis(opts.read_timeout_ms),
+                stopped: stopped_rx,
+            }),
+        })
+    }
+
+    /// The group this replica belongs to.
+    pub fn group(&self) -> &str {
+        &self.inner.shared.group
+    }
+
+    /// This replica's id and address.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.shared.peer()
+    }
+
+    /// Submits a task (braft's `apply`). Never blocks; `task.done` runs
+    /// exactly once. See [`Task`].
+    pub fn apply(&self, task: Task) {
+        if task.data.is_empty() {
+            task.done.run(Err(RaftError::InvalidArgument(
+                "task data must not be empty".into(),
+            )));
+            return;
+        }
+        if task.data.len() > MAX_TASK_BYTES {
+            let n = task.data.len();
+            task.done.run(Err(RaftError::InvalidArgument(format!(
+                "task of {n} bytes exceeds the limit of {MAX_TASK_BYTES}"
+            ))));
+            return;
+        }
+        if let Err(chan::SendError(msg)) = self.inner.tx.send(RaftMsg::Propose(task)) {
+            drop(msg); // the task's done runs with ShuttingDown from its Drop
+        }
+    }
+
+    /// Proposes `data` and waits until it is applied; returns the state
+    /// machine's response.
+    pub async fn propose(&self, data: impl Into<Bytes>) -> ApplyResult {
+        let (done, rx) = Done::channel();
+        self.apply(Task::new(data, done));
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Like [`Node::propose`] but only in `term` (see `Task::expected_term`).
+    pub async fn propose_in_term(&self, data: impl Into<Bytes>, term: u64) -> ApplyResult {
+        let (done, rx) = Done::channel();
+        self.apply(Task::new(data, done).with_expected_term(term));
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Linearizable read barrier: resolves once this replica has applied
+    /// everything committed before the call (confirmed by a quorum through
+    /// ReadIndex, or by the lease in lease mode). Returns the read index.
+    /// Works on followers too (the leader confirms the index).
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.inner.read_timeout;
+        if self
+            .inner
+            .tx
+            .send(RaftMsg::ReadIndex {
+                reply: tx,
+                deadline,
+            })
+            .is_err()
+        {
+            return Err(RaftError::ShuttingDown);
+        }
+        // The raft thread answers by the deadline; the margin only guards
+        // against a thread that died.
+        match tokio::time::timeout(self.inner.read_timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RaftError::ShuttingDown),
+            Err(_) => Err(RaftError::Timeout("read index was not answered".into())),
+        }
+    }
+
+    /// Hands a message from another replica to raft. `from_addr` is the
+    /// sender's advertised address when the transport knows it.
+    pub fn step(&self, msg: Message, from_addr: Option<String>) {
+        let _ = self.inner.tx.send(RaftMsg::Step(Box::new(msg), from_addr));
+    }
+
+    /// Starts an election now (tests and tools; normally elections are automatic).
+    pub fn campaign(&self) {
+        let _ = self.inner.tx.send(RaftMsg::Campaign);
+    }
+
+    /// Asks for a snapshot now; resolves when it is published.
+    pub async fn snapshot(&self) -> Result<SnapshotMeta, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(RaftMsg::SnapshotNow(Some(tx))).is_err() {
+            return Err(RaftError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// The full status, from the raft thread.
+    pub async fn status(&self) -> Result<NodeStatus, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(RaftMsg::Status(tx)).is_err() {
+            return Err(RaftError::ShuttingDown);
+        }
+        rx.await.map_err(|_| RaftError::ShuttingDown)
+    }
+
+    /// Role, term and leader as last published by the raft thread.
+    pub fn view(&self) -> RoleView {
+        self.inner.shared.view.read().clone()
+    }
+
+    /// Whether this replica currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.inner.shared.view.read().role == Role::Leader
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<PeerId> {
+        self.inner.shared.view.read().leader.clone()
+    }
+
+    /// Index of the last entry applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.shared.applied.load(Ordering::Acquire)
+    }
+
+    /// The unrecoverable error this replica stopped on, if any.
+    pub fn error(&self) -> Option<RaftError> {
+        self.inner.shared.error.read().clone()
+    }
+
+    /// Ready to serve: a leader is known, and everything this replica had
+    /// committed or applied before it started is applied again.
+    pub fn is_ready(&self) -> bool {
+        let v = self.inner.shared.view.read();
+        v.leader.is_some()
+            && self.error().is_none()
+            && self.applied_index() >= self.inner.shared.ready_floor
+    }
+
+    /// Stops the replica: pending tasks and reads fail with
+    /// `ShuttingDown`, the state machine gets `on_shutdown`, and this
+    /// returns when both threads have exited.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.tx.send(RaftMsg::Shutdown);
+        let mut rx = self.inner.stopped.clone();
+        // The sender side is dropped when both threads have exited.
+        while rx.changed().await.is_ok() {}
+    }
+}

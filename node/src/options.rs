@@ -1,0 +1,273 @@
+//! [`NodeOptions`]: everything that configures one replica, each field with
+//! its default, validated before the node starts.
+
+use crate::error::RaftError;
+use crate::storage::StorageOptions;
+
+/// How linearizable reads are confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadMode {
+    /// ReadIndex: the leader confirms with a quorum heartbeat round per read
+    /// batch. Safe whatever the clocks do. Default.
+    #[default]
+    ReadIndex,
+    /// Lease: the leader answers from its lease without a round trip; relies
+    /// on bounded clock drift (check-quorum keeps the lease honest).
+    Lease,
+}
+
+impl std::str::FromStr for ReadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "readIndex" | "read-index" | "read_index" => Ok(ReadMode::ReadIndex),
+            "lease" => Ok(ReadMode::Lease),
+            other => Err(format!(
+                "unknown read mode {other:?}; expected read-index or lease"
+            )),
+        }
+    }
+}
+
+/// Ticks per election timeout: the raft clock ticks every
+/// `election_timeout_ms / ELECTION_TICKS` ms.
+pub const ELECTION_TICKS: usize = 10;
+
+/// Options of one replica (braft's `NodeOptions`).
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Raft group name. Required.
+    pub group: String,
+    /// The `host:port` other members use to reach this replica. Required.
+    pub addr: String,
+    /// Addresses of the group's first members. Used only when this replica
+    /// has no data yet (as in braft); ignored afterwards. Empty: the replica
+    /// waits to be added to an existing group. Default empty.
+    pub initial_conf: Vec<String>,
+    /// Election timeout (ms). Followers start an election after this long
+    /// without a leader (randomized up to twice). Default 1000.
+    pub election_timeout_ms: u64,
+    /// Heartbeats per election timeout. Default 10.
+    pub heartbeat_factor: u64,
+    /// Take a snapshot every this many seconds (0: never). Default 3600.
+    pub snapshot_interval_s: u64,
+    /// Log storage URI. Default `local://<data_dir>/<group>/log` (set by the server).
+    pub log_uri: String,
+    /// Raft meta URI. Default `local://<data_dir>/<group>/meta`.
+    pub raft_meta_uri: String,
+    /// Snapshot URI. Default `local://<data_dir>/<group>/snapshot`.
+    pub snapshot_uri: String,
+    /// fsync policy and segment size for the storages. Default: sync on, 8 MiB.
+    pub storage: StorageOptions,
+    /// Largest append message to a follower, in bytes. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower. Default 256.
+    pub max_inflight_msgs: usize,
+    /// Uncommitted bytes the leader accepts before rejecting proposals as
+    /// busy. Default 64 MiB.
+    pub max_uncommitted_bytes: u64,
+    /// Largest batch of committed entries handed to the apply thread at
+    /// once, in bytes. Default 16 MiB.
+    pub max_apply_batch_bytes: u64,
+    /// How linearizable reads are confirmed. Default ReadIndex.
+    pub read_mode: ReadMode,
+    /// How long a read waits for confirmation before failing with a
+    /// timeout (ms). Default 5000.
+    pub read_timeout_ms: u64,
+}
+
+impl NodeOptions {
+    /// Options with every default; storage URIs are `memory://`, fresh.
+    pub fn new(group: impl Into<String>, addr: impl Into<String>) -> Self {
+        NodeOptions {
+            group: group.into(),
+            addr: addr.into(),
+            initial_conf: Vec::new(),
+            election_timeout_ms: 1000,
+            heartbeat_factor: 10,
+            snapshot_interval_s: 3600,
+            log_uri: "memory://".into(),
+            raft_meta_uri: "memory://".into(),
+            snapshot_uri: "memory://".into(),
+            storage: StorageOptions::default(),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_bytes: 64 << 20,
+            max_apply_batch_bytes: 16 << 20,
+            read_mode: ReadMode::ReadIndex,
+            read_timeout_ms: 5000,
+        }
+    }
+
+    /// Raft clock period.
+    pub fn tick_ms(&self) -> u64 {
+        (self.election_timeout_ms / ELECTION_TICKS as u64).max(1)
+    }
+
+    /// Checks every field; the error names the field and what is wrong.
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let bad = |m: String| Err(RaftError::InvalidArgument(m));
+        validate_group_name(&self.group)?;
+        validate_addr(&self.addr)
+            .map_err(|e| RaftError::InvalidArgument(format!("address: {e}")))?;
+        for a in &self.initial_conf {
+            validate_addr(a)
+                .map_err(|e| RaftError::InvalidArgument(format!("initial conf: {e}")))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.initial_conf {
+            if !seen.insert(a) {
+                return bad(format!("initial conf lists {a} twice"));
+            }
+        }
+        if !self.initial_conf.is_empty() && !self.initial_conf.contains(&self.addr) {
+            return bad(format!(
+                "this node's address {} is not in the initial conf {}; advertise one of those addresses or leave the initial conf empty to join later",
+                self.addr,
+                self.initial_conf.join(",")
+            ));
+        }
+        if !(10..=600_000).contains(&self.election_timeout_ms) {
+            return bad(format!(
+                "election timeout {} ms is outside 10..=600000",
+                self.election_timeout_ms
+            ));
+        }
+        if !(2..=ELECTION_TICKS as u64).contains(&self.heartbeat_factor) {
+            return bad(format!(
+                "heartbeat factor {} is outside 2..={ELECTION_TICKS}",
+                self.heartbeat_factor
+            ));
+        }
+        if self.max_size_per_msg == 0 {
+            return bad(
+                "max size per message must be positive (0 would send one entry per message)".into(),
+            );
+        }
+        if self.max_inflight_msgs == 0 {
+            return bad("max inflight messages must be positive".into());
+        }
+        if self.read_timeout_ms == 0 {
+            return bad("read timeout must be positive".into());
+        }
+        if self.storage.max_segment_bytes < 4096 {
+            return bad(format!(
+                "segment size {} is below 4096 bytes",
+                self.storage.max_segment_bytes
+            ));
+        }
+        for (name, uri) in [
+            ("log", &self.log_uri),
+            ("raft meta", &self.raft_meta_uri),
+            ("snapshot", &self.snapshot_uri),
+        ] {
+            crate::storage::validate_uri(uri)
+                .map_err(|e| RaftError::InvalidArgument(format!("{name} uri: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Group names become file names and metric labels: 1-64 of `[A-Za-z0-9_.-]`.
+pub fn validate_group_name(group: &str) -> Result<(), RaftError> {
+    let ok = !group.is_empty()
+        && group.len() <= 64
+        && !group.starts_with('.')
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RaftError::InvalidArgument(format!(
+            "group name {group:?} is invalid: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
+        )))
+    }
+}
+
+/// Checks a `host:port` peer address (host may be a DNS name).
+pub fn validate_addr(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("{addr:?} has an empty host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{addr:?} has an invalid port {port:?}")),
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        return Err(format!("{addr:?} has an invalid host"));
+    }
+    Ok(())
+}
+
+/// The raft id of an initial member: derived from its address (FNV-1a), so
+/// every member of a new group computes the same configuration without
+/// talking to the others (etcd derives initial member ids the same way).
+/// Members added later get random ids.
+pub fn initial_peer_id(addr: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"raftkit-initial/".iter().chain(addr.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let mut o = NodeOptions::new("g", "127.0.0.1:1");
+        o.initial_conf = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let o = NodeOptions::new("bad group!", "127.0.0.1:1");
+        assert!(o.validate().unwrap_err().to_string().contains("group name"));
+        let mut o = NodeOptions::new("g", "127.0.0.1:1");
+        o.initial_conf = vec!["127.0.0.1:2".into()];
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not in the initial conf"));
+        let mut o = NodeOptions::new("g", "127.0.0.1:1");
+        o.max_size_per_msg = 0;
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max size per message"));
+        let mut o = NodeOptions::new("g", "127.0.0.1:1");
+        o.log_uri = "s3://x".into();
+        assert!(o.validate().unwrap_err().to_string().contains("log uri"));
+        assert!(validate_addr("nohost").is_err());
+        assert!(validate_addr("h:0").is_err());
+        assert!(validate_addr("raft-0.raft.ns.svc:8100").is_ok());
+    }
+
+    #[test]
+    fn initial_ids_are_stable_and_distinct() {
+        assert_eq!(
+            initial_peer_id("127.0.0.1:8100"),
+            initial_peer_id("127.0.0.1:8100")
+        );
+        assert_ne!(
+            initial_peer_id("127.0.0.1:8100"),
+            initial_peer_id("127.0.0.1:8101")
+        );
+        assert_ne!(initial_peer_id("x:1"), 0);
+    }
+}

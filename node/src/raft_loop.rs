@@ -1,0 +1,749 @@
+//! The raft thread of one group: the only owner of the `RawNode`.
+//!
+//! It drains its input channel in batches (proposals, peer messages, reads,
+//! ticks), then handles one `Ready` in raft-rs's documented order: send
+//! messages, hand committed entries to the apply thread, append entries and
+//! persist the hard state, fsync once for the whole batch (group commit),
+//! release read states, send the messages that needed persistence, advance.
+//! The leader's appends go out before its own fsync, so it writes to disk
+//! while followers do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as chan;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use crate::closure::Task;
+use crate::error::{PeerId, RaftError};
+use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
+use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
+use crate::options::NodeOptions;
+use crate::raft_store::RaftStore;
+use crate::state_machine::{Configuration, LeaderChangeContext};
+use crate::storage::{RaftMeta, RaftMetaStorage, SnapshotMeta};
+use crate::transport::Transport;
+
+/// Inputs of the raft thread.
+pub(crate) enum RaftMsg {
+    Propose(Task),
+    Step(Box<Message>, Option<String>),
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, RaftError>>,
+        deadline: Instant,
+    },
+    /// The apply thread applied up to this index.
+    Applied(u64),
+    Status(oneshot::Sender<NodeStatus>),
+    Campaign,
+    SnapshotNow(Option<oneshot::Sender<Result<SnapshotMeta, RaftError>>>),
+    /// The apply thread published (or failed to publish) a snapshot.
+    SnapshotDone(Result<SnapshotMeta, RaftError>),
+    Shutdown,
+}
+
+/// Most inputs handled before looking at `Ready` again.
+const MAX_BATCH: usize = 4096;
+/// How often lazily persisted fields (commit, applied) are written.
+const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+struct PendingRead {
+    waiters: Vec<ReadWaiter>,
+    issued_at: Instant,
+}
+
+pub(crate) struct RaftLoop {
+    raw: RawNode<RaftStore>,
+    opts: NodeOptions,
+    rx: chan::Receiver<RaftMsg>,
+    apply_tx: chan::Sender<ApplyMsg>,
+    transport: Arc<dyn Transport>,
+    shared: Arc<NodeShared>,
+    meta_store: Box<dyn RaftMetaStorage>,
+    meta: RaftMeta,
+    meta_dirty_since: Option<Instant>,
+    peers: HashMap<u64, String>,
+    tick: Duration,
+    next_tick: Instant,
+    last_view: (StateRole, u64, u64),
+    new_reads: Vec<ReadWaiter>,
+    pending_reads: BTreeMap<u64, PendingRead>,
+    next_read_ctx: u64,
+    applied: u64,
+    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, RaftError>>>,
+    snapshot_in_progress: bool,
+    next_snapshot_at: Option<Instant>,
+    failed: Option<RaftError>,
+    shutting_down: bool,
+}
+
+impl RaftLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        raw: RawNode<RaftStore>,
+        opts: NodeOptions,
+        rx: chan::Receiver<RaftMsg>,
+        apply_tx: chan::Sender<ApplyMsg>,
+        transport: Arc<dyn Transport>,
+        shared: Arc<NodeShared>,
+        meta_store: Box<dyn RaftMetaStorage>,
+        meta: RaftMeta,
+        peers: HashMap<u64, String>,
+    ) -> Self {
+        let tick = Duration::from_millis(opts.tick_ms());
+        let next_snapshot_at = (opts.snapshot_interval_s > 0)
+            .then(|| Instant::now() + Duration::from_secs(opts.snapshot_interval_s));
+        let applied = raw.raft.raft_log.applied;
+        RaftLoop {
+            raw,
+            opts,
+            rx,
+            apply_tx,
+            transport,
+            shared,
+            meta_store,
+            meta,
+            meta_dirty_since: None,
+            peers,
+            tick,
+            next_tick: Instant::now() + tick,
+            last_view: (StateRole::Follower, 0, 0),
+            new_reads: Vec::new(),
+            pending_reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            applied,
+            snapshot_waiters: Vec::new(),
+            snapshot_in_progress: false,
+            next_snapshot_at,
+            failed: None,
+            shutting_down: false,
+        }
+    }
+
+    pub fn run(mut self) {
+        self.publish_view();
+        loop {
+            let first = match self.rx.recv_deadline(self.next_tick) {
+                Ok(m) => Some(m),
+                Err(chan::RecvTimeoutError::Timeout) => None,
+                Err(chan::RecvTimeoutError::Disconnected) => {
+                    self.shutting_down = true;
+                    None
+                }
+            };
+            if let Some(m) = first {
+                self.handle(m);
+                for _ in 0..MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(m) => self.handle(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if self.shutting_down {
+                break;
+            }
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.next_tick += self.tick;
+                if self.next_tick < now {
+                    self.next_tick = now + self.tick;
+                }
+                self.on_tick(now);
+            }
+            if self.failed.is_none() {
+                self.issue_new_reads();
+                if let Err(e) = self.handle_ready() {
+                    self.fail(e);
+                }
+            }
+        }
+        self.stop();
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    fn handle(&mut self, msg: RaftMsg) {
+        if let Some(err) = self.failed.clone() {
+            return self.handle_failed(msg, err);
+        }
+        match msg {
+            RaftMsg::Propose(task) => self.propose(task),
+            RaftMsg::Step(m, from_addr) => self.step(*m, from_addr),
+            RaftMsg::ReadIndex { reply, deadline } => {
+                self.new_reads.push(ReadWaiter { reply, deadline })
+            }
+            RaftMsg::Applied(index) => {
+                if index > self.applied {
+                    self.applied = index;
+                    self.raw.advance_apply_to(index);
+                    self.mark_meta_dirty();
+                }
+            }
+            RaftMsg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            RaftMsg::Campaign => {
+                if let Err(e) = self.raw.campaign() {
+                    tracing::warn!(group = %self.opts.group, error = %e, "campaign failed");
+                }
+                self.observe_role();
+            }
+            RaftMsg::SnapshotNow(reply) => {
+                if let Some(r) = reply {
+                    self.snapshot_waiters.push(r);
+                }
+                self.start_snapshot();
+            }
+            RaftMsg::SnapshotDone(result) => self.on_snapshot_done(result),
+            RaftMsg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn handle_failed(&mut self, msg: RaftMsg, err: RaftError) {
+        let stopped = RaftError::Stopped(err.to_string());
+        match msg {
+            RaftMsg::Propose(task) => task.done.run(Err(stopped)),
+            RaftMsg::ReadIndex { reply, .. } => {
+                let _ = reply.send(Err(stopped));
+            }
+            RaftMsg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            RaftMsg::SnapshotNow(Some(reply)) => {
+                let _ = reply.send(Err(stopped));
+            }
+            RaftMsg::Shutdown => self.shutting_down = true,
+            _ => {}
+        }
+    }
+
+    fn propose(&mut self, task: Task) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let leader = self.leader_peer();
+            task.done.run(Err(RaftError::NotLeader { leader }));
+            return;
+        }
+        let term = raft.term;
+        if let Some(expected) = task.expected_term {
+            if expected != term {
+                task.done.run(Err(RaftError::TermMismatch {
+                    expected,
+                    current: term,
+                }));
+                return;
+            }
+        }
+        if raft.lead_transferee.is_some() {
+            task.done.run(Err(RaftError::Transferring));
+            return;
+        }
+        let before = raft.raft_log.last_index();
+        match self.raw.propose(Vec::new(), task.data.to_vec()) {
+            Ok(()) => {
+                // raft-rs does not return the index: the entry is the last
+                // one in the log right after a successful propose.
+                let index = self.raw.raft.raft_log.last_index();
+                debug_assert_eq!(index, before + 1);
+                let _ = self.apply_tx.send(ApplyMsg::Pending {
+                    index,
+                    term,
+                    done: task.done,
+                });
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let err = if self.raw.raft.state != StateRole::Leader {
+                    RaftError::NotLeader {
+                        leader: self.leader_peer(),
+                    }
+                } else if self.raw.raft.lead_transferee.is_some() {
+                    RaftError::Transferring
+                } else {
+                    RaftError::Busy("too many uncommitted bytes; retry later".into())
+                };
+                task.done.run(Err(err));
+            }
+            Err(e) => task
+                .done
+                .run(Err(RaftError::Busy(format!("proposal rejected: {e}")))),
+        }
+    }
+
+    fn step(&mut self, m: Message, from_addr: Option<String>) {
+        if m.to != self.shared.id {
+            tracing::debug!(group = %self.opts.group, to = m.to, me = self.shared.id, "dropping a message for another raft id");
+            return;
+        }
+        if let Some(addr) = from_addr {
+            if !addr.is_empty() {
+                self.peers.entry(m.from).or_insert(addr);
+            }
+        }
+        match self.raw.step(m) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) => {}
+            Err(e) => tracing::debug!(group = %self.opts.group, error = %e, "step failed"),
+        }
+        self.observe_role();
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.raw.tick();
+        self.observe_role();
+        self.retry_reads(now);
+        if let Some(since) = self.meta_dirty_since {
+            if now.duration_since(since) >= META_FLUSH_INTERVAL {
+                if let Err(e) = self.save_meta() {
+                    self.fail(e);
+                }
+            }
+        }
+        if let Some(at) = self.next_snapshot_at {
+            if now >= at {
+                self.next_snapshot_at =
+                    Some(now + Duration::from_secs(self.opts.snapshot_interval_s));
+                self.start_snapshot();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ reads
+
+    /// One ReadIndex request serves every read that arrived in this batch.
+    fn issue_new_reads(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let waiters = std::mem::take(&mut self.new_reads);
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.pending_reads.insert(
+            ctx,
+            PendingRead {
+                waiters,
+                issued_at: Instant::now(),
+            },
+        );
+    }
+
+    /// raft-rs drops read requests silently when there is no leader or the
+    /// leader has not committed in its term yet: ask again until the deadline.
+    fn retry_reads(&mut self, now: Instant) {
+        let retry_after = self.tick * 3;
+        let mut expired = Vec::new();
+        for (ctx, p) in self.pending_reads.iter_mut() {
+            let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut p.waiters)
+                .into_iter()
+                .partition(|w| now < w.deadline);
+            p.waiters = keep;
+            expired.extend(gone);
+            if !p.waiters.is_empty() && now.duration_since(p.issued_at) >= retry_after {
+                p.issued_at = now;
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+            }
+        }
+        self.pending_reads.retain(|_, p| !p.waiters.is_empty());
+        for w in expired {
+            let _ = w.reply.send(Err(RaftError::Timeout(
+                "a quorum did not confirm the read in time".into(),
+            )));
+        }
+    }
+
+    fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        if let Some(p) = self.pending_reads.remove(&u64::from_be_bytes(bytes)) {
+            let _ = self.apply_tx.send(ApplyMsg::Read {
+                index,
+                waiters: p.waiters,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------ ready
+
+    fn handle_ready(&mut self) -> Result<(), RaftError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        self.observe_role();
+        self.send_messages(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            return Err(RaftError::Storage(format!(
+                "received snapshot at index {} but snapshot install is not supported yet",
+                rd.snapshot().get_metadata().index
+            )));
+        }
+        self.forward_committed(rd.take_committed_entries());
+        if !rd.entries().is_empty() {
+            self.raw.mut_store().log.append(rd.entries())?;
+        }
+        if let Some(hs) = rd.hs() {
+            self.on_hard_state(hs.clone())?;
+        }
+        if rd.must_sync() {
+            self.raw.mut_store().log.sync()?;
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs.index, &rs.request_ctx);
+        }
+        self.send_messages(rd.take_persisted_messages());
+        let mut light = self.raw.advance_append(rd);
+        if light.commit_index().is_some() {
+            self.mark_meta_dirty();
+        }
+        self.send_messages(light.take_messages());
+        self.forward_committed(light.take_committed_entries());
+        Ok(())
+    }
+
+    fn on_hard_state(&mut self, hs: HardState) -> Result<(), RaftError> {
+        if hs.term != self.meta.term || hs.vote != self.meta.vote {
+            // Term and vote must be durable before any vote or append
+            // response leaves this node.
+            self.meta.term = hs.term;
+            self.meta.vote = hs.vote;
+            self.meta.commit = hs.commit;
+            self.meta.applied = self.applied;
+            self.meta_store.save(&self.meta)?;
+            self.meta_dirty_since = None;
+        } else if hs.commit != self.meta.commit {
+            self.mark_meta_dirty();
+        }
+        Ok(())
+    }
+
+    fn mark_meta_dirty(&mut self) {
+        if self.meta_dirty_since.is_none() {
+            self.meta_dirty_since = Some(Instant::now());
+        }
+    }
+
+    fn save_meta(&mut self) -> Result<(), RaftError> {
+        let hs = self.raw.raft.hard_state();
+        self.meta.term = hs.term;
+        self.meta.vote = hs.vote;
+        // Only a commit index the local log holds durably may be recorded.
+        self.meta.commit = hs.commit.min(self.raw.raft.raft_log.persisted);
+        self.meta.applied = self.applied;
+        self.meta_store.save(&self.meta)?;
+        self.meta_dirty_since = None;
+        Ok(())
+    }
+
+    fn send_messages(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let sent = match self.peers.get(&to) {
+                Some(addr) => self.transport.send(&self.opts.group, addr, m).is_ok(),
+                None => {
+                    tracing::warn!(group = %self.opts.group, to = %format!("{to:016x}"), "no address for raft peer; message dropped");
+                    false
+                }
+            };
+            if !sent {
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Applies configuration entries to raft here (they are committed), then
+    /// hands the whole batch, in order, to the apply thread.
+    fn forward_committed(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => batch.push(Committed::Normal {
+                    index: e.index,
+                    term: e.term,
+                    data: e.data,
+                }),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let conf = self.apply_conf_entry(&e);
+                    batch.push(Committed::Conf {
+                        index: e.index,
+                        term: e.term,
+                        conf,
+                    });
+                }
+            }
+        }
+        let _ = self.apply_tx.send(ApplyMsg::Committed(batch));
+    }
+
+    fn apply_conf_entry(&mut self, e: &Entry) -> Option<(Configuration, ConfState)> {
+        if !e.context.is_empty() {
+            match serde_json::from_slice::<Vec<PeerId>>(&e.context) {
+                Ok(ps) => {
+                    for p in ps {
+                        self.peers.insert(p.id, p.addr);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(group = %self.opts.group, index = e.index, error = %err, "undecodable conf change context")
+                }
+            }
+        }
+        let result = match e.get_entry_type() {
+            EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+                .map_err(|err| err.to_string())
+                .and_then(|cc| {
+                    self.raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| err.to_string())
+                }),
+            _ => ConfChangeV2::parse_from_bytes(&e.data)
+                .map_err(|err| err.to_string())
+                .and_then(|cc| {
+                    self.raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| err.to_string())
+                }),
+        };
+        match result {
+            Ok(cs) => {
+                tracing::info!(group = %self.opts.group, index = e.index, voters = ?cs.voters, learners = ?cs.learners, outgoing = ?cs.voters_outgoing, "configuration applied");
+                self.observe_role();
+                Some((self.configuration(&cs), cs))
+            }
+            Err(err) => {
+                tracing::warn!(group = %self.opts.group, index = e.index, error = %err, "configuration change rejected");
+                None
+            }
+        }
+    }
+
+    fn peer(&self, id: u64) -> PeerId {
+        PeerId {
+            id,
+            addr: self.peers.get(&id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn configuration(&self, cs: &ConfState) -> Configuration {
+        let map = |ids: &[u64]| ids.iter().map(|i| self.peer(*i)).collect();
+        Configuration {
+            voters: map(&cs.voters),
+            learners: map(&cs.learners),
+            voters_outgoing: map(&cs.voters_outgoing),
+        }
+    }
+
+    fn leader_peer(&self) -> Option<PeerId> {
+        let l = self.raw.raft.leader_id;
+        (l != 0).then(|| self.peer(l))
+    }
+
+    // ------------------------------------------------------------ roles
+
+    /// Turns role changes into state machine events (in log order, through
+    /// the apply thread) and publishes the view for other threads.
+    fn observe_role(&mut self) {
+        let raft = &self.raw.raft;
+        let now = (raft.state, raft.term, raft.leader_id);
+        if now == self.last_view {
+            return;
+        }
+        let (old_role, old_term, old_leader) = self.last_view;
+        let (role, term, leader) = now;
+        if old_role == StateRole::Leader && (role != StateRole::Leader || term != old_term) {
+            let _ = self.apply_tx.send(ApplyMsg::LeaderStop { term: old_term });
+            // Reads waiting on this leader's confirmation will be answered by
+            // retrying them against the next leader.
+        }
+        if old_role == StateRole::Follower
+            && old_leader != 0
+            && (role != StateRole::Follower || leader != old_leader || term != old_term)
+        {
+            let ctx = LeaderChangeContext {
+                leader: self.peer(old_leader),
+                term: old_term,
+            };
+            let _ = self.apply_tx.send(ApplyMsg::StopFollowing(ctx));
+        }
+        if role == StateRole::Leader && (old_role != StateRole::Leader || term != old_term) {
+            // become_leader appended an empty entry; it is the last one now.
+            let index = raft.raft_log.last_index();
+            tracing::info!(group = %self.opts.group, term, index, "became leader");
+            let _ = self.apply_tx.send(ApplyMsg::LeaderStart { term, index });
+        }
+        if role == StateRole::Follower
+            && leader != 0
+            && (old_role != StateRole::Follower || leader != old_leader || term != old_term)
+        {
+            let ctx = LeaderChangeContext {
+                leader: self.peer(leader),
+                term,
+            };
+            let _ = self.apply_tx.send(ApplyMsg::StartFollowing(ctx));
+        }
+        self.last_view = now;
+        self.publish_view();
+    }
+
+    fn publish_view(&self) {
+        let raft = &self.raw.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        let role = if self.failed.is_some() {
+            Role::Error
+        } else if cs.voters.is_empty() && cs.learners.is_empty() {
+            Role::Uninitialized
+        } else {
+            match raft.state {
+                StateRole::Follower => Role::Follower,
+                StateRole::PreCandidate => Role::PreCandidate,
+                StateRole::Candidate => Role::Candidate,
+                StateRole::Leader => Role::Leader,
+            }
+        };
+        *self.shared.view.write() = RoleView {
+            role,
+            term: raft.term,
+            leader: self.leader_peer(),
+        };
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    fn start_snapshot(&mut self) {
+        if self.snapshot_in_progress {
+            return;
+        }
+        self.snapshot_in_progress = true;
+        let _ = self.apply_tx.send(ApplyMsg::Snapshot);
+    }
+
+    fn on_snapshot_done(&mut self, result: Result<SnapshotMeta, RaftError>) {
+        self.snapshot_in_progress = false;
+        if let Ok(meta) = &result {
+            let store = self.raw.mut_store();
+            if meta.index > store.snapshot_index {
+                store.snapshot_index = meta.index;
+                store.snapshot_term = meta.term;
+            }
+        }
+        for w in self.snapshot_waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    // ------------------------------------------------------------ status
+
+    fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let cs = raft.prs().conf().to_conf_state();
+        let view = self.shared.view.read().clone();
+        let mut peers = Vec::new();
+        if raft.state == StateRole::Leader {
+            for (id, pr) in raft.prs().iter() {
+                peers.push(PeerProgress {
+                    peer: self.peer(*id),
+                    voter: !cs.learners.contains(id),
+                    match_index: pr.matched,
+                    next_index: pr.next_idx,
+                    state: format!("{:?}", pr.state).to_lowercase(),
+                    recent_active: pr.recent_active,
+                });
+            }
+            peers.sort_by(|a, b| a.peer.addr.cmp(&b.peer.addr));
+        }
+        NodeStatus {
+            group: self.opts.group.clone(),
+            peer: self.shared.peer(),
+            role: view.role,
+            term: raft.term,
+            vote: raft.vote,
+            leader: self.leader_peer(),
+            commit_index: raft.raft_log.committed,
+            applied_index: self
+                .shared
+                .applied
+                .load(std::sync::atomic::Ordering::Acquire),
+            first_log_index: store.log.first_index(),
+            last_log_index: raft.raft_log.last_index(),
+            disk_index: raft.raft_log.persisted,
+            snapshot_index: store.snapshot_index,
+            snapshot_term: store.snapshot_term,
+            conf: self.configuration(&cs),
+            peers,
+            pending_reads: self.pending_reads.values().map(|p| p.waiters.len()).sum(),
+            log_disk_bytes: store.log.disk_bytes(),
+            error: self.failed.as_ref().map(|e| e.to_string()),
+        }
+    }
+
+    // ------------------------------------------------------------ stop
+
+    fn fail(&mut self, err: RaftError) {
+        tracing::error!(group = %self.opts.group, error = %err, "raft node stopped after an unrecoverable error");
+        *self.shared.error.write() = Some(err.clone());
+        self.failed = Some(err.clone());
+        self.publish_view();
+        let stopped = RaftError::Stopped(err.to_string());
+        for (_, p) in std::mem::take(&mut self.pending_reads) {
+            for w in p.waiters {
+                let _ = w.reply.send(Err(stopped.clone()));
+            }
+        }
+        for w in self.new_reads.drain(..) {
+            let _ = w.reply.send(Err(stopped.clone()));
+        }
+        let _ = self.apply_tx.send(ApplyMsg::Error(err));
+    }
+
+    fn stop(&mut self) {
+        if self.failed.is_none() {
+            if let Err(e) = self
+                .raw
+                .mut_store()
+                .log
+                .sync()
+                .map_err(RaftError::from)
+                .and_then(|_| self.save_meta())
+            {
+                tracing::warn!(group = %self.opts.group, error = %e, "could not persist state at shutdown");
+            }
+        }
+        for (_, p) in std::mem::take(&mut self.pending_reads) {
+            for w in p.waiters {
+                let _ = w.reply.send(Err(RaftError::ShuttingDown));
+            }
+        }
+        for w in self.new_reads.drain(..) {
+            let _ = w.reply.send(Err(RaftError::ShuttingDown));
+        }
+        for w in self.snapshot_waiters.drain(..) {
+            let _ = w.send(Err(RaftError::ShuttingDown));
+        }
+        // Proposals still queued fail from their Done's drop.
+        while let Ok(m) = self.rx.try_recv() {
+            if let RaftMsg::ReadIndex { reply, .. } = m {
+                let _ = reply.send(Err(RaftError::ShuttingDown));
+            }
+        }
+        if self.last_view.0 == StateRole::Leader {
+            let _ = self.apply_tx.send(ApplyMsg::LeaderStop {
+                term: self.last_view.1,
+            });
+        }
+        *self.shared.view.write() = RoleView {
+            role: Role::Shutdown,
+            term: self.raw.raft.term,
+            leader: None,
+        };
+        let _ = self.apply_tx.send(ApplyMsg::Shutdown);
+        tracing::info!(group = %self.opts.group, "raft node stopped");
+    }
+}

@@ -1,0 +1,73 @@
+//! [`RaftStore`]: raft-rs's `Storage` over our [`LogStorage`] plus the
+//! snapshot position. Owned by the group's raft thread (inside the
+//! `RawNode`); only that thread touches it.
+
+use raft::eraftpb::{Entry, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage};
+
+use crate::error::StorageError;
+use crate::storage::LogStorage;
+
+pub(crate) struct RaftStore {
+    pub log: Box<dyn LogStorage>,
+    /// Index and term of the newest snapshot (0, 0 when there is none).
+    pub snapshot_index: u64,
+    pub snapshot_term: u64,
+    /// What `initial_state` reports (raft-rs asks once, at creation).
+    pub initial: RaftState,
+}
+
+fn to_raft(e: StorageError) -> raft::Error {
+    match e {
+        StorageError::Compacted(_) => raft::Error::Store(raft::StorageError::Compacted),
+        StorageError::Unavailable { .. } => raft::Error::Store(raft::StorageError::Unavailable),
+        other => raft::Error::Store(raft::StorageError::Other(Box::new(other))),
+    }
+}
+
+impl Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(self.initial.clone())
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log
+            .entries(low, high, max_size.into())
+            .map_err(to_raft)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        match self.log.term(idx) {
+            Some(t) => Ok(t),
+            None if idx < self.log.first_index() => {
+                Err(raft::Error::Store(raft::StorageError::Compacted))
+            }
+            None => Err(raft::Error::Store(raft::StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.log.first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.log.last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshot transfer to followers is not built yet: the log is never
+        // compacted, so a follower can always catch up from entries.
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

@@ -1,0 +1,176 @@
+//! The [`StateMachine`] trait an application implements (braft's
+//! `StateMachine`), and the types its callbacks receive.
+//!
+//! All callbacks run on the group's apply thread, one at a time, in log
+//! order; a callback that blocks delays applying (but not replication).
+
+use bytes::Bytes;
+
+use crate::closure::{ApplyResult, Done};
+use crate::error::{PeerId, RaftError};
+use crate::storage::{SnapshotReader, SnapshotWriter};
+
+/// One committed entry handed to [`StateMachine::on_apply`].
+#[derive(Debug)]
+pub struct CommittedEntry {
+    /// Log index.
+    pub index: u64,
+    /// Term in which the entry was proposed.
+    pub term: u64,
+    /// The task's data.
+    pub data: Bytes,
+    done: Option<Done>,
+}
+
+impl CommittedEntry {
+    pub(crate) fn new(index: u64, term: u64, data: Bytes, done: Option<Done>) -> Self {
+        CommittedEntry {
+            index,
+            term,
+            data,
+            done,
+        }
+    }
+
+    /// Whether this node proposed the entry and a caller waits for its result.
+    pub fn has_done(&self) -> bool {
+        self.done.is_some()
+    }
+
+    /// Takes the waiting caller's `done`, to run it later (for example after
+    /// an asynchronous side effect). Dones left in place run with an empty
+    /// success when `on_apply` returns.
+    pub fn take_done(&mut self) -> Option<Done> {
+        self.done.take()
+    }
+
+    /// Answers the waiting caller, if any, with `result`.
+    pub fn respond(&mut self, result: ApplyResult) {
+        if let Some(d) = self.done.take() {
+            d.run(result);
+        }
+    }
+}
+
+/// A batch of committed entries, in log order (braft's `Iterator`).
+pub struct ApplyIter<'a> {
+    inner: std::slice::IterMut<'a, CommittedEntry>,
+}
+
+impl<'a> ApplyIter<'a> {
+    pub(crate) fn new(entries: &'a mut [CommittedEntry]) -> Self {
+        ApplyIter {
+            inner: entries.iter_mut(),
+        }
+    }
+}
+
+impl<'a> Iterator for ApplyIter<'a> {
+    type Item = &'a mut CommittedEntry;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
+    }
+}
+
+/// A raft configuration with member addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Configuration {
+    /// Voters (the incoming set during a joint change).
+    pub voters: Vec<PeerId>,
+    /// Non-voting members catching up.
+    pub learners: Vec<PeerId>,
+    /// The outgoing voter set while a joint change is in progress, else empty.
+    pub voters_outgoing: Vec<PeerId>,
+}
+
+impl Configuration {
+    /// Whether a joint-consensus change is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+}
+
+/// Who leads, as seen by a follower (`on_start_following` / `on_stop_following`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderChangeContext {
+    /// The leader being followed (or no longer followed).
+    pub leader: PeerId,
+    /// Its term.
+    pub term: u64,
+}
+
+/// Completes `on_snapshot_save`: hand back the writer once every file is
+/// finished (the engine then publishes it), or an error. May run on any thread.
+pub struct SnapshotDone(Option<Box<dyn FnOnce(Result<SnapshotWriter, String>) + Send>>);
+
+impl SnapshotDone {
+    pub(crate) fn new(f: impl FnOnce(Result<SnapshotWriter, String>) + Send + 'static) -> Self {
+        SnapshotDone(Some(Box::new(f)))
+    }
+
+    /// Reports the outcome of saving.
+    pub fn run(mut self, result: Result<SnapshotWriter, String>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for SnapshotDone {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(
+                "the state machine dropped the snapshot without finishing it".to_string(),
+            ));
+        }
+    }
+}
+
+/// What an application implements to be replicated. Only `on_apply` is required.
+pub trait StateMachine: Send + 'static {
+    /// Applies a batch of committed entries in order. For each entry this
+    /// node proposed, answer the caller with [`CommittedEntry::respond`].
+    /// Must be deterministic: every replica applies the same entries.
+    fn on_apply(&mut self, entries: ApplyIter<'_>);
+
+    /// Saves the state as of the last applied entry. Copy what is needed
+    /// now; the files may be written on another thread, and applying
+    /// continues meanwhile. Finish with `done.run(Ok(writer))`.
+    fn on_snapshot_save(&mut self, writer: SnapshotWriter, done: SnapshotDone) {
+        drop(writer);
+        done.run(Err(
+            "this state machine does not support snapshots".to_string()
+        ));
+    }
+
+    /// Replaces the whole state with the snapshot's.
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        Err(format!(
+            "this state machine cannot load snapshot {}",
+            reader.meta().index
+        ))
+    }
+
+    /// This node became leader of `term` and has applied every entry before
+    /// its first entry of the term, so its state is current.
+    fn on_leader_start(&mut self, _term: u64) {}
+
+    /// This node stopped being leader (step-down, transfer or shutdown).
+    fn on_leader_stop(&mut self, _reason: &RaftError) {}
+
+    /// This follower learned of a leader.
+    fn on_start_following(&mut self, _ctx: &LeaderChangeContext) {}
+
+    /// This follower stopped following `ctx.leader` (election, new leader).
+    fn on_stop_following(&mut self, _ctx: &LeaderChangeContext) {}
+
+    /// A configuration entry committed and applied at its place in the log.
+    fn on_configuration_committed(&mut self, _conf: &Configuration, _index: u64) {}
+
+    /// The node hit an unrecoverable error and stopped applying.
+    fn on_error(&mut self, _error: &RaftError) {}
+
+    /// The node is shutting down; the last callback.
+    fn on_shutdown(&mut self) {}
+}

@@ -1,0 +1,223 @@
+//! The production transport: tonic gRPC between processes.
+//!
+//! Sending: one [`Link`] per destination address, a tokio task holding one
+//! long-lived client stream (`RaftTransport.Stream`). It drains its queue
+//! into batches (per group) and writes them to the stream; on failure it
+//! marks the peer down (sends then fail fast and raft-rs is told the peer is
+//! unreachable), drops what was queued (raft retransmits), and reconnects
+//! with exponential backoff and jitter. HTTP/2 keepalive detects dead peers.
+//!
+//! Receiving: [`RaftTransportService`] decodes each batch and steps the
+//! messages into the group's node found in the [`NodeManager`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Transport, Unreachable};
+use crate::node_manager::NodeManager;
+use crate::pb::raft_transport_client::RaftTransportClient;
+use crate::pb::raft_transport_server::RaftTransport;
+use crate::pb::{RaftBatch, RaftStreamAck};
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Most messages per write to a stream.
+const MAX_BATCH_MSGS: usize = 512;
+/// Most bytes per write to a stream (beyond one message).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest gRPC message either side accepts.
+pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
+
+struct Link {
+    tx: mpsc::UnboundedSender<(Arc<str>, Message)>,
+    state: Arc<AtomicU8>,
+}
+
+/// Sends raft messages over gRPC. See the module documentation.
+pub struct GrpcTransport {
+    me: String,
+    links: Mutex<HashMap<String, Link>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GrpcTransport {
+    /// `me` is this process's advertised address; link tasks run on `runtime`.
+    pub fn new(me: impl Into<String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(GrpcTransport {
+            me: me.into(),
+            links: Mutex::default(),
+            runtime,
+        })
+    }
+
+    fn spawn_link(&self, addr: &str) -> Link {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(AtomicU8::new(CONNECTING));
+        self.runtime.spawn(run_link(
+            self.me.clone(),
+            addr.to_string(),
+            rx,
+            state.clone(),
+        ));
+        Link { tx, state }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(to_addr).is_none_or(|l| l.tx.is_closed()) {
+            let link = self.spawn_link(to_addr);
+            links.insert(to_addr.to_string(), link);
+        }
+        let Some(link) = links.get(to_addr) else {
+            return Err(Unreachable);
+        };
+        if link.state.load(Ordering::Acquire) == DOWN {
+            return Err(Unreachable);
+        }
+        link.tx
+            .send((Arc::from(group), msg))
+            .map_err(|_| Unreachable)
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true))
+}
+
+async fn run_link(
+    me: String,
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<(Arc<str>, Message)>,
+    state: Arc<AtomicU8>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match endpoint(&addr) {
+            Err(e) => tracing::warn!(peer = %addr, error = %e, "invalid peer address"),
+            Ok(ep) => match ep.connect().await {
+                Err(e) => tracing::debug!(peer = %addr, error = %e, "connect failed"),
+                Ok(channel) => {
+                    let mut client = RaftTransportClient::new(channel)
+                        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+                    let (btx, brx) = mpsc::channel::<RaftBatch>(16);
+                    let call =
+                        tokio::spawn(async move { client.stream(ReceiverStream::new(brx)).await });
+                    state.store(UP, Ordering::Release);
+                    backoff = MIN_BACKOFF;
+                    tracing::debug!(peer = %addr, "raft stream connected");
+                    'stream: loop {
+                        let Some(first) = rx.recv().await else {
+                            call.abort();
+                            return; // the transport was dropped
+                        };
+                        if call.is_finished() {
+                            break 'stream;
+                        }
+                        for batch in collect_batches(first, &mut rx, &me) {
+                            if btx.send(batch).await.is_err() {
+                                break 'stream;
+                            }
+                        }
+                    }
+                    call.abort();
+                    tracing::debug!(peer = %addr, "raft stream lost");
+                }
+            },
+        }
+        state.store(DOWN, Ordering::Release);
+        while rx.try_recv().is_ok() {}
+        let jitter = rand::random::<f64>() * 0.4 + 0.8;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if rx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Groups `first` and whatever else is queued into per-group batches,
+/// keeping each group's order.
+fn collect_batches(
+    first: (Arc<str>, Message),
+    rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Message)>,
+    me: &str,
+) -> Vec<RaftBatch> {
+    let mut batches: Vec<RaftBatch> = Vec::new();
+    let mut bytes = 0usize;
+    let mut count = 0usize;
+    let mut next = Some(first);
+    while let Some((group, msg)) = next.take() {
+        let data = msg.write_to_bytes().unwrap_or_default();
+        bytes += data.len();
+        count += 1;
+        match batches.iter_mut().find(|b| *b.group == *group) {
+            Some(b) => b.messages.push(data.into()),
+            None => batches.push(RaftBatch {
+                group: group.to_string(),
+                messages: vec![data.into()],
+                from_addr: me.to_string(),
+            }),
+        }
+        if count >= MAX_BATCH_MSGS || bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    batches
+}
+
+/// Receives raft message streams and hands the messages to local nodes.
+pub struct RaftTransportService {
+    manager: NodeManager,
+}
+
+impl RaftTransportService {
+    pub fn new(manager: NodeManager) -> Self {
+        RaftTransportService { manager }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftStreamAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            let Some(node) = self.manager.get(&batch.group) else {
+                tracing::debug!(group = %batch.group, from = %batch.from_addr, "raft messages for a group not hosted here");
+                continue;
+            };
+            let from = (!batch.from_addr.is_empty()).then_some(batch.from_addr);
+            for data in batch.messages {
+                match Message::parse_from_bytes(&data) {
+                    Ok(m) => node.step(m, from.clone()),
+                    Err(e) => {
+                        tracing::warn!(group = %node.group(), error = %e, "undecodable raft message")
+                    }
+                }
+            }
+        }
+        Ok(Response::new(RaftStreamAck {}))
+    }
+}

@@ -1,0 +1,25 @@
+//! Transport: how raft messages reach other replicas.
+//!
+//! The raft thread hands each outgoing message to a [`Transport`] with the
+//! destination's address; the call never blocks. Implementations:
+//! [`grpc::GrpcTransport`] (tonic, one long-lived batched stream per peer
+//! process) and [`local::LocalNetwork`] (in-process, with link faults, for
+//! tests).
+
+pub mod grpc;
+pub mod local;
+
+use raft::eraftpb::Message;
+
+/// The destination is known to be unreachable right now; raft-rs is told
+/// (`report_unreachable`) and probes again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
+
+/// Carries raft messages to other replicas.
+pub trait Transport: Send + Sync + 'static {
+    /// Queues `msg` for the replica of `group` at `to_addr`. Never blocks.
+    /// Messages may be lost (raft retransmits); an error means the peer is
+    /// known to be down.
+    fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable>;
+}

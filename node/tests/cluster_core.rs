@@ -1,0 +1,399 @@
+//! In-process cluster behaviour: election, replication, failover,
+//! partitions, expected_term, exactly-once dones, on_leader_start.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{wait_until, Cluster, ELECTION_MS};
+use raft::eraftpb::MessageType;
+use raftkit_node::closure::{Done, Task};
+use raftkit_node::error::RaftError;
+use raftkit_node::node::Role;
+
+const T: Duration = Duration::from_secs(10);
+
+fn payload(i: usize) -> Bytes {
+    Bytes::from(format!("entry-{i}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_exactly_one_leader_and_keeps_it() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let term = c.node(l).view().term;
+    // A stable cluster keeps its leader and term over several election timeouts.
+    tokio::time::sleep(Duration::from_millis(ELECTION_MS * 5)).await;
+    let l2 = c.wait_leader(T).await;
+    assert_eq!(l, l2, "leadership moved in a healthy cluster");
+    assert_eq!(
+        c.node(l).view().term,
+        term,
+        "term changed in a healthy cluster"
+    );
+    let followers = c
+        .running()
+        .filter(|(_, n)| n.view().role == Role::Follower)
+        .count();
+    assert_eq!(followers, 2);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_every_entry_in_order_to_every_member() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    for i in 0..100 {
+        let out = c.node(l).propose(payload(i)).await.expect("write succeeds");
+        assert_eq!(
+            out,
+            payload(i),
+            "the done carries the state machine's answer"
+        );
+    }
+    let expected: Vec<Bytes> = (0..100).map(payload).collect();
+    for i in 0..3 {
+        wait_until(T, "followers apply everything", || {
+            c.applied_data(i) == expected
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_after_the_old_one_dies_keeps_every_acknowledged_write() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        c.node(l).propose(payload(i)).await.expect("write");
+        acked.push(payload(i));
+    }
+    c.stop_node(l).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let l2 = c.wait_leader_among(&others, T).await;
+    assert_ne!(l, l2);
+    for i in 50..80 {
+        c.node(l2)
+            .propose(payload(i))
+            .await
+            .expect("write on the new leader");
+        acked.push(payload(i));
+    }
+    for &i in &others {
+        wait_until(T, "survivors hold every acknowledged write", || {
+            c.applied_data(i) == acked
+        })
+        .await;
+    }
+    // The old leader comes back on its own data and catches up.
+    c.start_node(l);
+    wait_until(T, "restarted old leader catches up", || {
+        c.applied_data(l) == acked
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_old_leader_cannot_complete_writes_or_linearizable_reads() {
+    let mut c = Cluster::new(3);
+    let old = c.wait_leader(T).await;
+    c.node(old)
+        .propose(payload(0))
+        .await
+        .expect("write before the partition");
+    c.net.isolate(&c.addrs[old]);
+
+    // A write and a read on the isolated leader must not succeed.
+    let write = {
+        let n = c.node(old).clone();
+        tokio::spawn(async move { n.propose(Bytes::from_static(b"lost-write")).await })
+    };
+    let read = {
+        let n = c.node(old).clone();
+        tokio::spawn(async move { n.read_index().await })
+    };
+
+    let majority: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = c.wait_leader_among(&majority, T).await;
+    c.node(new)
+        .propose(payload(1))
+        .await
+        .expect("majority side keeps working");
+
+    let w = write.await.unwrap();
+    assert!(w.is_err(), "write on an isolated leader succeeded: {w:?}");
+    let r = read.await.unwrap();
+    assert!(
+        r.is_err(),
+        "linearizable read on an isolated leader succeeded: {r:?}"
+    );
+
+    // The old leader stepped down (check-quorum) and, after healing, follows.
+    wait_until(T, "old leader steps down", || {
+        c.node(old).view().role != Role::Leader
+    })
+    .await;
+    c.net.heal();
+    let expected = vec![payload(0), payload(1)];
+    for i in 0..3 {
+        wait_until(T, "everyone converges without the lost write", || {
+            c.applied_data(i) == expected
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_term_mismatch_is_rejected() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let term = c.node(l).view().term;
+    let err = c
+        .node(l)
+        .propose_in_term(payload(0), term + 1)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RaftError::TermMismatch {
+            expected: term + 1,
+            current: term
+        }
+    );
+    c.node(l)
+        .propose_in_term(payload(1), term)
+        .await
+        .expect("matching term is accepted");
+    for i in 0..3 {
+        wait_until(T, "only the matching task is applied", || {
+            c.applied_data(i) == vec![payload(1)]
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_leader_rejects_tasks_with_the_leader_address() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let f = (l + 1) % 3;
+    match c.node(f).propose(payload(0)).await {
+        Err(RaftError::NotLeader { leader: Some(p) }) => assert_eq!(p.addr, c.addrs[l]),
+        other => panic!("expected a redirect to the leader, got {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_done_runs_exactly_once_through_step_down_and_shutdown() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let calls: Arc<Vec<AtomicUsize>> = Arc::new((0..600).map(|_| AtomicUsize::new(0)).collect());
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let submit = |node: &raftkit_node::node::Node, i: usize| {
+        let (calls, outcomes) = (calls.clone(), outcomes.clone());
+        node.apply(Task::new(
+            payload(i),
+            Done::new(move |r| {
+                calls[i].fetch_add(1, Ordering::SeqCst);
+                outcomes
+                    .lock()
+                    .unwrap()
+                    .push(r.map(|_| ()).map_err(|e| e.kind()));
+            }),
+        ));
+    };
+    for i in 0..200 {
+        submit(c.node(l), i);
+    }
+    // Cut the leader off while tasks are in flight: it steps down.
+    c.net.isolate(&c.addrs[l]);
+    for i in 200..400 {
+        submit(c.node(l), i);
+    }
+    wait_until(T, "isolated leader steps down", || {
+        c.node(l).view().role != Role::Leader
+    })
+    .await;
+    c.net.heal();
+    // Tasks racing with shutdown, and after it.
+    let node = c.node(l).clone();
+    for i in 400..500 {
+        submit(&node, i);
+    }
+    c.shutdown().await;
+    for i in 500..600 {
+        submit(&node, i);
+    }
+    for (i, n) in calls.iter().enumerate() {
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            1,
+            "done of task {i} ran {} times",
+            n.load(Ordering::SeqCst)
+        );
+    }
+    let kinds: HashSet<_> = outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.err())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["leader_stepped_down", "not_leader", "shutting_down"].contains(k)),
+        "unexpected failures: {kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_leader_start_sees_every_earlier_entry_applied() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.expect("write");
+    // From now on followers receive the leader's entries but never learn
+    // that they are committed: when the leader dies, the new leader holds
+    // committed entries it has not applied.
+    let c0 = c.node(l).status().await.unwrap().commit_index;
+    let leader_addr = c.addrs[l].clone();
+    c.net.set_interceptor(Some(Arc::new(move |from, _to, m| {
+        if from == leader_addr {
+            m.commit = m.commit.min(c0);
+        }
+        true
+    })));
+    let n = 50;
+    for i in 1..=n {
+        c.node(l).propose(payload(i)).await.expect("write");
+    }
+    c.stop_node(l).await;
+    c.net.set_interceptor(None);
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let l2 = c.wait_leader_among(&others, T).await;
+    wait_until(T, "new leader's on_leader_start", || {
+        !c.records[l2].lock().unwrap().leader_starts.is_empty()
+    })
+    .await;
+    let (term, applied_then) = c.records[l2].lock().unwrap().leader_starts[0];
+    assert_eq!(term, c.node(l2).view().term);
+    assert!(
+        applied_then > n,
+        "on_leader_start ran with only {applied_then} of {} acknowledged entries applied",
+        n + 1
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_callbacks_and_shutdown_fire() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let f = (l + 1) % 3;
+    wait_until(T, "follower starts following", || {
+        c.records[f].lock().unwrap().start_following >= 1
+    })
+    .await;
+    let rec_f = c.records[f].clone();
+    let rec_l = c.records[l].clone();
+    c.shutdown().await;
+    assert_eq!(rec_f.lock().unwrap().shutdowns, 1);
+    assert_eq!(rec_l.lock().unwrap().shutdowns, 1);
+    assert!(
+        rec_l.lock().unwrap().leader_stops >= 1,
+        "leader got on_leader_stop at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_read_sees_the_last_acknowledged_write_on_every_member() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    for i in 0..10 {
+        c.node(l).propose(payload(i)).await.unwrap();
+        for m in 0..3 {
+            c.node(m).read_index().await.expect("read index");
+            assert_eq!(
+                c.applied_data(m).len(),
+                i + 1,
+                "member {m} read stale state after write {i}"
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_read_waits_until_the_acknowledged_write_is_applied() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let f = (l + 1) % 3;
+    c.node(l).propose(payload(0)).await.unwrap();
+    // The follower stops receiving the leader's appends (heartbeats still
+    // arrive), so it lags behind an acknowledged write.
+    let (leader_addr, follower_addr) = (c.addrs[l].clone(), c.addrs[f].clone());
+    c.net.set_interceptor(Some(Arc::new(move |from, to, m| {
+        !(from == leader_addr && to == follower_addr && m.get_msg_type() == MessageType::MsgAppend)
+    })));
+    c.node(l)
+        .propose(payload(1))
+        .await
+        .expect("acknowledged by the leader and the other follower");
+    let read = {
+        let n = c.node(f).clone();
+        tokio::spawn(async move { n.read_index().await })
+    };
+    tokio::time::sleep(Duration::from_millis(ELECTION_MS)).await;
+    if read.is_finished() {
+        let r = read.await.unwrap();
+        panic!("lagging follower answered a read before applying the acknowledged write: {r:?}, applied {:?}", c.applied_data(f));
+    }
+    c.net.set_interceptor(None);
+    read.await
+        .unwrap()
+        .expect("read completes once the follower catches up");
+    assert_eq!(c.applied_data(f), vec![payload(0), payload(1)]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_recovers_state_from_storage() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    for i in 0..30 {
+        c.node(l).propose(payload(i)).await.unwrap();
+    }
+    // A snapshot on one member, so its restart loads snapshot + log.
+    c.node(l).snapshot().await.expect("snapshot");
+    for i in 30..40 {
+        c.node(l).propose(payload(i)).await.unwrap();
+    }
+    let expected: Vec<Bytes> = (0..40).map(payload).collect();
+    for i in 0..3 {
+        wait_until(T, "all applied", || c.applied_data(i) == expected).await;
+    }
+    c.shutdown().await;
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(40)).await.unwrap();
+    let mut expected = expected;
+    expected.push(payload(40));
+    for i in 0..3 {
+        wait_until(T, "state rebuilt after restart", || {
+            c.applied_data(i) == expected
+        })
+        .await;
+    }
+    c.shutdown().await;
+}

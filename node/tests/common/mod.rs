@@ -1,0 +1,313 @@
+//! Shared harness for in-process cluster tests: nodes over a
+//! [`LocalNetwork`] with named `memory://` storages (so a node can be stopped
+//! and started again on the same "disk"), and a recording state machine.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkit_node::error::RaftError;
+use raftkit_node::node::Node;
+use raftkit_node::options::NodeOptions;
+use raftkit_node::state_machine::{ApplyIter, StateMachine};
+use raftkit_node::storage::{SnapshotReader, SnapshotWriter};
+use raftkit_node::transport::local::LocalNetwork;
+
+/// What the recording state machine saw.
+#[derive(Default, Debug, Clone)]
+pub struct Record {
+    /// (index, data) of every applied entry, in order.
+    pub applied: Vec<(u64, Bytes)>,
+    /// (term, number of entries applied when on_leader_start ran).
+    pub leader_starts: Vec<(u64, usize)>,
+    pub leader_stops: usize,
+    pub start_following: usize,
+    pub stop_following: usize,
+    pub shutdowns: usize,
+    pub errors: Vec<String>,
+}
+
+/// Applies every entry by recording it; answers with the entry's own data.
+pub struct RecordingFsm {
+    pub record: Arc<Mutex<Record>>,
+    /// Delay per applied entry in ms, to make the apply thread lag.
+    pub apply_delay_ms: Arc<AtomicU64>,
+}
+
+impl StateMachine for RecordingFsm {
+    fn on_apply(&mut self, entries: ApplyIter<'_>) {
+        for e in entries {
+            let delay = self.apply_delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
+            self.record
+                .lock()
+                .unwrap()
+                .applied
+                .push((e.index, e.data.clone()));
+            let data = e.data.clone();
+            e.respond(Ok(data));
+        }
+    }
+
+    fn on_snapshot_save(
+        &mut self,
+        mut writer: SnapshotWriter,
+        done: raftkit_node::state_machine::SnapshotDone,
+    ) {
+        let rec = self.record.lock().unwrap();
+        let mut out = Vec::new();
+        for (i, d) in &rec.applied {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            out.extend_from_slice(d);
+        }
+        drop(rec);
+        match writer.write_file("entries", &out) {
+            Ok(()) => done.run(Ok(writer)),
+            Err(e) => done.run(Err(e.to_string())),
+        }
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        let data = reader.read_file("entries").map_err(|e| e.to_string())?;
+        let mut applied = Vec::new();
+        let mut p = 0;
+        while p < data.len() {
+            let i = u64::from_le_bytes(data[p..p + 8].try_into().unwrap());
+            let n = u32::from_le_bytes(data[p + 8..p + 12].try_into().unwrap()) as usize;
+            applied.push((i, Bytes::copy_from_slice(&data[p + 12..p + 12 + n])));
+            p += 12 + n;
+        }
+        self.record.lock().unwrap().applied = applied;
+        Ok(())
+    }
+
+    fn on_leader_start(&mut self, term: u64) {
+        let mut r = self.record.lock().unwrap();
+        let n = r.applied.len();
+        r.leader_starts.push((term, n));
+    }
+
+    fn on_leader_stop(&mut self, _reason: &RaftError) {
+        self.record.lock().unwrap().leader_stops += 1;
+    }
+
+    fn on_start_following(&mut self, _ctx: &raftkit_node::state_machine::LeaderChangeContext) {
+        self.record.lock().unwrap().start_following += 1;
+    }
+
+    fn on_stop_following(&mut self, _ctx: &raftkit_node::state_machine::LeaderChangeContext) {
+        self.record.lock().unwrap().stop_following += 1;
+    }
+
+    fn on_error(&mut self, error: &RaftError) {
+        self.record.lock().unwrap().errors.push(error.to_string());
+    }
+
+    fn on_shutdown(&mut self) {
+        self.record.lock().unwrap().shutdowns += 1;
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what`.
+pub async fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`wait_until`] with an async condition.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub const ELECTION_MS: u64 = 300;
+
+/// An in-process cluster of recording state machines.
+pub struct Cluster {
+    pub net: LocalNetwork,
+    pub group: String,
+    pub addrs: Vec<String>,
+    pub nodes: Vec<Option<Node>>,
+    pub records: Vec<Arc<Mutex<Record>>>,
+    /// Per-node apply delay (ms per entry); kept across restarts.
+    pub apply_delays: Vec<Arc<AtomicU64>>,
+    tag: String,
+    pub tweak: fn(&mut NodeOptions),
+}
+
+fn no_tweak(_: &mut NodeOptions) {}
+
+impl Cluster {
+    pub fn new(n: usize) -> Self {
+        Self::with(n, no_tweak)
+    }
+
+    pub fn with(n: usize, tweak: fn(&mut NodeOptions)) -> Self {
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let addrs: Vec<String> = (0..n).map(|i| format!("node{i}.{tag}:7000")).collect();
+        let mut c = Cluster {
+            net: LocalNetwork::new(),
+            group: "test".into(),
+            addrs,
+            nodes: (0..n).map(|_| None).collect(),
+            records: (0..n).map(|_| Arc::default()).collect(),
+            apply_delays: (0..n).map(|_| Arc::default()).collect(),
+            tag,
+            tweak,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c
+    }
+
+    pub fn options(&self, i: usize) -> NodeOptions {
+        let mut o = NodeOptions::new(self.group.clone(), self.addrs[i].clone());
+        o.initial_conf = self.addrs.clone();
+        o.election_timeout_ms = ELECTION_MS;
+        o.read_timeout_ms = 2000;
+        o.snapshot_interval_s = 0;
+        let name = format!("{}-{i}", self.tag);
+        o.log_uri = format!("memory://{name}");
+        o.raft_meta_uri = format!("memory://{name}");
+        o.snapshot_uri = format!("memory://{name}");
+        (self.tweak)(&mut o);
+        o
+    }
+
+    /// Starts node `i` (again) on its existing storage; its state machine
+    /// starts empty and is rebuilt from snapshot and log.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let record = Arc::new(Mutex::new(Record::default()));
+        self.records[i] = record.clone();
+        let fsm = RecordingFsm {
+            record,
+            apply_delay_ms: self.apply_delays[i].clone(),
+        };
+        let node = Node::start(
+            self.options(i),
+            Box::new(fsm),
+            self.net.transport(&self.addrs[i]),
+        )
+        .expect("node starts");
+        self.net.register(&node);
+        self.nodes[i] = Some(node);
+    }
+
+    /// Stops node `i` (it can be started again with [`Cluster::start_node`]).
+    pub async fn stop_node(&mut self, i: usize) {
+        self.net.unregister(&self.group, &self.addrs[i]);
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await;
+        }
+    }
+
+    /// Makes node `i`'s state machine take `ms` per applied entry.
+    pub fn set_apply_delay(&self, i: usize, ms: u64) {
+        self.apply_delays[i].store(ms, Ordering::Relaxed);
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+    }
+
+    /// Waits until exactly one running node (among `among`, or all) leads
+    /// and every such node agrees on it; returns its position.
+    pub async fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<(usize, raftkit_node::node::RoleView)> = among
+                .iter()
+                .filter_map(|&i| self.nodes[i].as_ref().map(|n| (i, n.view())))
+                .collect();
+            let leaders: Vec<usize> = views
+                .iter()
+                .filter(|(_, v)| v.role == raftkit_node::node::Role::Leader)
+                .map(|(i, _)| *i)
+                .collect();
+            if leaders.len() == 1 {
+                let l = leaders[0];
+                let term = views.iter().find(|(i, _)| *i == l).map(|(_, v)| v.term);
+                let agreed = views.iter().all(|(_, v)| {
+                    v.term == term.unwrap_or(0)
+                        && v.leader.as_ref().map(|p| p.addr.as_str())
+                            == Some(self.addrs[l].as_str())
+                });
+                if agreed {
+                    return l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} after {timeout:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let all: Vec<usize> = self.running().map(|(i, _)| i).collect();
+        self.wait_leader_among(&all, timeout).await
+    }
+
+    pub fn applied_data(&self, i: usize) -> Vec<Bytes> {
+        self.records[i]
+            .lock()
+            .unwrap()
+            .applied
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    pub async fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.addrs.len() {
+            raftkit_node::storage::memory::forget(&format!("{}-{i}", self.tag));
+        }
+    }
+}
