@@ -344,6 +344,13 @@ impl SnapshotFileWriter {
     }
 }
 
+/// Publishes a writer the way the engine does after `on_snapshot_save`.
+/// For storage tests and tools; state machines hand writers back through
+/// `SnapshotDone` instead.
+pub fn publish_for_tests(writer: SnapshotWriter) -> Result<SnapshotMeta, StorageError> {
+    writer.commit()
+}
+
 // ------------------------------------------------------------------ reader
 
 #[derive(Clone)]

@@ -1,0 +1,332 @@
+//! One set of behaviours every storage backend must have, run against each
+//! registered backend (`memory://` and `local://`).
+
+use raft::eraftpb::Entry;
+use raftkit_node::error::{PeerId, StorageError};
+use raftkit_node::storage::{self, LogStorage, RaftMeta, SnapshotMeta, StorageOptions};
+
+/// Creates a fresh storage URI for one test and reopens the same one.
+trait Backend {
+    fn uri(&self) -> String;
+}
+
+struct Memory(String);
+struct Local(tempfile::TempDir);
+
+impl Backend for Memory {
+    fn uri(&self) -> String {
+        format!("memory://{}", self.0)
+    }
+}
+
+impl Backend for Local {
+    fn uri(&self) -> String {
+        format!("local://{}", self.0.path().display())
+    }
+}
+
+fn memory() -> Memory {
+    Memory(format!("conformance-{:016x}", rand::random::<u64>()))
+}
+
+fn local() -> Local {
+    Local(tempfile::tempdir().unwrap())
+}
+
+fn opts() -> StorageOptions {
+    // Small segments so the local backend rolls files during the tests.
+    StorageOptions {
+        sync: true,
+        max_segment_bytes: 4096,
+    }
+}
+
+fn ent(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = format!("data-{index}-{term}-{}", "x".repeat(100))
+        .into_bytes()
+        .into();
+    e
+}
+
+fn ents(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+    range.map(|i| ent(i, term)).collect()
+}
+
+fn open_log(b: &dyn Backend) -> Box<dyn LogStorage> {
+    storage::open_log_storage(&b.uri(), &opts()).unwrap()
+}
+
+fn indexes_terms(log: &dyn LogStorage) -> Vec<(u64, u64)> {
+    if log.last_index() < log.first_index() {
+        return vec![];
+    }
+    log.entries(log.first_index(), log.last_index() + 1, None)
+        .unwrap()
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect()
+}
+
+fn empty_log_starts_at_one(b: &dyn Backend) {
+    let log = open_log(b);
+    assert_eq!(log.first_index(), 1);
+    assert_eq!(log.last_index(), 0);
+    assert_eq!(log.term(0), Some(0));
+    assert_eq!(log.term(1), None);
+}
+
+fn append_and_read(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=100, 1)).unwrap();
+    log.sync().unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, 100));
+    assert_eq!(log.term(57), Some(1));
+    let got = log.entries(10, 20, None).unwrap();
+    assert_eq!(got.len(), 10);
+    assert_eq!(got[0], ent(10, 1));
+    assert_eq!(got[9], ent(19, 1));
+    // max_size limits the batch but always returns at least one entry.
+    assert_eq!(log.entries(10, 20, Some(1)).unwrap().len(), 1);
+    let one = protobuf::Message::compute_size(&ent(10, 1)) as u64;
+    assert_eq!(log.entries(10, 20, Some(one * 3)).unwrap().len(), 3);
+    assert!(matches!(
+        log.entries(100, 102, None),
+        Err(StorageError::Unavailable { .. })
+    ));
+}
+
+fn conflicting_append_replaces_the_suffix(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=50, 1)).unwrap();
+    log.append(&ents(30..=35, 2)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.last_index(), 35);
+    assert_eq!(log.term(29), Some(1));
+    assert_eq!(log.term(30), Some(2));
+    assert_eq!(log.term(36), None);
+    drop(log);
+    let log = open_log(b);
+    let it = indexes_terms(log.as_ref());
+    assert_eq!(it.len(), 35);
+    assert!(it[..29].iter().all(|(_, t)| *t == 1) && it[29..].iter().all(|(_, t)| *t == 2));
+}
+
+fn gaps_and_overwriting_compacted_entries_are_refused(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=10, 1)).unwrap();
+    assert!(
+        log.append(&ents(12..=13, 1)).is_err(),
+        "a gap must be refused"
+    );
+    let mut bad = ents(11..=12, 1);
+    bad[1].index = 14;
+    assert!(
+        log.append(&bad).is_err(),
+        "non-contiguous entries must be refused"
+    );
+    log.truncate_prefix(6).unwrap();
+    assert!(
+        log.append(&ents(3..=4, 2)).is_err(),
+        "overwriting compacted entries must be refused"
+    );
+    assert_eq!(log.last_index(), 10);
+}
+
+fn truncate_suffix_and_prefix(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=80, 1)).unwrap();
+    log.append(&ents(81..=100, 2)).unwrap();
+    log.truncate_suffix(90).unwrap();
+    log.truncate_prefix(41).unwrap();
+    log.sync().unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (41, 90));
+    assert_eq!(
+        log.term(40),
+        Some(1),
+        "the term before the first index stays known"
+    );
+    assert_eq!(log.term(39), None);
+    assert!(matches!(
+        log.entries(30, 50, None),
+        Err(StorageError::Compacted(30))
+    ));
+    log.append(&ents(91..=95, 3)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open_log(b);
+    assert_eq!((log.first_index(), log.last_index()), (41, 95));
+    assert_eq!(log.term(40), Some(1));
+    assert_eq!(log.term(85), Some(2));
+    assert_eq!(log.term(95), Some(3));
+    assert_eq!(indexes_terms(log.as_ref()).len(), 55);
+}
+
+fn compact_everything_then_continue(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=20, 4)).unwrap();
+    log.truncate_prefix(21).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (21, 20));
+    assert_eq!(log.term(20), Some(4));
+    log.append(&ents(21..=22, 5)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open_log(b);
+    assert_eq!((log.first_index(), log.last_index()), (21, 22));
+    assert_eq!(log.term(20), Some(4));
+}
+
+fn reset_starts_over_after_a_snapshot(b: &dyn Backend) {
+    let mut log = open_log(b);
+    log.append(&ents(1..=30, 1)).unwrap();
+    log.reset(501, 7).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (501, 500));
+    assert_eq!(log.term(500), Some(7));
+    log.append(&ents(501..=505, 8)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open_log(b);
+    assert_eq!((log.first_index(), log.last_index()), (501, 505));
+    assert_eq!(log.term(500), Some(7));
+    assert_eq!(log.entries(501, 506, None).unwrap()[4], ent(505, 8));
+}
+
+fn synced_entries_survive_reopen(b: &dyn Backend) {
+    let mut log = open_log(b);
+    for batch in 0..10u64 {
+        log.append(&ents(batch * 30 + 1..=batch * 30 + 30, 1 + batch / 3))
+            .unwrap();
+        log.sync().unwrap();
+    }
+    let before = log.entries(1, 301, None).unwrap();
+    drop(log);
+    let log = open_log(b);
+    assert_eq!(log.entries(1, 301, None).unwrap(), before);
+}
+
+fn meta_round_trips(b: &dyn Backend) {
+    let mut m = storage::open_meta_storage(&b.uri(), &opts()).unwrap();
+    assert_eq!(m.load().unwrap(), None);
+    let meta = RaftMeta {
+        peer_id: 42,
+        term: 7,
+        vote: 3,
+        commit: 100,
+        applied: 99,
+        initial_conf: vec![PeerId {
+            id: 42,
+            addr: "a:1".into(),
+        }],
+    };
+    m.save(&meta).unwrap();
+    m.save(&RaftMeta {
+        term: 8,
+        ..meta.clone()
+    })
+    .unwrap();
+    drop(m);
+    let m = storage::open_meta_storage(&b.uri(), &opts()).unwrap();
+    assert_eq!(m.load().unwrap(), Some(RaftMeta { term: 8, ..meta }));
+}
+
+fn snapshots_publish_and_replace(b: &dyn Backend) {
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    assert!(s.latest().unwrap().is_none());
+    for (index, body) in [(10u64, b"ten".as_slice()), (20, b"twenty")] {
+        let mut w = s
+            .begin(SnapshotMeta {
+                index,
+                term: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        w.write_file("state", body).unwrap();
+        let mut f = w.create_file("extra").unwrap();
+        std::io::Write::write_all(&mut f, b"more").unwrap();
+        f.finish().unwrap();
+        publish(w).unwrap();
+    }
+    let r = s.latest().unwrap().unwrap();
+    assert_eq!((r.meta().index, r.meta().term), (20, 2));
+    assert_eq!(r.read_file("state").unwrap(), b"twenty");
+    assert_eq!(r.read_file("extra").unwrap(), b"more");
+    assert_eq!(r.meta().files.len(), 2);
+    assert!(r.read_file("missing").is_err());
+}
+
+fn unfinished_or_abandoned_snapshots_are_never_published(b: &dyn Backend) {
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    let mut w = s
+        .begin(SnapshotMeta {
+            index: 5,
+            term: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    w.write_file("state", b"five").unwrap();
+    publish(w).unwrap();
+    // A file created but never finished fails the snapshot.
+    let mut w = s
+        .begin(SnapshotMeta {
+            index: 9,
+            term: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let _f = w.create_file("state").unwrap();
+    assert!(publish(w).is_err());
+    // A writer dropped without publishing leaves nothing.
+    let mut w = s
+        .begin(SnapshotMeta {
+            index: 11,
+            term: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    w.write_file("state", b"eleven").unwrap();
+    drop(w);
+    assert_eq!(s.latest().unwrap().unwrap().meta().index, 5);
+    // Bad names are refused.
+    let mut w = s
+        .begin(SnapshotMeta {
+            index: 12,
+            term: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(w.create_file("../escape").is_err());
+    assert!(w.create_file("__raftkit_snapshot_meta").is_err());
+}
+
+/// Publishes through the engine's path (the writer's commit is crate-private;
+/// the public way is `SnapshotDone`, exercised in cluster tests).
+fn publish(w: storage::SnapshotWriter) -> Result<SnapshotMeta, StorageError> {
+    storage::snapshot::publish_for_tests(w)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[test] fn $name() { super::$name(&super::memory()); } )*
+        }
+        mod local_backend {
+            $( #[test] fn $name() { super::$name(&super::local()); } )*
+        }
+    };
+}
+
+conformance!(
+    empty_log_starts_at_one,
+    append_and_read,
+    conflicting_append_replaces_the_suffix,
+    gaps_and_overwriting_compacted_entries_are_refused,
+    truncate_suffix_and_prefix,
+    compact_everything_then_continue,
+    reset_starts_over_after_a_snapshot,
+    synced_entries_survive_reopen,
+    meta_round_trips,
+    snapshots_publish_and_replace,
+    unfinished_or_abandoned_snapshots_are_never_published,
+);
