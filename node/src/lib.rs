@@ -1,12 +1,38 @@
+//! RaftKit's engine: a braft-style Raft runtime on raft-rs.
+//!
+//! ```text
+//!            raftkit (CLI) ── client ──┐            raftkit-node (server)
+//!                                      ▼                    │
+//!   ┌───────────────── server: one port, gRPC + HTTP ───────┘
+//!   │  services (counter, kv, admin)   http (/raft_stat, /healthz, /readyz)
+//!   │        │ propose / read_index           │ status
+//!   │        ▼                                ▼
+//!   │  node_manager ── Node (one per group) ──────────────────────┐
+//!   │                   │ raft_loop: RawNode, Ready handling       │
+//!   │                   │   ├── raft_store → storage (log, meta)   │
+//!   │                   │   └── transport (grpc / local)           │
+//!   │                   └ fsm_caller: StateMachine callbacks ──────┘
+//!   │                                  └── storage::snapshot
+//! ```
+//!
+//! Start with [`node::Node`], [`state_machine::StateMachine`] and
+//! [`options::NodeOptions`]; `docs/architecture.md` maps every file.
+
+pub mod cli;
+pub mod client;
 pub mod closure;
+pub mod config;
 pub mod error;
 pub(crate) mod fsm_caller;
+pub mod http;
 pub mod logging;
 pub mod node;
 pub mod node_manager;
 pub mod options;
 pub(crate) mod raft_loop;
 pub(crate) mod raft_store;
+pub mod server;
+pub mod services;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
@@ -15,4 +41,20 @@ pub mod transport;
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("raftkit.v1");
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,0 +1,414 @@
+//! [`ClusterClient`]: talks to a RaftKit cluster given its members'
+//! addresses. It finds the leader itself (cached), follows redirects, and
+//! retries what is safe to retry within a deadline:
+//! - any request whose error proves it was not applied (a redirect, a
+//!   refused connection, "transferring", "busy");
+//! - reads, after any retryable error.
+//!
+//! A write whose outcome is unknown (the leader stepped down, a timeout, a
+//! connection lost mid-call) is not retried: the error goes back to the
+//! caller, who must treat the write as possibly applied.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::error::RaftError;
+use crate::options::validate_addr;
+use crate::pb::admin_client::AdminClient;
+use crate::pb::counter_client::CounterClient;
+use crate::pb::kv_client::KvClient;
+use crate::pb::{
+    CasRequest, CounterGetRequest, DeleteRequest, FetchAddRequest, GetRequest, GroupRequest,
+    NodeStatusReply, PutRequest, ScanRequest,
+};
+use crate::services::from_status;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// A node answered with an engine error.
+    #[error("{0}")]
+    Raft(RaftError),
+    /// The call failed in transport or with a non-RaftKit status; for a
+    /// write the outcome is unknown.
+    #[error("{addr}: {message}")]
+    Rpc {
+        addr: String,
+        code: tonic::Code,
+        message: String,
+    },
+    /// No member could be reached or none would take the request in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The caller's input is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// Whether a write that failed this way was certainly not applied.
+    pub fn is_definitely_not_applied(&self) -> bool {
+        match self {
+            ClientError::Raft(e) => e.is_definitely_not_applied(),
+            ClientError::InvalidArgument(_) => true,
+            ClientError::Unavailable(_) | ClientError::Rpc { .. } => false,
+        }
+    }
+}
+
+/// Whether a call may be sent again after an error of unknown outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads and other idempotent calls.
+    Idempotent,
+    /// Writes: resent only when the error proves they were not applied.
+    NotIdempotent,
+}
+
+/// A client for one group of a cluster. See the module documentation.
+pub struct ClusterClient {
+    addrs: Vec<String>,
+    group: String,
+    timeout: Duration,
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    next: AtomicUsize,
+}
+
+impl ClusterClient {
+    /// `addrs` are members' `host:port`; `timeout` bounds each call with retries.
+    pub fn new(
+        addrs: Vec<String>,
+        group: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the cluster address list is empty".into(),
+            ));
+        }
+        for a in &addrs {
+            validate_addr(a)
+                .map_err(|e| ClientError::InvalidArgument(format!("cluster address {e}")))?;
+        }
+        Ok(ClusterClient {
+            addrs,
+            group: group.into(),
+            timeout,
+            leader: Mutex::new(None),
+            channels: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The member currently believed to lead.
+    pub fn cached_leader(&self) -> Option<String> {
+        self.leader.lock().clone()
+    }
+
+    async fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.channels.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = ep.connect().await.map_err(|e| {
+            format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )
+        })?;
+        self.channels.lock().insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels.lock().remove(addr);
+        let mut l = self.leader.lock();
+        if l.as_deref() == Some(addr) {
+            *l = None;
+        }
+    }
+
+    fn pick(&self) -> String {
+        if let Some(l) = self.leader.lock().clone() {
+            return l;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.addrs[i % self.addrs.len()].clone()
+    }
+
+    /// Sends `call` to the leader, following redirects and retrying per `retry`.
+    pub async fn call<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(20);
+        let mut last = String::from("no member answered");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable(format!(
+                    "gave up after {:?}: {last}",
+                    self.timeout
+                )));
+            }
+            let addr = self.pick();
+            let ch = match self.channel(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not connected: the request was certainly not sent.
+                    last = format!("{addr}: {e}");
+                    self.forget(&addr);
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                    sleep_until_or(deadline, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match tokio::time::timeout(remaining, call(ch, self.group.clone())).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ClientError::Unavailable(format!(
+                        "{addr}: no answer within {:?}",
+                        self.timeout
+                    )));
+                }
+            };
+            let status = match outcome {
+                Ok(v) => {
+                    *self.leader.lock() = Some(addr);
+                    return Ok(v);
+                }
+                Err(s) => s,
+            };
+            match from_status(&status) {
+                Some(RaftError::NotLeader { leader: Some(l) }) if l.addr != addr => {
+                    last = format!("{addr}: not leader; redirected to {}", l.addr);
+                    *self.leader.lock() = Some(l.addr);
+                    continue;
+                }
+                Some(
+                    e
+                    @ (RaftError::NotLeader { .. } | RaftError::Transferring | RaftError::Busy(_)),
+                ) => {
+                    last = format!("{addr}: {e}");
+                    *self.leader.lock() = None;
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(e) if e.is_retryable() && retry == Retry::Idempotent => {
+                    last = format!("{addr}: {e}");
+                    self.forget(&addr);
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(e) => return Err(ClientError::Raft(e)),
+                None if status.code() == tonic::Code::Unavailable && retry == Retry::Idempotent => {
+                    last = format!("{addr}: {}", status.message());
+                    self.forget(&addr);
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    self.forget(&addr);
+                    return Err(ClientError::Rpc {
+                        addr,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+            }
+            sleep_until_or(deadline, backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Adds `delta` to the counter; returns the value before.
+    pub async fn fetch_add(&self, delta: i64) -> Result<i64, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| async move {
+            CounterClient::new(ch)
+                .fetch_add(FetchAddRequest { group, delta })
+                .await
+                .map(|r| r.into_inner().previous)
+        })
+        .await
+    }
+
+    /// The counter's value (linearizable).
+    pub async fn counter_get(&self) -> Result<i64, ClientError> {
+        self.call(Retry::Idempotent, |ch, group| async move {
+            CounterClient::new(ch)
+                .get(CounterGetRequest { group })
+                .await
+                .map(|r| r.into_inner().value)
+        })
+        .await
+    }
+
+    /// Sets `key`; returns the previous value.
+    pub async fn put(&self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                KvClient::new(ch)
+                    .put(PutRequest { group, key, value })
+                    .await
+                    .map(|r| r.into_inner().previous)
+            }
+        })
+        .await
+    }
+
+    /// The value of `key` (linearizable).
+    pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
+        self.call(Retry::Idempotent, |ch, group| {
+            let key = key.clone();
+            async move {
+                KvClient::new(ch)
+                    .get(GetRequest { group, key })
+                    .await
+                    .map(|r| r.into_inner().value)
+            }
+        })
+        .await
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let key = key.clone();
+            async move {
+                KvClient::new(ch)
+                    .delete(DeleteRequest { group, key })
+                    .await
+                    .map(|r| r.into_inner().deleted)
+            }
+        })
+        .await
+    }
+
+    /// Sets `key` to `value` if its current value is `expected` (`None`:
+    /// absent). Returns whether it swapped, and the current value if not.
+    pub async fn cas(
+        &self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        value: Bytes,
+    ) -> Result<(bool, Option<Bytes>), ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let (key, expected, value) = (key.clone(), expected.clone(), value.clone());
+            async move {
+                KvClient::new(ch)
+                    .cas(CasRequest {
+                        group,
+                        key,
+                        expected,
+                        value,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (r.swapped, r.current)
+                    })
+            }
+        })
+        .await
+    }
+
+    /// Keys starting with `prefix` (at most `limit`, 0 for the server's
+    /// default), and whether more matched.
+    pub async fn scan(
+        &self,
+        prefix: Bytes,
+        limit: u32,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        self.call(Retry::Idempotent, |ch, group| {
+            let prefix = prefix.clone();
+            async move {
+                KvClient::new(ch)
+                    .scan(ScanRequest {
+                        group,
+                        prefix,
+                        limit,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (
+                            r.items.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+                            r.more,
+                        )
+                    })
+            }
+        })
+        .await
+    }
+
+    /// The status of this client's group (every group when the client's
+    /// group is empty) on one member.
+    pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {
+        let ch = self
+            .channel(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        let mut admin = AdminClient::new(ch);
+        match tokio::time::timeout(
+            self.timeout,
+            admin.status(GroupRequest {
+                group: self.group.clone(),
+            }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().groups),
+            Ok(Err(s)) => {
+                self.forget(addr);
+                Err(match from_status(&s) {
+                    Some(e) => ClientError::Raft(e),
+                    None => ClientError::Rpc {
+                        addr: addr.to_string(),
+                        code: s.code(),
+                        message: s.message().to_string(),
+                    },
+                })
+            }
+            Err(_) => {
+                self.forget(addr);
+                Err(ClientError::Unavailable(format!(
+                    "{addr}: no answer within {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+}
+
+async fn sleep_until_or(deadline: Instant, d: Duration) {
+    let now = Instant::now();
+    if now < deadline {
+        let jitter = 0.5 + rand::random::<f64>();
+        tokio::time::sleep(d.mul_f64(jitter).min(deadline - now)).await;
+    }
+}

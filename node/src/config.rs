@@ -1,0 +1,232 @@
+//! Command-line flags of the node server, shared by `raftkit-node` and the
+//! `raftkit node` subcommand. Every flag can also come from an environment
+//! variable (`RAFTKIT_…`), for Kubernetes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+
+use crate::options::ReadMode;
+use crate::server::{ServerConfig, ServerError, StateMachineKind};
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Address to listen on for gRPC and HTTP.
+    #[arg(long, env = "RAFTKIT_LISTEN", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node [default: --listen].
+    #[arg(long, env = "RAFTKIT_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Directory for this node's log, meta and snapshots.
+    #[arg(long, env = "RAFTKIT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Raft group name [default: the state machine's name].
+    #[arg(long, env = "RAFTKIT_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+    /// Application the group runs.
+    #[arg(
+        long,
+        env = "RAFTKIT_STATE_MACHINE",
+        value_enum,
+        default_value = "counter"
+    )]
+    pub state_machine: StateMachineKind,
+    /// Host several groups: NAME:STATE_MACHINE,... (instead of --group/--state-machine).
+    #[arg(
+        long,
+        env = "RAFTKIT_GROUPS",
+        value_name = "NAME:SM,...",
+        conflicts_with = "group"
+    )]
+    pub groups: Option<String>,
+    /// Addresses of the first members; used only when the node has no data.
+    #[arg(
+        long,
+        env = "RAFTKIT_INITIAL_CONF",
+        value_name = "ADDR,ADDR,...",
+        value_delimiter = ','
+    )]
+    pub initial_conf: Vec<String>,
+    /// Election timeout in milliseconds.
+    #[arg(long, env = "RAFTKIT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Seconds between snapshots (0: never).
+    #[arg(long, env = "RAFTKIT_SNAPSHOT_INTERVAL_S", default_value_t = 3600)]
+    pub snapshot_interval_s: u64,
+    /// Log storage URI; {group} and {data_dir} are substituted
+    /// [default: local://{data_dir}/{group}/log].
+    #[arg(long, env = "RAFTKIT_LOG_URI", value_name = "URI")]
+    pub log_uri: Option<String>,
+    /// Raft meta storage URI [default: local://{data_dir}/{group}/meta].
+    #[arg(long, env = "RAFTKIT_RAFT_META_URI", value_name = "URI")]
+    pub raft_meta_uri: Option<String>,
+    /// Snapshot storage URI [default: local://{data_dir}/{group}/snapshot].
+    #[arg(long, env = "RAFTKIT_SNAPSHOT_URI", value_name = "URI")]
+    pub snapshot_uri: Option<String>,
+    /// fsync the log and meta before acknowledging (turning it off risks
+    /// losing acknowledged writes on power loss).
+    #[arg(long, env = "RAFTKIT_SYNC", default_value_t = true, action = ArgAction::Set, value_name = "true|false")]
+    pub sync: bool,
+    /// How linearizable reads are confirmed: read-index or lease.
+    #[arg(long, env = "RAFTKIT_READ_MODE", default_value = "read-index", value_parser = parse_read_mode)]
+    pub read_mode: ReadMode,
+}
+
+fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
+    s.parse()
+}
+
+/// Parses `NAME:SM,NAME:SM`.
+pub fn parse_groups(spec: &str) -> Result<Vec<(String, StateMachineKind)>, String> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            let (name, sm) = item.trim().split_once(':').ok_or_else(|| {
+                format!(
+                    "group spec {item:?} is not NAME:STATE_MACHINE (for example counter:counter)"
+                )
+            })?;
+            Ok((name.to_string(), sm.parse::<StateMachineKind>()?))
+        })
+        .collect()
+}
+
+impl NodeArgs {
+    pub fn into_config(self) -> Result<ServerConfig, ServerError> {
+        let groups = match &self.groups {
+            Some(spec) => {
+                parse_groups(spec).map_err(|e| ServerError::Config(format!("--groups: {e}")))?
+            }
+            None => vec![(
+                self.group
+                    .clone()
+                    .unwrap_or_else(|| self.state_machine.as_str().to_string()),
+                self.state_machine,
+            )],
+        };
+        let initial_conf = self
+            .initial_conf
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let config = ServerConfig {
+            listen: self.listen,
+            advertise: self.advertise,
+            data_dir: self.data_dir,
+            groups,
+            initial_conf,
+            election_timeout_ms: self.election_timeout_ms,
+            snapshot_interval_s: self.snapshot_interval_s,
+            log_uri: self.log_uri,
+            raft_meta_uri: self.raft_meta_uri,
+            snapshot_uri: self.snapshot_uri,
+            sync: self.sync,
+            read_mode: self.read_mode,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let t = T::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        t.node.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_group_naming() {
+        let c = parse(&["--listen", "127.0.0.1:8100", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(
+            c.groups,
+            vec![("counter".to_string(), StateMachineKind::Counter)]
+        );
+        let o = c.node_options("counter").unwrap();
+        assert_eq!(o.log_uri, "local:///tmp/x/counter/log");
+        assert_eq!(o.addr, "127.0.0.1:8100");
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--groups",
+            "a:counter,b:kv",
+            "--initial-conf",
+            "127.0.0.1:8100,127.0.0.1:8101",
+        ])
+        .unwrap();
+        assert_eq!(c.groups.len(), 2);
+        assert_eq!(c.initial_conf.len(), 2);
+    }
+
+    #[test]
+    fn bad_flags_get_clear_errors() {
+        let e = parse(&["--listen", "0.0.0.0:8100", "--data-dir", "/d"]).unwrap_err();
+        assert!(e.contains("--advertise"), "{e}");
+        let e = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--groups",
+            "a:redis",
+        ])
+        .unwrap_err();
+        assert!(e.contains("unknown state machine"), "{e}");
+        let e = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--groups",
+            "a:kv,b:kv",
+            "--log-uri",
+            "local:///x",
+        ])
+        .unwrap_err();
+        assert!(e.contains("{group}"), "{e}");
+        let e = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--initial-conf",
+            "127.0.0.1:9,127.0.0.1:10",
+        ])
+        .unwrap_err();
+        assert!(e.contains("not in the initial conf"), "{e}");
+        let e = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--log-uri",
+            "nfs://x",
+        ])
+        .unwrap_err();
+        assert!(e.contains("log uri"), "{e}");
+        let e = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/d",
+            "--sync",
+            "maybe",
+        ])
+        .unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Plain HTTP on the node's port: `/raft_stat` (text, or JSON with
+//! `?format=json`; `?group=NAME` for one group), `/healthz` (the process
+//! serves and no group has stopped on an error) and `/readyz` (every group
+//! knows a leader and has applied what it had before starting).
+
+use std::fmt::Write as _;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::error::PeerId;
+use crate::node::NodeStatus;
+use crate::node_manager::NodeManager;
+
+pub fn router(manager: NodeManager) -> Router {
+    Router::new()
+        .route("/raft_stat", get(raft_stat))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(manager)
+}
+
+#[derive(Deserialize)]
+struct StatQuery {
+    format: Option<String>,
+    group: Option<String>,
+}
+
+async fn raft_stat(State(manager): State<NodeManager>, Query(q): Query<StatQuery>) -> Response {
+    let nodes = match &q.group {
+        Some(g) => match manager.get(g) {
+            Some(n) => vec![n],
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("no group named {g:?} is hosted here\n"),
+                )
+                    .into_response()
+            }
+        },
+        None => manager.all(),
+    };
+    let mut statuses = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        match n.status().await {
+            Ok(s) => statuses.push(s),
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("group {}: {e}\n", n.group()),
+                )
+                    .into_response()
+            }
+        }
+    }
+    match q.format.as_deref() {
+        Some("json") => Json(statuses).into_response(),
+        None | Some("text") => {
+            let text: String = statuses
+                .iter()
+                .map(render_text)
+                .collect::<Vec<_>>()
+                .join("\n");
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+        Some(other) => (
+            StatusCode::BAD_REQUEST,
+            format!("unknown format {other:?}; use text or json\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn peer_list(ps: &[PeerId]) -> String {
+    ps.iter()
+        .map(|p| p.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// braft-style text status of one replica.
+pub fn render_text(s: &NodeStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "[{}]", s.group);
+    let _ = writeln!(o, "peer_id: {}", s.peer);
+    let _ = writeln!(o, "state: {}", s.role.as_str().to_uppercase());
+    let _ = writeln!(o, "term: {}", s.term);
+    let _ = writeln!(
+        o,
+        "leader: {}",
+        s.leader
+            .as_ref()
+            .map_or("none".to_string(), |l| l.to_string())
+    );
+    let _ = writeln!(o, "voters: {}", peer_list(&s.conf.voters));
+    let _ = writeln!(o, "learners: {}", peer_list(&s.conf.learners));
+    if s.conf.is_joint() {
+        let _ = writeln!(
+            o,
+            "voters_outgoing: {} (joint)",
+            peer_list(&s.conf.voters_outgoing)
+        );
+    }
+    let _ = writeln!(o, "first_log_index: {}", s.first_log_index);
+    let _ = writeln!(o, "last_log_index: {}", s.last_log_index);
+    let _ = writeln!(o, "disk_index: {}", s.disk_index);
+    let _ = writeln!(o, "committed_index: {}", s.commit_index);
+    let _ = writeln!(o, "applied_index: {}", s.applied_index);
+    let _ = writeln!(
+        o,
+        "snapshot: index={} term={}",
+        s.snapshot_index, s.snapshot_term
+    );
+    let _ = writeln!(o, "pending_reads: {}", s.pending_reads);
+    let _ = writeln!(o, "log_disk_bytes: {}", s.log_disk_bytes);
+    if let Some(e) = &s.error {
+        let _ = writeln!(o, "error: {e}");
+    }
+    if !s.peers.is_empty() {
+        let _ = writeln!(o, "replicators:");
+        for p in &s.peers {
+            let _ = writeln!(
+                o,
+                "  {} {} match_index={} next_index={} state={} active={}",
+                p.peer,
+                if p.voter { "voter" } else { "learner" },
+                p.match_index,
+                p.next_index,
+                p.state,
+                p.recent_active
+            );
+        }
+    }
+    o
+}
+
+async fn healthz(State(manager): State<NodeManager>) -> Response {
+    let errors: Vec<String> = manager
+        .all()
+        .iter()
+        .filter_map(|n| n.error().map(|e| format!("group {}: {e}", n.group())))
+        .collect();
+    if errors.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, errors.join("\n") + "\n").into_response()
+    }
+}
+
+async fn readyz(State(manager): State<NodeManager>) -> Response {
+    let nodes = manager.all();
+    if nodes.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no groups started yet\n").into_response();
+    }
+    let waiting: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.is_ready())
+        .map(|n| {
+            let v = n.view();
+            format!(
+                "group {}: {} at term {}, leader {}",
+                n.group(),
+                v.role.as_str(),
+                v.term,
+                v.leader.map_or("unknown".into(), |l| l.addr)
+            )
+        })
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, waiting.join("\n") + "\n").into_response()
+    }
+}
+
+/// A minimal HTTP/1.0 GET for probes (`/readyz`, `/healthz`) from tools and
+/// tests: returns the status code and body.
+pub async fn probe(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}

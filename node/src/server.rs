@@ -1,0 +1,331 @@
+//! The node server: one port serving gRPC (raft transport, admin, Counter,
+//! KV) and HTTP (`/raft_stat`, `/healthz`, `/readyz`), hosting any number of
+//! groups. As braft requires, the port is bound and served before any raft
+//! node starts, so peers' first messages and replies always have somewhere
+//! to go.
+//!
+//! [`run`] is what the binaries call: bind, serve, start the groups, wait for
+//! the shutdown signal, stop the groups, stop serving.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::RaftError;
+use crate::node::Node;
+use crate::node_manager::NodeManager;
+use crate::options::{validate_addr, validate_group_name, NodeOptions, ReadMode};
+use crate::pb::admin_server::AdminServer;
+use crate::pb::counter_server::CounterServer;
+use crate::pb::kv_server::KvServer;
+use crate::pb::raft_transport_server::RaftTransportServer;
+use crate::services::admin::AdminService;
+use crate::services::counter::{CounterFsm, CounterService, CounterState};
+use crate::services::kv::{KvFsm, KvService, KvState};
+use crate::services::GroupTable;
+use crate::storage::StorageOptions;
+use crate::transport::grpc::{GrpcTransport, RaftTransportService, MAX_GRPC_MESSAGE};
+
+/// How long in-flight connections get to finish after shutdown is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Which application a group runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateMachineKind {
+    Counter,
+    Kv,
+}
+
+impl StateMachineKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StateMachineKind::Counter => "counter",
+            StateMachineKind::Kv => "kv",
+        }
+    }
+}
+
+impl std::str::FromStr for StateMachineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "counter" => Ok(StateMachineKind::Counter),
+            "kv" => Ok(StateMachineKind::Kv),
+            other => Err(format!(
+                "unknown state machine {other:?}; expected counter or kv"
+            )),
+        }
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("group {group}: {source}")]
+    Group { group: String, source: RaftError },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything the node binary is configured with. See `raftkit-node --help`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Address peers dial; defaults to `listen`.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// (group name, state machine) pairs.
+    pub groups: Vec<(String, StateMachineKind)>,
+    pub initial_conf: Vec<String>,
+    pub election_timeout_ms: u64,
+    pub snapshot_interval_s: u64,
+    /// URI templates; `{group}` and `{data_dir}` are substituted.
+    pub log_uri: Option<String>,
+    pub raft_meta_uri: Option<String>,
+    pub snapshot_uri: Option<String>,
+    pub sync: bool,
+    pub read_mode: ReadMode,
+}
+
+impl ServerConfig {
+    /// The address peers use for this node.
+    pub fn advertised(&self) -> Result<String, ServerError> {
+        match &self.advertise {
+            Some(a) => {
+                validate_addr(a).map_err(|e| ServerError::Config(format!("--advertise: {e}")))?;
+                Ok(a.clone())
+            }
+            None if self.listen.ip().is_unspecified() => Err(ServerError::Config(format!(
+                "listening on {} (all interfaces) needs --advertise HOST:PORT so peers know where to dial",
+                self.listen
+            ))),
+            None => Ok(self.listen.to_string()),
+        }
+    }
+
+    /// Checks the parts that do not depend on a group.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.advertised()?;
+        if self.groups.is_empty() {
+            return Err(ServerError::Config("no group to host".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (g, _) in &self.groups {
+            validate_group_name(g).map_err(|e| ServerError::Config(e.to_string()))?;
+            if !names.insert(g) {
+                return Err(ServerError::Config(format!("group {g:?} is listed twice")));
+            }
+        }
+        if self.groups.len() > 1 {
+            for (flag, uri) in [
+                ("--log-uri", &self.log_uri),
+                ("--raft-meta-uri", &self.raft_meta_uri),
+                ("--snapshot-uri", &self.snapshot_uri),
+            ] {
+                if let Some(u) = uri {
+                    if !u.contains("{group}") {
+                        return Err(ServerError::Config(format!("{flag} {u:?} must contain {{group}} when the node hosts several groups")));
+                    }
+                }
+            }
+        }
+        for (g, _) in &self.groups {
+            self.node_options(g)?
+                .validate()
+                .map_err(|e| ServerError::Config(format!("group {g}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn uri(&self, template: &Option<String>, group: &str, kind: &str) -> String {
+        let t = template
+            .clone()
+            .unwrap_or_else(|| format!("local://{{data_dir}}/{{group}}/{kind}"));
+        t.replace("{data_dir}", &self.data_dir.display().to_string())
+            .replace("{group}", group)
+    }
+
+    /// The options of one hosted group.
+    pub fn node_options(&self, group: &str) -> Result<NodeOptions, ServerError> {
+        let mut o = NodeOptions::new(group, self.advertised()?);
+        o.initial_conf = self.initial_conf.clone();
+        o.election_timeout_ms = self.election_timeout_ms;
+        o.snapshot_interval_s = self.snapshot_interval_s;
+        o.log_uri = self.uri(&self.log_uri, group, "log");
+        o.raft_meta_uri = self.uri(&self.raft_meta_uri, group, "meta");
+        o.snapshot_uri = self.uri(&self.snapshot_uri, group, "snapshot");
+        o.storage = StorageOptions {
+            sync: self.sync,
+            ..StorageOptions::default()
+        };
+        o.read_mode = self.read_mode;
+        Ok(o)
+    }
+}
+
+/// A bound, serving port and the groups it hosts.
+pub struct Server {
+    manager: NodeManager,
+    counters: GroupTable<CounterState>,
+    kvs: GroupTable<KvState>,
+    transport: Arc<GrpcTransport>,
+    local_addr: SocketAddr,
+    stop_serving: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<Result<(), std::io::Error>>>,
+}
+
+impl Server {
+    /// Binds `listen` and starts serving gRPC and HTTP (with no groups yet).
+    /// `advertise` is the address peers know this process by.
+    pub async fn bind(listen: SocketAddr, advertise: &str) -> Result<Server, ServerError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let manager = NodeManager::new();
+        let counters = GroupTable::new("counter");
+        let kvs = GroupTable::new("kv");
+        let grpc = tonic::service::Routes::new(
+            RaftTransportServer::new(RaftTransportService::new(manager.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(AdminServer::new(AdminService::new(manager.clone())))
+        .add_service(CounterServer::new(CounterService::new(counters.clone())))
+        .add_service(KvServer::new(KvService::new(kvs.clone())))
+        .into_axum_router();
+        let app = grpc.merge(crate::http::router(manager.clone()));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            // Raft streams from peers never end on their own: give
+            // connections a grace period, then stop regardless.
+            let (grace_tx, grace_rx) = oneshot::channel::<()>();
+            let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+                stop.await;
+                let _ = grace_tx.send(());
+            });
+            tokio::select! {
+                r = graceful => r,
+                _ = async move { let _ = grace_rx.await; tokio::time::sleep(SHUTDOWN_GRACE).await; } => Ok(()),
+            }
+        });
+        let transport = GrpcTransport::new(advertise, tokio::runtime::Handle::current());
+        Ok(Server {
+            manager,
+            counters,
+            kvs,
+            transport,
+            local_addr,
+            stop_serving: Some(stop_tx),
+            serving: Some(serving),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn manager(&self) -> &NodeManager {
+        &self.manager
+    }
+
+    /// Starts a group on this server.
+    pub async fn start_group(
+        &self,
+        opts: NodeOptions,
+        kind: StateMachineKind,
+    ) -> Result<Node, ServerError> {
+        let group = opts.group.clone();
+        let transport = self.transport.clone();
+        let (node, app) = tokio::task::spawn_blocking(move || match kind {
+            StateMachineKind::Counter => {
+                let state = CounterState::default();
+                Node::start(opts, Box::new(CounterFsm::new(state.clone())), transport)
+                    .map(|n| (n, App::Counter(state)))
+            }
+            StateMachineKind::Kv => {
+                let state = KvState::default();
+                Node::start(opts, Box::new(KvFsm::new(state.clone())), transport)
+                    .map(|n| (n, App::Kv(state)))
+            }
+        })
+        .await
+        .map_err(|e| ServerError::Config(format!("starting group {group}: {e}")))?
+        .map_err(|source| ServerError::Group {
+            group: group.clone(),
+            source,
+        })?;
+        self.manager
+            .add(node.clone())
+            .map_err(|source| ServerError::Group {
+                group: group.clone(),
+                source,
+            })?;
+        match app {
+            App::Counter(s) => self.counters.insert(node.clone(), s),
+            App::Kv(s) => self.kvs.insert(node.clone(), s),
+        }
+        tracing::info!(group = %group, peer = %node.peer_id(), "group started");
+        Ok(node)
+    }
+
+    /// Stops every group, then stops serving.
+    pub async fn shutdown(mut self) {
+        for node in self.manager.all() {
+            node.shutdown().await;
+            self.manager.remove(node.group());
+            self.counters.remove(node.group());
+            self.kvs.remove(node.group());
+        }
+        if let Some(tx) = self.stop_serving.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.serving.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+enum App {
+    Counter(CounterState),
+    Kv(KvState),
+}
+
+/// Runs a node server until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let advertise = config.advertised()?;
+    let server = Server::bind(config.listen, &advertise).await?;
+    tracing::info!(listen = %server.local_addr(), advertise = %advertise, "serving gRPC and HTTP");
+    for (group, kind) in &config.groups {
+        if let Err(e) = server.start_group(config.node_options(group)?, *kind).await {
+            server.shutdown().await;
+            return Err(e);
+        }
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! A replicated key-value store: put, get, delete, compare-and-swap and
+//! prefix scan. Writes go through the log; reads are linearizable (a read
+//! barrier on the leader). Keys are 1 to [`MAX_KEY_BYTES`] bytes, values up
+//! to [`MAX_VALUE_BYTES`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use super::{require_leader, to_status, GroupTable};
+use crate::error::RaftError;
+use crate::pb::kv_command::Op;
+use crate::pb::kv_server::Kv;
+use crate::pb::{
+    CasReply, CasRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, KeyValue, KvCas,
+    KvCommand, KvDelete, KvPut, KvResult, PutReply, PutRequest, ScanReply, ScanRequest,
+};
+use crate::state_machine::{ApplyIter, SnapshotDone, StateMachine};
+use crate::storage::{SnapshotReader, SnapshotWriter};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Scan results returned when the request names no limit.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+/// Largest scan limit accepted.
+pub const MAX_SCAN_LIMIT: u32 = 100_000;
+
+const SNAPSHOT_FILE: &str = "kv";
+
+/// Checks a key; the error says what is wrong with it.
+pub fn check_key(key: &[u8]) -> Result<(), RaftError> {
+    if key.is_empty() {
+        return Err(RaftError::InvalidArgument("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RaftError::InvalidArgument(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a value; the error says what is wrong with it.
+pub fn check_value(value: &[u8]) -> Result<(), RaftError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(RaftError::InvalidArgument(format!(
+            "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The map, shared by the state machine and the service.
+#[derive(Clone, Default, Debug)]
+pub struct KvState {
+    map: Arc<RwLock<BTreeMap<Bytes, Bytes>>>,
+}
+
+impl KvState {
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.read().get(key).cloned()
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, and whether more matched.
+    pub fn scan(&self, prefix: &[u8], limit: usize) -> (Vec<(Bytes, Bytes)>, bool) {
+        let map = self.map.read();
+        let mut it = map
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let items: Vec<(Bytes, Bytes)> = it
+            .by_ref()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let more = it.next().is_some();
+        (items, more)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+}
+
+/// The replicated KV state machine.
+pub struct KvFsm {
+    state: KvState,
+}
+
+impl KvFsm {
+    pub fn new(state: KvState) -> Self {
+        KvFsm { state }
+    }
+
+    fn execute(&self, data: &[u8]) -> KvResult {
+        let fail = |error: String| KvResult {
+            previous: None,
+            ok: false,
+            error,
+        };
+        let cmd = match KvCommand::decode(data) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("undecodable kv command: {e}")),
+        };
+        let mut map = self.state.map.write();
+        match cmd.op {
+            Some(Op::Put(KvPut { key, value })) => {
+                if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
+                    return fail(e.to_string());
+                }
+                let previous = map.insert(key, value);
+                KvResult {
+                    previous,
+                    ok: true,
+                    error: String::new(),
+                }
+            }
+            Some(Op::Delete(KvDelete { key })) => {
+                let previous = map.remove(&key);
+                KvResult {
+                    ok: previous.is_some(),
+                    previous,
+                    error: String::new(),
+                }
+            }
+            Some(Op::Cas(KvCas {
+                key,
+                expected,
+                value,
+            })) => {
+                if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
+                    return fail(e.to_string());
+                }
+                let current = map.get(&key).cloned();
+                if current == expected {
+                    map.insert(key, value);
+                    KvResult {
+                        previous: current,
+                        ok: true,
+                        error: String::new(),
+                    }
+                } else {
+                    KvResult {
+                        previous: current,
+                        ok: false,
+                        error: String::new(),
+                    }
+                }
+            }
+            None => fail("kv command without an operation".into()),
+        }
+    }
+}
+
+impl StateMachine for KvFsm {
+    fn on_apply(&mut self, entries: ApplyIter<'_>) {
+        for e in entries {
+            let result = self.execute(&e.data);
+            e.respond(Ok(Bytes::from(result.encode_to_vec())));
+        }
+    }
+
+    fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
+        // Copying the map is cheap (keys and values are reference counted);
+        // the file is written on another thread while applying continues.
+        let copy = self.state.map.read().clone();
+        std::thread::spawn(move || {
+            let result = (|| -> Result<(), String> {
+                let mut f = writer
+                    .create_file(SNAPSHOT_FILE)
+                    .map_err(|e| e.to_string())?;
+                for (k, v) in &copy {
+                    f.write_all(&(k.len() as u32).to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    f.write_all(k).map_err(|e| e.to_string())?;
+                    f.write_all(&(v.len() as u32).to_le_bytes())
+                        .map_err(|e| e.to_string())?;
+                    f.write_all(v).map_err(|e| e.to_string())?;
+                }
+                f.finish().map_err(|e| e.to_string())
+            })();
+            match result {
+                Ok(()) => done.run(Ok(writer)),
+                Err(e) => done.run(Err(e)),
+            }
+        });
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        let data = reader.read_file(SNAPSHOT_FILE).map_err(|e| e.to_string())?;
+        let mut map = BTreeMap::new();
+        let mut p = 0usize;
+        let take = |n: usize, p: &mut usize| -> Result<Bytes, String> {
+            if *p + n > data.len() {
+                return Err(format!("kv snapshot is truncated at byte {}", *p));
+            }
+            let b = Bytes::copy_from_slice(&data[*p..*p + n]);
+            *p += n;
+            Ok(b)
+        };
+        while p < data.len() {
+            let kl = u32::from_le_bytes(
+                take(4, &mut p)?
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "bad length")?,
+            ) as usize;
+            let k = take(kl, &mut p)?;
+            let vl = u32::from_le_bytes(
+                take(4, &mut p)?
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "bad length")?,
+            ) as usize;
+            let v = take(vl, &mut p)?;
+            map.insert(k, v);
+        }
+        *self.state.map.write() = map;
+        Ok(())
+    }
+}
+
+/// The KV gRPC service.
+pub struct KvService {
+    groups: GroupTable<KvState>,
+}
+
+impl KvService {
+    pub fn new(groups: GroupTable<KvState>) -> Self {
+        KvService { groups }
+    }
+
+    async fn write(&self, group: &str, op: Op) -> Result<KvResult, Status> {
+        let (node, _) = self.groups.get(group)?;
+        require_leader(&node)?;
+        let out = node
+            .propose(KvCommand { op: Some(op) }.encode_to_vec())
+            .await
+            .map_err(to_status)?;
+        let result = KvResult::decode(out.as_ref())
+            .map_err(|e| Status::internal(format!("undecodable kv result: {e}")))?;
+        if !result.error.is_empty() {
+            return Err(to_status(RaftError::StateMachine(result.error)));
+        }
+        Ok(result)
+    }
+
+    async fn read_barrier(&self, group: &str) -> Result<KvState, Status> {
+        let (node, state) = self.groups.get(group)?;
+        require_leader(&node)?;
+        node.read_index().await.map_err(to_status)?;
+        Ok(state)
+    }
+}
+
+fn invalid(e: RaftError) -> Status {
+    to_status(e)
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key)
+            .and_then(|_| check_value(&r.value))
+            .map_err(invalid)?;
+        let out = self
+            .write(
+                &r.group,
+                Op::Put(KvPut {
+                    key: r.key,
+                    value: r.value,
+                }),
+            )
+            .await?;
+        Ok(Response::new(PutReply {
+            previous: out.previous,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key).map_err(invalid)?;
+        let state = self.read_barrier(&r.group).await?;
+        Ok(Response::new(GetReply {
+            value: state.get(&r.key),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteReply>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key).map_err(invalid)?;
+        let out = self
+            .write(&r.group, Op::Delete(KvDelete { key: r.key }))
+            .await?;
+        Ok(Response::new(DeleteReply { deleted: out.ok }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasReply>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key)
+            .and_then(|_| check_value(&r.value))
+            .map_err(invalid)?;
+        if let Some(e) = &r.expected {
+            check_value(e).map_err(invalid)?;
+        }
+        let out = self
+            .write(
+                &r.group,
+                Op::Cas(KvCas {
+                    key: r.key,
+                    expected: r.expected,
+                    value: r.value,
+                }),
+            )
+            .await?;
+        Ok(Response::new(CasReply {
+            swapped: out.ok,
+            current: if out.ok { None } else { out.previous },
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanReply>, Status> {
+        let r = request.into_inner();
+        if r.prefix.len() > MAX_KEY_BYTES {
+            return Err(invalid(RaftError::InvalidArgument(format!(
+                "prefix of {} bytes exceeds the key limit of {MAX_KEY_BYTES}",
+                r.prefix.len()
+            ))));
+        }
+        let limit = match r.limit {
+            0 => DEFAULT_SCAN_LIMIT,
+            n if n > MAX_SCAN_LIMIT => {
+                return Err(invalid(RaftError::InvalidArgument(format!(
+                    "scan limit {n} exceeds the maximum of {MAX_SCAN_LIMIT}"
+                ))));
+            }
+            n => n,
+        };
+        let state = self.read_barrier(&r.group).await?;
+        let (items, more) = state.scan(&r.prefix, limit as usize);
+        Ok(Response::new(ScanReply {
+            items: items
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect(),
+            more,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(fsm: &KvFsm, op: Op) -> KvResult {
+        fsm.execute(&KvCommand { op: Some(op) }.encode_to_vec())
+    }
+
+    #[test]
+    fn commands_behave_like_a_map() {
+        let fsm = KvFsm::new(KvState::default());
+        let k = Bytes::from_static(b"k");
+        let put = |v: &'static [u8]| {
+            Op::Put(KvPut {
+                key: k.clone(),
+                value: Bytes::from_static(v),
+            })
+        };
+        assert_eq!(apply(&fsm, put(b"1")).previous, None);
+        assert_eq!(
+            apply(&fsm, put(b"2")).previous,
+            Some(Bytes::from_static(b"1"))
+        );
+        let cas = |e: Option<&'static [u8]>, v: &'static [u8]| {
+            Op::Cas(KvCas {
+                key: k.clone(),
+                expected: e.map(Bytes::from_static),
+                value: Bytes::from_static(v),
+            })
+        };
+        let r = apply(&fsm, cas(Some(b"1"), b"3"));
+        assert!(!r.ok);
+        assert_eq!(r.previous, Some(Bytes::from_static(b"2")));
+        assert!(apply(&fsm, cas(Some(b"2"), b"3")).ok);
+        assert!(
+            !apply(&fsm, cas(None, b"4")).ok,
+            "absent-cas on an existing key fails"
+        );
+        assert!(apply(&fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
+        assert!(!apply(&fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
+        assert!(
+            apply(&fsm, cas(None, b"5")).ok,
+            "absent-cas on a missing key succeeds"
+        );
+        assert_eq!(fsm.state.get(b"k"), Some(Bytes::from_static(b"5")));
+    }
+
+    #[test]
+    fn bad_commands_fail_deterministically_without_changing_state() {
+        let fsm = KvFsm::new(KvState::default());
+        assert!(!fsm.execute(b"\xff\xff garbage").error.is_empty());
+        let r = apply(
+            &fsm,
+            Op::Put(KvPut {
+                key: Bytes::new(),
+                value: Bytes::new(),
+            }),
+        );
+        assert!(r.error.contains("key must not be empty"));
+        assert!(fsm.state.is_empty());
+    }
+
+    #[test]
+    fn scan_respects_prefix_and_limit() {
+        let s = KvState::default();
+        for k in ["a1", "a2", "a3", "b1"] {
+            s.map
+                .write()
+                .insert(Bytes::from(k), Bytes::from_static(b"v"));
+        }
+        let (items, more) = s.scan(b"a", 2);
+        assert_eq!(
+            items.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(),
+            vec![b"a1".as_ref(), b"a2"]
+        );
+        assert!(more);
+        let (items, more) = s.scan(b"a", 10);
+        assert_eq!(items.len(), 3);
+        assert!(!more);
+        assert_eq!(s.scan(b"", 10).0.len(), 4);
+    }
+}

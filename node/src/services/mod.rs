@@ -1,0 +1,195 @@
+//! The services the node binary hosts: braft's Counter example and a KV
+//! store, each a [`crate::state_machine::StateMachine`] plus a gRPC service,
+//! and the admin service. This module also owns how engine errors travel
+//! over gRPC ([`to_status`]) and back ([`from_status`]).
+
+pub mod admin;
+pub mod counter;
+pub mod kv;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::error::{PeerId, RaftError};
+use crate::node::Node;
+
+/// Metadata key carrying the [`RaftError::kind`] of a failed request.
+pub const ERROR_KIND_KEY: &str = "raftkit-error";
+/// Metadata key carrying the leader's address on a redirect.
+pub const LEADER_KEY: &str = "raftkit-leader";
+
+/// Converts an engine error to a gRPC status the client can turn back into
+/// the same error (kind and leader travel in metadata).
+pub fn to_status(err: RaftError) -> Status {
+    let code = match &err {
+        RaftError::NotLeader { .. } => Code::FailedPrecondition,
+        RaftError::TermMismatch { .. } => Code::Aborted,
+        RaftError::LeaderSteppedDown | RaftError::ShuttingDown | RaftError::Transferring => {
+            Code::Unavailable
+        }
+        RaftError::Timeout(_) => Code::DeadlineExceeded,
+        RaftError::Busy(_) => Code::ResourceExhausted,
+        RaftError::InvalidArgument(_) => Code::InvalidArgument,
+        RaftError::StateMachine(_) => Code::FailedPrecondition,
+        RaftError::Storage(_) | RaftError::Stopped(_) => Code::Internal,
+    };
+    let mut status = Status::new(code, err.to_string());
+    let md = status.metadata_mut();
+    md.insert(ERROR_KIND_KEY, MetadataValue::from_static(err.kind()));
+    if let RaftError::NotLeader { leader: Some(l) } = &err {
+        if let Ok(v) = MetadataValue::try_from(l.addr.as_str()) {
+            md.insert(LEADER_KEY, v);
+        }
+    }
+    status
+}
+
+/// The engine error behind a status produced by [`to_status`], or `None`
+/// for statuses that did not come from a RaftKit node (transport errors).
+pub fn from_status(status: &Status) -> Option<RaftError> {
+    let kind = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
+    let msg = status.message().to_string();
+    Some(match kind {
+        "not_leader" => RaftError::NotLeader {
+            leader: status
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(|a| PeerId {
+                    id: 0,
+                    addr: a.to_string(),
+                }),
+        },
+        "term_mismatch" => RaftError::TermMismatch {
+            expected: 0,
+            current: 0,
+        },
+        "leader_stepped_down" => RaftError::LeaderSteppedDown,
+        "shutting_down" => RaftError::ShuttingDown,
+        "transferring" => RaftError::Transferring,
+        "timeout" => RaftError::Timeout(msg),
+        "busy" => RaftError::Busy(msg),
+        "invalid_argument" => RaftError::InvalidArgument(msg),
+        "storage" => RaftError::Storage(msg),
+        "state_machine" => RaftError::StateMachine(msg),
+        _ => RaftError::Stopped(msg),
+    })
+}
+
+/// The groups of one kind hosted here, by name, with their application state.
+pub struct GroupTable<S> {
+    groups: Arc<RwLock<HashMap<String, (Node, S)>>>,
+    kind: &'static str,
+}
+
+impl<S> Clone for GroupTable<S> {
+    fn clone(&self) -> Self {
+        GroupTable {
+            groups: self.groups.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+impl<S: Clone> GroupTable<S> {
+    pub fn new(kind: &'static str) -> Self {
+        GroupTable {
+            groups: Arc::default(),
+            kind,
+        }
+    }
+
+    pub fn insert(&self, node: Node, state: S) {
+        self.groups
+            .write()
+            .insert(node.group().to_string(), (node, state));
+    }
+
+    pub fn remove(&self, group: &str) {
+        self.groups.write().remove(group);
+    }
+
+    /// The node and state of `group`; an empty name picks the only group of
+    /// this kind when there is exactly one.
+    pub fn get(&self, group: &str) -> Result<(Node, S), Status> {
+        let groups = self.groups.read();
+        if group.is_empty() {
+            return match groups.len() {
+                1 => Ok(groups
+                    .values()
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| Status::internal("group table changed"))?),
+                0 => Err(Status::not_found(format!(
+                    "no {} group is hosted here",
+                    self.kind
+                ))),
+                _ => {
+                    let mut names: Vec<&String> = groups.keys().collect();
+                    names.sort();
+                    Err(Status::invalid_argument(format!(
+                        "several {} groups are hosted here ({}); name one",
+                        self.kind,
+                        names
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            };
+        }
+        groups.get(group).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "no {} group named {group:?} is hosted here",
+                self.kind
+            ))
+        })
+    }
+}
+
+/// Fails with a redirect unless `node` leads (the services' reads and
+/// writes go to the leader, as in braft's Counter).
+pub fn require_leader(node: &Node) -> Result<(), Status> {
+    if node.is_leader() {
+        Ok(())
+    } else {
+        Err(to_status(RaftError::NotLeader {
+            leader: node.leader(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_the_round_trip_through_a_status() {
+        let errs = [
+            RaftError::NotLeader {
+                leader: Some(PeerId {
+                    id: 0,
+                    addr: "10.0.0.1:8100".into(),
+                }),
+            },
+            RaftError::NotLeader { leader: None },
+            RaftError::LeaderSteppedDown,
+            RaftError::ShuttingDown,
+            RaftError::Transferring,
+            RaftError::Busy("x".into()),
+        ];
+        for e in errs {
+            let back = from_status(&to_status(e.clone())).expect("a node status");
+            assert_eq!(back, e);
+        }
+        assert_eq!(
+            from_status(&Status::unavailable("connection refused")),
+            None
+        );
+    }
+}
