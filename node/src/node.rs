@@ -218,8 +218,10 @@ impl Node {
             .map(|p| (p.id, p.addr.clone()))
             .collect();
         peers.insert(id, opts.addr.clone());
-        let mut conf_state = ConfState::default();
-        conf_state.voters = meta.initial_conf.iter().map(|p| p.id).collect();
+        let mut conf_state = ConfState {
+            voters: meta.initial_conf.iter().map(|p| p.id).collect(),
+            ..Default::default()
+        };
         let mut snap_meta = SnapshotMeta::default();
         if let Some(reader) = snapshots.latest()? {
             snap_meta = reader.meta().clone();
@@ -243,16 +245,18 @@ impl Node {
             log.reset(snap_meta.index + 1, snap_meta.term)?;
         }
         let last_index = log.last_index();
-        let mut hs = HardState::default();
-        hs.term = meta.term.max(snap_meta.term);
-        hs.vote = if meta.term >= snap_meta.term {
-            meta.vote
-        } else {
-            0
+        // The persisted commit is written lazily: it may lag, so it is at
+        // least what the snapshot proves committed (raft-rs pull 593).
+        let hs = HardState {
+            term: meta.term.max(snap_meta.term),
+            vote: if meta.term >= snap_meta.term {
+                meta.vote
+            } else {
+                0
+            },
+            commit: meta.commit.max(snap_meta.index).min(last_index),
+            ..Default::default()
         };
-        // The persisted commit is written lazily: it may lag, never lead
-        // beyond what the snapshot proves committed (raft-rs pull 593).
-        hs.commit = meta.commit.max(snap_meta.index).min(last_index);
         let ready_floor = hs.commit.max(meta.applied.min(last_index));
 
         let store = RaftStore {

@@ -102,7 +102,9 @@ pub struct LeaderChangeContext {
 
 /// Completes `on_snapshot_save`: hand back the writer once every file is
 /// finished (the engine then publishes it), or an error. May run on any thread.
-pub struct SnapshotDone(Option<Box<dyn FnOnce(Result<SnapshotWriter, String>) + Send>>);
+type SnapshotCallback = Box<dyn FnOnce(Result<SnapshotWriter, String>) + Send>;
+
+pub struct SnapshotDone(Option<SnapshotCallback>);
 
 impl SnapshotDone {
     pub(crate) fn new(f: impl FnOnce(Result<SnapshotWriter, String>) + Send + 'static) -> Self {

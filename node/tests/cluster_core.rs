@@ -1,6 +1,8 @@
 //! In-process cluster behaviour: election, replication, failover,
 //! partitions, expected_term, exactly-once dones, on_leader_start.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -395,5 +397,46 @@ async fn whole_cluster_restart_recovers_state_from_storage() {
         })
         .await;
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_are_served_and_stop_on_an_isolated_leader() {
+    let mut c = Cluster::with(3, |o| o.read_mode = raftkit_node::options::ReadMode::Lease);
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    let idx = c.node(l).read_index().await.expect("lease read on a healthy leader");
+    assert!(idx >= 2);
+    c.net.isolate(&c.addrs[l]);
+    // Once the lease runs out (check-quorum), the old leader steps down and
+    // its reads fail instead of returning possibly stale state.
+    wait_until(T, "isolated leader steps down", || c.node(l).view().role != Role::Leader).await;
+    let r = c.node(l).read_index().await;
+    assert!(r.is_err(), "read on a deposed, isolated leader succeeded: {r:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    for i in 0..25 {
+        c.node(l).propose(payload(i)).await.unwrap();
+    }
+    let f = (l + 1) % 3;
+    wait_until(T, "follower applies", || c.applied_data(f).len() == 25).await;
+    let applied_before = c.node(f).applied_index();
+    c.stop_node(f).await;
+    // Replaying the log is slow, so a node that called itself ready as soon
+    // as it heard from the leader would do so with stale state.
+    c.set_apply_delay(f, 20);
+    c.start_node(f);
+    wait_until(T, "restarted node becomes ready", || c.node(f).is_ready()).await;
+    assert!(
+        c.node(f).applied_index() >= applied_before,
+        "ready at applied {} below the {applied_before} it had applied before the restart",
+        c.node(f).applied_index()
+    );
+    assert_eq!(c.applied_data(f).len(), 25, "state rebuilt from the log");
     c.shutdown().await;
 }

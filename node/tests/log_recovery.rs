@@ -1,6 +1,8 @@
 //! Crash recovery of the `local://` log: a torn tail is cut, damage inside
 //! acknowledged data is reported and never skipped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -10,11 +12,12 @@ use raftkit_node::storage::local_log::LocalLog;
 use raftkit_node::storage::{LogStorage, StorageOptions};
 
 fn ent(index: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = 1;
-    e.data = vec![index as u8; 200].into();
-    e
+    Entry {
+        index,
+        term: 1,
+        data: vec![index as u8; 200].into(),
+        ..Default::default()
+    }
 }
 
 fn opts(segment: u64) -> StorageOptions {

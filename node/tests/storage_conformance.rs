@@ -1,6 +1,8 @@
 //! One set of behaviours every storage backend must have, run against each
 //! registered backend (`memory://` and `local://`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use raft::eraftpb::Entry;
 use raftkit_node::error::{PeerId, StorageError};
 use raftkit_node::storage::{self, LogStorage, RaftMeta, SnapshotMeta, StorageOptions};
@@ -42,13 +44,14 @@ fn opts() -> StorageOptions {
 }
 
 fn ent(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = format!("data-{index}-{term}-{}", "x".repeat(100))
-        .into_bytes()
-        .into();
-    e
+    Entry {
+        index,
+        term,
+        data: format!("data-{index}-{term}-{}", "x".repeat(100))
+            .into_bytes()
+            .into(),
+        ..Default::default()
+    }
 }
 
 fn ents(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {

@@ -49,13 +49,14 @@ impl ConfRecord {
     }
 
     pub fn to_conf_state(&self) -> ConfState {
-        let mut cs = ConfState::default();
-        cs.voters = self.voters.clone();
-        cs.learners = self.learners.clone();
-        cs.voters_outgoing = self.voters_outgoing.clone();
-        cs.learners_next = self.learners_next.clone();
-        cs.auto_leave = self.auto_leave;
-        cs
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..Default::default()
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! [`LocalNetwork`] with named `memory://` storages (so a node can be stopped
 //! and started again on the same "disk"), and a recording state machine.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod procs;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

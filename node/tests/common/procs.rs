@@ -1,0 +1,128 @@
+//! Real `raftkit-node` processes on 127.0.0.1 for multi-process tests. Every
+//! process a test starts is killed when its [`Proc`] is dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Ports free right now on 127.0.0.1.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// One node process.
+pub struct Proc {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `raftkit-node` at `addr` with `extra` flags.
+    pub fn start(addr: &str, data_dir: &Path, log_dir: &Path, extra: &[String]) -> Proc {
+        let mut p = Proc {
+            addr: addr.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            log: log_dir.join(format!("{}.log", addr.replace(':', "_"))),
+            args: extra.to_vec(),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    /// Starts the process again with the same flags and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.addr);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftkit-node"))
+            .args(["--listen", &self.addr, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkit-node");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `sig` and waits up to `timeout` for exit; returns the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        sig: Signal,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = kill(Pid::from_raw(c.id() as i32), sig);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let v: Vec<&str> = text.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `GET path` on `addr` answers 200.
+pub async fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = raftkit_node::http::probe(addr, path).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

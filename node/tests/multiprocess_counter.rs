@@ -1,0 +1,191 @@
+//! Three real `raftkit-node` processes on 127.0.0.1: concurrent fetch_adds,
+//! SIGKILL the leader mid-load, restart it, it catches up, and the final
+//! counter equals the acknowledged increments plus at most the ones whose
+//! outcome is unknown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::procs::{free_ports, wait_http_ok, Proc};
+use nix::sys::signal::Signal;
+use raftkit_node::client::ClusterClient;
+
+#[derive(Default)]
+struct History {
+    /// Previous values returned by acknowledged fetch_add(1)s.
+    acked: Vec<i64>,
+    /// Calls whose outcome is unknown (may or may not have been applied).
+    unknown: u64,
+    /// Calls certainly not applied.
+    rejected: u64,
+}
+
+async fn leader_of(client: &ClusterClient) -> Option<String> {
+    for addr in client.addrs() {
+        if let Ok(gs) = client.member_status(addr).await {
+            if let Some(g) = gs.first() {
+                if g.role == "leader" {
+                    return Some(addr.clone());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let conf = addrs.join(",");
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let dir = tmp.path().join(format!("n{i}"));
+            Proc::start(
+                a,
+                &dir,
+                tmp.path(),
+                &[
+                    "--initial-conf".into(),
+                    conf.clone(),
+                    "--election-timeout-ms".into(),
+                    "500".into(),
+                ],
+            )
+        })
+        .collect();
+    for p in &procs {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{} not ready:\n{}",
+            p.addr,
+            p.log_tail(20)
+        );
+    }
+
+    let client =
+        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.fetch_add(1).await {
+                    Ok(prev) => history.lock().unwrap().acked.push(prev),
+                    Err(e) if e.is_definitely_not_applied() => {
+                        history.lock().unwrap().rejected += 1
+                    }
+                    Err(_) => history.lock().unwrap().unknown += 1,
+                }
+            }
+        }));
+    }
+
+    let acked_count = |h: &Arc<Mutex<History>>| h.lock().unwrap().acked.len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_count(&history) < 200 {
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = leader_of(&client).await.expect("a leader");
+    let victim = procs.iter().position(|p| p.addr == leader).unwrap();
+    procs[victim].kill9();
+    let at_kill = acked_count(&history);
+
+    // Load continues on the survivors once they elect a new leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_count(&history) < at_kill + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress after killing the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    procs[victim].restart();
+    assert!(
+        wait_http_ok(&procs[victim].addr, "/readyz", Duration::from_secs(30)).await,
+        "restarted node not ready:\n{}",
+        procs[victim].log_tail(20)
+    );
+    let at_restart = acked_count(&history);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_count(&history) < at_restart + 100 {
+        assert!(Instant::now() < deadline, "no progress after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let final_value = client.counter_get().await.expect("final read");
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let acked = h.acked.len() as i64;
+    // Each acknowledged fetch_add(1) saw a distinct previous value.
+    let distinct: HashSet<i64> = h.acked.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        h.acked.len(),
+        "two increments returned the same previous value"
+    );
+    assert!(
+        h.acked.iter().all(|p| *p < final_value),
+        "an acknowledged increment is missing from the final value"
+    );
+    assert!(
+        final_value >= acked && final_value <= acked + h.unknown as i64,
+        "final counter {final_value} outside [{acked}, {}] (unknown outcomes: {})",
+        acked + h.unknown as i64,
+        h.unknown
+    );
+    eprintln!(
+        "acked {acked}, unknown {}, rejected {}, final {final_value}",
+        h.unknown, h.rejected
+    );
+
+    // The restarted node caught up: every member applies the same index.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut applied = Vec::new();
+        for a in &addrs {
+            applied.push(
+                client
+                    .member_status(a)
+                    .await
+                    .ok()
+                    .and_then(|g| g.first().map(|g| (g.applied_index, g.commit_index))),
+            );
+        }
+        let first = applied[0];
+        if first.is_some() && applied.iter().all(|x| *x == first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM stops a node cleanly.
+    for p in procs.iter_mut() {
+        let status = p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not exit cleanly on SIGTERM: {status:?}\n{}",
+            p.addr,
+            p.log_tail(20)
+        );
+    }
+}
