@@ -32,18 +32,33 @@ fn stderr(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = free_ports(3).iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let addrs: Vec<String> = free_ports(3)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
     let conf = addrs.join(",");
     let procs: Vec<Proc> = addrs
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let extra = ["--groups", "counter:counter,kv:kv", "--initial-conf", &conf, "--election-timeout-ms", "500"].map(String::from);
+            let extra = [
+                "--groups",
+                "counter:counter,kv:kv",
+                "--initial-conf",
+                &conf,
+                "--election-timeout-ms",
+                "500",
+            ]
+            .map(String::from);
             Proc::start(a, &tmp.path().join(format!("n{i}")), tmp.path(), &extra)
         })
         .collect();
     for p in &procs {
-        assert!(wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await, "{}", p.log_tail(20));
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{}",
+            p.log_tail(20)
+        );
     }
     // Point the CLI at a single follower-or-leader: it finds the leader itself.
     let one = addrs[2].as_str();
@@ -58,23 +73,56 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["value"], 3);
 
-    assert!(raftkit(&conf, &["kv", "put", "user/1", "ada"]).status.success());
-    assert!(raftkit(&conf, &["kv", "put", "user/2", "grace"]).status.success());
+    assert!(raftkit(&conf, &["kv", "put", "user/1", "ada"])
+        .status
+        .success());
+    assert!(raftkit(&conf, &["kv", "put", "user/2", "grace"])
+        .status
+        .success());
     assert_eq!(stdout(&raftkit(one, &["kv", "get", "user/1"])), "ada");
     let missing = raftkit(one, &["kv", "get", "user/9"]);
     assert!(!missing.status.success());
     assert_eq!(stderr(&missing), "error: key \"user/9\" not found");
-    assert_eq!(stdout(&raftkit(one, &["kv", "cas", "user/1", "lovelace", "--expected", "bob"])), "not swapped; current value: ada");
-    assert_eq!(stdout(&raftkit(one, &["kv", "cas", "user/1", "lovelace", "--expected", "ada"])), "swapped");
-    assert_eq!(stdout(&raftkit(one, &["kv", "scan", "user/"])), "user/1\tlovelace\nuser/2\tgrace");
-    assert_eq!(stdout(&raftkit(one, &["kv", "delete", "user/2"])), "deleted");
-    assert_eq!(stdout(&raftkit(one, &["kv", "scan", "user/", "--limit", "5"])), "user/1\tlovelace");
+    assert_eq!(
+        stdout(&raftkit(
+            one,
+            &["kv", "cas", "user/1", "lovelace", "--expected", "bob"]
+        )),
+        "not swapped; current value: ada"
+    );
+    assert_eq!(
+        stdout(&raftkit(
+            one,
+            &["kv", "cas", "user/1", "lovelace", "--expected", "ada"]
+        )),
+        "swapped"
+    );
+    assert_eq!(
+        stdout(&raftkit(one, &["kv", "scan", "user/"])),
+        "user/1\tlovelace\nuser/2\tgrace"
+    );
+    assert_eq!(
+        stdout(&raftkit(one, &["kv", "delete", "user/2"])),
+        "deleted"
+    );
+    assert_eq!(
+        stdout(&raftkit(one, &["kv", "scan", "user/", "--limit", "5"])),
+        "user/1\tlovelace"
+    );
 
     let o = raftkit(&conf, &["status"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert_eq!(text.lines().count(), 1 + 3 * 2, "header plus one line per member and group:\n{text}");
-    assert_eq!(text.lines().filter(|l| l.contains(" leader ")).count(), 2, "one leader per group:\n{text}");
+    assert_eq!(
+        text.lines().count(),
+        1 + 3 * 2,
+        "header plus one line per member and group:\n{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" leader ")).count(),
+        2,
+        "one leader per group:\n{text}"
+    );
     let o = raftkit(&conf, &["--output", "json", "status"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
@@ -82,19 +130,34 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     // Bad input: one clear line and a non-zero exit.
     let o = raftkit(one, &["kv", "put", "", "x"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("key must not be empty"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("key must not be empty"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(stderr(&o).lines().count(), 1);
     let o = raftkit(one, &["--group", "nope", "counter", "get"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("no counter group named \"nope\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no counter group named \"nope\""),
+        "{}",
+        stderr(&o)
+    );
     let o = raftkit("not-an-address", &["counter", "get"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not host:port"), "{}", stderr(&o));
     let dead = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let o = Command::new(env!("CARGO_BIN_EXE_raftkit")).args(["--cluster", &dead, "--timeout-ms", "500", "counter", "get"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
+        .args(["--cluster", &dead, "--timeout-ms", "500", "counter", "get"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
-    assert!(stderr(&o).starts_with("error: gave up after"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: gave up after"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -107,7 +170,13 @@ fn playground_starts_a_cluster_and_stops_it_on_ctrl_c() {
         }
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftkit"))
-        .args(["playground", "--base-port", &base.to_string(), "--election-timeout-ms", "500"])
+        .args([
+            "playground",
+            "--base-port",
+            &base.to_string(),
+            "--election-timeout-ms",
+            "500",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -123,8 +192,15 @@ fn playground_starts_a_cluster_and_stops_it_on_ctrl_c() {
         }
         assert!(Instant::now() < deadline, "no ready line: {seen:?}");
     }
-    assert_eq!(seen.iter().filter(|l| l.starts_with("node ")).count(), 3, "{seen:?}");
-    let cluster = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("node ")).count(),
+        3,
+        "{seen:?}"
+    );
+    let cluster = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",");
     let o = raftkit(&cluster, &["counter", "fetch-add", "7"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&raftkit(&cluster, &["counter", "get"])), "7");
@@ -133,10 +209,17 @@ fn playground_starts_a_cluster_and_stops_it_on_ctrl_c() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    assert!(status.success(), "playground exit {status:?}; output {rest:?}");
+    assert!(
+        status.success(),
+        "playground exit {status:?}; output {rest:?}"
+    );
     assert_eq!(rest.last().map(String::as_str), Some("stopped"));
     // Every node is gone: nothing answers on the ports.
     for i in 0..3 {
-        assert!(std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(), "node on port {} still answers", base + i);
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(),
+            "node on port {} still answers",
+            base + i
+        );
     }
 }

@@ -405,14 +405,24 @@ async fn lease_reads_are_served_and_stop_on_an_isolated_leader() {
     let mut c = Cluster::with(3, |o| o.read_mode = raftkit_node::options::ReadMode::Lease);
     let l = c.wait_leader(T).await;
     c.node(l).propose(payload(0)).await.unwrap();
-    let idx = c.node(l).read_index().await.expect("lease read on a healthy leader");
+    let idx = c
+        .node(l)
+        .read_index()
+        .await
+        .expect("lease read on a healthy leader");
     assert!(idx >= 2);
     c.net.isolate(&c.addrs[l]);
     // Once the lease runs out (check-quorum), the old leader steps down and
     // its reads fail instead of returning possibly stale state.
-    wait_until(T, "isolated leader steps down", || c.node(l).view().role != Role::Leader).await;
+    wait_until(T, "isolated leader steps down", || {
+        c.node(l).view().role != Role::Leader
+    })
+    .await;
     let r = c.node(l).read_index().await;
-    assert!(r.is_err(), "read on a deposed, isolated leader succeeded: {r:?}");
+    assert!(
+        r.is_err(),
+        "read on a deposed, isolated leader succeeded: {r:?}"
+    );
     c.shutdown().await;
 }
 
