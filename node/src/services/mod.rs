@@ -52,7 +52,17 @@ pub fn to_status(err: RaftError) -> Status {
 /// for statuses that did not come from a RaftKit node (transport errors).
 pub fn from_status(status: &Status) -> Option<RaftError> {
     let kind = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
-    let msg = status.message().to_string();
+    let message = status.message();
+    // Rebuild the error's own text: the status message is its Display form.
+    let inner = |make: fn(String) -> RaftError| {
+        let prefix = make(String::new()).to_string();
+        make(
+            message
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(message)
+                .to_string(),
+        )
+    };
     Some(match kind {
         "not_leader" => RaftError::NotLeader {
             leader: status
@@ -71,12 +81,12 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "leader_stepped_down" => RaftError::LeaderSteppedDown,
         "shutting_down" => RaftError::ShuttingDown,
         "transferring" => RaftError::Transferring,
-        "timeout" => RaftError::Timeout(msg),
-        "busy" => RaftError::Busy(msg),
-        "invalid_argument" => RaftError::InvalidArgument(msg),
-        "storage" => RaftError::Storage(msg),
-        "state_machine" => RaftError::StateMachine(msg),
-        _ => RaftError::Stopped(msg),
+        "timeout" => inner(RaftError::Timeout),
+        "busy" => inner(RaftError::Busy),
+        "invalid_argument" => inner(RaftError::InvalidArgument),
+        "storage" => inner(RaftError::Storage),
+        "state_machine" => inner(RaftError::StateMachine),
+        _ => inner(RaftError::Stopped),
     })
 }
 
@@ -182,6 +192,8 @@ mod tests {
             RaftError::ShuttingDown,
             RaftError::Transferring,
             RaftError::Busy("x".into()),
+            RaftError::InvalidArgument("key must not be empty".into()),
+            RaftError::StateMachine("overflow".into()),
         ];
         for e in errs {
             let back = from_status(&to_status(e.clone())).expect("a node status");
