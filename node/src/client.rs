@@ -366,6 +366,38 @@ impl ClusterClient {
         .await
     }
 
+    /// Takes a snapshot now on member `addr` (this client's group, or every
+    /// group when the client's group is empty).
+    pub async fn member_snapshot(
+        &self,
+        addr: &str,
+    ) -> Result<Vec<crate::pb::SnapshotResult>, ClientError> {
+        let ch = self
+            .channel(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        let mut admin = AdminClient::new(ch);
+        match tokio::time::timeout(
+            self.timeout,
+            admin.snapshot(GroupRequest {
+                group: self.group.clone(),
+            }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().groups),
+            Ok(Err(s)) => Err(ClientError::Rpc {
+                addr: addr.to_string(),
+                code: s.code(),
+                message: s.message().to_string(),
+            }),
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "{addr}: no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
     /// The status of this client's group (every group when the client's
     /// group is empty) on one member.
     pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {

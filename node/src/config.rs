@@ -54,6 +54,26 @@ pub struct NodeArgs {
     /// Seconds between snapshots (0: never).
     #[arg(long, env = "RAFTKIT_SNAPSHOT_INTERVAL_S", default_value_t = 3600)]
     pub snapshot_interval_s: u64,
+    /// Also snapshot once this many entries were applied since the last
+    /// snapshot (0: never).
+    #[arg(long, env = "RAFTKIT_SNAPSHOT_LOG_GAP", default_value_t = 100_000)]
+    pub snapshot_log_gap: u64,
+    /// Entries kept before the snapshot when the log is compacted.
+    #[arg(long, env = "RAFTKIT_SNAPSHOT_MARGIN", default_value_t = 1000)]
+    pub snapshot_margin: u64,
+    /// Chunk size for sending snapshots to followers (bytes).
+    #[arg(long, env = "RAFTKIT_SNAPSHOT_CHUNK_BYTES", default_value_t = 1 << 20)]
+    pub snapshot_chunk_bytes: usize,
+    /// Bandwidth a leader spends on snapshot transfers, bytes per second (0: unlimited).
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_THROTTLE_BYTES_PER_SEC",
+        default_value_t = 0
+    )]
+    pub snapshot_throttle_bytes_per_sec: u64,
+    /// Snapshot transfers a leader runs at once.
+    #[arg(long, env = "RAFTKIT_MAX_SNAPSHOT_INSTALLS", default_value_t = 2)]
+    pub max_snapshot_installs: usize,
     /// Log storage URI; {group} and {data_dir} are substituted
     /// [default: local://{data_dir}/{group}/log].
     #[arg(long, env = "RAFTKIT_LOG_URI", value_name = "URI")]
@@ -119,6 +139,11 @@ impl NodeArgs {
             initial_conf,
             election_timeout_ms: self.election_timeout_ms,
             snapshot_interval_s: self.snapshot_interval_s,
+            snapshot_log_gap: self.snapshot_log_gap,
+            snapshot_margin: self.snapshot_margin,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            snapshot_throttle_bytes_per_sec: self.snapshot_throttle_bytes_per_sec,
+            max_snapshot_installs: self.max_snapshot_installs,
             log_uri: self.log_uri,
             raft_meta_uri: self.raft_meta_uri,
             snapshot_uri: self.snapshot_uri,

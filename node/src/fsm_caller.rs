@@ -72,6 +72,10 @@ pub(crate) enum ApplyMsg {
         waiters: Vec<ReadWaiter>,
     },
     Snapshot,
+    /// Load the snapshot raft-rs accepted (already published in storage).
+    InstallSnapshot {
+        meta: SnapshotMeta,
+    },
     Error(RaftError),
     Shutdown,
 }
@@ -186,6 +190,7 @@ impl FsmCaller {
                 }
             }
             ApplyMsg::Snapshot => self.save_snapshot(),
+            ApplyMsg::InstallSnapshot { meta } => self.load_snapshot(meta),
             ApplyMsg::Error(e) => {
                 self.fsm.on_error(&e);
                 let stopped = RaftError::Stopped(e.to_string());
@@ -322,6 +327,67 @@ impl FsmCaller {
         }
     }
 
+    /// Replaces the state machine's state with an installed snapshot.
+    fn load_snapshot(&mut self, meta: SnapshotMeta) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.shared.snapshot.write().loading = Some(meta.index);
+        let loaded = match self.snapshots.latest() {
+            Ok(Some(r)) if r.meta().index == meta.index => self
+                .fsm
+                .on_snapshot_load(&r)
+                .map_err(RaftError::StateMachine),
+            Ok(other) => Err(RaftError::Storage(format!(
+                "installed snapshot {} is not the newest in storage ({:?})",
+                meta.index,
+                other.map(|r| r.meta().index)
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        {
+            let mut v = self.shared.snapshot.write();
+            v.loading = None;
+            if loaded.is_ok() {
+                v.last_index = meta.index;
+                v.last_term = meta.term;
+                v.last_unix_ms = meta.created_unix_ms;
+            }
+        }
+        if let Err(e) = loaded {
+            let _ = self
+                .raft_tx
+                .send(RaftMsg::Fatal(RaftError::StateMachine(format!(
+                    "loading snapshot {}: {e}",
+                    meta.index
+                ))));
+            return;
+        }
+        // Everything up to the snapshot is now applied; nothing proposed here
+        // can still be pending (a follower proposes nothing).
+        self.fail_pending(RaftError::LeaderSteppedDown);
+        self.applied_index = meta.index;
+        self.applied_term = meta.term;
+        self.last_snapshot_index = meta.index;
+        let addr = |id: &u64| PeerId {
+            id: *id,
+            addr: meta
+                .peers
+                .iter()
+                .find(|p| p.id == *id)
+                .map(|p| p.addr.clone())
+                .unwrap_or_default(),
+        };
+        self.conf = Configuration {
+            voters: meta.conf.voters.iter().map(addr).collect(),
+            learners: meta.conf.learners.iter().map(addr).collect(),
+            voters_outgoing: meta.conf.voters_outgoing.iter().map(addr).collect(),
+        };
+        self.conf_state = meta.conf.to_conf_state();
+        self.fsm.on_configuration_committed(&self.conf, meta.index);
+        tracing::info!(group = %self.shared.group, index = meta.index, "snapshot loaded into the state machine");
+    }
+
     fn save_snapshot(&mut self) {
         let index = self.applied_index;
         if index == 0 || index == self.last_snapshot_index {
@@ -362,13 +428,26 @@ impl FsmCaller {
             }
         };
         self.last_snapshot_index = index;
+        self.shared.snapshot.write().saving = Some(index);
         let raft_tx = self.raft_tx.clone();
         let group = self.shared.group.clone();
+        let shared = self.shared.clone();
         let done = SnapshotDone::new(move |result| {
             let outcome = match result {
                 Ok(w) => w.commit().map_err(RaftError::from),
                 Err(e) => Err(RaftError::StateMachine(e)),
             };
+            {
+                let mut v = shared.snapshot.write();
+                v.saving = None;
+                if let Ok(m) = &outcome {
+                    if m.index >= v.last_index {
+                        v.last_index = m.index;
+                        v.last_term = m.term;
+                        v.last_unix_ms = m.created_unix_ms;
+                    }
+                }
+            }
             match &outcome {
                 Ok(m) => {
                     tracing::info!(group = %group, index = m.index, term = m.term, files = m.files.len(), "snapshot published")

@@ -112,13 +112,27 @@ pub fn render_text(s: &NodeStatus) -> String {
     let _ = writeln!(o, "applied_index: {}", s.applied_index);
     let _ = writeln!(
         o,
-        "snapshot: index={} term={}",
-        s.snapshot_index, s.snapshot_term
+        "snapshot: index={} term={} taken_unix_ms={}",
+        s.snapshot.last_index, s.snapshot.last_term, s.snapshot.last_unix_ms
+    );
+    let _ = writeln!(o, "snapshot_state: {}", s.snapshot.state());
+    let r = &s.snapshot.receive;
+    let _ = writeln!(
+        o,
+        "snapshots_received: {} (resumed {}, chunks rejected {}, files rejected {}, bytes {})",
+        r.installs, r.resumed, r.chunks_rejected, r.files_rejected, r.bytes_received
     );
     let _ = writeln!(o, "pending_reads: {}", s.pending_reads);
     let _ = writeln!(o, "log_disk_bytes: {}", s.log_disk_bytes);
     if let Some(e) = &s.error {
         let _ = writeln!(o, "error: {e}");
+    }
+    for i in &s.installs {
+        let _ = writeln!(
+            o,
+            "snapshot_install: to {} index={} sent={}/{} bytes attempt={}",
+            i.peer, i.index, i.bytes_sent, i.bytes_total, i.attempts
+        );
     }
     if !s.peers.is_empty() {
         let _ = writeln!(o, "replicators:");

@@ -59,3 +59,14 @@ pub fn init_tracing(default_filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
+
+/// For tests: logs only when `RUST_LOG` is set, through the test harness's
+/// captured output. Safe to call many times.
+pub fn init_test_tracing() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}

@@ -28,9 +28,18 @@ use crate::fsm_caller::FsmCaller;
 use crate::options::{initial_peer_id, NodeOptions, ReadMode, ELECTION_TICKS};
 use crate::raft_loop::{RaftLoop, RaftMsg};
 use crate::raft_store::RaftStore;
+use crate::snapshot_install::{Chunk, PeerInstall, ReceiveStats, Throttle};
 use crate::state_machine::{Configuration, StateMachine};
-use crate::storage::{self, SnapshotMeta};
+use crate::storage::snapshot::IncomingSnapshot;
+use crate::storage::{self, SnapshotMeta, SnapshotStorage};
 use crate::transport::Transport;
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
 
 /// Largest task accepted by `apply`, in bytes.
 pub const MAX_TASK_BYTES: usize = 16 << 20;
@@ -86,6 +95,37 @@ pub struct PeerProgress {
     pub recent_active: bool,
 }
 
+/// Snapshot activity of one replica.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SnapshotView {
+    /// The newest snapshot this replica has (taken or installed).
+    pub last_index: u64,
+    pub last_term: u64,
+    /// When it was published, ms since the Unix epoch.
+    pub last_unix_ms: u64,
+    /// Index of a snapshot being saved now.
+    pub saving: Option<u64>,
+    /// Index of a snapshot being loaded into the state machine now.
+    pub loading: Option<u64>,
+    /// Snapshots received from leaders.
+    pub receive: ReceiveStats,
+}
+
+impl SnapshotView {
+    /// idle, saving, loading or installing (with progress).
+    pub fn state(&self) -> String {
+        if let Some(i) = self.loading {
+            format!("loading index {i}")
+        } else if let Some((i, held, total)) = self.receive.receiving {
+            format!("installing index {i}: {held}/{total} bytes")
+        } else if let Some(i) = self.saving {
+            format!("saving index {i}")
+        } else {
+            "idle".to_string()
+        }
+    }
+}
+
 /// A full status report of one replica (`/raft_stat`, `raftkit status`).
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
@@ -103,6 +143,9 @@ pub struct NodeStatus {
     pub disk_index: u64,
     pub snapshot_index: u64,
     pub snapshot_term: u64,
+    pub snapshot: SnapshotView,
+    /// Snapshot transfers this leader is sending.
+    pub installs: Vec<PeerInstall>,
     pub conf: Configuration,
     /// Replication progress of every member (filled on the leader only).
     pub peers: Vec<PeerProgress>,
@@ -122,6 +165,7 @@ pub(crate) struct NodeShared {
     /// The node is ready once it has applied at least this far (the commit
     /// and applied indexes it knew when it started).
     pub ready_floor: u64,
+    pub snapshot: RwLock<SnapshotView>,
 }
 
 impl NodeShared {
@@ -139,6 +183,9 @@ struct NodeInner {
     read_timeout: Duration,
     /// Flips to `true` (or is dropped) when both threads have exited.
     stopped: watch::Receiver<bool>,
+    snapshots: Arc<dyn SnapshotStorage>,
+    /// A snapshot being received from a leader.
+    incoming: parking_lot::Mutex<Option<IncomingSnapshot>>,
 }
 
 /// A handle to one running replica. Cheap to clone; every method is
@@ -241,7 +288,9 @@ impl Node {
                 snap_meta.index
             )));
         }
-        if log.last_index() < snap_meta.index {
+        // Entries that do not extend the snapshot (a shorter log, or a stale
+        // entry at its index) are dropped: the snapshot is committed state.
+        if snap_meta.index > 0 && log.term(snap_meta.index) != Some(snap_meta.term) {
             log.reset(snap_meta.index + 1, snap_meta.term)?;
         }
         let last_index = log.last_index();
@@ -263,6 +312,8 @@ impl Node {
             log,
             snapshot_index: snap_meta.index,
             snapshot_term: snap_meta.term,
+            latest: (snap_meta.index > 0).then(|| snap_meta.clone()),
+            wanted: std::cell::Cell::new(false),
             initial: RaftState::new(hs.clone(), conf_state.clone()),
         };
         let cfg = raft::Config {
@@ -305,6 +356,12 @@ impl Node {
             }),
             error: RwLock::new(None),
             ready_floor,
+            snapshot: RwLock::new(SnapshotView {
+                last_index: snap_meta.index,
+                last_term: snap_meta.term,
+                last_unix_ms: snap_meta.created_unix_ms,
+                ..Default::default()
+            }),
         });
 
         let (raft_tx, raft_rx) = chan::unbounded();
@@ -343,17 +400,26 @@ impl Node {
             apply_rx,
             raft_tx.clone(),
             shared.clone(),
-            snapshots,
+            snapshots.clone(),
             snap_meta.index,
             snap_meta.term,
             initial_conf,
             conf_state.clone(),
         );
         let apply_guard = stopped_tx.clone();
+        let fatal_tx = raft_tx.clone();
         std::thread::Builder::new()
             .name(format!("apply-{}", opts.group))
             .spawn(move || {
-                caller.run();
+                // A panicking state machine stops the node instead of
+                // leaving it replicating with nothing applying.
+                if let Err(p) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || caller.run()))
+                {
+                    let msg = format!("the apply thread panicked: {}", panic_text(&p));
+                    tracing::error!("{msg}");
+                    let _ = fatal_tx.send(RaftMsg::Fatal(RaftError::Stopped(msg)));
+                }
                 drop(apply_guard);
             })
             .map_err(|e| RaftError::Storage(format!("spawning the apply thread: {e}")))?;
@@ -362,18 +428,29 @@ impl Node {
             raw,
             opts.clone(),
             raft_rx,
+            raft_tx.clone(),
             apply_tx,
             transport,
             shared.clone(),
             meta_store,
             meta,
             peers,
+            snapshots.clone(),
+            Arc::new(Throttle::new(opts.snapshot_throttle_bytes_per_sec)),
         );
         let raft_guard = stopped_tx;
+        let raft_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("raft-{}", opts.group))
             .spawn(move || {
-                raft_loop.run();
+                if let Err(p) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || raft_loop.run()))
+                {
+                    let msg = format!("the raft thread panicked: {}", panic_text(&p));
+                    tracing::error!("{msg}");
+                    *raft_shared.error.write() = Some(RaftError::Stopped(msg));
+                    raft_shared.view.write().role = Role::Error;
+                }
                 drop(raft_guard);
             })
             .map_err(|e| RaftError::Storage(format!("spawning the raft thread: {e}")))?;
@@ -384,6 +461,8 @@ impl Node {
                 tx: raft_tx,
                 read_timeout: Duration::from_millis(opts.read_timeout_ms),
                 stopped: stopped_rx,
+                snapshots,
+                incoming: parking_lot::Mutex::new(None),
             }),
         })
     }
@@ -479,6 +558,115 @@ impl Node {
             return Err(RaftError::ShuttingDown);
         }
         rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Snapshot activity of this replica.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        self.inner.shared.snapshot.read().clone()
+    }
+
+    /// Receiving a snapshot, step 1: a leader announces `meta`. Returns the
+    /// bytes already held per file (non-zero when an interrupted transfer of
+    /// the same snapshot resumes). Blocking file work: call off async threads.
+    pub fn install_begin(&self, meta: SnapshotMeta) -> Result<Vec<(String, u64)>, RaftError> {
+        let applied = self.applied_index();
+        if meta.index <= applied {
+            return Err(RaftError::InvalidArgument(format!(
+                "this replica has applied up to {applied}, past snapshot {}",
+                meta.index
+            )));
+        }
+        let inc = self.inner.snapshots.open_incoming(&meta)?;
+        let held = inc.held_all();
+        let (got, total) = inc.progress();
+        {
+            let mut v = self.inner.shared.snapshot.write();
+            if got > 0 {
+                v.receive.resumed += 1;
+            }
+            v.receive.receiving = Some((meta.index, got, total));
+        }
+        tracing::info!(group = %self.group(), index = meta.index, held = got, total, "receiving snapshot");
+        *self.inner.incoming.lock() = Some(inc);
+        Ok(held)
+    }
+
+    /// Receiving a snapshot, step 2: one chunk, checked against its crc32c
+    /// and appended where the held bytes end. Returns the bytes now held.
+    pub fn install_chunk(&self, chunk: &Chunk) -> Result<u64, RaftError> {
+        let mut guard = self.inner.incoming.lock();
+        let inc = guard
+            .as_mut()
+            .filter(|i| i.meta().index == chunk.index && i.meta().term == chunk.term)
+            .ok_or_else(|| {
+                RaftError::InvalidArgument(format!(
+                    "no transfer of snapshot {} is in progress; begin again",
+                    chunk.index
+                ))
+            })?;
+        if crc32c::crc32c(&chunk.data) != chunk.crc32c {
+            self.inner.shared.snapshot.write().receive.chunks_rejected += 1;
+            return Err(RaftError::InvalidArgument(format!(
+                "chunk of {:?} at offset {} failed its checksum",
+                chunk.file, chunk.offset
+            )));
+        }
+        let held = inc.append(&chunk.file, chunk.offset, &chunk.data)?;
+        let (got, total) = inc.progress();
+        let mut v = self.inner.shared.snapshot.write();
+        v.receive.bytes_received += chunk.data.len() as u64;
+        v.receive.receiving = Some((chunk.index, got, total));
+        Ok(held)
+    }
+
+    /// Receiving a snapshot, step 3: verify every file, publish the snapshot
+    /// and hand raft the leader's snapshot message. Nothing unverified is
+    /// ever loaded.
+    pub fn install_commit(
+        &self,
+        index: u64,
+        term: u64,
+        msg: Message,
+        from_addr: Option<String>,
+    ) -> Result<(), RaftError> {
+        let md = msg.get_snapshot().get_metadata();
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+            || md.index != index
+            || md.term != term
+        {
+            return Err(RaftError::InvalidArgument(format!(
+                "commit of snapshot {index} carries a different raft message"
+            )));
+        }
+        let inc = {
+            let mut guard = self.inner.incoming.lock();
+            match guard.take() {
+                Some(i) if i.meta().index == index && i.meta().term == term && i.is_complete() => i,
+                Some(i) => {
+                    *guard = Some(i);
+                    return Err(RaftError::InvalidArgument(format!(
+                        "snapshot {index} is not fully received"
+                    )));
+                }
+                None => {
+                    return Err(RaftError::InvalidArgument(format!(
+                        "no transfer of snapshot {index} is in progress"
+                    )))
+                }
+            }
+        };
+        let published = inc.publish();
+        let mut v = self.inner.shared.snapshot.write();
+        v.receive.receiving = None;
+        if let Err(e) = published {
+            v.receive.files_rejected += 1;
+            return Err(e.into());
+        }
+        v.receive.installs += 1;
+        drop(v);
+        tracing::info!(group = %self.group(), index, term, "snapshot received and verified");
+        self.step(msg, from_addr);
+        Ok(())
     }
 
     /// The full status, from the raft thread.

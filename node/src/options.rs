@@ -52,6 +52,19 @@ pub struct NodeOptions {
     pub heartbeat_factor: u64,
     /// Take a snapshot every this many seconds (0: never). Default 3600.
     pub snapshot_interval_s: u64,
+    /// Also take a snapshot once this many entries were applied since the
+    /// last one (0: never). Default 100000.
+    pub snapshot_log_gap: u64,
+    /// Entries kept before the snapshot index when the log is compacted, so
+    /// a slightly lagging follower catches up from the log. Default 1000.
+    pub snapshot_margin: u64,
+    /// Bytes per chunk when sending a snapshot to a follower. Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Bytes per second a leader spends on snapshot transfers, all
+    /// followers together (0: unlimited). Default 0.
+    pub snapshot_throttle_bytes_per_sec: u64,
+    /// Snapshot transfers a leader runs at once. Default 2.
+    pub max_snapshot_installs: usize,
     /// Log storage URI. Default `local://<data_dir>/<group>/log` (set by the server).
     pub log_uri: String,
     /// Raft meta URI. Default `local://<data_dir>/<group>/meta`.
@@ -87,6 +100,11 @@ impl NodeOptions {
             election_timeout_ms: 1000,
             heartbeat_factor: 10,
             snapshot_interval_s: 3600,
+            snapshot_log_gap: 100_000,
+            snapshot_margin: 1000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_throttle_bytes_per_sec: 0,
+            max_snapshot_installs: 2,
             log_uri: "memory://".into(),
             raft_meta_uri: "memory://".into(),
             snapshot_uri: "memory://".into(),
@@ -147,6 +165,15 @@ impl NodeOptions {
         }
         if self.max_inflight_msgs == 0 {
             return bad("max inflight messages must be positive".into());
+        }
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > 16 << 20 {
+            return bad(format!(
+                "snapshot chunk size {} is outside 1..=16 MiB",
+                self.snapshot_chunk_bytes
+            ));
+        }
+        if self.max_snapshot_installs == 0 {
+            return bad("max snapshot installs must be at least 1 (followers behind a compacted log could never catch up)".into());
         }
         if self.read_timeout_ms == 0 {
             return bad("read timeout must be positive".into());

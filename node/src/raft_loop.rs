@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel as chan;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    Snapshot,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use crate::closure::Task;
@@ -24,8 +27,9 @@ use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
 use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
 use crate::options::NodeOptions;
 use crate::raft_store::RaftStore;
+use crate::snapshot_install::{InstallProgress, SnapshotJob, Throttle};
 use crate::state_machine::{Configuration, LeaderChangeContext};
-use crate::storage::{RaftMeta, RaftMetaStorage, SnapshotMeta};
+use crate::storage::{RaftMeta, RaftMetaStorage, SnapshotMeta, SnapshotStorage};
 use crate::transport::Transport;
 
 /// Inputs of the raft thread.
@@ -43,6 +47,13 @@ pub(crate) enum RaftMsg {
     SnapshotNow(Option<oneshot::Sender<Result<SnapshotMeta, RaftError>>>),
     /// The apply thread published (or failed to publish) a snapshot.
     SnapshotDone(Result<SnapshotMeta, RaftError>),
+    /// A snapshot transfer to follower `to` ended.
+    SnapshotSent {
+        to: u64,
+        result: Result<(), String>,
+    },
+    /// The apply thread hit an unrecoverable error.
+    Fatal(RaftError),
     Shutdown,
 }
 
@@ -60,12 +71,18 @@ pub(crate) struct RaftLoop {
     raw: RawNode<RaftStore>,
     opts: NodeOptions,
     rx: chan::Receiver<RaftMsg>,
+    self_tx: chan::Sender<RaftMsg>,
     apply_tx: chan::Sender<ApplyMsg>,
     transport: Arc<dyn Transport>,
     shared: Arc<NodeShared>,
     meta_store: Box<dyn RaftMetaStorage>,
     meta: RaftMeta,
     meta_dirty_since: Option<Instant>,
+    snapshots: Arc<dyn SnapshotStorage>,
+    throttle: Arc<Throttle>,
+    /// Snapshot transfers in progress, by follower id.
+    installs: HashMap<u64, Arc<InstallProgress>>,
+    last_snapshot_index: u64,
     peers: HashMap<u64, String>,
     tick: Duration,
     next_tick: Instant,
@@ -87,21 +104,30 @@ impl RaftLoop {
         raw: RawNode<RaftStore>,
         opts: NodeOptions,
         rx: chan::Receiver<RaftMsg>,
+        self_tx: chan::Sender<RaftMsg>,
         apply_tx: chan::Sender<ApplyMsg>,
         transport: Arc<dyn Transport>,
         shared: Arc<NodeShared>,
         meta_store: Box<dyn RaftMetaStorage>,
         meta: RaftMeta,
         peers: HashMap<u64, String>,
+        snapshots: Arc<dyn SnapshotStorage>,
+        throttle: Arc<Throttle>,
     ) -> Self {
         let tick = Duration::from_millis(opts.tick_ms());
         let next_snapshot_at = (opts.snapshot_interval_s > 0)
             .then(|| Instant::now() + Duration::from_secs(opts.snapshot_interval_s));
         let applied = raw.raft.raft_log.applied;
+        let last_snapshot_index = raw.store().snapshot_index;
         RaftLoop {
             raw,
             opts,
             rx,
+            self_tx,
+            snapshots,
+            throttle,
+            installs: HashMap::new(),
+            last_snapshot_index,
             apply_tx,
             transport,
             shared,
@@ -182,6 +208,10 @@ impl RaftLoop {
                     self.applied = index;
                     self.raw.advance_apply_to(index);
                     self.mark_meta_dirty();
+                    let gap = self.opts.snapshot_log_gap;
+                    if gap > 0 && index >= self.last_snapshot_index + gap {
+                        self.start_snapshot();
+                    }
                 }
             }
             RaftMsg::Status(reply) => {
@@ -200,6 +230,8 @@ impl RaftLoop {
                 self.start_snapshot();
             }
             RaftMsg::SnapshotDone(result) => self.on_snapshot_done(result),
+            RaftMsg::SnapshotSent { to, result } => self.on_snapshot_sent(to, result),
+            RaftMsg::Fatal(e) => self.fail(e),
             RaftMsg::Shutdown => self.shutting_down = true,
         }
     }
@@ -377,10 +409,8 @@ impl RaftLoop {
         self.observe_role();
         self.send_messages(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            return Err(RaftError::Storage(format!(
-                "received snapshot at index {} but snapshot install is not supported yet",
-                rd.snapshot().get_metadata().index
-            )));
+            let snap = rd.snapshot().clone();
+            self.apply_snapshot(&snap)?;
         }
         self.forward_committed(rd.take_committed_entries());
         if !rd.entries().is_empty() {
@@ -402,6 +432,38 @@ impl RaftLoop {
         }
         self.send_messages(light.take_messages());
         self.forward_committed(light.take_committed_entries());
+        if self.raw.store().wanted.replace(false) {
+            // raft-rs needs a snapshot for a follower and ours is missing or too old.
+            self.start_snapshot();
+        }
+        Ok(())
+    }
+
+    /// A follower installs a snapshot raft-rs accepted: its files were
+    /// received, verified and published before the message was stepped.
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), RaftError> {
+        let md = snap.get_metadata();
+        let meta: SnapshotMeta = serde_json::from_slice(&snap.data).map_err(|e| {
+            RaftError::Storage(format!("undecodable snapshot meta in raft message: {e}"))
+        })?;
+        if (meta.index, meta.term) != (md.index, md.term) {
+            return Err(RaftError::Storage(format!(
+                "snapshot message for {}/{} carries meta for {}/{}",
+                md.index, md.term, meta.index, meta.term
+            )));
+        }
+        tracing::info!(group = %self.opts.group, index = md.index, term = md.term, "installing snapshot");
+        let store = self.raw.mut_store();
+        store.log.reset(md.index + 1, md.term)?;
+        store.set_snapshot(meta.clone());
+        for p in &meta.peers {
+            self.peers.insert(p.id, p.addr.clone());
+        }
+        self.last_snapshot_index = md.index;
+        // The log now starts after the snapshot: the recorded commit must cover it.
+        self.meta.commit = self.meta.commit.max(md.index);
+        self.meta_store.save(&self.meta)?;
+        let _ = self.apply_tx.send(ApplyMsg::InstallSnapshot { meta });
         Ok(())
     }
 
@@ -441,6 +503,10 @@ impl RaftLoop {
 
     fn send_messages(&mut self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.start_install(m);
+                continue;
+            }
             let to = m.to;
             let sent = match self.peers.get(&to) {
                 Some(addr) => self.transport.send(&self.opts.group, addr, m).is_ok(),
@@ -624,17 +690,98 @@ impl RaftLoop {
         let _ = self.apply_tx.send(ApplyMsg::Snapshot);
     }
 
+    /// A snapshot was published: offer it to followers and compact the log,
+    /// keeping `snapshot_margin` entries before it.
     fn on_snapshot_done(&mut self, result: Result<SnapshotMeta, RaftError>) {
         self.snapshot_in_progress = false;
         if let Ok(meta) = &result {
+            self.last_snapshot_index = self.last_snapshot_index.max(meta.index);
             let store = self.raw.mut_store();
-            if meta.index > store.snapshot_index {
-                store.snapshot_index = meta.index;
-                store.snapshot_term = meta.term;
+            store.set_snapshot(meta.clone());
+            let first_kept = meta.index.saturating_sub(self.opts.snapshot_margin) + 1;
+            if first_kept > store.log.first_index() {
+                if let Err(e) = store.log.truncate_prefix(first_kept) {
+                    self.fail(e.into());
+                } else {
+                    tracing::info!(group = %self.opts.group, snapshot = meta.index, first_index = first_kept, "log compacted");
+                }
             }
         }
         for w in self.snapshot_waiters.drain(..) {
             let _ = w.send(result.clone());
+        }
+    }
+
+    /// raft-rs wants follower `m.to` to get a snapshot: stream it out of
+    /// band; the follower steps `m` once the files are verified.
+    fn start_install(&mut self, m: Message) {
+        let to = m.to;
+        if self.installs.contains_key(&to) {
+            return; // one transfer per follower; raft-rs waits for its outcome
+        }
+        let index = m.get_snapshot().get_metadata().index;
+        let refuse = |this: &mut Self, why: String| {
+            tracing::info!(group = %this.opts.group, to = %format!("{to:016x}"), index, "not sending snapshot: {why}");
+            this.raw.report_snapshot(to, SnapshotStatus::Failure);
+        };
+        if self.installs.len() >= self.opts.max_snapshot_installs {
+            return refuse(
+                self,
+                format!("{} transfers already running", self.installs.len()),
+            );
+        }
+        let Some(addr) = self.peers.get(&to).cloned() else {
+            return refuse(self, "no address for the follower".into());
+        };
+        let source = match self.snapshots.latest() {
+            Ok(Some(r)) if r.meta().index == index => r.open_source(),
+            Ok(_) => return refuse(self, "that snapshot is no longer the newest".into()),
+            Err(e) => Err(e),
+        };
+        let source = match source {
+            Ok(s) => Arc::new(s),
+            Err(e) => return refuse(self, e.to_string()),
+        };
+        let peer = PeerId { id: to, addr };
+        let progress = Arc::new(InstallProgress {
+            peer: peer.clone(),
+            index,
+            bytes_total: source.meta().files.iter().map(|f| f.size).sum(),
+            bytes_sent: Default::default(),
+            attempts: Default::default(),
+            started_unix_ms: crate::storage::snapshot::now_unix_ms(),
+        });
+        tracing::info!(group = %self.opts.group, to = %peer, index, bytes = progress.bytes_total, "sending snapshot");
+        self.installs.insert(to, progress.clone());
+        let job = SnapshotJob {
+            group: self.opts.group.clone(),
+            to: peer,
+            msg: m,
+            source,
+            chunk_bytes: self.opts.snapshot_chunk_bytes,
+            throttle: self.throttle.clone(),
+            progress,
+        };
+        let tx = self.self_tx.clone();
+        self.transport.install_snapshot(
+            job,
+            Box::new(move |result| {
+                let _ = tx.send(RaftMsg::SnapshotSent { to, result });
+            }),
+        );
+    }
+
+    fn on_snapshot_sent(&mut self, to: u64, result: Result<(), String>) {
+        self.installs.remove(&to);
+        match result {
+            Ok(()) => {
+                tracing::info!(group = %self.opts.group, to = %format!("{to:016x}"), "snapshot delivered");
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.opts.group, to = %format!("{to:016x}"), error = %e, "snapshot transfer failed");
+                self.raw.report_snapshot(to, SnapshotStatus::Failure);
+            }
         }
     }
 
@@ -676,6 +823,8 @@ impl RaftLoop {
             disk_index: raft.raft_log.persisted,
             snapshot_index: store.snapshot_index,
             snapshot_term: store.snapshot_term,
+            snapshot: self.shared.snapshot.read().clone(),
+            installs: self.installs.values().map(|p| p.view()).collect(),
             conf: self.configuration(&cs),
             peers,
             pending_reads: self.pending_reads.values().map(|p| p.waiters.len()).sum(),

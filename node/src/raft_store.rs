@@ -2,19 +2,36 @@
 //! snapshot position. Owned by the group's raft thread (inside the
 //! `RawNode`); only that thread touches it.
 
+use std::cell::Cell;
+
 use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::error::StorageError;
-use crate::storage::LogStorage;
+use crate::storage::{LogStorage, SnapshotMeta};
 
 pub(crate) struct RaftStore {
     pub log: Box<dyn LogStorage>,
     /// Index and term of the newest snapshot (0, 0 when there is none).
     pub snapshot_index: u64,
     pub snapshot_term: u64,
+    /// The newest published snapshot, offered to followers that need it.
+    pub latest: Option<SnapshotMeta>,
+    /// Set when raft-rs asked for a snapshot we do not have yet.
+    pub wanted: Cell<bool>,
     /// What `initial_state` reports (raft-rs asks once, at creation).
     pub initial: RaftState,
+}
+
+impl RaftStore {
+    /// Records a newly published (or installed) snapshot.
+    pub fn set_snapshot(&mut self, meta: SnapshotMeta) {
+        if meta.index >= self.snapshot_index {
+            self.snapshot_index = meta.index;
+            self.snapshot_term = meta.term;
+            self.latest = Some(meta);
+        }
+    }
 }
 
 fn to_raft(e: StorageError) -> raft::Error {
@@ -63,11 +80,28 @@ impl Storage for RaftStore {
         Ok(self.log.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshot transfer to followers is not built yet: the log is never
-        // compacted, so a follower can always catch up from entries.
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The newest snapshot as raft-rs sees it: index, term and configuration
+    /// in the metadata, and our [`SnapshotMeta`] (file list, checksums, member
+    /// addresses) as the data. The files themselves travel out of band.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.latest {
+            Some(meta) if meta.index >= request_index && meta.index > 0 => {
+                let mut s = Snapshot {
+                    data: serde_json::to_vec(meta).unwrap_or_default().into(),
+                    ..Default::default()
+                };
+                let md = s.mut_metadata();
+                md.index = meta.index;
+                md.term = meta.term;
+                md.set_conf_state(meta.conf.to_conf_state());
+                Ok(s)
+            }
+            _ => {
+                self.wanted.set(true);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }

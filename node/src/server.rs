@@ -25,12 +25,15 @@ use crate::pb::admin_server::AdminServer;
 use crate::pb::counter_server::CounterServer;
 use crate::pb::kv_server::KvServer;
 use crate::pb::raft_transport_server::RaftTransportServer;
+use crate::pb::snapshot_install_server::SnapshotInstallServer;
 use crate::services::admin::AdminService;
 use crate::services::counter::{CounterFsm, CounterService, CounterState};
 use crate::services::kv::{KvFsm, KvService, KvState};
 use crate::services::GroupTable;
 use crate::storage::StorageOptions;
-use crate::transport::grpc::{GrpcTransport, RaftTransportService, MAX_GRPC_MESSAGE};
+use crate::transport::grpc::{
+    GrpcTransport, RaftTransportService, SnapshotInstallService, MAX_GRPC_MESSAGE,
+};
 
 /// How long in-flight connections get to finish after shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -92,6 +95,11 @@ pub struct ServerConfig {
     pub initial_conf: Vec<String>,
     pub election_timeout_ms: u64,
     pub snapshot_interval_s: u64,
+    pub snapshot_log_gap: u64,
+    pub snapshot_margin: u64,
+    pub snapshot_chunk_bytes: usize,
+    pub snapshot_throttle_bytes_per_sec: u64,
+    pub max_snapshot_installs: usize,
     /// URI templates; `{group}` and `{data_dir}` are substituted.
     pub log_uri: Option<String>,
     pub raft_meta_uri: Option<String>,
@@ -164,6 +172,11 @@ impl ServerConfig {
         o.initial_conf = self.initial_conf.clone();
         o.election_timeout_ms = self.election_timeout_ms;
         o.snapshot_interval_s = self.snapshot_interval_s;
+        o.snapshot_log_gap = self.snapshot_log_gap;
+        o.snapshot_margin = self.snapshot_margin;
+        o.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
+        o.snapshot_throttle_bytes_per_sec = self.snapshot_throttle_bytes_per_sec;
+        o.max_snapshot_installs = self.max_snapshot_installs;
         o.log_uri = self.uri(&self.log_uri, group, "log");
         o.raft_meta_uri = self.uri(&self.raft_meta_uri, group, "meta");
         o.snapshot_uri = self.uri(&self.snapshot_uri, group, "snapshot");
@@ -206,6 +219,10 @@ impl Server {
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(AdminServer::new(AdminService::new(manager.clone())))
+        .add_service(
+            SnapshotInstallServer::new(SnapshotInstallService::new(manager.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
         .add_service(CounterServer::new(CounterService::new(counters.clone())))
         .add_service(KvServer::new(KvService::new(kvs.clone())))
         .into_axum_router();

@@ -450,3 +450,32 @@ async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
     assert_eq!(c.applied_data(f).len(), 25, "state rebuilt from the log");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_the_node_instead_of_hanging_it() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    let r = c.node(l).propose(Bytes::from_static(b"panic!")).await;
+    assert!(
+        r.is_err(),
+        "the write that crashed the state machine reported success"
+    );
+    for i in 0..3 {
+        wait_until(T, "every replica reports the failure", || {
+            c.node(i).error().is_some()
+        })
+        .await;
+        assert!(c
+            .node(i)
+            .error()
+            .unwrap()
+            .to_string()
+            .contains("apply thread panicked"));
+        assert_eq!(c.node(i).view().role, Role::Error);
+    }
+    // Further requests fail at once instead of hanging.
+    let r = tokio::time::timeout(Duration::from_secs(5), c.node(l).propose(payload(1))).await;
+    assert!(matches!(r, Ok(Err(RaftError::Stopped(_)))), "{r:?}");
+    c.shutdown().await;
+}

@@ -303,6 +303,131 @@ fn unfinished_or_abandoned_snapshots_are_never_published(b: &dyn Backend) {
     assert!(w.create_file("__raftkit_snapshot_meta").is_err());
 }
 
+/// A published snapshot on one backend, to be received by another.
+fn source_snapshot(index: u64, files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, SnapshotMeta) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage::open_snapshot_storage(&format!("local://{}", dir.path().display()), &opts())
+        .unwrap();
+    let mut w = s
+        .begin(SnapshotMeta {
+            index,
+            term: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    for (name, data) in files {
+        w.write_file(name, data).unwrap();
+    }
+    let meta = publish(w).unwrap();
+    (dir, meta)
+}
+
+fn big(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn incoming_snapshots_resume_and_publish(b: &dyn Backend) {
+    let files = [("a", big(10_000, 1)), ("b", big(2_500, 2))];
+    let (_src, meta) = source_snapshot(40, &files);
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    let mut inc = s.open_incoming(&meta).unwrap();
+    assert_eq!(
+        inc.held_all(),
+        vec![("a".to_string(), 0), ("b".to_string(), 0)]
+    );
+    inc.append("a", 0, &files[0].1[..4000]).unwrap();
+    drop(inc);
+    // An interrupted transfer of the same snapshot resumes where it stopped.
+    let mut inc = s.open_incoming(&meta).unwrap();
+    assert_eq!(inc.held("a"), 4000);
+    assert!(
+        inc.append("a", 3000, &files[0].1[3000..5000]).is_err(),
+        "overlapping chunk accepted"
+    );
+    assert!(
+        inc.append("a", 4000, &big(7000, 9)).is_err(),
+        "chunk past the end accepted"
+    );
+    assert!(
+        inc.append("zzz", 0, b"x").is_err(),
+        "chunk of an unknown file accepted"
+    );
+    inc.append("a", 4000, &files[0].1[4000..]).unwrap();
+    inc.append("b", 0, &files[1].1).unwrap();
+    assert!(inc.is_complete());
+    assert_eq!(inc.progress(), (12_500, 12_500));
+    let r = inc.publish().unwrap();
+    assert_eq!(r.meta().index, 40);
+    let latest = s.latest().unwrap().unwrap();
+    assert_eq!(latest.meta().index, 40);
+    assert_eq!(latest.read_file("a").unwrap(), files[0].1);
+    assert_eq!(latest.read_file("b").unwrap(), files[1].1);
+}
+
+fn damaged_incoming_files_are_rejected_and_fetched_again(b: &dyn Backend) {
+    let files = [("state", big(5_000, 7))];
+    let (_src, meta) = source_snapshot(12, &files);
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    let mut inc = s.open_incoming(&meta).unwrap();
+    let mut bad = files[0].1.clone();
+    bad[1234] ^= 1;
+    inc.append("state", 0, &bad).unwrap();
+    assert!(matches!(
+        inc.publish(),
+        Err(StorageError::Corruption { .. })
+    ));
+    assert!(
+        s.latest().unwrap().is_none(),
+        "a damaged snapshot became visible"
+    );
+    let mut inc = s.open_incoming(&meta).unwrap();
+    assert_eq!(
+        inc.held("state"),
+        0,
+        "the damaged file must be fetched again"
+    );
+    inc.append("state", 0, &files[0].1).unwrap();
+    inc.publish().unwrap();
+    assert_eq!(
+        s.latest().unwrap().unwrap().read_file("state").unwrap(),
+        files[0].1
+    );
+}
+
+fn a_different_incoming_snapshot_replaces_the_partial_one(b: &dyn Backend) {
+    let (_s1, m1) = source_snapshot(10, &[("f", big(1000, 1))]);
+    let (_s2, m2) = source_snapshot(20, &[("f", big(1000, 2))]);
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    let mut inc = s.open_incoming(&m1).unwrap();
+    inc.append("f", 0, &big(1000, 1)[..500]).unwrap();
+    let inc2 = s.open_incoming(&m2).unwrap();
+    assert_eq!(inc2.held("f"), 0);
+    let inc1 = s.open_incoming(&m1).unwrap();
+    assert_eq!(inc1.held("f"), 0, "the older partial snapshot was dropped");
+}
+
+fn incoming_meta_with_hostile_file_names_is_refused(b: &dyn Backend) {
+    let s = storage::open_snapshot_storage(&b.uri(), &opts()).unwrap();
+    for name in ["../../etc/passwd", "/abs", "__raftkit_snapshot_meta", ""] {
+        let meta = SnapshotMeta {
+            index: 5,
+            term: 1,
+            files: vec![storage::snapshot::SnapshotFileMeta {
+                name: name.into(),
+                size: 1,
+                crc32c: 0,
+            }],
+            ..Default::default()
+        };
+        assert!(
+            s.open_incoming(&meta).is_err(),
+            "file name {name:?} accepted"
+        );
+    }
+}
+
 /// Publishes through the engine's path (the writer's commit is crate-private;
 /// the public way is `SnapshotDone`, exercised in cluster tests).
 fn publish(w: storage::SnapshotWriter) -> Result<SnapshotMeta, StorageError> {
@@ -332,4 +457,8 @@ conformance!(
     meta_round_trips,
     snapshots_publish_and_replace,
     unfinished_or_abandoned_snapshots_are_never_published,
+    incoming_snapshots_resume_and_publish,
+    damaged_incoming_files_are_rejected_and_fetched_again,
+    a_different_incoming_snapshot_replaces_the_partial_one,
+    incoming_meta_with_hostile_file_names_is_refused,
 );

@@ -9,7 +9,7 @@ async fn main() {
     let code = match &cli.command {
         Command::Node(args) => {
             raftkit_node::logging::init_tracing("info");
-            let result = match args.clone().into_config() {
+            let result = match (**args).clone().into_config() {
                 Ok(config) => {
                     raftkit_node::server::run(config, raftkit_node::shutdown_signal()).await
                 }

@@ -54,6 +54,12 @@ pub enum Output {
 pub enum Command {
     /// One line per member and group: role, term, leader, indexes.
     Status,
+    /// Take a snapshot now on one member (every group, or --group).
+    Snapshot {
+        /// The member to snapshot.
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+    },
     /// braft's Counter example.
     Counter {
         #[command(subcommand)]
@@ -68,7 +74,7 @@ pub enum Command {
     Playground(playground::PlaygroundArgs),
     /// Run a node server (same flags as raftkit-node).
     #[command(hide = true)]
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +158,7 @@ fn emit(cli: &Cli, text_out: String, json_out: serde_json::Value) {
 pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Status => status(cli).await,
+        Command::Snapshot { peer } => snapshot(cli, peer).await,
         Command::Counter { cmd } => {
             let c = client(cli, "counter")?;
             match cmd {
@@ -256,6 +263,44 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             code: 2,
         }),
     }
+}
+
+async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {
+    let c = ClusterClient::new(
+        vec![peer.to_string()],
+        cli.group.clone().unwrap_or_default(),
+        Duration::from_millis(cli.timeout_ms),
+    )?;
+    let results = c.member_snapshot(peer).await?;
+    let failed = results.iter().filter(|r| !r.error.is_empty()).count();
+    match cli.output {
+        Output::Json => {
+            let v: Vec<_> = results
+                .iter()
+                .map(|r| json!({ "group": r.group, "index": r.index, "term": r.term, "error": (!r.error.is_empty()).then_some(&r.error) }))
+                .collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        Output::Text => {
+            for r in &results {
+                if r.error.is_empty() {
+                    println!(
+                        "{peer} {}: snapshot at index {} term {}",
+                        r.group, r.index, r.term
+                    );
+                } else {
+                    println!("{peer} {}: snapshot failed: {}", r.group, r.error);
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError {
+            message: format!("{failed} of {} snapshots failed", results.len()),
+            code: 1,
+        });
+    }
+    Ok(())
 }
 
 async fn status(cli: &Cli) -> Result<(), CliError> {

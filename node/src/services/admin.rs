@@ -7,7 +7,9 @@ use super::to_status;
 use crate::node::NodeStatus;
 use crate::node_manager::NodeManager;
 use crate::pb::admin_server::Admin;
-use crate::pb::{GroupRequest, Member, NodeStatusReply, PeerStatus, StatusReply};
+use crate::pb::{
+    GroupRequest, Member, NodeStatusReply, PeerStatus, SnapshotReply, SnapshotResult, StatusReply,
+};
 use crate::state_machine::Configuration;
 
 pub struct AdminService {
@@ -96,5 +98,37 @@ impl Admin for AdminService {
             groups.push(n.status().await.map_err(to_status)?.into());
         }
         Ok(Response::new(StatusReply { groups }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<GroupRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        let group = request.into_inner().group;
+        let nodes = if group.is_empty() {
+            self.manager.all()
+        } else {
+            vec![self.manager.get(&group).ok_or_else(|| {
+                Status::not_found(format!("no group named {group:?} is hosted here"))
+            })?]
+        };
+        let mut groups = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            groups.push(match n.snapshot().await {
+                Ok(m) => SnapshotResult {
+                    group: n.group().to_string(),
+                    index: m.index,
+                    term: m.term,
+                    error: String::new(),
+                },
+                Err(e) => SnapshotResult {
+                    group: n.group().to_string(),
+                    index: 0,
+                    term: 0,
+                    error: e.to_string(),
+                },
+            });
+        }
+        Ok(Response::new(SnapshotReply { groups }))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use raft::eraftpb::Entry;
 
 use super::log_cache::LogCache;
-use super::snapshot::{MemSnapshot, MemSnapshots};
+use super::snapshot::{MemIncoming, MemSnapshot, MemSnapshots};
 use super::{LogStorage, RaftMeta, RaftMetaStorage, SnapshotStorage, StorageOptions};
 use crate::error::StorageError;
 
@@ -19,6 +19,7 @@ struct Instances {
     logs: HashMap<String, Arc<Mutex<LogCache>>>,
     metas: HashMap<String, Arc<Mutex<Option<RaftMeta>>>>,
     snapshots: HashMap<String, Arc<Mutex<Option<MemSnapshot>>>>,
+    incoming: HashMap<String, Arc<Mutex<Option<MemIncoming>>>>,
 }
 
 fn instances() -> std::sync::MutexGuard<'static, Instances> {
@@ -35,6 +36,7 @@ pub fn forget(name: &str) {
     i.logs.remove(name);
     i.metas.remove(name);
     i.snapshots.remove(name);
+    i.incoming.remove(name);
 }
 
 fn shared<T: Default>(table: &mut HashMap<String, Arc<Mutex<T>>>, name: &str) -> Arc<Mutex<T>> {
@@ -66,9 +68,10 @@ pub fn open_snapshot(
     name: &str,
     _opts: &StorageOptions,
 ) -> Result<Box<dyn SnapshotStorage>, StorageError> {
-    Ok(Box::new(MemSnapshots {
-        slot: shared(&mut instances().snapshots, name),
-    }))
+    let mut i = instances();
+    let slot = shared(&mut i.snapshots, name);
+    let incoming = shared(&mut i.incoming, name);
+    Ok(Box::new(MemSnapshots { slot, incoming }))
 }
 
 /// The `memory://` log.

@@ -91,6 +91,10 @@ pub trait SnapshotStorage: Send + Sync {
     fn begin(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError>;
     /// The newest published snapshot, if any.
     fn latest(&self) -> Result<Option<SnapshotReader>, StorageError>;
+    /// The staging area for a snapshot being received from a leader. What
+    /// an interrupted transfer of the same snapshot (index and term) left
+    /// is kept, so the transfer resumes; any other staged snapshot is dropped.
+    fn open_incoming(&self, meta: &SnapshotMeta) -> Result<IncomingSnapshot, StorageError>;
 }
 
 // ------------------------------------------------------------------ writer
@@ -245,6 +249,7 @@ impl SnapshotWriter {
                         .ctx(|| format!("fsync {}", meta_path.display()))?;
                     fsutil::sync_dir(&temp)?;
                 }
+                crate::failpoint::hit("snapshot_before_publish").map_err(StorageError::Invalid)?;
                 let final_dir = root.join(snapshot_dir_name(meta.index));
                 if final_dir.exists() {
                     // The same index was already published (the state at an
@@ -257,6 +262,7 @@ impl SnapshotWriter {
                 if sync {
                     fsutil::sync_dir(&root)?;
                 }
+                crate::failpoint::hit("snapshot_after_publish").map_err(StorageError::Invalid)?;
                 remove_older_snapshots(&root, meta.index)?;
                 Ok(meta)
             }
@@ -448,6 +454,317 @@ impl SnapshotReader {
     }
 }
 
+/// The files of a published snapshot held open for sending: a transfer
+/// keeps reading them even if a newer snapshot replaces this one meanwhile.
+pub struct SnapshotSource {
+    meta: SnapshotMeta,
+    files: Vec<SourceFile>,
+}
+
+enum SourceFile {
+    Disk(File),
+    Memory(Bytes),
+}
+
+impl SnapshotReader {
+    /// Opens every file for chunked reading.
+    pub fn open_source(&self) -> Result<SnapshotSource, StorageError> {
+        let mut files = Vec::with_capacity(self.meta.files.len());
+        for f in &self.meta.files {
+            files.push(match &self.source {
+                ReaderSource::Dir(dir) => {
+                    let p = dir.join(&f.name);
+                    SourceFile::Disk(File::open(&p).ctx(|| format!("open {}", p.display()))?)
+                }
+                ReaderSource::Memory(m) => {
+                    SourceFile::Memory(m.get(&f.name).cloned().unwrap_or_default())
+                }
+            });
+        }
+        Ok(SnapshotSource {
+            meta: self.meta.clone(),
+            files,
+        })
+    }
+}
+
+impl SnapshotSource {
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Up to `max` bytes of file number `file` from `offset`.
+    pub fn read_chunk(&self, file: usize, offset: u64, max: usize) -> Result<Bytes, StorageError> {
+        let fm = self
+            .meta
+            .files
+            .get(file)
+            .ok_or_else(|| StorageError::Invalid(format!("no file number {file}")))?;
+        let len = (fm.size.saturating_sub(offset) as usize).min(max);
+        match self.files.get(file) {
+            Some(SourceFile::Disk(f)) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, offset)
+                    .ctx(|| format!("read snapshot file {} at {offset}", fm.name))?;
+                Ok(Bytes::from(buf))
+            }
+            Some(SourceFile::Memory(b)) => {
+                let start = (offset as usize).min(b.len());
+                Ok(b.slice(start..(start + len).min(b.len())))
+            }
+            None => Err(StorageError::Invalid(format!("no file number {file}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- incoming
+
+enum IncomingTarget {
+    Dir {
+        dir: PathBuf,
+        root: PathBuf,
+        sync: bool,
+    },
+    Memory {
+        slot: Arc<Mutex<Option<MemSnapshot>>>,
+        partial: Arc<Mutex<Option<MemIncoming>>>,
+    },
+}
+
+/// A snapshot received in chunks. Bytes are appended per file at the
+/// position already held; [`IncomingSnapshot::publish`] checks every file's
+/// size and checksum against the meta before the snapshot becomes visible.
+pub struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    target: IncomingTarget,
+}
+
+#[derive(Default)]
+pub(crate) struct MemIncoming {
+    index: u64,
+    term: u64,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl IncomingSnapshot {
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn file_meta(&self, name: &str) -> Result<&SnapshotFileMeta, StorageError> {
+        self.meta
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| {
+                StorageError::Invalid(format!("snapshot {} has no file {name:?}", self.meta.index))
+            })
+    }
+
+    /// Bytes held so far of file `name`.
+    pub fn held(&self, name: &str) -> u64 {
+        match &self.target {
+            IncomingTarget::Dir { dir, .. } => {
+                fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0)
+            }
+            IncomingTarget::Memory { partial, .. } => partial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|p| p.files.get(name).map(|v| v.len() as u64))
+                .unwrap_or(0),
+        }
+    }
+
+    /// Bytes held of every file, in meta order.
+    pub fn held_all(&self) -> Vec<(String, u64)> {
+        self.meta
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), self.held(&f.name)))
+            .collect()
+    }
+
+    /// Total bytes held and total bytes expected.
+    pub fn progress(&self) -> (u64, u64) {
+        let held = self
+            .meta
+            .files
+            .iter()
+            .map(|f| self.held(&f.name).min(f.size))
+            .sum();
+        (held, self.meta.files.iter().map(|f| f.size).sum())
+    }
+
+    /// Appends `data` to file `name` at `offset`, which must be where the
+    /// held bytes end. Returns the bytes now held.
+    pub fn append(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<u64, StorageError> {
+        let size = self.file_meta(name)?.size;
+        let held = self.held(name);
+        if offset != held {
+            return Err(StorageError::Invalid(format!(
+                "chunk of {name:?} at {offset} but {held} bytes are held"
+            )));
+        }
+        if offset + data.len() as u64 > size {
+            return Err(StorageError::Invalid(format!(
+                "chunk of {name:?} ends at {} past the file size {size}",
+                offset + data.len() as u64
+            )));
+        }
+        match &self.target {
+            IncomingTarget::Dir { dir, .. } => {
+                use std::os::unix::fs::FileExt;
+                let p = dir.join(name);
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&p)
+                    .ctx(|| format!("open {}", p.display()))?;
+                f.write_all_at(data, offset)
+                    .ctx(|| format!("write {}", p.display()))?;
+            }
+            IncomingTarget::Memory { partial, .. } => {
+                let mut p = partial.lock().unwrap_or_else(|p| p.into_inner());
+                let inc = p.get_or_insert_with(MemIncoming::default);
+                inc.files
+                    .entry(name.to_string())
+                    .or_default()
+                    .extend_from_slice(data);
+            }
+        }
+        Ok(offset + data.len() as u64)
+    }
+
+    /// Whether every file is held in full.
+    pub fn is_complete(&self) -> bool {
+        self.meta.files.iter().all(|f| self.held(&f.name) == f.size)
+    }
+
+    /// Verifies every file against the meta and publishes the snapshot. A
+    /// file that does not match is removed (so a new transfer fetches it
+    /// again) and the error says which.
+    pub fn publish(self) -> Result<SnapshotReader, StorageError> {
+        let mut meta = self.meta.clone();
+        match self.target {
+            IncomingTarget::Dir { dir, root, sync } => {
+                for f in &meta.files {
+                    let p = dir.join(&f.name);
+                    let data = fs::read(&p).ctx(|| format!("read {}", p.display()))?;
+                    if data.len() as u64 != f.size || crc32c::crc32c(&data) != f.crc32c {
+                        let _ = fs::remove_file(&p);
+                        return Err(StorageError::Corruption {
+                            path: p,
+                            offset: 0,
+                            reason: format!("received file {:?} does not match its size and checksum; it will be fetched again", f.name),
+                        });
+                    }
+                    if sync {
+                        File::open(&p)
+                            .and_then(|h| h.sync_all())
+                            .ctx(|| format!("fsync {}", p.display()))?;
+                    }
+                }
+                meta.created_unix_ms = now_unix_ms();
+                let body = serde_json::to_vec(&meta)
+                    .map_err(|e| StorageError::Invalid(format!("encode snapshot meta: {e}")))?;
+                let meta_path = dir.join(META_FILE);
+                fsutil::write_atomic(&meta_path, &fsutil::frame_checked(META_MAGIC, &body), sync)?;
+                let final_dir = root.join(snapshot_dir_name(meta.index));
+                if final_dir.exists() {
+                    let _ = fs::remove_dir_all(&dir);
+                } else {
+                    fs::rename(&dir, &final_dir)
+                        .ctx(|| format!("rename {} to {}", dir.display(), final_dir.display()))?;
+                    if sync {
+                        fsutil::sync_dir(&root)?;
+                    }
+                }
+                remove_older_snapshots(&root, meta.index)?;
+                Ok(SnapshotReader {
+                    meta,
+                    source: ReaderSource::Dir(final_dir),
+                })
+            }
+            IncomingTarget::Memory { slot, partial } => {
+                let inc = partial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let mut files = BTreeMap::new();
+                for f in &meta.files {
+                    let data = inc.files.get(&f.name).cloned().unwrap_or_default();
+                    if data.len() as u64 != f.size || crc32c::crc32c(&data) != f.crc32c {
+                        return Err(StorageError::Corruption {
+                            path: PathBuf::from(format!(
+                                "memory-incoming/{}/{}",
+                                meta.index, f.name
+                            )),
+                            offset: 0,
+                            reason: format!(
+                                "received file {:?} does not match its size and checksum",
+                                f.name
+                            ),
+                        });
+                    }
+                    files.insert(f.name.clone(), Bytes::from(data));
+                }
+                meta.created_unix_ms = now_unix_ms();
+                let files = Arc::new(files);
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_none_or(|s| s.meta.index <= meta.index) {
+                    *slot = Some(MemSnapshot {
+                        meta: meta.clone(),
+                        files: files.clone(),
+                    });
+                }
+                Ok(SnapshotReader {
+                    meta,
+                    source: ReaderSource::Memory(files),
+                })
+            }
+        }
+    }
+
+    /// Drops everything received.
+    pub fn discard(self) {
+        match self.target {
+            IncomingTarget::Dir { dir, .. } => {
+                let _ = fs::remove_dir_all(dir);
+            }
+            IncomingTarget::Memory { partial, .. } => {
+                *partial.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+}
+
+fn check_incoming_meta(meta: &SnapshotMeta) -> Result<(), StorageError> {
+    if meta.index == 0 {
+        return Err(StorageError::Invalid(
+            "incoming snapshot has index 0".into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for f in &meta.files {
+        check_file_name(&f.name)?;
+        if !names.insert(&f.name) {
+            return Err(StorageError::Invalid(format!(
+                "incoming snapshot lists file {:?} twice",
+                f.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn incoming_dir_name(index: u64, term: u64) -> String {
+    format!("incoming_{index:020}_{term:020}")
+}
+
 // ------------------------------------------------------------------ local
 
 /// Opens the `local://` snapshot storage in directory `path`.
@@ -563,6 +880,39 @@ impl SnapshotStorage for LocalSnapshots {
             source: ReaderSource::Dir(dir),
         }))
     }
+
+    fn open_incoming(&self, meta: &SnapshotMeta) -> Result<IncomingSnapshot, StorageError> {
+        check_incoming_meta(meta)?;
+        let name = incoming_dir_name(meta.index, meta.term);
+        for ent in fs::read_dir(&self.root).ctx(|| format!("list {}", self.root.display()))? {
+            let ent = ent.ctx(|| format!("list {}", self.root.display()))?;
+            let n = ent.file_name().to_string_lossy().to_string();
+            if n.starts_with("incoming_") && n != name {
+                let _ = fs::remove_dir_all(ent.path());
+            }
+        }
+        let dir = self.root.join(&name);
+        fsutil::create_dir_all(&dir)?;
+        // Partial files whose names the new meta does not list are leftovers.
+        for ent in fs::read_dir(&dir).ctx(|| format!("list {}", dir.display()))? {
+            let ent = ent.ctx(|| format!("list {}", dir.display()))?;
+            let n = ent.file_name().to_string_lossy().to_string();
+            if !meta.files.iter().any(|f| f.name == n) {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+        Ok(IncomingSnapshot {
+            meta: SnapshotMeta {
+                created_unix_ms: 0,
+                ..meta.clone()
+            },
+            target: IncomingTarget::Dir {
+                dir,
+                root: self.root.clone(),
+                sync: self.sync,
+            },
+        })
+    }
 }
 
 // ------------------------------------------------------------------ memory
@@ -578,6 +928,7 @@ pub(crate) struct MemSnapshot {
 /// a named instance shares across reopenings in the same process.
 pub(crate) struct MemSnapshots {
     pub(crate) slot: Arc<Mutex<Option<MemSnapshot>>>,
+    pub(crate) incoming: Arc<Mutex<Option<MemIncoming>>>,
 }
 
 impl SnapshotStorage for MemSnapshots {
@@ -601,6 +952,31 @@ impl SnapshotStorage for MemSnapshots {
             meta: s.meta.clone(),
             source: ReaderSource::Memory(s.files.clone()),
         }))
+    }
+
+    fn open_incoming(&self, meta: &SnapshotMeta) -> Result<IncomingSnapshot, StorageError> {
+        check_incoming_meta(meta)?;
+        let mut inc = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        if inc
+            .as_ref()
+            .is_none_or(|i| (i.index, i.term) != (meta.index, meta.term))
+        {
+            *inc = Some(MemIncoming {
+                index: meta.index,
+                term: meta.term,
+                files: BTreeMap::new(),
+            });
+        }
+        Ok(IncomingSnapshot {
+            meta: SnapshotMeta {
+                created_unix_ms: 0,
+                ..meta.clone()
+            },
+            target: IncomingTarget::Memory {
+                slot: self.slot.clone(),
+                partial: self.incoming.clone(),
+            },
+        })
     }
 }
 

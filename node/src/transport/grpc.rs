@@ -22,11 +22,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Transport, Unreachable};
+use super::{SnapshotSent, Transport, Unreachable};
+use crate::error::RaftError;
+use crate::node::Node;
 use crate::node_manager::NodeManager;
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::raft_transport_server::RaftTransport;
-use crate::pb::{RaftBatch, RaftStreamAck};
+use crate::pb::snapshot_install_client::SnapshotInstallClient;
+use crate::pb::snapshot_install_server::SnapshotInstall;
+use crate::pb::{
+    FileHeld, InstallBeginReply, InstallBeginRequest, InstallChunkReply, InstallChunkRequest,
+    InstallCommitReply, InstallCommitRequest, RaftBatch, RaftStreamAck,
+};
+use crate::services::to_status;
+use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
+use crate::storage::SnapshotMeta;
 
 const CONNECTING: u8 = 0;
 const UP: u8 = 1;
@@ -91,6 +101,116 @@ impl Transport for GrpcTransport {
         link.tx
             .send((Arc::from(group), msg))
             .map_err(|_| Unreachable)
+    }
+
+    fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent) {
+        let mut client = GrpcInstallClient {
+            addr: job.to.addr.clone(),
+            group: job.group.clone(),
+            to: job.to.id,
+            from_addr: self.me.clone(),
+            client: None,
+        };
+        self.runtime.spawn(async move {
+            let result = send_snapshot(&mut client, &job).await;
+            done(result);
+        });
+    }
+}
+
+/// Sends snapshot chunks to another process over gRPC (one unary call per
+/// chunk; the connection is re-established after a failed attempt).
+struct GrpcInstallClient {
+    addr: String,
+    group: String,
+    to: u64,
+    from_addr: String,
+    client: Option<SnapshotInstallClient<tonic::transport::Channel>>,
+}
+
+/// How long one install call may take before the attempt counts as broken.
+const INSTALL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl GrpcInstallClient {
+    async fn client(&mut self) -> Result<SnapshotInstallClient<tonic::transport::Channel>, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let ch = endpoint(&self.addr)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+        let c = SnapshotInstallClient::new(ch).max_encoding_message_size(MAX_GRPC_MESSAGE);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    fn failed(&mut self, s: Status) -> String {
+        self.client = None;
+        format!("{}: {}", self.addr, s.message())
+    }
+}
+
+async fn with_timeout<T>(
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(INSTALL_CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("snapshot install call timed out")))
+}
+
+impl InstallClient for GrpcInstallClient {
+    async fn begin(&mut self, meta: &SnapshotMeta) -> Result<Vec<(String, u64)>, String> {
+        let mut c = self.client().await?;
+        let req = InstallBeginRequest {
+            group: self.group.clone(),
+            to: self.to,
+            meta: serde_json::to_vec(meta).map_err(|e| e.to_string())?.into(),
+        };
+        match with_timeout(c.begin(req)).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .held
+                .into_iter()
+                .map(|h| (h.name, h.bytes))
+                .collect()),
+            Err(s) => Err(self.failed(s)),
+        }
+    }
+
+    async fn chunk(&mut self, chunk: Chunk) -> Result<u64, String> {
+        let mut c = self.client().await?;
+        let req = InstallChunkRequest {
+            group: self.group.clone(),
+            to: self.to,
+            index: chunk.index,
+            term: chunk.term,
+            file: chunk.file,
+            offset: chunk.offset,
+            data: chunk.data,
+            crc32c: chunk.crc32c,
+        };
+        match with_timeout(c.chunk(req)).await {
+            Ok(r) => Ok(r.into_inner().held),
+            Err(s) => Err(self.failed(s)),
+        }
+    }
+
+    async fn commit(&mut self, index: u64, term: u64, msg: &Message) -> Result<(), String> {
+        let mut c = self.client().await?;
+        let req = InstallCommitRequest {
+            group: self.group.clone(),
+            to: self.to,
+            index,
+            term,
+            raft_message: msg.write_to_bytes().map_err(|e| e.to_string())?.into(),
+            from_addr: self.from_addr.clone(),
+        };
+        match with_timeout(c.commit(req)).await {
+            Ok(_) => Ok(()),
+            Err(s) => Err(self.failed(s)),
+        }
     }
 }
 
@@ -183,6 +303,92 @@ fn collect_batches(
         next = rx.try_recv().ok();
     }
     batches
+}
+
+/// Receives snapshot transfers for local nodes.
+pub struct SnapshotInstallService {
+    manager: NodeManager,
+}
+
+impl SnapshotInstallService {
+    pub fn new(manager: NodeManager) -> Self {
+        SnapshotInstallService { manager }
+    }
+
+    fn node(&self, group: &str, to: u64) -> Result<Node, Status> {
+        let node = self
+            .manager
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("no group named {group:?} is hosted here")))?;
+        if node.peer_id().id != to {
+            return Err(Status::failed_precondition(format!(
+                "snapshot is for raft id {to:016x} but this replica is {:016x}",
+                node.peer_id().id
+            )));
+        }
+        Ok(node)
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RaftError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("install task failed: {e}")))?
+        .map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl SnapshotInstall for SnapshotInstallService {
+    async fn begin(
+        &self,
+        request: Request<InstallBeginRequest>,
+    ) -> Result<Response<InstallBeginReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group, r.to)?;
+        let meta: SnapshotMeta = serde_json::from_slice(&r.meta)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot meta: {e}")))?;
+        let held = blocking(move || node.install_begin(meta)).await?;
+        Ok(Response::new(InstallBeginReply {
+            held: held
+                .into_iter()
+                .map(|(name, bytes)| FileHeld { name, bytes })
+                .collect(),
+        }))
+    }
+
+    async fn chunk(
+        &self,
+        request: Request<InstallChunkRequest>,
+    ) -> Result<Response<InstallChunkReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group, r.to)?;
+        let chunk = Chunk {
+            index: r.index,
+            term: r.term,
+            file: r.file,
+            offset: r.offset,
+            data: r.data,
+            crc32c: r.crc32c,
+        };
+        let held = blocking(move || node.install_chunk(&chunk)).await?;
+        Ok(Response::new(InstallChunkReply { held }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<InstallCommitRequest>,
+    ) -> Result<Response<InstallCommitReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group, r.to)?;
+        let msg = Message::parse_from_bytes(&r.raft_message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        let from = (!r.from_addr.is_empty()).then_some(r.from_addr);
+        blocking(move || node.install_commit(r.index, r.term, msg, from)).await?;
+        Ok(Response::new(InstallCommitReply {}))
+    }
 }
 
 /// Receives raft message streams and hands the messages to local nodes.

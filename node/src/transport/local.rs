@@ -7,8 +7,20 @@ use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::Message;
 
-use super::{Transport, Unreachable};
+use super::{SnapshotSent, Transport, Unreachable};
 use crate::node::Node;
+use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
+use crate::storage::SnapshotMeta;
+
+/// Faults for snapshot transfers, each firing once.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFaults {
+    /// The transfer breaks (like a lost connection) when this many chunks
+    /// have been delivered.
+    pub cut_after_chunks: Option<u64>,
+    /// This chunk (0-based, counted over all transfers) arrives damaged.
+    pub corrupt_chunk: Option<u64>,
+}
 
 /// Sees every message that passes the link faults: `(from, to, message)`.
 /// It may change the message; returning `false` drops it.
@@ -21,17 +33,31 @@ struct NetState {
     isolated: HashSet<String>,
     drop_rate: f64,
     interceptor: Option<Interceptor>,
+    snapshot_faults: SnapshotFaults,
+    chunks_seen: u64,
 }
 
 /// A loopback network shared by the nodes of an in-process cluster.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocalNetwork {
     state: Arc<Mutex<NetState>>,
+    /// Snapshot transfers run as tasks here.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Default for LocalNetwork {
+    fn default() -> Self {
+        LocalNetwork::new()
+    }
 }
 
 impl LocalNetwork {
+    /// Must be called inside a tokio runtime (snapshot transfers run on it).
     pub fn new() -> Self {
-        LocalNetwork::default()
+        LocalNetwork {
+            state: Arc::default(),
+            runtime: tokio::runtime::Handle::current(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
@@ -91,6 +117,13 @@ impl LocalNetwork {
         self.lock().interceptor = f;
     }
 
+    /// Arms faults for the next snapshot transfers.
+    pub fn set_snapshot_faults(&self, faults: SnapshotFaults) {
+        let mut s = self.lock();
+        s.snapshot_faults = faults;
+        s.chunks_seen = 0;
+    }
+
     /// Drops each message with probability `p` (0 to 1).
     pub fn set_drop_rate(&self, p: f64) {
         self.lock().drop_rate = p.clamp(0.0, 1.0);
@@ -127,5 +160,79 @@ impl Transport for LocalTransport {
         };
         node.step(msg, Some(self.me.clone()));
         Ok(())
+    }
+
+    fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent) {
+        let mut client = LocalInstallClient {
+            net: self.net.clone(),
+            me: self.me.clone(),
+            group: job.group.clone(),
+            to: job.to.addr.clone(),
+        };
+        self.net.runtime.spawn(async move {
+            let result = send_snapshot(&mut client, &job).await;
+            done(result);
+        });
+    }
+}
+
+/// Delivers snapshot chunks by calling the receiving node directly, through
+/// the same link faults as messages, plus [`SnapshotFaults`].
+struct LocalInstallClient {
+    net: LocalNetwork,
+    me: String,
+    group: String,
+    to: String,
+}
+
+impl LocalInstallClient {
+    fn node(&self) -> Result<Node, String> {
+        let s = self.net.lock();
+        let blocked = s.isolated.contains(&self.me)
+            || s.isolated.contains(&self.to)
+            || s.cut.contains(&(self.me.clone(), self.to.clone()));
+        if blocked {
+            return Err(format!("{} is unreachable", self.to));
+        }
+        s.nodes
+            .get(&(self.group.clone(), self.to.clone()))
+            .cloned()
+            .ok_or_else(|| format!("{} is down", self.to))
+    }
+}
+
+impl InstallClient for LocalInstallClient {
+    async fn begin(&mut self, meta: &SnapshotMeta) -> Result<Vec<(String, u64)>, String> {
+        self.node()?
+            .install_begin(meta.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn chunk(&mut self, mut chunk: Chunk) -> Result<u64, String> {
+        let node = self.node()?;
+        {
+            let mut s = self.net.lock();
+            let n = s.chunks_seen;
+            s.chunks_seen += 1;
+            if s.snapshot_faults.cut_after_chunks == Some(n) {
+                s.snapshot_faults.cut_after_chunks = None;
+                return Err("connection lost (injected)".into());
+            }
+            if s.snapshot_faults.corrupt_chunk == Some(n) {
+                s.snapshot_faults.corrupt_chunk = None;
+                let mut data = chunk.data.to_vec();
+                if let Some(b) = data.first_mut() {
+                    *b ^= 0xff;
+                }
+                chunk.data = data.into();
+            }
+        }
+        node.install_chunk(&chunk).map_err(|e| e.to_string())
+    }
+
+    async fn commit(&mut self, index: u64, term: u64, msg: &Message) -> Result<(), String> {
+        self.node()?
+            .install_commit(index, term, msg.clone(), Some(self.me.clone()))
+            .map_err(|e| e.to_string())
     }
 }

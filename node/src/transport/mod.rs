@@ -11,6 +11,11 @@ pub mod local;
 
 use raft::eraftpb::Message;
 
+use crate::snapshot_install::SnapshotJob;
+
+/// Called once with the outcome of a snapshot transfer.
+pub type SnapshotSent = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// The destination is known to be unreachable right now; raft-rs is told
 /// (`report_unreachable`) and probes again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,4 +27,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Messages may be lost (raft retransmits); an error means the peer is
     /// known to be down.
     fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable>;
+
+    /// Streams a snapshot to `job.to` (see [`crate::snapshot_install`]) and
+    /// calls `done` with the outcome. Never blocks.
+    fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent);
 }

@@ -43,6 +43,10 @@ pub struct RecordingFsm {
 impl StateMachine for RecordingFsm {
     fn on_apply(&mut self, entries: ApplyIter<'_>) {
         for e in entries {
+            assert!(
+                e.data.as_ref() != b"panic!",
+                "state machine bug triggered on purpose"
+            );
             let delay = self.apply_delay_ms.load(Ordering::Relaxed);
             if delay > 0 {
                 std::thread::sleep(Duration::from_millis(delay));
@@ -164,6 +168,8 @@ pub struct Cluster {
     pub apply_delays: Vec<Arc<AtomicU64>>,
     tag: String,
     pub tweak: fn(&mut NodeOptions),
+    /// With local storage: the directory holding every node's data.
+    pub root: Option<tempfile::TempDir>,
 }
 
 fn no_tweak(_: &mut NodeOptions) {}
@@ -174,6 +180,16 @@ impl Cluster {
     }
 
     pub fn with(n: usize, tweak: fn(&mut NodeOptions)) -> Self {
+        Self::build(n, tweak, false)
+    }
+
+    /// Like [`Cluster::with`] but on `local://` storage in a temporary directory.
+    pub fn with_local(n: usize, tweak: fn(&mut NodeOptions)) -> Self {
+        Self::build(n, tweak, true)
+    }
+
+    fn build(n: usize, tweak: fn(&mut NodeOptions), local: bool) -> Self {
+        raftkit_node::logging::init_test_tracing();
         let tag = format!("{:016x}", rand::random::<u64>());
         let addrs: Vec<String> = (0..n).map(|i| format!("node{i}.{tag}:7000")).collect();
         let mut c = Cluster {
@@ -185,6 +201,7 @@ impl Cluster {
             apply_delays: (0..n).map(|_| Arc::default()).collect(),
             tag,
             tweak,
+            root: local.then(|| tempfile::tempdir().unwrap()),
         };
         for i in 0..n {
             c.start_node(i);
@@ -198,12 +215,30 @@ impl Cluster {
         o.election_timeout_ms = ELECTION_MS;
         o.read_timeout_ms = 2000;
         o.snapshot_interval_s = 0;
-        let name = format!("{}-{i}", self.tag);
-        o.log_uri = format!("memory://{name}");
-        o.raft_meta_uri = format!("memory://{name}");
-        o.snapshot_uri = format!("memory://{name}");
+        match &self.root {
+            Some(root) => {
+                let dir = self.data_dir(i).unwrap();
+                let _ = root;
+                o.log_uri = format!("local://{}/log", dir.display());
+                o.raft_meta_uri = format!("local://{}/meta", dir.display());
+                o.snapshot_uri = format!("local://{}/snapshot", dir.display());
+            }
+            None => {
+                let name = format!("{}-{i}", self.tag);
+                o.log_uri = format!("memory://{name}");
+                o.raft_meta_uri = format!("memory://{name}");
+                o.snapshot_uri = format!("memory://{name}");
+            }
+        }
         (self.tweak)(&mut o);
         o
+    }
+
+    /// Node `i`'s data directory, with local storage.
+    pub fn data_dir(&self, i: usize) -> Option<std::path::PathBuf> {
+        self.root
+            .as_ref()
+            .map(|r| r.path().join(format!("node{i}")))
     }
 
     /// Starts node `i` (again) on its existing storage; its state machine

@@ -26,6 +26,8 @@ pub struct Proc {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment for the next start (failpoints).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -37,6 +39,7 @@ impl Proc {
             data_dir: data_dir.to_path_buf(),
             log: log_dir.join(format!("{}.log", addr.replace(':', "_"))),
             args: extra.to_vec(),
+            env: Vec::new(),
             child: None,
         };
         p.restart();
@@ -56,6 +59,7 @@ impl Proc {
             .arg(&self.data_dir)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -70,6 +74,21 @@ impl Proc {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    self.child = None;
+                    return Some(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL and reap.
@@ -113,6 +132,16 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The JSON status of every group on `addr` (`/raft_stat?format=json`).
+pub async fn raft_stat(addr: &str) -> Option<serde_json::Value> {
+    let (code, body) = raftkit_node::http::probe(addr, "/raft_stat?format=json")
+        .await
+        .ok()?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
 }
 
 /// Waits until `GET path` on `addr` answers 200.

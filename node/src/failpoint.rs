@@ -1,0 +1,95 @@
+//! Failpoints for crash tests: named places in the engine where a test can
+//! make the process abort, return an injected error, or pause.
+//!
+//! Configured once from the environment variable `RAFTKIT_FAILPOINTS`, as
+//! `name=action;name=action`, where an action is `abort`, `error` or
+//! `sleep(MS)`. Unset (the normal case), a failpoint costs one atomic load.
+//!
+//! Failpoints: `snapshot_before_publish` (snapshot files and meta written,
+//! directory not yet renamed into place), `snapshot_after_publish`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// What a failpoint does when reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Kill the process on the spot (like a power cut for the data).
+    Abort,
+    /// Make the operation fail with an injected error.
+    Error,
+    /// Pause for this long, then continue.
+    Sleep(Duration),
+}
+
+fn parse(spec: &str) -> HashMap<String, Action> {
+    let mut out = HashMap::new();
+    for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, action)) = item.split_once('=') else {
+            eprintln!("RAFTKIT_FAILPOINTS: ignoring {item:?} (expected name=action)");
+            continue;
+        };
+        let action = match action.trim() {
+            "abort" => Action::Abort,
+            "error" => Action::Error,
+            a => match a
+                .strip_prefix("sleep(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|ms| ms.parse().ok())
+            {
+                Some(ms) => Action::Sleep(Duration::from_millis(ms)),
+                None => {
+                    eprintln!("RAFTKIT_FAILPOINTS: unknown action {a:?} for {name}");
+                    continue;
+                }
+            },
+        };
+        out.insert(name.trim().to_string(), action);
+    }
+    out
+}
+
+fn table() -> &'static HashMap<String, Action> {
+    static T: OnceLock<HashMap<String, Action>> = OnceLock::new();
+    T.get_or_init(|| {
+        std::env::var("RAFTKIT_FAILPOINTS")
+            .map(|s| parse(&s))
+            .unwrap_or_default()
+    })
+}
+
+/// Runs failpoint `name`. Returns `Err` when it is set to `error`; aborts
+/// the process when set to `abort`.
+pub fn hit(name: &str) -> Result<(), String> {
+    let t = table();
+    if t.is_empty() {
+        return Ok(());
+    }
+    match t.get(name) {
+        None => Ok(()),
+        Some(Action::Abort) => {
+            eprintln!("failpoint {name}: aborting the process");
+            std::process::abort();
+        }
+        Some(Action::Error) => Err(format!("failpoint {name}: injected error")),
+        Some(Action::Sleep(d)) => {
+            std::thread::sleep(*d);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_actions() {
+        let t = parse("a=abort; b=error;c=sleep(25);bad;d=explode");
+        assert_eq!(t.get("a"), Some(&Action::Abort));
+        assert_eq!(t.get("b"), Some(&Action::Error));
+        assert_eq!(t.get("c"), Some(&Action::Sleep(Duration::from_millis(25))));
+        assert_eq!(t.len(), 3);
+    }
+}
