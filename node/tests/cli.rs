@@ -127,6 +127,23 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
 
+    let o = raftkit(&conf, &["snapshot", "--peer", one]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("counter: snapshot at index") && text.contains("kv: snapshot at index"),
+        "{text}"
+    );
+    let o = raftkit(
+        &conf,
+        &[
+            "--group", "kv", "--output", "json", "snapshot", "--peer", one,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert!(v[0]["index"].as_u64().unwrap() > 0, "{v}");
+
     // Bad input: one clear line and a non-zero exit.
     let o = raftkit(one, &["kv", "put", "", "x"]);
     assert!(!o.status.success());

@@ -435,6 +435,50 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_round_trip_restores_the_same_map() {
+        use crate::state_machine::SnapshotDone;
+        use crate::storage::{self, SnapshotMeta, StorageOptions};
+        let fsm_state = KvState::default();
+        let mut fsm = KvFsm::new(fsm_state.clone());
+        for i in 0..500u32 {
+            let key = Bytes::from(format!("key/{i:04}"));
+            apply(
+                &fsm,
+                Op::Put(KvPut {
+                    key,
+                    value: Bytes::from(vec![i as u8; (i % 7) as usize]),
+                }),
+            );
+        }
+        apply(
+            &fsm,
+            Op::Delete(KvDelete {
+                key: Bytes::from_static(b"key/0007"),
+            }),
+        );
+        let store =
+            storage::open_snapshot_storage("memory://", &StorageOptions::default()).unwrap();
+        let writer = store
+            .begin(SnapshotMeta {
+                index: 9,
+                term: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        fsm.on_snapshot_save(writer, SnapshotDone::new(move |r| tx.send(r).unwrap()));
+        let writer = rx.recv().unwrap().expect("save succeeds");
+        storage::snapshot::publish_for_tests(writer).unwrap();
+        let reader = store.latest().unwrap().unwrap();
+        let restored = KvState::default();
+        KvFsm::new(restored.clone())
+            .on_snapshot_load(&reader)
+            .unwrap();
+        assert_eq!(restored.len(), 499);
+        assert_eq!(*restored.map.read(), *fsm_state.map.read());
+    }
+
+    #[test]
     fn scan_respects_prefix_and_limit() {
         let s = KvState::default();
         for k in ["a1", "a2", "a3", "b1"] {
