@@ -60,6 +60,14 @@ pub enum RaftError {
     /// The node hit an unrecoverable error earlier and stopped.
     #[error("node is stopped after an error: {0}")]
     Stopped(String),
+    /// A conditional membership change found a different configuration.
+    #[error(
+        "the configuration changed: expected configuration index {expected}, it is now {current}"
+    )]
+    ConfigurationChanged { expected: u64, current: u64 },
+    /// Another replica could not be reached.
+    #[error("peer unreachable: {0}")]
+    PeerUnreachable(String),
 }
 
 impl RaftError {
@@ -88,6 +96,8 @@ impl RaftError {
                 | RaftError::Transferring
                 | RaftError::Busy(_)
                 | RaftError::InvalidArgument(_)
+                | RaftError::ConfigurationChanged { .. }
+                | RaftError::PeerUnreachable(_)
         )
     }
 
@@ -105,6 +115,8 @@ impl RaftError {
             RaftError::Storage(_) => "storage",
             RaftError::StateMachine(_) => "state_machine",
             RaftError::Stopped(_) => "stopped",
+            RaftError::ConfigurationChanged { .. } => "configuration_changed",
+            RaftError::PeerUnreachable(_) => "peer_unreachable",
         }
     }
 }

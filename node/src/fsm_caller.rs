@@ -76,6 +76,12 @@ pub(crate) enum ApplyMsg {
     InstallSnapshot {
         meta: SnapshotMeta,
     },
+    /// The configuration was set outside the log (bootstrap, forced reset).
+    ConfReset {
+        conf: Configuration,
+        conf_state: ConfState,
+        index: u64,
+    },
     Error(RaftError),
     Shutdown,
 }
@@ -93,6 +99,7 @@ pub(crate) struct FsmCaller {
     last_snapshot_index: u64,
     conf: Configuration,
     conf_state: ConfState,
+    conf_index: u64,
     leader_start: Option<(u64, u64)>,
     leader_term: Option<u64>,
     reads: BTreeMap<u64, Vec<ReadWaiter>>,
@@ -125,6 +132,7 @@ impl FsmCaller {
             last_snapshot_index: applied_index,
             conf,
             conf_state,
+            conf_index: 0,
             leader_start: None,
             leader_term: None,
             reads: BTreeMap::new(),
@@ -191,6 +199,16 @@ impl FsmCaller {
             }
             ApplyMsg::Snapshot => self.save_snapshot(),
             ApplyMsg::InstallSnapshot { meta } => self.load_snapshot(meta),
+            ApplyMsg::ConfReset {
+                conf,
+                conf_state,
+                index,
+            } => {
+                self.conf = conf;
+                self.conf_state = conf_state;
+                self.conf_index = index;
+                self.fsm.on_configuration_committed(&self.conf, index);
+            }
             ApplyMsg::Error(e) => {
                 self.fsm.on_error(&e);
                 let stopped = RaftError::Stopped(e.to_string());
@@ -267,13 +285,24 @@ impl FsmCaller {
                 }
                 Committed::Conf { index, term, conf } => {
                     self.flush(&mut run);
-                    if let Some(d) = self.take_done(index, term) {
-                        d.run(Ok(Bytes::new()));
-                    }
-                    if let Some((c, cs)) = conf {
-                        self.conf = c;
-                        self.conf_state = cs;
-                        self.fsm.on_configuration_committed(&self.conf, index);
+                    let done = self.take_done(index, term);
+                    match conf {
+                        Some((c, cs)) => {
+                            self.conf = c;
+                            self.conf_state = cs;
+                            self.conf_index = index;
+                            self.fsm.on_configuration_committed(&self.conf, index);
+                            if let Some(d) = done {
+                                d.run(Ok(Bytes::copy_from_slice(&index.to_be_bytes())));
+                            }
+                        }
+                        None => {
+                            if let Some(d) = done {
+                                d.run(Err(RaftError::InvalidArgument(format!(
+                                    "raft rejected the configuration change at index {index}"
+                                ))));
+                            }
+                        }
                     }
                     self.applied_index = index;
                     self.applied_term = term;
@@ -300,6 +329,9 @@ impl FsmCaller {
     }
 
     fn publish_applied(&mut self) {
+        self.shared
+            .pending_proposals
+            .store(self.pending.len(), Ordering::Relaxed);
         if self.applied_index == self.reported_applied {
             return;
         }
@@ -384,6 +416,7 @@ impl FsmCaller {
             voters_outgoing: meta.conf.voters_outgoing.iter().map(addr).collect(),
         };
         self.conf_state = meta.conf.to_conf_state();
+        self.conf_index = meta.conf_index;
         self.fsm.on_configuration_committed(&self.conf, meta.index);
         tracing::info!(group = %self.shared.group, index = meta.index, "snapshot loaded into the state machine");
     }
@@ -418,6 +451,7 @@ impl FsmCaller {
             term: self.applied_term,
             conf: ConfRecord::from_conf_state(&self.conf_state),
             peers,
+            conf_index: self.conf_index,
             ..Default::default()
         };
         let writer = match self.snapshots.begin(meta) {

@@ -27,6 +27,7 @@ pub mod failpoint;
 pub(crate) mod fsm_caller;
 pub mod http;
 pub mod logging;
+pub mod membership;
 pub mod node;
 pub mod node_manager;
 pub mod options;

@@ -25,7 +25,8 @@ use tokio::sync::{oneshot, watch};
 use crate::closure::{ApplyResult, Done, Task};
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::FsmCaller;
-use crate::options::{initial_peer_id, NodeOptions, ReadMode, ELECTION_TICKS};
+use crate::membership::{ConfChangeRequest, Membership, PeerIdentity};
+use crate::options::{NodeOptions, ReadMode, ELECTION_TICKS};
 use crate::raft_loop::{RaftLoop, RaftMsg};
 use crate::raft_store::RaftStore;
 use crate::snapshot_install::{Chunk, PeerInstall, ReceiveStats, Throttle};
@@ -93,6 +94,8 @@ pub struct PeerProgress {
     /// probe, replicate or snapshot.
     pub state: String,
     pub recent_active: bool,
+    /// Append messages sent and not yet acknowledged.
+    pub inflight: usize,
 }
 
 /// Snapshot activity of one replica.
@@ -150,6 +153,10 @@ pub struct NodeStatus {
     /// Replication progress of every member (filled on the leader only).
     pub peers: Vec<PeerProgress>,
     pub pending_reads: usize,
+    /// Proposals of this node waiting to be applied.
+    pub pending_proposals: usize,
+    /// Index of the entry that set the current configuration.
+    pub conf_index: u64,
     pub log_disk_bytes: u64,
     pub error: Option<String>,
 }
@@ -166,6 +173,8 @@ pub(crate) struct NodeShared {
     /// and applied indexes it knew when it started).
     pub ready_floor: u64,
     pub snapshot: RwLock<SnapshotView>,
+    /// Proposals waiting in the apply thread (for status).
+    pub pending_proposals: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeShared {
@@ -186,6 +195,10 @@ struct NodeInner {
     snapshots: Arc<dyn SnapshotStorage>,
     /// A snapshot being received from a leader.
     incoming: parking_lot::Mutex<Option<IncomingSnapshot>>,
+    transport: Arc<dyn Transport>,
+    /// One membership operation at a time.
+    membership_lock: tokio::sync::Mutex<()>,
+    catchup_margin: u64,
 }
 
 /// A handle to one running replica. Cheap to clone; every method is
@@ -232,27 +245,17 @@ impl Node {
                     opts.log_uri, opts.raft_meta_uri
                 )));
             }
-            if opts.initial_conf.is_empty() {
-                meta.peer_id = loop {
-                    let id = rand::random::<u64>();
-                    if id != 0 {
-                        break id;
-                    }
-                };
-            } else {
-                meta.peer_id = initial_peer_id(&opts.addr);
-                meta.initial_conf = opts
-                    .initial_conf
-                    .iter()
-                    .map(|a| PeerId {
-                        id: initial_peer_id(a),
-                        addr: a.clone(),
-                    })
-                    .collect();
-            }
+            // Every replica gets a fresh random id, so a replica that lost
+            // its data can never come back under an id that forgot its vote.
+            meta.peer_id = loop {
+                let id = rand::random::<u64>();
+                if id != 0 {
+                    break id;
+                }
+            };
             meta_store.save(&meta)?;
             tracing::info!(group = %opts.group, peer = %format!("{:016x}", meta.peer_id), initial = meta.initial_conf.len(), "new replica identity");
-        } else if !opts.initial_conf.is_empty() {
+        } else if !opts.initial_conf.is_empty() && !meta.initial_conf.is_empty() {
             tracing::info!(group = %opts.group, "existing data found; ignoring the initial conf");
         }
         let id = meta.peer_id;
@@ -356,6 +359,7 @@ impl Node {
             }),
             error: RwLock::new(None),
             ready_floor,
+            pending_proposals: std::sync::atomic::AtomicUsize::new(0),
             snapshot: RwLock::new(SnapshotView {
                 last_index: snap_meta.index,
                 last_term: snap_meta.term,
@@ -424,19 +428,24 @@ impl Node {
             })
             .map_err(|e| RaftError::Storage(format!("spawning the apply thread: {e}")))?;
 
+        let fresh =
+            meta.initial_conf.is_empty() && hs.term == 0 && snap_meta.index == 0 && last_index == 0;
         let raft_loop = RaftLoop::new(
             raw,
             opts.clone(),
             raft_rx,
             raft_tx.clone(),
             apply_tx,
-            transport,
+            transport.clone(),
             shared.clone(),
             meta_store,
             meta,
             peers,
             snapshots.clone(),
             Arc::new(Throttle::new(opts.snapshot_throttle_bytes_per_sec)),
+            cfg.clone(),
+            logger.clone(),
+            snap_meta.conf_index,
         );
         let raft_guard = stopped_tx;
         let raft_shared = shared.clone();
@@ -455,7 +464,7 @@ impl Node {
             })
             .map_err(|e| RaftError::Storage(format!("spawning the raft thread: {e}")))?;
 
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 shared,
                 tx: raft_tx,
@@ -463,8 +472,19 @@ impl Node {
                 stopped: stopped_rx,
                 snapshots,
                 incoming: parking_lot::Mutex::new(None),
+                transport: transport.clone(),
+                membership_lock: tokio::sync::Mutex::new(()),
+                catchup_margin: opts.catchup_margin,
             }),
-        })
+        };
+        if fresh && !opts.initial_conf.is_empty() {
+            // Form the group with the other initial members in the background.
+            transport.spawn(Box::pin(crate::membership::form_group(
+                node.clone(),
+                opts.initial_conf.clone(),
+            )));
+        }
+        Ok(node)
     }
 
     /// The group this replica belongs to.
@@ -667,6 +687,104 @@ impl Node {
         tracing::info!(group = %self.group(), index, term, "snapshot received and verified");
         self.step(msg, from_addr);
         Ok(())
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> RaftMsg,
+    ) -> Result<T, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(make(tx))
+            .map_err(|_| RaftError::ShuttingDown)?;
+        rx.await.map_err(|_| RaftError::ShuttingDown)
+    }
+
+    pub(crate) fn membership_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.membership_lock
+    }
+
+    pub(crate) fn catchup_margin(&self) -> u64 {
+        self.inner.catchup_margin
+    }
+
+    /// Whether both threads have exited.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.has_changed().is_err()
+    }
+
+    /// Who this replica is (what another replica asks before adding it).
+    pub async fn identity(&self) -> Result<PeerIdentity, RaftError> {
+        self.ask(RaftMsg::Identity).await
+    }
+
+    /// The replica at `addr` in this node's group, asked over the transport.
+    pub async fn query_identity(&self, addr: &str) -> Result<PeerIdentity, RaftError> {
+        let ident = self
+            .inner
+            .transport
+            .query_identity(self.group(), addr)
+            .await
+            .map_err(|e| RaftError::PeerUnreachable(format!("{addr}: {e}")))?;
+        if ident.group != self.group() {
+            return Err(RaftError::PeerUnreachable(format!(
+                "{addr} does not host group {}",
+                self.group()
+            )));
+        }
+        Ok(ident)
+    }
+
+    /// The current configuration and the index of the entry that set it.
+    pub async fn membership(&self) -> Result<Membership, RaftError> {
+        let st = self.status().await?;
+        Ok(Membership {
+            conf: st.conf,
+            conf_index: st.conf_index,
+        })
+    }
+
+    /// Makes this empty replica a member of a new group whose voters are
+    /// `peers` (itself included). Refused if it has any data or configuration.
+    pub async fn bootstrap(&self, peers: Vec<PeerId>) -> Result<(), RaftError> {
+        self.ask(|reply| RaftMsg::Bootstrap { peers, reply })
+            .await?
+    }
+
+    pub(crate) async fn propose_conf_change(
+        &self,
+        req: ConfChangeRequest,
+    ) -> Result<u64, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        let done = Done::new(move |r| {
+            let _ = tx.send(match r {
+                Ok(b) if b.len() == 8 => Ok(u64::from_be_bytes(
+                    b.as_ref().try_into().unwrap_or_default(),
+                )),
+                Ok(_) => Err(RaftError::Busy(
+                    "raft dropped the configuration change; retry".into(),
+                )),
+                Err(e) => Err(e),
+            });
+        });
+        self.inner
+            .tx
+            .send(RaftMsg::ConfChange { req, done })
+            .map_err(|_| RaftError::ShuttingDown)?;
+        rx.await.map_err(|_| RaftError::ShuttingDown)?
+    }
+
+    pub(crate) async fn transfer_to(&self, target: Option<u64>) -> Result<PeerId, RaftError> {
+        self.ask(|reply| RaftMsg::TransferLeader { target, reply })
+            .await?
+    }
+
+    pub(crate) async fn force_configuration(
+        &self,
+        keep: Vec<u64>,
+    ) -> Result<Vec<(raft::eraftpb::ConfChangeType, PeerId)>, RaftError> {
+        self.ask(|reply| RaftMsg::ForceConf { keep, reply }).await?
     }
 
     /// The full status, from the raft thread.

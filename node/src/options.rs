@@ -65,6 +65,9 @@ pub struct NodeOptions {
     pub snapshot_throttle_bytes_per_sec: u64,
     /// Snapshot transfers a leader runs at once. Default 2.
     pub max_snapshot_installs: usize,
+    /// A new member is promoted to voter (and a transfer target accepted)
+    /// once it is within this many entries of the leader's log. Default 1000.
+    pub catchup_margin: u64,
     /// Log storage URI. Default `local://<data_dir>/<group>/log` (set by the server).
     pub log_uri: String,
     /// Raft meta URI. Default `local://<data_dir>/<group>/meta`.
@@ -105,6 +108,7 @@ impl NodeOptions {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_throttle_bytes_per_sec: 0,
             max_snapshot_installs: 2,
+            catchup_margin: 1000,
             log_uri: "memory://".into(),
             raft_meta_uri: "memory://".into(),
             snapshot_uri: "memory://".into(),
@@ -235,19 +239,6 @@ pub fn validate_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The raft id of an initial member: derived from its address (FNV-1a), so
-/// every member of a new group computes the same configuration without
-/// talking to the others (etcd derives initial member ids the same way).
-/// Members added later get random ids.
-pub fn initial_peer_id(addr: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"raftkit-initial/".iter().chain(addr.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h.max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,18 +274,5 @@ mod tests {
         assert!(validate_addr("nohost").is_err());
         assert!(validate_addr("h:0").is_err());
         assert!(validate_addr("raft-0.raft.ns.svc:8100").is_ok());
-    }
-
-    #[test]
-    fn initial_ids_are_stable_and_distinct() {
-        assert_eq!(
-            initial_peer_id("127.0.0.1:8100"),
-            initial_peer_id("127.0.0.1:8100")
-        );
-        assert_ne!(
-            initial_peer_id("127.0.0.1:8100"),
-            initial_peer_id("127.0.0.1:8101")
-        );
-        assert_ne!(initial_peer_id("x:1"), 0);
     }
 }

@@ -74,7 +74,7 @@ impl<'a> Iterator for ApplyIter<'a> {
 }
 
 /// A raft configuration with member addresses.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Configuration {
     /// Voters (the incoming set during a joint change).
     pub voters: Vec<PeerId>,

@@ -3,12 +3,19 @@
 
 use tonic::{Request, Response, Status};
 
-use super::to_status;
+use std::time::Duration;
+
+use super::{require_leader, to_status};
+use crate::error::RaftError;
+use crate::membership::{ChangeOptions, Membership, PeerRef};
+use crate::node::Node;
 use crate::node::NodeStatus;
 use crate::node_manager::NodeManager;
 use crate::pb::admin_server::Admin;
 use crate::pb::{
-    GroupRequest, Member, NodeStatusReply, PeerStatus, SnapshotReply, SnapshotResult, StatusReply,
+    BootstrapReply, ChangePeersRequest, ConfigurationReply, GroupRequest, IdentityReply, Member,
+    MembershipRequest, NodeStatusReply, PeerStatus, SnapshotReply, SnapshotResult, StatusReply,
+    TransferReply, TransferRequest,
 };
 use crate::state_machine::Configuration;
 
@@ -65,6 +72,7 @@ impl From<NodeStatus> for NodeStatusReply {
                     next_index: p.next_index,
                     state: p.state.clone(),
                     recent_active: p.recent_active,
+                    inflight: p.inflight as u64,
                 })
                 .collect(),
             snapshot_index: s.snapshot_index,
@@ -75,6 +83,8 @@ impl From<NodeStatus> for NodeStatusReply {
             learners: members(learners),
             voters_outgoing: members(voters_outgoing),
             vote: s.vote,
+            conf_index: s.conf_index,
+            pending_proposals: s.pending_proposals as u64,
         }
     }
 }
@@ -130,5 +140,162 @@ impl Admin for AdminService {
             });
         }
         Ok(Response::new(SnapshotReply { groups }))
+    }
+
+    async fn identity(
+        &self,
+        request: Request<GroupRequest>,
+    ) -> Result<Response<IdentityReply>, Status> {
+        let node = self.node(&request.into_inner().group)?;
+        let ident = node.identity().await.map_err(to_status)?;
+        let json = serde_json::to_vec(&ident).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(IdentityReply { json: json.into() }))
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<GroupRequest>,
+    ) -> Result<Response<BootstrapReply>, Status> {
+        let node = self.node(&request.into_inner().group)?;
+        node.bootstrap(vec![node.peer_id()])
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(BootstrapReply {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    async fn add_peer(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let opts = change_options(r.expected_conf_index, r.catch_up_timeout_ms);
+        let m = node.add_peer(&r.peer, opts).await.map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    async fn remove_peer(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let who: PeerRef = r
+            .peer
+            .parse()
+            .map_err(|e: String| to_status(RaftError::InvalidArgument(e)))?;
+        let m = node
+            .remove_peer(&who, r.expected_conf_index)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn change_peers(
+        &self,
+        request: Request<ChangePeersRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let opts = change_options(r.expected_conf_index, r.catch_up_timeout_ms);
+        let m = node.change_peers(&r.peers, opts).await.map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, target = %request.get_ref().target))]
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferRequest>,
+    ) -> Result<Response<TransferReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let target = match r.target.as_str() {
+            "" | "any" => None,
+            t => Some(
+                t.parse::<PeerRef>()
+                    .map_err(|e| to_status(RaftError::InvalidArgument(e)))?,
+            ),
+        };
+        let leader = node
+            .transfer_leadership(target.as_ref())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(TransferReply {
+            leader: Some(Member {
+                id: leader.id,
+                addr: leader.addr,
+            }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn reset_peers(
+        &self,
+        request: Request<ChangePeersRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        let keep = r
+            .peers
+            .iter()
+            .map(|p| p.parse::<PeerRef>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| to_status(RaftError::InvalidArgument(e)))?;
+        tracing::warn!(peers = ?r.peers, "forced reset of the configuration requested");
+        let m = node.reset_peers(&keep).await.map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+}
+
+impl AdminService {
+    /// The node of `group`; an empty name picks the only group hosted here.
+    fn node(&self, group: &str) -> Result<Node, Status> {
+        if group.is_empty() {
+            let all = self.manager.all();
+            return match all.len() {
+                1 => Ok(all
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Status::internal("group list changed"))?),
+                0 => Err(Status::not_found("no group is hosted here")),
+                _ => Err(Status::invalid_argument(format!(
+                    "several groups are hosted here ({}); name one with --group",
+                    all.iter()
+                        .map(|n| n.group().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            };
+        }
+        self.manager
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("no group named {group:?} is hosted here")))
+    }
+}
+
+fn change_options(expected_conf_index: Option<u64>, catch_up_timeout_ms: u64) -> ChangeOptions {
+    let mut o = ChangeOptions {
+        expected_conf_index,
+        ..Default::default()
+    };
+    if catch_up_timeout_ms > 0 {
+        o.catch_up_timeout = Duration::from_millis(catch_up_timeout_ms);
+    }
+    o
+}
+
+fn configuration_reply(m: &Membership) -> ConfigurationReply {
+    ConfigurationReply {
+        voters: members(&m.conf.voters),
+        learners: members(&m.conf.learners),
+        voters_outgoing: members(&m.conf.voters_outgoing),
+        conf_index: m.conf_index,
     }
 }

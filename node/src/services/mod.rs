@@ -36,6 +36,8 @@ pub fn to_status(err: RaftError) -> Status {
         RaftError::InvalidArgument(_) => Code::InvalidArgument,
         RaftError::StateMachine(_) => Code::FailedPrecondition,
         RaftError::Storage(_) | RaftError::Stopped(_) => Code::Internal,
+        RaftError::ConfigurationChanged { .. } => Code::Aborted,
+        RaftError::PeerUnreachable(_) => Code::Unavailable,
     };
     let mut status = Status::new(code, err.to_string());
     let md = status.metadata_mut();
@@ -86,6 +88,11 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "invalid_argument" => inner(RaftError::InvalidArgument),
         "storage" => inner(RaftError::Storage),
         "state_machine" => inner(RaftError::StateMachine),
+        "peer_unreachable" => inner(RaftError::PeerUnreachable),
+        "configuration_changed" => RaftError::ConfigurationChanged {
+            expected: 0,
+            current: 0,
+        },
         _ => inner(RaftError::Stopped),
     })
 }

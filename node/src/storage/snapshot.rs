@@ -79,6 +79,9 @@ pub struct SnapshotMeta {
     pub conf: ConfRecord,
     /// Addresses of the members in `conf`.
     pub peers: Vec<PeerId>,
+    /// Index of the entry that set `conf` (0: the bootstrap configuration).
+    #[serde(default)]
+    pub conf_index: u64,
     /// The state machine's files (filled in when the snapshot is published).
     pub files: Vec<SnapshotFileMeta>,
     /// Wall-clock time the snapshot was published, ms since the Unix epoch.

@@ -24,12 +24,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{SnapshotSent, Transport, Unreachable};
 use crate::error::RaftError;
+use crate::membership::PeerIdentity;
 use crate::node::Node;
 use crate::node_manager::NodeManager;
+use crate::pb::admin_client::AdminClient;
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::raft_transport_server::RaftTransport;
 use crate::pb::snapshot_install_client::SnapshotInstallClient;
 use crate::pb::snapshot_install_server::SnapshotInstall;
+use crate::pb::GroupRequest;
 use crate::pb::{
     FileHeld, InstallBeginReply, InstallBeginRequest, InstallChunkReply, InstallChunkRequest,
     InstallCommitReply, InstallCommitRequest, RaftBatch, RaftStreamAck,
@@ -115,6 +118,35 @@ impl Transport for GrpcTransport {
             let result = send_snapshot(&mut client, &job).await;
             done(result);
         });
+    }
+
+    fn query_identity(
+        &self,
+        group: &str,
+        addr: &str,
+    ) -> futures::future::BoxFuture<'static, Result<PeerIdentity, String>> {
+        let (group, addr) = (group.to_string(), addr.to_string());
+        Box::pin(async move {
+            let ch = endpoint(&addr)
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let mut admin = AdminClient::new(ch);
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                admin.identity(GroupRequest { group }),
+            )
+            .await
+            .map_err(|_| "no answer within 5s".to_string())?
+            .map_err(|s| s.message().to_string())?;
+            serde_json::from_slice(&reply.into_inner().json)
+                .map_err(|e| format!("undecodable identity: {e}"))
+        })
+    }
+
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.runtime.spawn(task);
     }
 }
 

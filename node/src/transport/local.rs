@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use raft::eraftpb::Message;
 
 use super::{SnapshotSent, Transport, Unreachable};
+use crate::membership::PeerIdentity;
 use crate::node::Node;
 use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
 use crate::storage::SnapshotMeta;
@@ -173,6 +174,27 @@ impl Transport for LocalTransport {
             let result = send_snapshot(&mut client, &job).await;
             done(result);
         });
+    }
+
+    fn query_identity(
+        &self,
+        group: &str,
+        addr: &str,
+    ) -> futures::future::BoxFuture<'static, Result<PeerIdentity, String>> {
+        let client = LocalInstallClient {
+            net: self.net.clone(),
+            me: self.me.clone(),
+            group: group.to_string(),
+            to: addr.to_string(),
+        };
+        Box::pin(async move {
+            let node = client.node()?;
+            node.identity().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.net.runtime.spawn(task);
     }
 }
 

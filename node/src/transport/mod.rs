@@ -11,6 +11,9 @@ pub mod local;
 
 use raft::eraftpb::Message;
 
+use futures::future::BoxFuture;
+
+use crate::membership::PeerIdentity;
 use crate::snapshot_install::SnapshotJob;
 
 /// Called once with the outcome of a snapshot transfer.
@@ -31,4 +34,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Streams a snapshot to `job.to` (see [`crate::snapshot_install`]) and
     /// calls `done` with the outcome. Never blocks.
     fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent);
+
+    /// Asks the replica of `group` at `addr` who it is.
+    fn query_identity(
+        &self,
+        group: &str,
+        addr: &str,
+    ) -> BoxFuture<'static, Result<PeerIdentity, String>>;
+
+    /// Runs a background task (group formation) where this transport runs its own.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
 }

@@ -21,9 +21,12 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use crate::closure::Task;
+mod membership;
+
+use crate::closure::{Done, Task};
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
+use crate::membership::{ConfChangeRequest, PeerIdentity};
 use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
 use crate::options::NodeOptions;
 use crate::raft_store::RaftStore;
@@ -31,6 +34,7 @@ use crate::snapshot_install::{InstallProgress, SnapshotJob, Throttle};
 use crate::state_machine::{Configuration, LeaderChangeContext};
 use crate::storage::{RaftMeta, RaftMetaStorage, SnapshotMeta, SnapshotStorage};
 use crate::transport::Transport;
+use membership::PendingTransfer;
 
 /// Inputs of the raft thread.
 pub(crate) enum RaftMsg {
@@ -54,6 +58,23 @@ pub(crate) enum RaftMsg {
     },
     /// The apply thread hit an unrecoverable error.
     Fatal(RaftError),
+    Identity(oneshot::Sender<PeerIdentity>),
+    Bootstrap {
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<Result<(), RaftError>>,
+    },
+    ConfChange {
+        req: ConfChangeRequest,
+        done: Done,
+    },
+    TransferLeader {
+        target: Option<u64>,
+        reply: oneshot::Sender<Result<PeerId, RaftError>>,
+    },
+    ForceConf {
+        keep: Vec<u64>,
+        reply: oneshot::Sender<Result<Vec<(raft::eraftpb::ConfChangeType, PeerId)>, RaftError>>,
+    },
     Shutdown,
 }
 
@@ -83,6 +104,14 @@ pub(crate) struct RaftLoop {
     /// Snapshot transfers in progress, by follower id.
     installs: HashMap<u64, Arc<InstallProgress>>,
     last_snapshot_index: u64,
+    /// How the RawNode was created (a bootstrap re-creates it).
+    raft_config: raft::Config,
+    logger: slog::Logger,
+    /// Index of the entry that set the current configuration.
+    conf_index: u64,
+    pending_transfer: Option<PendingTransfer>,
+    /// When this leader found itself removed from the configuration.
+    removed_since: Option<Instant>,
     peers: HashMap<u64, String>,
     tick: Duration,
     next_tick: Instant,
@@ -113,6 +142,9 @@ impl RaftLoop {
         peers: HashMap<u64, String>,
         snapshots: Arc<dyn SnapshotStorage>,
         throttle: Arc<Throttle>,
+        raft_config: raft::Config,
+        logger: slog::Logger,
+        conf_index: u64,
     ) -> Self {
         let tick = Duration::from_millis(opts.tick_ms());
         let next_snapshot_at = (opts.snapshot_interval_s > 0)
@@ -128,6 +160,11 @@ impl RaftLoop {
             throttle,
             installs: HashMap::new(),
             last_snapshot_index,
+            raft_config,
+            logger,
+            conf_index,
+            pending_transfer: None,
+            removed_since: None,
             apply_tx,
             transport,
             shared,
@@ -233,6 +270,11 @@ impl RaftLoop {
             RaftMsg::SnapshotSent { to, result } => self.on_snapshot_sent(to, result),
             RaftMsg::Fatal(e) => self.fail(e),
             RaftMsg::Shutdown => self.shutting_down = true,
+            m @ (RaftMsg::Identity(_)
+            | RaftMsg::Bootstrap { .. }
+            | RaftMsg::ConfChange { .. }
+            | RaftMsg::TransferLeader { .. }
+            | RaftMsg::ForceConf { .. }) => self.handle_membership(m),
         }
     }
 
@@ -250,6 +292,19 @@ impl RaftLoop {
                 let _ = reply.send(Err(stopped));
             }
             RaftMsg::Shutdown => self.shutting_down = true,
+            RaftMsg::Identity(reply) => {
+                let _ = reply.send(self.identity());
+            }
+            RaftMsg::Bootstrap { reply, .. } => {
+                let _ = reply.send(Err(stopped));
+            }
+            RaftMsg::ConfChange { done, .. } => done.run(Err(stopped)),
+            RaftMsg::TransferLeader { reply, .. } => {
+                let _ = reply.send(Err(stopped));
+            }
+            RaftMsg::ForceConf { reply, .. } => {
+                let _ = reply.send(Err(stopped));
+            }
             _ => {}
         }
     }
@@ -326,6 +381,8 @@ impl RaftLoop {
     fn on_tick(&mut self, now: Instant) {
         self.raw.tick();
         self.observe_role();
+        self.check_transfer(now);
+        self.after_conf_applied(now);
         self.retry_reads(now);
         if let Some(since) = self.meta_dirty_since {
             if now.duration_since(since) >= META_FLUSH_INTERVAL {
@@ -545,7 +602,11 @@ impl RaftLoop {
                 }
             }
         }
+        let has_conf = batch.iter().any(|c| matches!(c, Committed::Conf { .. }));
         let _ = self.apply_tx.send(ApplyMsg::Committed(batch));
+        if has_conf {
+            self.after_conf_applied(Instant::now());
+        }
     }
 
     fn apply_conf_entry(&mut self, e: &Entry) -> Option<(Configuration, ConfState)> {
@@ -580,6 +641,7 @@ impl RaftLoop {
         match result {
             Ok(cs) => {
                 tracing::info!(group = %self.opts.group, index = e.index, voters = ?cs.voters, learners = ?cs.learners, outgoing = ?cs.voters_outgoing, "configuration applied");
+                self.conf_index = e.index;
                 self.observe_role();
                 Some((self.configuration(&cs), cs))
             }
@@ -656,6 +718,7 @@ impl RaftLoop {
         }
         self.last_view = now;
         self.publish_view();
+        self.check_transfer(Instant::now());
     }
 
     fn publish_view(&self) {
@@ -802,6 +865,7 @@ impl RaftLoop {
                     next_index: pr.next_idx,
                     state: format!("{:?}", pr.state).to_lowercase(),
                     recent_active: pr.recent_active,
+                    inflight: pr.ins.count(),
                 });
             }
             peers.sort_by(|a, b| a.peer.addr.cmp(&b.peer.addr));
@@ -828,6 +892,11 @@ impl RaftLoop {
             conf: self.configuration(&cs),
             peers,
             pending_reads: self.pending_reads.values().map(|p| p.waiters.len()).sum(),
+            pending_proposals: self
+                .shared
+                .pending_proposals
+                .load(std::sync::atomic::Ordering::Relaxed),
+            conf_index: self.conf_index,
             log_disk_bytes: store.log.disk_bytes(),
             error: self.failed.as_ref().map(|e| e.to_string()),
         }
@@ -875,6 +944,9 @@ impl RaftLoop {
         }
         for w in self.snapshot_waiters.drain(..) {
             let _ = w.send(Err(RaftError::ShuttingDown));
+        }
+        if let Some(p) = self.pending_transfer.take() {
+            let _ = p.reply.send(Err(RaftError::ShuttingDown));
         }
         // Proposals still queued fail from their Done's drop.
         while let Ok(m) = self.rx.try_recv() {
