@@ -77,10 +77,12 @@ pub(crate) enum ApplyMsg {
         meta: SnapshotMeta,
     },
     /// The configuration was set outside the log (bootstrap, forced reset).
+    /// `applied`: entries (index, term) that count as applied (bootstrap entries).
     ConfReset {
         conf: Configuration,
         conf_state: ConfState,
         index: u64,
+        applied: Option<(u64, u64)>,
     },
     Error(RaftError),
     Shutdown,
@@ -203,10 +205,15 @@ impl FsmCaller {
                 conf,
                 conf_state,
                 index,
+                applied,
             } => {
                 self.conf = conf;
                 self.conf_state = conf_state;
                 self.conf_index = index;
+                if let Some((i, t)) = applied {
+                    self.applied_index = self.applied_index.max(i);
+                    self.applied_term = t;
+                }
                 self.fsm.on_configuration_committed(&self.conf, index);
             }
             ApplyMsg::Error(e) => {

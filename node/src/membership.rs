@@ -107,16 +107,17 @@ impl Node {
 
     /// Resolves a member reference against the current configuration.
     fn resolve(&self, m: &Membership, who: &PeerRef) -> Option<PeerId> {
-        let all = m
+        let mut all = m
             .conf
             .voters
             .iter()
             .chain(&m.conf.learners)
             .chain(&m.conf.voters_outgoing);
-        all.cloned().find(|p| match who {
+        all.find(|p| match who {
             PeerRef::Addr(a) => p.addr == *a,
             PeerRef::Id(i) => p.id == *i,
         })
+        .cloned()
     }
 
     /// Proposes one step and waits until it is applied; retries while raft

@@ -268,10 +268,9 @@ impl Node {
             .map(|p| (p.id, p.addr.clone()))
             .collect();
         peers.insert(id, opts.addr.clone());
-        let mut conf_state = ConfState {
-            voters: meta.initial_conf.iter().map(|p| p.id).collect(),
-            ..Default::default()
-        };
+        // Without a snapshot the configuration is rebuilt by replaying the log,
+        // which starts with the bootstrap configuration entries.
+        let mut conf_state = ConfState::default();
         let mut snap_meta = SnapshotMeta::default();
         if let Some(reader) = snapshots.latest()? {
             snap_meta = reader.meta().clone();

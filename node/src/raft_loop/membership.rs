@@ -69,35 +69,75 @@ impl RaftLoop {
         }
         peers.sort_by(|a, b| a.addr.cmp(&b.addr));
         peers.dedup_by_key(|p| p.id);
-        self.meta.initial_conf = peers.clone();
-        self.meta_store.save(&self.meta)?;
         for p in &peers {
             self.peers.insert(p.id, p.addr.clone());
         }
+        // The configuration goes into the log as its first entries (one
+        // voter each, term 1, committed), identical on every initial member,
+        // so a member added later rebuilds it by replaying the log.
+        let n = peers.len() as u64;
+        let context = serde_json::to_vec(&peers).unwrap_or_default();
+        let entries: Vec<raft::eraftpb::Entry> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut cc = ConfChangeV2::default();
+                cc.set_changes(vec![single(p.id, ConfChangeType::AddNode)].into());
+                let mut e = raft::eraftpb::Entry {
+                    term: 1,
+                    index: i as u64 + 1,
+                    data: protobuf::Message::write_to_bytes(&cc)
+                        .unwrap_or_default()
+                        .into(),
+                    context: context.clone().into(),
+                    ..Default::default()
+                };
+                e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+                e
+            })
+            .collect();
+        let mut log = std::mem::replace(
+            &mut self.raw.mut_store().log,
+            crate::storage::memory::open_log("", &Default::default())?,
+        );
+        log.append(&entries)?;
+        log.sync()?;
+        self.meta.initial_conf = peers.clone();
+        self.meta.term = 1;
+        self.meta.vote = 0;
+        self.meta.commit = n;
+        self.meta.applied = n;
+        self.meta_store.save(&self.meta)?;
         let cs = ConfState {
             voters: peers.iter().map(|p| p.id).collect(),
             ..Default::default()
         };
-        // An empty replica has nothing to carry over but its (empty) log.
-        let log = std::mem::replace(
-            &mut self.raw.mut_store().log,
-            crate::storage::memory::open_log("", &Default::default())?,
-        );
+        let hs = raft::eraftpb::HardState {
+            term: 1,
+            vote: 0,
+            commit: n,
+            ..Default::default()
+        };
         let store = RaftStore {
             log,
             snapshot_index: 0,
             snapshot_term: 0,
             latest: None,
             wanted: std::cell::Cell::new(false),
-            initial: raft::RaftState::new(Default::default(), cs.clone()),
+            initial: raft::RaftState::new(hs, cs.clone()),
         };
-        self.raw = RawNode::new(&self.raft_config, store, &self.logger)
+        let mut cfg = self.raft_config.clone();
+        cfg.applied = n;
+        self.raw = RawNode::new(&cfg, store, &self.logger)
             .map_err(|e| RaftError::Storage(format!("re-creating the raft node: {e}")))?;
+        self.applied = n;
+        self.conf_index = n;
         let conf = self.configuration(&cs);
         let _ = self.apply_tx.send(ApplyMsg::ConfReset {
             conf,
             conf_state: cs,
-            index: 0,
+            index: n,
+            applied: Some((n, 1)),
         });
         tracing::info!(group = %self.opts.group, members = peers.len(), "bootstrapped");
         if peers.len() == 1 {
@@ -413,6 +453,7 @@ impl RaftLoop {
             conf,
             conf_state: cs,
             index: self.conf_index,
+            applied: None,
         });
         let _ = self.raw.campaign();
         self.observe_role();

@@ -31,6 +31,8 @@ pub struct Record {
     pub stop_following: usize,
     pub shutdowns: usize,
     pub errors: Vec<String>,
+    /// (index, voter addresses) of every on_configuration_committed.
+    pub confs: Vec<(u64, Vec<String>)>,
 }
 
 /// Applies every entry by recording it; answers with the entry's own data.
@@ -116,6 +118,16 @@ impl StateMachine for RecordingFsm {
         self.record.lock().unwrap().errors.push(error.to_string());
     }
 
+    fn on_configuration_committed(
+        &mut self,
+        conf: &raftkit_node::state_machine::Configuration,
+        index: u64,
+    ) {
+        let mut v: Vec<String> = conf.voters.iter().map(|p| p.addr.clone()).collect();
+        v.sort();
+        self.record.lock().unwrap().confs.push((index, v));
+    }
+
     fn on_shutdown(&mut self) {
         self.record.lock().unwrap().shutdowns += 1;
     }
@@ -170,6 +182,8 @@ pub struct Cluster {
     pub tweak: fn(&mut NodeOptions),
     /// With local storage: the directory holding every node's data.
     pub root: Option<tempfile::TempDir>,
+    /// Nodes `0..initial` form the group; the others start empty and wait to be added.
+    pub initial: usize,
 }
 
 fn no_tweak(_: &mut NodeOptions) {}
@@ -202,6 +216,7 @@ impl Cluster {
             tag,
             tweak,
             root: local.then(|| tempfile::tempdir().unwrap()),
+            initial: n,
         };
         for i in 0..n {
             c.start_node(i);
@@ -211,7 +226,9 @@ impl Cluster {
 
     pub fn options(&self, i: usize) -> NodeOptions {
         let mut o = NodeOptions::new(self.group.clone(), self.addrs[i].clone());
-        o.initial_conf = self.addrs.clone();
+        if i < self.initial {
+            o.initial_conf = self.addrs[..self.initial].to_vec();
+        }
         o.election_timeout_ms = ELECTION_MS;
         o.read_timeout_ms = 2000;
         o.snapshot_interval_s = 0;
@@ -232,6 +249,30 @@ impl Cluster {
         }
         (self.tweak)(&mut o);
         o
+    }
+
+    /// Adds `n` empty nodes (not members) to the network; returns their positions.
+    pub fn add_spares(&mut self, n: usize) -> Vec<usize> {
+        let first = self.addrs.len();
+        for i in first..first + n {
+            self.addrs.push(format!("node{i}.{}:7000", self.tag));
+            self.nodes.push(None);
+            self.records.push(Arc::default());
+            self.apply_delays.push(Arc::default());
+            self.start_node(i);
+        }
+        (first..first + n).collect()
+    }
+
+    /// Loses node `i`'s data (it must be stopped).
+    pub fn wipe(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "stop node {i} before wiping it");
+        match self.data_dir(i) {
+            Some(d) => {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            None => raftkit_node::storage::memory::forget(&format!("{}-{i}", self.tag)),
+        }
     }
 
     /// Node `i`'s data directory, with local storage.
@@ -285,43 +326,67 @@ impl Cluster {
             .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
     }
 
-    /// Waits until exactly one running node (among `among`, or all) leads
-    /// and every such node agrees on it; returns its position.
+    /// The one leader all of `among` agree on, if there is one.
+    fn agreed_leader(&self, among: &[usize]) -> Option<usize> {
+        let views: Vec<(usize, raftkit_node::node::RoleView)> = among
+            .iter()
+            .filter_map(|&i| self.nodes[i].as_ref().map(|n| (i, n.view())))
+            .collect();
+        let leaders: Vec<usize> = views
+            .iter()
+            .filter(|(_, v)| v.role == raftkit_node::node::Role::Leader)
+            .map(|(i, _)| *i)
+            .collect();
+        let [l] = leaders[..] else {
+            return None;
+        };
+        let term = views.iter().find(|(i, _)| *i == l).map(|(_, v)| v.term)?;
+        views
+            .iter()
+            .all(|(_, v)| {
+                v.term == term
+                    && v.leader.as_ref().map(|p| p.addr.as_str()) == Some(self.addrs[l].as_str())
+            })
+            .then_some(l)
+    }
+
+    /// Waits until exactly one of `among` leads and all of them agree on it.
     pub async fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
-            let views: Vec<(usize, raftkit_node::node::RoleView)> = among
-                .iter()
-                .filter_map(|&i| self.nodes[i].as_ref().map(|n| (i, n.view())))
-                .collect();
-            let leaders: Vec<usize> = views
-                .iter()
-                .filter(|(_, v)| v.role == raftkit_node::node::Role::Leader)
-                .map(|(i, _)| *i)
-                .collect();
-            if leaders.len() == 1 {
-                let l = leaders[0];
-                let term = views.iter().find(|(i, _)| *i == l).map(|(_, v)| v.term);
-                let agreed = views.iter().all(|(_, v)| {
-                    v.term == term.unwrap_or(0)
-                        && v.leader.as_ref().map(|p| p.addr.as_str())
-                            == Some(self.addrs[l].as_str())
-                });
-                if agreed {
-                    return l;
-                }
+            if let Some(l) = self.agreed_leader(among) {
+                return l;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader among {among:?} after {timeout:?}: {views:?}"
-            );
+            if Instant::now() >= deadline {
+                let views: Vec<_> = among
+                    .iter()
+                    .filter_map(|&i| self.nodes[i].as_ref().map(|n| (i, n.view())))
+                    .collect();
+                panic!("no agreed leader among {among:?} after {timeout:?}: {views:?}");
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
+    /// Waits for an agreed leader among the running members (nodes that
+    /// are not uninitialized spares).
     pub async fn wait_leader(&self, timeout: Duration) -> usize {
-        let all: Vec<usize> = self.running().map(|(i, _)| i).collect();
-        self.wait_leader_among(&all, timeout).await
+        let deadline = Instant::now() + timeout;
+        loop {
+            let members: Vec<usize> = self
+                .running()
+                .filter(|(_, n)| n.view().role != raftkit_node::node::Role::Uninitialized)
+                .map(|(i, _)| i)
+                .collect();
+            if let Some(l) = self.agreed_leader(&members) {
+                return l;
+            }
+            if Instant::now() >= deadline {
+                let views: Vec<_> = self.running().map(|(i, n)| (i, n.view())).collect();
+                panic!("no agreed leader among the running members after {timeout:?}: {views:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn applied_data(&self, i: usize) -> Vec<Bytes> {
