@@ -25,8 +25,9 @@ use crate::pb::admin_client::AdminClient;
 use crate::pb::counter_client::CounterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::{
-    CasRequest, CounterGetRequest, DeleteRequest, FetchAddRequest, GetRequest, GroupRequest,
-    NodeStatusReply, PutRequest, ScanRequest,
+    CasRequest, ChangePeersRequest, ConfigurationReply, CounterGetRequest, DeleteRequest,
+    FetchAddRequest, GetRequest, GroupRequest, MembershipRequest, NodeStatusReply, PutRequest,
+    ScanRequest, TransferRequest,
 };
 use crate::services::from_status;
 
@@ -364,6 +365,154 @@ impl ClusterClient {
             }
         })
         .await
+    }
+
+    /// Adds the replica at `addr` (learner, catch up, promote) through the leader.
+    pub async fn add_peer(
+        &self,
+        addr: &str,
+        expected_conf_index: Option<u64>,
+        catch_up_timeout_ms: u64,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let req = MembershipRequest {
+                group,
+                peer: addr.to_string(),
+                expected_conf_index,
+                catch_up_timeout_ms,
+            };
+            async move {
+                AdminClient::new(ch)
+                    .add_peer(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Removes a member (address or 16-hex-digit id) through the leader.
+    pub async fn remove_peer(
+        &self,
+        peer: &str,
+        expected_conf_index: Option<u64>,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let req = MembershipRequest {
+                group,
+                peer: peer.to_string(),
+                expected_conf_index,
+                catch_up_timeout_ms: 0,
+            };
+            async move {
+                AdminClient::new(ch)
+                    .remove_peer(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Makes the voters exactly `peers` (joint consensus) through the leader.
+    pub async fn change_peers(
+        &self,
+        peers: &[String],
+        expected_conf_index: Option<u64>,
+        catch_up_timeout_ms: u64,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let req = ChangePeersRequest {
+                group,
+                peers: peers.to_vec(),
+                expected_conf_index,
+                catch_up_timeout_ms,
+            };
+            async move {
+                AdminClient::new(ch)
+                    .change_peers(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Moves leadership to `target` (address or id), or the most caught-up
+    /// voter with `"any"`; returns the new leader.
+    pub async fn transfer_leader(&self, target: &str) -> Result<crate::pb::Member, ClientError> {
+        self.call(Retry::NotIdempotent, |ch, group| {
+            let req = TransferRequest {
+                group,
+                target: target.to_string(),
+            };
+            async move {
+                AdminClient::new(ch)
+                    .transfer_leader(req)
+                    .await
+                    .map(|r| r.into_inner().leader.unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    /// Forced local reconfiguration of member `addr` (quorum loss only).
+    pub async fn reset_peers(
+        &self,
+        addr: &str,
+        peers: &[String],
+    ) -> Result<ConfigurationReply, ClientError> {
+        let ch = self
+            .channel(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        let req = ChangePeersRequest {
+            group: self.group.clone(),
+            peers: peers.to_vec(),
+            expected_conf_index: None,
+            catch_up_timeout_ms: 0,
+        };
+        let mut admin = AdminClient::new(ch);
+        self.single(addr, admin.reset_peers(req)).await
+    }
+
+    /// Makes the empty member `addr` a one-member group.
+    pub async fn bootstrap(&self, addr: &str) -> Result<(), ClientError> {
+        let ch = self
+            .channel(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        let mut admin = AdminClient::new(ch);
+        self.single(
+            addr,
+            admin.bootstrap(GroupRequest {
+                group: self.group.clone(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn single<T>(
+        &self,
+        addr: &str,
+        fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(match from_status(&s) {
+                Some(e) => ClientError::Raft(e),
+                None => ClientError::Rpc {
+                    addr: addr.to_string(),
+                    code: s.code(),
+                    message: s.message().to_string(),
+                },
+            }),
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "{addr}: no answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// Takes a snapshot now on member `addr` (this client's group, or every

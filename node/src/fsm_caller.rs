@@ -324,7 +324,9 @@ impl FsmCaller {
             return;
         };
         let (index, term) = (last.index, last.term);
+        let started = Instant::now();
         self.fsm.on_apply(ApplyIter::new(run));
+        self.shared.metrics.apply_seconds.observe(started.elapsed());
         for e in run.iter_mut() {
             if let Some(d) = e.take_done() {
                 d.run(Ok(Bytes::new()));
@@ -482,6 +484,10 @@ impl FsmCaller {
                 let mut v = shared.snapshot.write();
                 v.saving = None;
                 if let Ok(m) = &outcome {
+                    shared
+                        .metrics
+                        .snapshots_saved
+                        .fetch_add(1, Ordering::Relaxed);
                     if m.index >= v.last_index {
                         v.last_index = m.index;
                         v.last_term = m.term;

@@ -1,14 +1,19 @@
 //! Plain HTTP on the node's port: `/raft_stat` (text, or JSON with
 //! `?format=json`; `?group=NAME` for one group), `/healthz` (the process
-//! serves and no group has stopped on an error) and `/readyz` (every group
-//! knows a leader and has applied what it had before starting).
+//! serves and no group has stopped on an error), `/readyz` (every group
+//! knows a leader and has applied what it had before starting), `/metrics`
+//! (Prometheus text) and `/flags` (list with GET; change the live ones with
+//! `POST /flags?name=value`).
 
 use std::fmt::Write as _;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -16,12 +21,208 @@ use crate::error::PeerId;
 use crate::node::NodeStatus;
 use crate::node_manager::NodeManager;
 
-pub fn router(manager: NodeManager) -> Router {
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    pub manager: NodeManager,
+    /// Transport byte counters, when the process has a gRPC transport.
+    pub transport: Option<Arc<crate::metrics::TransportMetrics>>,
+    /// Flags fixed at start, shown by `/flags` (name, value).
+    pub fixed_flags: Arc<Vec<(String, String)>>,
+}
+
+impl axum::extract::FromRef<HttpState> for NodeManager {
+    fn from_ref(s: &HttpState) -> NodeManager {
+        s.manager.clone()
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/raft_stat", get(raft_stat))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(manager)
+        .route("/metrics", get(metrics))
+        .route("/flags", get(list_flags))
+        .route("/flags", post(set_flags))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let mut nodes = Vec::new();
+    for n in s.manager.all() {
+        if let Ok(st) = n.status().await {
+            nodes.push((st, n.metrics()));
+        }
+    }
+    let body = crate::metrics::render(&nodes, s.transport.as_deref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct FlagView {
+    name: String,
+    value: String,
+    mutable: bool,
+}
+
+fn flag_views(s: &HttpState) -> Vec<FlagView> {
+    let mut out: Vec<FlagView> = s
+        .fixed_flags
+        .iter()
+        .map(|(n, v)| FlagView {
+            name: n.clone(),
+            value: v.clone(),
+            mutable: false,
+        })
+        .collect();
+    let nodes = s.manager.all();
+    for name in crate::options::LiveOptions::NAMES {
+        let values: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}={}",
+                    n.group(),
+                    n.live_options().get(name).unwrap_or_default()
+                )
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&str> = values
+            .iter()
+            .filter_map(|v| v.split_once('=').map(|x| x.1))
+            .collect();
+        let value = if distinct.len() == 1 {
+            distinct.into_iter().next().unwrap_or_default().to_string()
+        } else {
+            values.join(",")
+        };
+        out.push(FlagView {
+            name: name.to_string(),
+            value,
+            mutable: true,
+        });
+    }
+    out.push(FlagView {
+        name: "log_level".into(),
+        value: crate::logging::log_filter().unwrap_or_default(),
+        mutable: true,
+    });
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+async fn list_flags(
+    State(s): State<HttpState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let flags = flag_views(&s);
+    if q.get("format").map(String::as_str) == Some("json") {
+        return Json(flags).into_response();
+    }
+    let mut o = String::new();
+    for f in &flags {
+        let _ = writeln!(
+            o,
+            "{} = {}{}",
+            f.name,
+            f.value,
+            if f.mutable {
+                "  (changeable: POST /flags?name=value)"
+            } else {
+                ""
+            }
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], o).into_response()
+}
+
+/// `POST /flags?name=value[&name=value][&group=NAME]`: every change is
+/// checked before any is made; unknown flags and bad values are refused.
+async fn set_flags(
+    State(s): State<HttpState>,
+    Query(mut q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let group = q.remove("group");
+    if q.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "no flag given; use POST /flags?name=value\n",
+        )
+            .into_response();
+    }
+    let nodes = match &group {
+        Some(g) => match s.manager.get(g) {
+            Some(n) => vec![n],
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("no group named {g:?} is hosted here\n"),
+                )
+                    .into_response()
+            }
+        },
+        None => s.manager.all(),
+    };
+    // Validate everything first.
+    for (name, value) in &q {
+        if name == "log_level" {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("log_level: {value:?} is not a valid filter: {e}\n"),
+                )
+                    .into_response();
+            }
+            continue;
+        }
+        if s.fixed_flags.iter().any(|(n, _)| n == name) {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{name} cannot be changed while the node runs; restart with the new value\n"
+                ),
+            )
+                .into_response();
+        }
+        if !crate::options::LiveOptions::NAMES.contains(&name.as_str()) {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown flag {name:?}; GET /flags lists them\n"),
+            )
+                .into_response();
+        }
+        for n in &nodes {
+            if let Err(e) = n.live_options().set(name, value) {
+                return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            }
+        }
+    }
+    for (name, value) in &q {
+        if name == "log_level" {
+            if let Err(e) = crate::logging::set_log_filter(value) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+            }
+            continue;
+        }
+        for n in &nodes {
+            if let Err(e) = n.set_live_option(name, value).await {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("group {}: {e}\n", n.group()),
+                )
+                    .into_response();
+            }
+        }
+    }
+    list_flags(State(s), Query(BTreeMap::new())).await
 }
 
 #[derive(Deserialize)]
@@ -122,6 +323,8 @@ pub fn render_text(s: &NodeStatus) -> String {
         "snapshots_received: {} (resumed {}, chunks rejected {}, files rejected {}, bytes {})",
         r.installs, r.resumed, r.chunks_rejected, r.files_rejected, r.bytes_received
     );
+    let _ = writeln!(o, "conf_index: {}", s.conf_index);
+    let _ = writeln!(o, "pending_proposals: {}", s.pending_proposals);
     let _ = writeln!(o, "pending_reads: {}", s.pending_reads);
     let _ = writeln!(o, "log_disk_bytes: {}", s.log_disk_bytes);
     if let Some(e) = &s.error {
@@ -139,11 +342,12 @@ pub fn render_text(s: &NodeStatus) -> String {
         for p in &s.peers {
             let _ = writeln!(
                 o,
-                "  {} {} match_index={} next_index={} state={} active={}",
+                "  {} {} match_index={} next_index={} inflight={} state={} active={}",
                 p.peer,
                 if p.voter { "voter" } else { "learner" },
                 p.match_index,
                 p.next_index,
+                p.inflight,
                 p.state,
                 p.recent_active
             );

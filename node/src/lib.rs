@@ -28,6 +28,7 @@ pub(crate) mod fsm_caller;
 pub mod http;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod node_manager;
 pub mod options;

@@ -48,16 +48,56 @@ pub fn raft_logger(group: &str, peer_id: u64) -> slog::Logger {
     )
 }
 
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn filter_handle() -> &'static std::sync::OnceLock<(FilterHandle, parking_lot::Mutex<String>)> {
+    static H: std::sync::OnceLock<(FilterHandle, parking_lot::Mutex<String>)> =
+        std::sync::OnceLock::new();
+    &H
+}
+
 /// Installs the global `tracing` subscriber: `RUST_LOG` wins, otherwise
-/// `default_filter` (for example `info,raft=warn`). Safe to call twice.
+/// `default_filter` (for example `info,raft=warn`). The filter can be
+/// changed later with [`set_log_filter`]. Safe to call twice.
 pub fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| tracing_subscriber::EnvFilter::try_new(s).is_ok());
+    let spec = spec.unwrap_or_else(|| default_filter.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = filter_handle().set((handle, parking_lot::Mutex::new(spec)));
+    }
+}
+
+/// The log filter in effect (as given to [`init_tracing`] or [`set_log_filter`]).
+pub fn log_filter() -> Option<String> {
+    filter_handle().get().map(|(_, s)| s.lock().clone())
+}
+
+/// Changes the log filter at run time (`info`, `debug,raft=info`, ...).
+pub fn set_log_filter(spec: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
+    let (handle, current) = filter_handle()
+        .get()
+        .ok_or("logging was not set up with a reloadable filter")?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    *current.lock() = spec.to_string();
+    Ok(())
 }
 
 /// For tests: logs only when `RUST_LOG` is set, through the test harness's

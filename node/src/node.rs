@@ -175,6 +175,9 @@ pub(crate) struct NodeShared {
     pub snapshot: RwLock<SnapshotView>,
     /// Proposals waiting in the apply thread (for status).
     pub pending_proposals: std::sync::atomic::AtomicUsize,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Options that can change at run time (`/flags`).
+    pub live: RwLock<crate::options::LiveOptions>,
 }
 
 impl NodeShared {
@@ -198,7 +201,6 @@ struct NodeInner {
     transport: Arc<dyn Transport>,
     /// One membership operation at a time.
     membership_lock: tokio::sync::Mutex<()>,
-    catchup_margin: u64,
 }
 
 /// A handle to one running replica. Cheap to clone; every method is
@@ -359,6 +361,8 @@ impl Node {
             error: RwLock::new(None),
             ready_floor,
             pending_proposals: std::sync::atomic::AtomicUsize::new(0),
+            metrics: Arc::default(),
+            live: RwLock::new(crate::options::LiveOptions::from_options(&opts)),
             snapshot: RwLock::new(SnapshotView {
                 last_index: snap_meta.index,
                 last_term: snap_meta.term,
@@ -473,7 +477,6 @@ impl Node {
                 incoming: parking_lot::Mutex::new(None),
                 transport: transport.clone(),
                 membership_lock: tokio::sync::Mutex::new(()),
-                catchup_margin: opts.catchup_margin,
             }),
         };
         if fresh && !opts.initial_conf.is_empty() {
@@ -498,7 +501,16 @@ impl Node {
 
     /// Submits a task (braft's `apply`). Never blocks; `task.done` runs
     /// exactly once. See [`Task`].
-    pub fn apply(&self, task: Task) {
+    pub fn apply(&self, mut task: Task) {
+        let metrics = self.inner.shared.metrics.clone();
+        metrics.proposals.fetch_add(1, Ordering::Relaxed);
+        let inner_done = std::mem::replace(&mut task.done, Done::noop());
+        task.done = Done::new(move |r| {
+            if let Err(e) = &r {
+                metrics.proposal_failed(e.kind());
+            }
+            inner_done.run(r);
+        });
         if task.data.is_empty() {
             task.done.run(Err(RaftError::InvalidArgument(
                 "task data must not be empty".into(),
@@ -577,6 +589,11 @@ impl Node {
             return Err(RaftError::ShuttingDown);
         }
         rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// The counters and histograms this replica records.
+    pub fn metrics(&self) -> Arc<crate::metrics::NodeMetrics> {
+        self.inner.shared.metrics.clone()
     }
 
     /// Snapshot activity of this replica.
@@ -705,7 +722,20 @@ impl Node {
     }
 
     pub(crate) fn catchup_margin(&self) -> u64 {
-        self.inner.catchup_margin
+        self.inner.shared.live.read().catchup_margin
+    }
+
+    /// The options that can change at run time.
+    pub fn live_options(&self) -> crate::options::LiveOptions {
+        self.inner.shared.live.read().clone()
+    }
+
+    /// Changes one live option (see [`crate::options::LiveOptions`]); the
+    /// raft thread picks it up at once.
+    pub async fn set_live_option(&self, name: &str, value: &str) -> Result<(), RaftError> {
+        let mut live = self.live_options();
+        live.set(name, value).map_err(RaftError::InvalidArgument)?;
+        self.ask(|reply| RaftMsg::SetLive { live, reply }).await
     }
 
     /// Whether both threads have exited.
@@ -827,6 +857,28 @@ impl Node {
         v.leader.is_some()
             && self.error().is_none()
             && self.applied_index() >= self.inner.shared.ready_floor
+    }
+
+    /// Stops the replica the way SIGTERM does: a leader first hands leadership
+    /// to the most caught-up voter (waiting at most two election timeouts),
+    /// so clients see a short "transferring" pause instead of an election;
+    /// a follower stops at once.
+    pub async fn shutdown_gracefully(&self) {
+        if self.is_leader() {
+            let wait = Duration::from_millis(self.inner.shared.live.read().election_timeout_ms) * 2;
+            match tokio::time::timeout(wait, self.transfer_leadership(None)).await {
+                Ok(Ok(l)) => {
+                    tracing::info!(group = %self.group(), to = %l, "leadership handed over before shutdown")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %self.group(), error = %e, "could not hand leadership over before shutdown")
+                }
+                Err(_) => {
+                    tracing::warn!(group = %self.group(), "leadership hand-over timed out before shutdown")
+                }
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Stops the replica: pending tasks and reads fail with

@@ -200,6 +200,82 @@ impl NodeOptions {
     }
 }
 
+/// The options that can change while a node runs (`/flags`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LiveOptions {
+    pub election_timeout_ms: u64,
+    pub snapshot_interval_s: u64,
+    pub snapshot_log_gap: u64,
+    pub snapshot_margin: u64,
+    pub snapshot_throttle_bytes_per_sec: u64,
+    pub catchup_margin: u64,
+}
+
+impl LiveOptions {
+    /// Names of the live options, in display order.
+    pub const NAMES: [&'static str; 6] = [
+        "election_timeout_ms",
+        "snapshot_interval_s",
+        "snapshot_log_gap",
+        "snapshot_margin",
+        "snapshot_throttle_bytes_per_sec",
+        "catchup_margin",
+    ];
+
+    pub fn from_options(o: &NodeOptions) -> Self {
+        LiveOptions {
+            election_timeout_ms: o.election_timeout_ms,
+            snapshot_interval_s: o.snapshot_interval_s,
+            snapshot_log_gap: o.snapshot_log_gap,
+            snapshot_margin: o.snapshot_margin,
+            snapshot_throttle_bytes_per_sec: o.snapshot_throttle_bytes_per_sec,
+            catchup_margin: o.catchup_margin,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        Some(match name {
+            "election_timeout_ms" => self.election_timeout_ms,
+            "snapshot_interval_s" => self.snapshot_interval_s,
+            "snapshot_log_gap" => self.snapshot_log_gap,
+            "snapshot_margin" => self.snapshot_margin,
+            "snapshot_throttle_bytes_per_sec" => self.snapshot_throttle_bytes_per_sec,
+            "catchup_margin" => self.catchup_margin,
+            _ => return None,
+        })
+    }
+
+    /// Sets one option from text; the error names the option and the problem.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let v: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: {value:?} is not a non-negative integer"))?;
+        match name {
+            "election_timeout_ms" if !(10..=600_000).contains(&v) => {
+                return Err(format!("election_timeout_ms: {v} is outside 10..=600000"))
+            }
+            "election_timeout_ms" => self.election_timeout_ms = v,
+            "snapshot_interval_s" => self.snapshot_interval_s = v,
+            "snapshot_log_gap" => self.snapshot_log_gap = v,
+            "snapshot_margin" => self.snapshot_margin = v,
+            "snapshot_throttle_bytes_per_sec" => self.snapshot_throttle_bytes_per_sec = v,
+            "catchup_margin" => self.catchup_margin = v,
+            other => return Err(format!("{other} cannot be changed while the node runs")),
+        }
+        Ok(())
+    }
+
+    pub fn apply_to(&self, o: &mut NodeOptions) {
+        o.election_timeout_ms = self.election_timeout_ms;
+        o.snapshot_interval_s = self.snapshot_interval_s;
+        o.snapshot_log_gap = self.snapshot_log_gap;
+        o.snapshot_margin = self.snapshot_margin;
+        o.snapshot_throttle_bytes_per_sec = self.snapshot_throttle_bytes_per_sec;
+        o.catchup_margin = self.catchup_margin;
+    }
+}
+
 /// Group names become file names and metric labels: 1-64 of `[A-Za-z0-9_.-]`.
 pub fn validate_group_name(group: &str) -> Result<(), RaftError> {
     let ok = !group.is_empty()

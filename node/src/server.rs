@@ -124,6 +124,55 @@ impl ServerConfig {
         }
     }
 
+    /// The flags that cannot change while the node runs, for `/flags`.
+    pub fn fixed_flags(&self) -> Vec<(String, String)> {
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(g, k)| format!("{g}:{}", k.as_str()))
+            .collect();
+        vec![
+            ("listen".into(), self.listen.to_string()),
+            (
+                "advertise".into(),
+                self.advertise
+                    .clone()
+                    .unwrap_or_else(|| self.listen.to_string()),
+            ),
+            ("data_dir".into(), self.data_dir.display().to_string()),
+            ("groups".into(), groups.join(",")),
+            ("initial_conf".into(), self.initial_conf.join(",")),
+            ("sync".into(), self.sync.to_string()),
+            ("read_mode".into(), format!("{:?}", self.read_mode)),
+            (
+                "snapshot_chunk_bytes".into(),
+                self.snapshot_chunk_bytes.to_string(),
+            ),
+            (
+                "max_snapshot_installs".into(),
+                self.max_snapshot_installs.to_string(),
+            ),
+            (
+                "log_uri".into(),
+                self.log_uri
+                    .clone()
+                    .unwrap_or_else(|| "local://{data_dir}/{group}/log".into()),
+            ),
+            (
+                "raft_meta_uri".into(),
+                self.raft_meta_uri
+                    .clone()
+                    .unwrap_or_else(|| "local://{data_dir}/{group}/meta".into()),
+            ),
+            (
+                "snapshot_uri".into(),
+                self.snapshot_uri
+                    .clone()
+                    .unwrap_or_else(|| "local://{data_dir}/{group}/snapshot".into()),
+            ),
+        ]
+    }
+
     /// Checks the parts that do not depend on a group.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.advertised()?;
@@ -203,7 +252,11 @@ pub struct Server {
 impl Server {
     /// Binds `listen` and starts serving gRPC and HTTP (with no groups yet).
     /// `advertise` is the address peers know this process by.
-    pub async fn bind(listen: SocketAddr, advertise: &str) -> Result<Server, ServerError> {
+    pub async fn bind(
+        listen: SocketAddr,
+        advertise: &str,
+        fixed_flags: Vec<(String, String)>,
+    ) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -214,9 +267,13 @@ impl Server {
         let manager = NodeManager::new();
         let counters = GroupTable::new("counter");
         let kvs = GroupTable::new("kv");
+        let transport = GrpcTransport::new(advertise, tokio::runtime::Handle::current());
         let grpc = tonic::service::Routes::new(
-            RaftTransportServer::new(RaftTransportService::new(manager.clone()))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+            RaftTransportServer::new(RaftTransportService::new(
+                manager.clone(),
+                transport.metrics(),
+            ))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
         .add_service(AdminServer::new(AdminService::new(manager.clone())))
         .add_service(
@@ -226,7 +283,11 @@ impl Server {
         .add_service(CounterServer::new(CounterService::new(counters.clone())))
         .add_service(KvServer::new(KvService::new(kvs.clone())))
         .into_axum_router();
-        let app = grpc.merge(crate::http::router(manager.clone()));
+        let app = grpc.merge(crate::http::router(crate::http::HttpState {
+            manager: manager.clone(),
+            transport: Some(transport.metrics()),
+            fixed_flags: Arc::new(fixed_flags),
+        }));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let serving = tokio::spawn(async move {
             let stop = async move {
@@ -244,7 +305,6 @@ impl Server {
                 _ = async move { let _ = grace_rx.await; tokio::time::sleep(SHUTDOWN_GRACE).await; } => Ok(()),
             }
         });
-        let transport = GrpcTransport::new(advertise, tokio::runtime::Handle::current());
         Ok(Server {
             manager,
             counters,
@@ -304,19 +364,22 @@ impl Server {
         Ok(node)
     }
 
-    /// Stops every group, then stops serving.
+    /// Stops every group (leaders hand leadership over first), then stops serving.
     pub async fn shutdown(mut self) {
-        for node in self.manager.all() {
-            node.shutdown().await;
-            self.manager.remove(node.group());
-            self.counters.remove(node.group());
-            self.kvs.remove(node.group());
-        }
+        let nodes = self.manager.all();
+        // Groups stay registered until serving stops: late requests get a
+        // retryable "shutting down" from the stopped node, not "no such group".
+        futures::future::join_all(nodes.iter().map(|n| n.shutdown_gracefully())).await;
         if let Some(tx) = self.stop_serving.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.serving.take() {
             let _ = h.await;
+        }
+        for node in nodes {
+            self.manager.remove(node.group());
+            self.counters.remove(node.group());
+            self.kvs.remove(node.group());
         }
     }
 }
@@ -333,7 +396,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let advertise = config.advertised()?;
-    let server = Server::bind(config.listen, &advertise).await?;
+    let server = Server::bind(config.listen, &advertise, config.fixed_flags()).await?;
     tracing::info!(listen = %server.local_addr(), advertise = %advertise, "serving gRPC and HTTP");
     for (group, kind) in &config.groups {
         if let Err(e) = server.start_group(config.node_options(group)?, *kind).await {

@@ -40,32 +40,38 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// A token bucket limiting snapshot bytes per second, shared by every
 /// transfer a leader runs. A rate of 0 means unlimited.
 pub struct Throttle {
-    rate: u64,
+    rate: AtomicU64,
     state: Mutex<(Instant, f64)>,
 }
 
 impl Throttle {
     pub fn new(bytes_per_sec: u64) -> Self {
         Throttle {
-            rate: bytes_per_sec,
+            rate: AtomicU64::new(bytes_per_sec),
             state: Mutex::new((Instant::now(), bytes_per_sec as f64)),
         }
     }
 
+    /// Changes the rate (0: unlimited) for transfers already running too.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
     /// Waits until `n` more bytes may be sent.
     pub async fn acquire(&self, n: usize) {
-        if self.rate == 0 {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
             return;
         }
         let wait = {
             let mut s = self.state.lock();
             let now = Instant::now();
-            let refill = now.duration_since(s.0).as_secs_f64() * self.rate as f64;
-            s.1 = (s.1 + refill).min(self.rate as f64);
+            let refill = now.duration_since(s.0).as_secs_f64() * rate as f64;
+            s.1 = (s.1 + refill).min(rate as f64);
             s.0 = now;
             s.1 -= n as f64;
             if s.1 < 0.0 {
-                Duration::from_secs_f64(-s.1 / self.rate as f64)
+                Duration::from_secs_f64(-s.1 / rate as f64)
             } else {
                 Duration::ZERO
             }

@@ -144,6 +144,55 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert!(v[0]["index"].as_u64().unwrap() > 0, "{v}");
 
+    // Observability: metrics and runtime flags over HTTP on the same port.
+    let (code, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for m in [
+        "raftkit_term{group=\"counter\"}",
+        "raftkit_fsync_seconds_bucket",
+        "raftkit_apply_seconds_count",
+        "raftkit_role{group=\"kv\",role=\"leader\"}",
+        "raftkit_transport_bytes_sent_total",
+    ] {
+        assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
+    }
+    let (code, body) = raftkit_node::http::probe(one, "/flags?format=json")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let flags: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let flag = |v: &serde_json::Value, n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(flag(&flags, "election_timeout_ms")["value"], "500");
+    assert_eq!(flag(&flags, "listen")["mutable"], false);
+    let (code, _) = post(one, "/flags?snapshot_log_gap=1234").await;
+    assert_eq!(code, 200);
+    let (_, body) = raftkit_node::http::probe(one, "/flags?format=json")
+        .await
+        .unwrap();
+    assert_eq!(
+        flag(&serde_json::from_str(&body).unwrap(), "snapshot_log_gap")["value"],
+        "1234"
+    );
+    let (code, body) = post(one, "/flags?election_timeout_ms=abc").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a non-negative integer"), "{body}");
+    let (code, body) = post(one, "/flags?no_such_flag=1").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("unknown flag"), "{body}");
+    let (code, body) = post(one, "/flags?listen=1.2.3.4:5").await;
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("cannot be changed while the node runs"),
+        "{body}"
+    );
+
     // Bad input: one clear line and a non-zero exit.
     let o = raftkit(one, &["kv", "put", "", "x"]);
     assert!(!o.status.success());
@@ -175,6 +224,26 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         "{}",
         stderr(&o)
     );
+}
+
+async fn post(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 #[test]

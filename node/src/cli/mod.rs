@@ -29,7 +29,7 @@ pub const DEFAULT_CLUSTER: &str = "127.0.0.1:8100,127.0.0.1:8101,127.0.0.1:8102"
 )]
 pub struct Cli {
     /// Member addresses (the client finds the leader itself).
-    #[arg(long, global = true, env = "RAFTKIT_CLUSTER", value_delimiter = ',', default_value = DEFAULT_CLUSTER, value_name = "ADDR,ADDR,...")]
+    #[arg(long, global = true, env = "RAFTKIT_CLUSTER", value_delimiter = ',', default_value = DEFAULT_CLUSTER, value_name = "ADDR,ADDR,...", action = clap::ArgAction::Set)]
     pub cluster: Vec<String>,
     /// Raft group [default: counter for counter commands, kv for kv commands, all for status].
     #[arg(long, global = true, env = "RAFTKIT_CLI_GROUP", value_name = "NAME")]
@@ -54,6 +54,50 @@ pub enum Output {
 pub enum Command {
     /// One line per member and group: role, term, leader, indexes.
     Status,
+    /// Add an empty replica: learner, catch up, promote to voter.
+    AddPeer {
+        addr: String,
+        /// Only if the configuration index is still this (see status --output json).
+        #[arg(long)]
+        expected_conf_index: Option<u64>,
+        /// How long the new member may take to catch up (ms).
+        #[arg(long, default_value_t = 60_000)]
+        catch_up_timeout_ms: u64,
+    },
+    /// Remove a member, by address or by 16-hex-digit id.
+    RemovePeer {
+        peer: String,
+        #[arg(long)]
+        expected_conf_index: Option<u64>,
+    },
+    /// Make the voters exactly ADDR,... (joint consensus; new members catch up first).
+    ChangePeers {
+        #[arg(value_delimiter = ',', required = true)]
+        peers: Vec<String>,
+        #[arg(long)]
+        expected_conf_index: Option<u64>,
+        #[arg(long, default_value_t = 60_000)]
+        catch_up_timeout_ms: u64,
+    },
+    /// Move leadership to a caught-up voter (ADDR, id, or "any").
+    TransferLeader { target: String },
+    /// Forced, unsafe reconfiguration of one member after quorum loss.
+    ResetPeers {
+        /// The member to reset.
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// The members to keep (the reset member included).
+        #[arg(value_delimiter = ',', required = true)]
+        peers: Vec<String>,
+        /// Confirm: writes that only the lost members held are lost.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make an empty replica a one-member group.
+    Bootstrap {
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+    },
     /// Take a snapshot now on one member (every group, or --group).
     Snapshot {
         /// The member to snapshot.
@@ -135,6 +179,48 @@ fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A client for admin commands; an empty group lets a single-group node choose.
+fn admin_client(cli: &Cli, catch_up_ms: Option<u64>) -> Result<ClusterClient, CliError> {
+    let group = cli.group.clone().unwrap_or_default();
+    let timeout = cli.timeout_ms.max(catch_up_ms.map_or(0, |c| c + 10_000));
+    Ok(ClusterClient::new(
+        cli.cluster.clone(),
+        group,
+        Duration::from_millis(timeout),
+    )?)
+}
+
+fn member_list(ms: &[crate::pb::Member]) -> Vec<String> {
+    ms.iter().map(|m| m.addr.clone()).collect()
+}
+
+fn print_configuration(cli: &Cli, what: &str, r: &crate::pb::ConfigurationReply) {
+    let text = format!(
+        "{what}; voters: {}; learners: {}{}; configuration index {}",
+        member_list(&r.voters).join(","),
+        member_list(&r.learners).join(","),
+        if r.voters_outgoing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; outgoing (joint): {}",
+                member_list(&r.voters_outgoing).join(",")
+            )
+        },
+        r.conf_index
+    );
+    emit(
+        cli,
+        text,
+        json!({
+            "voters": member_list(&r.voters),
+            "learners": member_list(&r.learners),
+            "voters_outgoing": member_list(&r.voters_outgoing),
+            "conf_index": r.conf_index,
+        }),
+    );
+}
+
 fn client(cli: &Cli, default_group: &str) -> Result<ClusterClient, CliError> {
     let group = cli
         .group
@@ -159,6 +245,79 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Status => status(cli).await,
         Command::Snapshot { peer } => snapshot(cli, peer).await,
+        Command::AddPeer {
+            addr,
+            expected_conf_index,
+            catch_up_timeout_ms,
+        } => {
+            let c = admin_client(cli, Some(*catch_up_timeout_ms))?;
+            let r = c
+                .add_peer(addr, *expected_conf_index, *catch_up_timeout_ms)
+                .await?;
+            print_configuration(cli, &format!("added {addr}"), &r);
+            Ok(())
+        }
+        Command::RemovePeer {
+            peer,
+            expected_conf_index,
+        } => {
+            let c = admin_client(cli, None)?;
+            let r = c.remove_peer(peer, *expected_conf_index).await?;
+            print_configuration(cli, &format!("removed {peer}"), &r);
+            Ok(())
+        }
+        Command::ChangePeers {
+            peers,
+            expected_conf_index,
+            catch_up_timeout_ms,
+        } => {
+            let c = admin_client(cli, Some(*catch_up_timeout_ms))?;
+            let r = c
+                .change_peers(peers, *expected_conf_index, *catch_up_timeout_ms)
+                .await?;
+            print_configuration(cli, "changed peers", &r);
+            Ok(())
+        }
+        Command::TransferLeader { target } => {
+            let c = admin_client(cli, None)?;
+            let l = c.transfer_leader(target).await?;
+            emit(
+                cli,
+                format!("leader is now {}", l.addr),
+                json!({ "leader": l.addr, "id": format!("{:016x}", l.id) }),
+            );
+            Ok(())
+        }
+        Command::ResetPeers { peer, peers, force } => {
+            if !*force {
+                return Err(CliError {
+                    message: format!(
+                        "reset-peers rewrites the configuration of {peer} alone, without the other members' agreement; \
+                         use it only when a quorum is lost for good. Writes that only the lost members held are lost, and \
+                         a lost member that comes back must be wiped and added again. Re-run with --force to proceed."
+                    ),
+                    code: 2,
+                });
+            }
+            eprintln!(
+                "warning: forcing the configuration of {peer} to {}",
+                peers.join(",")
+            );
+            let c = admin_client(cli, None)?;
+            let r = c.reset_peers(peer, peers).await?;
+            print_configuration(cli, &format!("reset {peer}"), &r);
+            Ok(())
+        }
+        Command::Bootstrap { peer } => {
+            let c = admin_client(cli, None)?;
+            c.bootstrap(peer).await?;
+            emit(
+                cli,
+                format!("{peer} bootstrapped a one-member group"),
+                json!({ "bootstrapped": peer }),
+            );
+            Ok(())
+        }
         Command::Counter { cmd } => {
             let c = client(cli, "counter")?;
             match cmd {
@@ -321,37 +480,7 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
                 .collect();
             println!("{}", serde_json::Value::Array(v));
         }
-        Output::Text => {
-            println!(
-                "{:<22} {:<8} {:<16} {:<13} {:>5} {:<22} {:>8} {:>8} {:>8}",
-                "ADDRESS", "GROUP", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"
-            );
-            for (addr, r) in &rows {
-                match r {
-                    Ok(groups) => {
-                        for g in groups {
-                            println!(
-                                "{:<22} {:<8} {:<16} {:<13} {:>5} {:<22} {:>8} {:>8} {:>8}",
-                                addr,
-                                g.group,
-                                format!("{:016x}", g.id),
-                                g.role,
-                                g.term,
-                                if g.leader_addr.is_empty() {
-                                    "-"
-                                } else {
-                                    g.leader_addr.as_str()
-                                },
-                                g.commit_index,
-                                g.applied_index,
-                                g.last_log_index
-                            );
-                        }
-                    }
-                    Err(e) => println!("{addr:<22} unreachable: {e}"),
-                }
-            }
-        }
+        Output::Text => print_status_table(&rows),
     }
     if reachable == 0 {
         return Err(CliError {
@@ -360,6 +489,83 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
         });
     }
     Ok(())
+}
+
+/// One line per member and group; match index and lag come from the
+/// group's leader's view of each member.
+fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) {
+    let leaders: Vec<&NodeStatusReply> = rows
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flatten()
+        .filter(|g| g.role == "leader")
+        .collect();
+    println!(
+        "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
+        "ADDRESS",
+        "GROUP",
+        "ID",
+        "ROLE",
+        "MEMBER",
+        "TERM",
+        "LEADER",
+        "COMMIT",
+        "APPLIED",
+        "MATCH",
+        "LAG"
+    );
+    for (addr, r) in rows {
+        let groups = match r {
+            Ok(g) => g,
+            Err(e) => {
+                println!("{addr:<22} unreachable: {e}");
+                continue;
+            }
+        };
+        for g in groups {
+            let leader = leaders
+                .iter()
+                .find(|l| l.group == g.group && l.term >= g.term);
+            let member = if g.voters.iter().any(|m| m.id == g.id)
+                || g.voters_outgoing.iter().any(|m| m.id == g.id)
+            {
+                "voter"
+            } else if g.learners.iter().any(|m| m.id == g.id) {
+                "learner"
+            } else {
+                "-"
+            };
+            let (matched, lag) = match leader {
+                Some(l) if l.id == g.id => (l.last_log_index.to_string(), "0".to_string()),
+                Some(l) => match l.peers.iter().find(|p| p.id == g.id) {
+                    Some(p) => (
+                        p.match_index.to_string(),
+                        l.last_log_index.saturating_sub(p.match_index).to_string(),
+                    ),
+                    None => ("-".into(), "-".into()),
+                },
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
+                addr,
+                g.group,
+                format!("{:016x}", g.id),
+                g.role,
+                member,
+                g.term,
+                if g.leader_addr.is_empty() {
+                    "-"
+                } else {
+                    g.leader_addr.as_str()
+                },
+                g.commit_index,
+                g.applied_index,
+                matched,
+                lag
+            );
+        }
+    }
 }
 
 fn status_json(g: &NodeStatusReply) -> serde_json::Value {
@@ -374,6 +580,12 @@ fn status_json(g: &NodeStatusReply) -> serde_json::Value {
         "first_log_index": g.first_log_index,
         "last_log_index": g.last_log_index,
         "voters": g.voters.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+        "voters_outgoing": g.voters_outgoing.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+        "conf_index": g.conf_index,
+        "peers": g.peers.iter().map(|p| json!({
+            "addr": p.addr, "id": format!("{:016x}", p.id), "voter": p.voter,
+            "match_index": p.match_index, "next_index": p.next_index, "state": p.state, "inflight": p.inflight,
+        })).collect::<Vec<_>>(),
         "learners": g.learners.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
         "error": g.error,
     })

@@ -71,6 +71,10 @@ pub(crate) enum RaftMsg {
         target: Option<u64>,
         reply: oneshot::Sender<Result<PeerId, RaftError>>,
     },
+    SetLive {
+        live: crate::options::LiveOptions,
+        reply: oneshot::Sender<()>,
+    },
     ForceConf {
         keep: Vec<u64>,
         reply: oneshot::Sender<Result<Vec<(raft::eraftpb::ConfChangeType, PeerId)>, RaftError>>,
@@ -269,6 +273,10 @@ impl RaftLoop {
             RaftMsg::SnapshotDone(result) => self.on_snapshot_done(result),
             RaftMsg::SnapshotSent { to, result } => self.on_snapshot_sent(to, result),
             RaftMsg::Fatal(e) => self.fail(e),
+            RaftMsg::SetLive { live, reply } => {
+                self.set_live(live);
+                let _ = reply.send(());
+            }
             RaftMsg::Shutdown => self.shutting_down = true,
             m @ (RaftMsg::Identity(_)
             | RaftMsg::Bootstrap { .. }
@@ -304,6 +312,11 @@ impl RaftLoop {
             }
             RaftMsg::ForceConf { reply, .. } => {
                 let _ = reply.send(Err(stopped));
+            }
+            RaftMsg::SetLive { live, reply } => {
+                live.apply_to(&mut self.opts);
+                *self.shared.live.write() = live;
+                let _ = reply.send(());
             }
             _ => {}
         }
@@ -402,6 +415,27 @@ impl RaftLoop {
 
     // ------------------------------------------------------------ reads
 
+    /// Applies options changed at run time.
+    fn set_live(&mut self, live: crate::options::LiveOptions) {
+        let now = Instant::now();
+        if live.election_timeout_ms != self.opts.election_timeout_ms {
+            // The raft clock is a tenth of the election timeout: changing the
+            // tick changes the election timeout and the heartbeat interval.
+            self.tick = Duration::from_millis(
+                (live.election_timeout_ms / crate::options::ELECTION_TICKS as u64).max(1),
+            );
+            self.next_tick = now + self.tick;
+        }
+        if live.snapshot_interval_s != self.opts.snapshot_interval_s {
+            self.next_snapshot_at = (live.snapshot_interval_s > 0)
+                .then(|| now + Duration::from_secs(live.snapshot_interval_s));
+        }
+        self.throttle.set_rate(live.snapshot_throttle_bytes_per_sec);
+        live.apply_to(&mut self.opts);
+        tracing::info!(group = %self.opts.group, options = ?live, "live options changed");
+        *self.shared.live.write() = live;
+    }
+
     /// One ReadIndex request serves every read that arrived in this batch.
     fn issue_new_reads(&mut self) {
         if self.new_reads.is_empty() {
@@ -477,7 +511,9 @@ impl RaftLoop {
             self.on_hard_state(hs.clone())?;
         }
         if rd.must_sync() {
+            let started = Instant::now();
             self.raw.mut_store().log.sync()?;
+            self.shared.metrics.fsync_seconds.observe(started.elapsed());
         }
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
@@ -643,6 +679,7 @@ impl RaftLoop {
                 tracing::info!(group = %self.opts.group, index = e.index, voters = ?cs.voters, learners = ?cs.learners, outgoing = ?cs.voters_outgoing, "configuration applied");
                 self.conf_index = e.index;
                 self.observe_role();
+                self.publish_view();
                 Some((self.configuration(&cs), cs))
             }
             Err(err) => {
@@ -685,6 +722,12 @@ impl RaftLoop {
         }
         let (old_role, old_term, old_leader) = self.last_view;
         let (role, term, leader) = now;
+        if leader != old_leader && leader != 0 {
+            self.shared
+                .metrics
+                .leader_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if old_role == StateRole::Leader && (role != StateRole::Leader || term != old_term) {
             let _ = self.apply_tx.send(ApplyMsg::LeaderStop { term: old_term });
             // Reads waiting on this leader's confirmation will be answered by
@@ -838,10 +881,18 @@ impl RaftLoop {
         self.installs.remove(&to);
         match result {
             Ok(()) => {
+                self.shared
+                    .metrics
+                    .snapshots_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(group = %self.opts.group, to = %format!("{to:016x}"), "snapshot delivered");
                 self.raw.report_snapshot(to, SnapshotStatus::Finish);
             }
             Err(e) => {
+                self.shared
+                    .metrics
+                    .snapshot_send_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(group = %self.opts.group, to = %format!("{to:016x}"), error = %e, "snapshot transfer failed");
                 self.raw.report_snapshot(to, SnapshotStatus::Failure);
             }

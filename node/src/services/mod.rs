@@ -21,6 +21,9 @@ use crate::node::Node;
 pub const ERROR_KIND_KEY: &str = "raftkit-error";
 /// Metadata key carrying the leader's address on a redirect.
 pub const LEADER_KEY: &str = "raftkit-leader";
+/// Metadata keys carrying the numbers of a term or configuration mismatch.
+pub const EXPECTED_KEY: &str = "raftkit-expected";
+pub const CURRENT_KEY: &str = "raftkit-current";
 
 /// Converts an engine error to a gRPC status the client can turn back into
 /// the same error (kind and leader travel in metadata).
@@ -42,6 +45,20 @@ pub fn to_status(err: RaftError) -> Status {
     let mut status = Status::new(code, err.to_string());
     let md = status.metadata_mut();
     md.insert(ERROR_KIND_KEY, MetadataValue::from_static(err.kind()));
+    let numbers = match &err {
+        RaftError::TermMismatch { expected, current }
+        | RaftError::ConfigurationChanged { expected, current } => Some((*expected, *current)),
+        _ => None,
+    };
+    if let Some((e, c)) = numbers {
+        if let (Ok(e), Ok(c)) = (
+            MetadataValue::try_from(e.to_string()),
+            MetadataValue::try_from(c.to_string()),
+        ) {
+            md.insert(EXPECTED_KEY, e);
+            md.insert(CURRENT_KEY, c);
+        }
+    }
     if let RaftError::NotLeader { leader: Some(l) } = &err {
         if let Ok(v) = MetadataValue::try_from(l.addr.as_str()) {
             md.insert(LEADER_KEY, v);
@@ -55,6 +72,15 @@ pub fn to_status(err: RaftError) -> Status {
 pub fn from_status(status: &Status) -> Option<RaftError> {
     let kind = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
     let message = status.message();
+    let num = |k: &str| {
+        status
+            .metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (expected, current) = (num(EXPECTED_KEY), num(CURRENT_KEY));
     // Rebuild the error's own text: the status message is its Display form.
     let inner = |make: fn(String) -> RaftError| {
         let prefix = make(String::new()).to_string();
@@ -76,10 +102,7 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
                     addr: a.to_string(),
                 }),
         },
-        "term_mismatch" => RaftError::TermMismatch {
-            expected: 0,
-            current: 0,
-        },
+        "term_mismatch" => RaftError::TermMismatch { expected, current },
         "leader_stepped_down" => RaftError::LeaderSteppedDown,
         "shutting_down" => RaftError::ShuttingDown,
         "transferring" => RaftError::Transferring,
@@ -89,10 +112,7 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "storage" => inner(RaftError::Storage),
         "state_machine" => inner(RaftError::StateMachine),
         "peer_unreachable" => inner(RaftError::PeerUnreachable),
-        "configuration_changed" => RaftError::ConfigurationChanged {
-            expected: 0,
-            current: 0,
-        },
+        "configuration_changed" => RaftError::ConfigurationChanged { expected, current },
         _ => inner(RaftError::Stopped),
     })
 }
@@ -201,6 +221,15 @@ mod tests {
             RaftError::Busy("x".into()),
             RaftError::InvalidArgument("key must not be empty".into()),
             RaftError::StateMachine("overflow".into()),
+            RaftError::TermMismatch {
+                expected: 3,
+                current: 4,
+            },
+            RaftError::ConfigurationChanged {
+                expected: 7,
+                current: 9,
+            },
+            RaftError::PeerUnreachable("a:1: refused".into()),
         ];
         for e in errs {
             let back = from_status(&to_status(e.clone())).expect("a node status");

@@ -61,6 +61,7 @@ struct Link {
 /// Sends raft messages over gRPC. See the module documentation.
 pub struct GrpcTransport {
     me: String,
+    metrics: Arc<crate::metrics::TransportMetrics>,
     links: Mutex<HashMap<String, Link>>,
     runtime: tokio::runtime::Handle,
 }
@@ -70,9 +71,15 @@ impl GrpcTransport {
     pub fn new(me: impl Into<String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
         Arc::new(GrpcTransport {
             me: me.into(),
+            metrics: Arc::default(),
             links: Mutex::default(),
             runtime,
         })
+    }
+
+    /// Bytes sent and received per peer.
+    pub fn metrics(&self) -> Arc<crate::metrics::TransportMetrics> {
+        self.metrics.clone()
     }
 
     fn spawn_link(&self, addr: &str) -> Link {
@@ -83,6 +90,7 @@ impl GrpcTransport {
             addr.to_string(),
             rx,
             state.clone(),
+            self.metrics.clone(),
         ));
         Link { tx, state }
     }
@@ -260,6 +268,7 @@ async fn run_link(
     addr: String,
     mut rx: mpsc::UnboundedReceiver<(Arc<str>, Message)>,
     state: Arc<AtomicU8>,
+    metrics: Arc<crate::metrics::TransportMetrics>,
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -285,6 +294,7 @@ async fn run_link(
                             break 'stream;
                         }
                         for batch in collect_batches(first, &mut rx, &me) {
+                            metrics.add_sent(&addr, batch.messages.iter().map(|m| m.len()).sum());
                             if btx.send(batch).await.is_err() {
                                 break 'stream;
                             }
@@ -426,11 +436,12 @@ impl SnapshotInstall for SnapshotInstallService {
 /// Receives raft message streams and hands the messages to local nodes.
 pub struct RaftTransportService {
     manager: NodeManager,
+    metrics: Arc<crate::metrics::TransportMetrics>,
 }
 
 impl RaftTransportService {
-    pub fn new(manager: NodeManager) -> Self {
-        RaftTransportService { manager }
+    pub fn new(manager: NodeManager, metrics: Arc<crate::metrics::TransportMetrics>) -> Self {
+        RaftTransportService { manager, metrics }
     }
 }
 
@@ -442,6 +453,10 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<Response<RaftStreamAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
+            self.metrics.add_received(
+                &batch.from_addr,
+                batch.messages.iter().map(|m| m.len()).sum(),
+            );
             let Some(node) = self.manager.get(&batch.group) else {
                 tracing::debug!(group = %batch.group, from = %batch.from_addr, "raft messages for a group not hosted here");
                 continue;

@@ -1,0 +1,308 @@
+//! Metrics in Prometheus text format (`/metrics`): counters and latency
+//! histograms recorded by the engine, plus gauges read from each node's
+//! status at scrape time. Small on purpose: atomics and a few maps.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::node::{NodeStatus, Role};
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// A cumulative histogram with fixed buckets.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: Default::default(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+    }
+}
+
+/// What one replica records.
+#[derive(Default)]
+pub struct NodeMetrics {
+    pub proposals: AtomicU64,
+    /// Failed proposals by error kind.
+    pub proposal_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time the state machine took per applied batch.
+    pub apply_seconds: Histogram,
+    /// Time per log fsync.
+    pub fsync_seconds: Histogram,
+    pub leader_changes: AtomicU64,
+    pub snapshots_saved: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshot_send_failures: AtomicU64,
+}
+
+impl NodeMetrics {
+    pub fn proposal_failed(&self, kind: &'static str) {
+        *self.proposal_failures.lock().entry(kind).or_default() += 1;
+    }
+}
+
+/// Bytes moved by the gRPC transport, per peer address.
+#[derive(Default)]
+pub struct TransportMetrics {
+    pub sent: Mutex<BTreeMap<String, u64>>,
+    pub received: Mutex<BTreeMap<String, u64>>,
+}
+
+impl TransportMetrics {
+    pub fn add_sent(&self, peer: &str, n: usize) {
+        *self.sent.lock().entry(peer.to_string()).or_default() += n as u64;
+    }
+
+    pub fn add_received(&self, peer: &str, n: usize) {
+        *self.received.lock().entry(peer.to_string()).or_default() += n as u64;
+    }
+}
+
+/// A metric read from `T`: name, help text, getter.
+type Metric<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every node's metrics and status gauges, and the transport's.
+pub fn render(
+    nodes: &[(NodeStatus, std::sync::Arc<NodeMetrics>)],
+    transport: Option<&TransportMetrics>,
+) -> String {
+    let mut o = String::new();
+    let gauges: [Metric<NodeStatus>; 8] = [
+        ("raftkit_term", "Current raft term.", |s| s.term),
+        (
+            "raftkit_commit_index",
+            "Highest committed log index.",
+            |s| s.commit_index,
+        ),
+        (
+            "raftkit_applied_index",
+            "Highest log index applied to the state machine.",
+            |s| s.applied_index,
+        ),
+        (
+            "raftkit_last_log_index",
+            "Last index in the local log.",
+            |s| s.last_log_index,
+        ),
+        (
+            "raftkit_first_log_index",
+            "First index still in the local log.",
+            |s| s.first_log_index,
+        ),
+        (
+            "raftkit_snapshot_index",
+            "Index of the newest snapshot.",
+            |s| s.snapshot_index,
+        ),
+        (
+            "raftkit_pending_proposals",
+            "Proposals of this node waiting to be applied.",
+            |s| s.pending_proposals as u64,
+        ),
+        (
+            "raftkit_log_disk_bytes",
+            "Bytes the local log occupies.",
+            |s| s.log_disk_bytes,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (s, _) in nodes {
+            let _ = writeln!(o, "{name}{{group=\"{}\"}} {}", escape(&s.group), get(s));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP raftkit_role 1 for the role this replica has.\n# TYPE raftkit_role gauge"
+    );
+    for (s, _) in nodes {
+        for r in [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+            Role::Uninitialized,
+            Role::Error,
+        ] {
+            let _ = writeln!(
+                o,
+                "raftkit_role{{group=\"{}\",role=\"{}\"}} {}",
+                escape(&s.group),
+                r.as_str(),
+                (s.role == r) as u8
+            );
+        }
+    }
+    let counters: [Metric<NodeMetrics>; 5] = [
+        (
+            "raftkit_proposals_total",
+            "Tasks submitted to this node.",
+            |m| m.proposals.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_leader_changes_total",
+            "Times this replica saw the leader change.",
+            |m| m.leader_changes.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_snapshots_saved_total",
+            "Snapshots this replica took.",
+            |m| m.snapshots_saved.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_snapshots_sent_total",
+            "Snapshots this leader delivered to followers.",
+            |m| m.snapshots_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_snapshot_send_failures_total",
+            "Snapshot transfers that failed.",
+            |m| m.snapshot_send_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (s, m) in nodes {
+            let _ = writeln!(o, "{name}{{group=\"{}\"}} {}", escape(&s.group), get(m));
+        }
+    }
+    let _ = writeln!(o, "# HELP raftkit_snapshots_received_total Snapshots received, verified and installed.\n# TYPE raftkit_snapshots_received_total counter");
+    for (s, _) in nodes {
+        let _ = writeln!(
+            o,
+            "raftkit_snapshots_received_total{{group=\"{}\"}} {}",
+            escape(&s.group),
+            s.snapshot.receive.installs
+        );
+    }
+    let _ = writeln!(o, "# HELP raftkit_proposal_failures_total Failed tasks by reason.\n# TYPE raftkit_proposal_failures_total counter");
+    for (s, m) in nodes {
+        for (kind, n) in m.proposal_failures.lock().iter() {
+            let _ = writeln!(
+                o,
+                "raftkit_proposal_failures_total{{group=\"{}\",reason=\"{kind}\"}} {n}",
+                escape(&s.group)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP raftkit_apply_seconds State machine time per applied batch.\n# TYPE raftkit_apply_seconds histogram");
+    for (s, m) in nodes {
+        m.apply_seconds.render(
+            &mut o,
+            "raftkit_apply_seconds",
+            &format!("group=\"{}\"", escape(&s.group)),
+        );
+    }
+    let _ = writeln!(o, "# HELP raftkit_fsync_seconds Time per raft log fsync.\n# TYPE raftkit_fsync_seconds histogram");
+    for (s, m) in nodes {
+        m.fsync_seconds.render(
+            &mut o,
+            "raftkit_fsync_seconds",
+            &format!("group=\"{}\"", escape(&s.group)),
+        );
+    }
+    let _ = writeln!(o, "# HELP raftkit_peer_match_index Replication progress of each member, as the leader sees it.\n# TYPE raftkit_peer_match_index gauge");
+    for (s, _) in nodes {
+        for p in &s.peers {
+            let _ = writeln!(
+                o,
+                "raftkit_peer_match_index{{group=\"{}\",peer=\"{}\"}} {}",
+                escape(&s.group),
+                escape(&p.peer.addr),
+                p.match_index
+            );
+        }
+    }
+    if let Some(t) = transport {
+        let _ = writeln!(o, "# HELP raftkit_transport_bytes_sent_total Raft message bytes sent, per peer.\n# TYPE raftkit_transport_bytes_sent_total counter");
+        for (peer, n) in t.sent.lock().iter() {
+            let _ = writeln!(
+                o,
+                "raftkit_transport_bytes_sent_total{{peer=\"{}\"}} {n}",
+                escape(peer)
+            );
+        }
+        let _ = writeln!(o, "# HELP raftkit_transport_bytes_received_total Raft message bytes received, per peer.\n# TYPE raftkit_transport_bytes_received_total counter");
+        for (peer, n) in t.received.lock().iter() {
+            let _ = writeln!(
+                o,
+                "raftkit_transport_bytes_received_total{{peer=\"{}\"}} {n}",
+                escape(peer)
+            );
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(80));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render(&mut out, "x", "g=\"a\"");
+        assert!(out.contains("x_bucket{g=\"a\",le=\"0.0001\"} 1"), "{out}");
+        assert!(out.contains("x_bucket{g=\"a\",le=\"0.005\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{g=\"a\",le=\"10\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{g=\"a\",le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("x_count{g=\"a\"} 3"), "{out}");
+    }
+}

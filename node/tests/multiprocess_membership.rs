@@ -1,0 +1,297 @@
+//! Membership and shutdown across real processes, driven through the
+//! `raftkit` CLI as an operator would: scale 3 -> 5 -> 3 while clients
+//! write, and SIGTERM the leader under load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::procs::{free_ports, raft_stat, wait_http_ok, Proc};
+use nix::sys::signal::Signal;
+use raftkit_node::client::{ClientError, ClusterClient};
+
+fn raftkit(cluster: &[String], args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
+        .args([
+            "--cluster",
+            &cluster.join(","),
+            "--group",
+            "counter",
+            "--timeout-ms",
+            "20000",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    )
+}
+
+#[derive(Default)]
+struct Tally {
+    acked: Vec<i64>,
+    unknown: u64,
+    non_retryable: Vec<String>,
+}
+
+fn start_writers(
+    client: Arc<ClusterClient>,
+    n: usize,
+) -> (
+    Arc<Mutex<Tally>>,
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = (0..n)
+        .map(|_| {
+            let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.fetch_add(1).await {
+                        Ok(prev) => tally.lock().unwrap().acked.push(prev),
+                        Err(e) => {
+                            let retryable = match &e {
+                                ClientError::Raft(r) => r.is_retryable(),
+                                ClientError::Unavailable(_) => true,
+                                ClientError::Rpc { code, .. } => {
+                                    *code == tonic::Code::Unavailable
+                                        || *code == tonic::Code::Cancelled
+                                }
+                                ClientError::InvalidArgument(_) => false,
+                            };
+                            let mut t = tally.lock().unwrap();
+                            if !retryable {
+                                t.non_retryable.push(e.to_string());
+                            }
+                            if !e.is_definitely_not_applied() {
+                                t.unknown += 1;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (tally, stop, handles)
+}
+
+async fn check_final(client: &ClusterClient, tally: &Arc<Mutex<Tally>>) {
+    let final_value = client.counter_get().await.expect("final read");
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    let acked = t.acked.len() as i64;
+    let distinct: HashSet<i64> = t.acked.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        t.acked.len(),
+        "two increments saw the same previous value"
+    );
+    assert!(
+        t.acked.iter().all(|p| *p < final_value),
+        "an acknowledged increment is missing"
+    );
+    assert!(
+        final_value >= acked && final_value <= acked + t.unknown as i64,
+        "final {final_value} outside [{acked}, {}]",
+        acked + t.unknown as i64
+    );
+}
+
+async fn voters(addr: &str) -> Vec<String> {
+    let v = raft_stat(addr).await.unwrap();
+    let g = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "counter")
+        .unwrap()
+        .clone();
+    let mut out: Vec<String> = g["conf"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["addr"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = free_ports(5)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let initial = addrs[..3].to_vec();
+    let mut procs = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut args = vec!["--election-timeout-ms".to_string(), "1000".into()];
+        if i < 3 {
+            args.extend(["--initial-conf".to_string(), initial.join(",")]);
+        }
+        procs.push(Proc::start(
+            a,
+            &tmp.path().join(format!("n{i}")),
+            tmp.path(),
+            &args,
+        ));
+    }
+    for p in &procs[..3] {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{}",
+            p.log_tail(20)
+        );
+    }
+    for p in &procs[3..] {
+        assert!(
+            wait_http_ok(&p.addr, "/healthz", Duration::from_secs(30)).await,
+            "{}",
+            p.log_tail(20)
+        );
+    }
+    let client =
+        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
+    let (tally, stop, writers) = start_writers(client.clone(), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut expected = initial.clone();
+    for new in &addrs[3..] {
+        let (ok, out, err) = raftkit(&initial, &["add-peer", new]);
+        assert!(ok, "add-peer {new}: {err}");
+        assert!(out.starts_with(&format!("added {new}")), "{out}");
+        expected.push(new.clone());
+        assert_eq!(
+            voters(&addrs[0]).await,
+            sorted(&expected),
+            "configuration after adding {new}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for gone in [&addrs[1], &addrs[2]] {
+        let (ok, out, err) = raftkit(&addrs, &["remove-peer", gone]);
+        assert!(ok, "remove-peer {gone}: {err}");
+        assert!(out.starts_with(&format!("removed {gone}")), "{out}");
+        expected.retain(|a| a != gone);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while voters(&addrs[0]).await != sorted(&expected) {
+            assert!(
+                Instant::now() < deadline,
+                "configuration after removing {gone}: {:?}",
+                voters(&addrs[0]).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The CLI status table shows the final members.
+    let (ok, out, _) = raftkit(&expected, &["status"]);
+    assert!(ok);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" voter ")).count(),
+        3,
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    check_final(&client, &tally).await;
+    for p in procs.iter_mut() {
+        p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retryable_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = free_ports(3)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let args = vec![
+        "--initial-conf".to_string(),
+        addrs.join(","),
+        "--election-timeout-ms".into(),
+        "1000".into(),
+    ];
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Proc::start(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args))
+        .collect();
+    for p in &procs {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{}",
+            p.log_tail(20)
+        );
+    }
+    let client =
+        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
+    let (tally, stop, writers) = start_writers(client.clone(), 4);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut leader = None;
+    for (i, a) in addrs.iter().enumerate() {
+        let v = raft_stat(a).await.unwrap();
+        if v[0]["role"] == "leader" {
+            leader = Some(i);
+        }
+    }
+    let l = leader.expect("a leader");
+    let acked_before = tally.lock().unwrap().acked.len();
+    let status = procs[l]
+        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
+        .expect("the leader exits");
+    assert!(
+        status.success(),
+        "unclean exit: {status:?}\n{}",
+        procs[l].log_tail(20)
+    );
+    assert!(
+        procs[l]
+            .log_tail(200)
+            .contains("leadership handed over before shutdown"),
+        "{}",
+        procs[l].log_tail(40)
+    );
+    // The survivors keep serving under the leader the old one chose.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tally.lock().unwrap().acked.len() < acked_before + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "writes stalled after the leader's SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let errors = tally.lock().unwrap().non_retryable.clone();
+    assert!(
+        errors.is_empty(),
+        "clients saw non-retryable errors: {errors:?}"
+    );
+    check_final(&client, &tally).await;
+    for p in procs.iter_mut() {
+        p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+    }
+}
