@@ -305,6 +305,18 @@ async fn follower_callbacks_and_shutdown_fire() {
         c.records[f].lock().unwrap().start_following >= 1
     })
     .await;
+    let (leader_addr, term) = c.records[f]
+        .lock()
+        .unwrap()
+        .following
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        leader_addr, c.addrs[l],
+        "on_start_following named the wrong leader"
+    );
+    assert_eq!(term, c.node(l).view().term);
     let rec_f = c.records[f].clone();
     let rec_l = c.records[l].clone();
     c.shutdown().await;

@@ -375,10 +375,19 @@ async fn leader_killed_in_the_middle_of_a_joint_change_leaves_the_cluster_usable
         v == sorted(target.clone()) || v == old,
         "ended in neither the old nor the new configuration: {v:?}"
     );
-    c.node(l2)
-        .propose(payload(1))
-        .await
-        .expect("the cluster serves writes");
+    // The leader may be the member the change removed, handing off: retry
+    // retryable errors against whoever leads, as a client would.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let l = c.wait_leader_among(&survivors, T).await;
+        match c.node(l).propose(payload(1)).await {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the cluster does not serve writes: {e}"),
+        }
+    }
     c.shutdown().await;
 }
 
@@ -476,6 +485,40 @@ async fn forced_reset_brings_a_member_that_lost_its_peers_back_to_service() {
         data.contains(&payload(11))
             && data.contains(&payload(12))
             && data.starts_with(&(0..10).map(payload).collect::<Vec<_>>())
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_node_bootstraps_a_one_member_group_once() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let s = c.add_spares(1)[0];
+    let spare = c.node(s).clone();
+    assert_eq!(spare.view().role, Role::Uninitialized);
+    assert_eq!(spare.status().await.unwrap().role, Role::Uninitialized);
+    spare
+        .bootstrap(vec![spare.peer_id()])
+        .await
+        .expect("bootstrap an empty node");
+    wait_until(T, "the one-member group elects its node", || {
+        spare.is_leader()
+    })
+    .await;
+    spare
+        .propose(payload(1))
+        .await
+        .expect("a one-member group serves writes");
+    let e = spare.bootstrap(vec![spare.peer_id()]).await.unwrap_err();
+    assert!(e.to_string().contains("already has data"), "{e}");
+    let e = c
+        .node(l)
+        .bootstrap(vec![c.node(l).peer_id()])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already has data"),
+        "a member bootstrapped again: {e}"
     );
     c.shutdown().await;
 }

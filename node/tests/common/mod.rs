@@ -29,6 +29,8 @@ pub struct Record {
     pub leader_stops: usize,
     pub start_following: usize,
     pub stop_following: usize,
+    /// (leader address, term) of every on_start_following.
+    pub following: Vec<(String, u64)>,
     pub shutdowns: usize,
     pub errors: Vec<String>,
     /// (index, voter addresses) of every on_configuration_committed.
@@ -106,8 +108,10 @@ impl StateMachine for RecordingFsm {
         self.record.lock().unwrap().leader_stops += 1;
     }
 
-    fn on_start_following(&mut self, _ctx: &raftkit_node::state_machine::LeaderChangeContext) {
-        self.record.lock().unwrap().start_following += 1;
+    fn on_start_following(&mut self, ctx: &raftkit_node::state_machine::LeaderChangeContext) {
+        let mut r = self.record.lock().unwrap();
+        r.start_following += 1;
+        r.following.push((ctx.leader.addr.clone(), ctx.term));
     }
 
     fn on_stop_following(&mut self, _ctx: &raftkit_node::state_machine::LeaderChangeContext) {
