@@ -29,7 +29,24 @@ use crate::pb::{
     FetchAddRequest, GetRequest, GroupRequest, MembershipRequest, NodeStatusReply, PutRequest,
     ScanRequest, TransferRequest,
 };
+use crate::pb::{ClientSession, ReadConsistency};
 use crate::services::from_status;
+
+/// A client session (see [`ClusterClient::session`]): writes through it
+/// carry (client id, sequence number), so the state machine applies a
+/// retried write once and answers it with its first result. One write at a
+/// time per session.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    next_seq: u64,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
 
 /// Why a client call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,12 +92,16 @@ pub enum Retry {
 
 /// A client for one group of a cluster. See the module documentation.
 pub struct ClusterClient {
-    addrs: Vec<String>,
+    /// Known members; grows when a member reports others (route table).
+    addrs: Mutex<Vec<String>>,
     group: String,
     timeout: Duration,
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
     next: AtomicUsize,
+    /// The session of the convenience write methods (one write at a time).
+    session: tokio::sync::Mutex<Session>,
+    last_refresh: Mutex<Option<Instant>>,
 }
 
 impl ClusterClient {
@@ -100,12 +121,17 @@ impl ClusterClient {
                 .map_err(|e| ClientError::InvalidArgument(format!("cluster address {e}")))?;
         }
         Ok(ClusterClient {
-            addrs,
+            addrs: Mutex::new(addrs),
             group: group.into(),
             timeout,
             leader: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            session: tokio::sync::Mutex::new(Session {
+                id: rand::random::<u64>() | 1,
+                next_seq: 1,
+            }),
+            last_refresh: Mutex::new(None),
         })
     }
 
@@ -113,8 +139,48 @@ impl ClusterClient {
         &self.group
     }
 
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
+    /// The members this client knows.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.lock().clone()
+    }
+
+    /// Learns members from the configuration a reachable member reports (at
+    /// most once a second), so a client started with a partial or outdated
+    /// list still finds every member.
+    async fn refresh_members(&self) {
+        {
+            let mut last = self.last_refresh.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        for addr in self.addrs() {
+            let Ok(ch) = self.channel(&addr).await else {
+                continue;
+            };
+            let mut admin = AdminClient::new(ch);
+            let req = GroupRequest {
+                group: self.group.clone(),
+            };
+            let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_millis(500), admin.status(req)).await
+            else {
+                continue;
+            };
+            let mut known = self.addrs.lock();
+            for g in r.into_inner().groups {
+                for m in g.voters.iter().chain(&g.learners).chain(&g.voters_outgoing) {
+                    if !m.addr.is_empty()
+                        && !known.contains(&m.addr)
+                        && validate_addr(&m.addr).is_ok()
+                    {
+                        known.push(m.addr.clone());
+                    }
+                }
+            }
+            return;
+        }
     }
 
     /// The member currently believed to lead.
@@ -157,7 +223,8 @@ impl ClusterClient {
             return l;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.addrs[i % self.addrs.len()].clone()
+        let addrs = self.addrs.lock();
+        addrs[i % addrs.len()].clone()
     }
 
     /// Sends `call` to the leader, following redirects and retrying per `retry`.
@@ -220,6 +287,9 @@ impl ClusterClient {
                     last = format!("{addr}: {e}");
                     *self.leader.lock() = None;
                     self.next.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, RaftError::NotLeader { leader: None }) {
+                        self.refresh_members().await;
+                    }
                 }
                 Some(e) if e.is_retryable() && retry == Retry::Idempotent => {
                     last = format!("{addr}: {e}");
@@ -246,35 +316,89 @@ impl ClusterClient {
         }
     }
 
-    /// Adds `delta` to the counter; returns the value before.
-    pub async fn fetch_add(&self, delta: i64) -> Result<i64, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| async move {
+    /// Opens a client session: writes through it are applied at most once
+    /// even when retried, and are retried on any retryable error.
+    pub fn session(&self) -> Session {
+        Session {
+            id: rand::random::<u64>() | 1,
+            next_seq: 1,
+        }
+    }
+
+    fn next(session: &mut Session) -> Option<ClientSession> {
+        let seq = session.next_seq;
+        session.next_seq += 1;
+        Some(ClientSession {
+            client_id: session.id,
+            seq,
+        })
+    }
+
+    /// Adds `delta` to the counter through `session`; returns the value before.
+    pub async fn fetch_add_in(
+        &self,
+        session: &mut Session,
+        delta: i64,
+    ) -> Result<i64, ClientError> {
+        let s = Self::next(session);
+        self.call(Retry::Idempotent, |ch, group| async move {
             CounterClient::new(ch)
-                .fetch_add(FetchAddRequest { group, delta })
+                .fetch_add(FetchAddRequest {
+                    group,
+                    delta,
+                    session: s,
+                })
                 .await
                 .map(|r| r.into_inner().previous)
         })
         .await
     }
 
+    /// Adds `delta` to the counter (through this client's own session, one
+    /// write at a time); returns the value before.
+    pub async fn fetch_add(&self, delta: i64) -> Result<i64, ClientError> {
+        let mut s = self.session.lock().await;
+        self.fetch_add_in(&mut s, delta).await
+    }
+
     /// The counter's value (linearizable).
     pub async fn counter_get(&self) -> Result<i64, ClientError> {
-        self.call(Retry::Idempotent, |ch, group| async move {
+        self.counter_get_with(ReadConsistency::Linearizable).await
+    }
+
+    /// The counter's value with the given consistency (follower and stale
+    /// reads are answered by whichever member is asked).
+    pub async fn counter_get_with(&self, consistency: ReadConsistency) -> Result<i64, ClientError> {
+        self.read(consistency, |ch, group| async move {
             CounterClient::new(ch)
-                .get(CounterGetRequest { group })
+                .get(CounterGetRequest {
+                    group,
+                    consistency: consistency as i32,
+                })
                 .await
                 .map(|r| r.into_inner().value)
         })
         .await
     }
 
-    /// Sets `key`; returns the previous value.
-    pub async fn put(&self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+    /// Sets `key` through `session`; returns the previous value.
+    pub async fn put_in(
+        &self,
+        session: &mut Session,
+        key: Bytes,
+        value: Bytes,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let s = Self::next(session);
+        self.call(Retry::Idempotent, |ch, group| {
             let (key, value) = (key.clone(), value.clone());
             async move {
                 KvClient::new(ch)
-                    .put(PutRequest { group, key, value })
+                    .put(PutRequest {
+                        group,
+                        key,
+                        value,
+                        session: s,
+                    })
                     .await
                     .map(|r| r.into_inner().previous)
             }
@@ -282,13 +406,32 @@ impl ClusterClient {
         .await
     }
 
+    /// Sets `key`; returns the previous value.
+    pub async fn put(&self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, ClientError> {
+        let mut s = self.session.lock().await;
+        self.put_in(&mut s, key, value).await
+    }
+
     /// The value of `key` (linearizable).
     pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ClientError> {
-        self.call(Retry::Idempotent, |ch, group| {
+        self.get_with(key, ReadConsistency::Linearizable).await
+    }
+
+    /// The value of `key` with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: Bytes,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Bytes>, ClientError> {
+        self.read(consistency, |ch, group| {
             let key = key.clone();
             async move {
                 KvClient::new(ch)
-                    .get(GetRequest { group, key })
+                    .get(GetRequest {
+                        group,
+                        key,
+                        consistency: consistency as i32,
+                    })
                     .await
                     .map(|r| r.into_inner().value)
             }
@@ -298,11 +441,17 @@ impl ClusterClient {
 
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        let mut session = self.session.lock().await;
+        let s = Self::next(&mut session);
+        self.call(Retry::Idempotent, |ch, group| {
             let key = key.clone();
             async move {
                 KvClient::new(ch)
-                    .delete(DeleteRequest { group, key })
+                    .delete(DeleteRequest {
+                        group,
+                        key,
+                        session: s,
+                    })
                     .await
                     .map(|r| r.into_inner().deleted)
             }
@@ -318,7 +467,9 @@ impl ClusterClient {
         expected: Option<Bytes>,
         value: Bytes,
     ) -> Result<(bool, Option<Bytes>), ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        let mut session = self.session.lock().await;
+        let s = Self::next(&mut session);
+        self.call(Retry::Idempotent, |ch, group| {
             let (key, expected, value) = (key.clone(), expected.clone(), value.clone());
             async move {
                 KvClient::new(ch)
@@ -327,6 +478,7 @@ impl ClusterClient {
                         key,
                         expected,
                         value,
+                        session: s,
                     })
                     .await
                     .map(|r| {
@@ -345,7 +497,7 @@ impl ClusterClient {
         prefix: Bytes,
         limit: u32,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
-        self.call(Retry::Idempotent, |ch, group| {
+        self.read(ReadConsistency::Linearizable, |ch, group| {
             let prefix = prefix.clone();
             async move {
                 KvClient::new(ch)
@@ -353,6 +505,7 @@ impl ClusterClient {
                         group,
                         prefix,
                         limit,
+                        consistency: ReadConsistency::Linearizable as i32,
                     })
                     .await
                     .map(|r| {
@@ -365,6 +518,75 @@ impl ClusterClient {
             }
         })
         .await
+    }
+
+    /// A read: linearizable ones go to the leader; follower and stale ones
+    /// to the members in turn.
+    async fn read<T, F, Fut>(&self, consistency: ReadConsistency, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        match consistency {
+            ReadConsistency::Linearizable => self.call(Retry::Idempotent, call).await,
+            _ => self.call_any(call).await,
+        }
+    }
+
+    /// Sends `call` to members in turn (not only the leader) until one
+    /// answers, within the deadline.
+    pub async fn call_any<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::from("no member answered");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable(format!(
+                    "gave up after {:?}: {last}",
+                    self.timeout
+                )));
+            }
+            let addrs = self.addrs();
+            let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()].clone();
+            let ch = match self.channel(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    self.forget(&addr);
+                    sleep_until_or(deadline, Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, call(ch, self.group.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(status)) => match from_status(&status) {
+                    Some(e) if !e.is_retryable() => return Err(ClientError::Raft(e)),
+                    Some(e) => last = format!("{addr}: {e}"),
+                    None if status.code() == tonic::Code::Unavailable => {
+                        last = format!("{addr}: {}", status.message());
+                        self.forget(&addr);
+                    }
+                    None => {
+                        return Err(ClientError::Rpc {
+                            addr,
+                            code: status.code(),
+                            message: status.message().to_string(),
+                        })
+                    }
+                },
+                Err(_) => {
+                    return Err(ClientError::Unavailable(format!(
+                        "{addr}: no answer within {:?}",
+                        self.timeout
+                    )))
+                }
+            }
+            sleep_until_or(deadline, Duration::from_millis(20)).await;
+        }
     }
 
     /// Adds the replica at `addr` (learner, catch up, promote) through the leader.

@@ -88,6 +88,10 @@ pub struct NodeArgs {
     /// losing acknowledged writes on power loss).
     #[arg(long, env = "RAFTKIT_SYNC", default_value_t = true, action = ArgAction::Set, value_name = "true|false")]
     pub sync: bool,
+    /// How long an idle client session is remembered (ms); a client must not
+    /// retry one write for longer than this.
+    #[arg(long, env = "RAFTKIT_SESSION_IDLE_MS", default_value_t = crate::services::sessions::DEFAULT_IDLE_MS)]
+    pub session_idle_ms: u64,
     /// How linearizable reads are confirmed: read-index or lease.
     #[arg(long, env = "RAFTKIT_READ_MODE", default_value = "read-index", value_parser = parse_read_mode)]
     pub read_mode: ReadMode,
@@ -149,6 +153,7 @@ impl NodeArgs {
             snapshot_uri: self.snapshot_uri,
             sync: self.sync,
             read_mode: self.read_mode,
+            session_idle_ms: self.session_idle_ms,
         };
         config.validate()?;
         Ok(config)

@@ -68,6 +68,10 @@ pub enum RaftError {
     /// Another replica could not be reached.
     #[error("peer unreachable: {0}")]
     PeerUnreachable(String),
+    /// The client session of a write is no longer known, so whether an
+    /// earlier attempt of this write was applied cannot be told.
+    #[error("client session expired: {0}")]
+    SessionExpired(String),
 }
 
 impl RaftError {
@@ -117,6 +121,7 @@ impl RaftError {
             RaftError::Stopped(_) => "stopped",
             RaftError::ConfigurationChanged { .. } => "configuration_changed",
             RaftError::PeerUnreachable(_) => "peer_unreachable",
+            RaftError::SessionExpired(_) => "session_expired",
         }
     }
 }

@@ -106,6 +106,8 @@ pub struct ServerConfig {
     pub snapshot_uri: Option<String>,
     pub sync: bool,
     pub read_mode: ReadMode,
+    /// How long the state machines remember an idle client session (ms).
+    pub session_idle_ms: u64,
 }
 
 impl ServerConfig {
@@ -144,6 +146,7 @@ impl ServerConfig {
             ("initial_conf".into(), self.initial_conf.join(",")),
             ("sync".into(), self.sync.to_string()),
             ("read_mode".into(), format!("{:?}", self.read_mode)),
+            ("session_idle_ms".into(), self.session_idle_ms.to_string()),
             (
                 "snapshot_chunk_bytes".into(),
                 self.snapshot_chunk_bytes.to_string(),
@@ -256,6 +259,7 @@ impl Server {
         listen: SocketAddr,
         advertise: &str,
         fixed_flags: Vec<(String, String)>,
+        session_idle_ms: u64,
     ) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(listen)
             .await
@@ -280,8 +284,11 @@ impl Server {
             SnapshotInstallServer::new(SnapshotInstallService::new(manager.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .add_service(CounterServer::new(CounterService::new(counters.clone())))
-        .add_service(KvServer::new(KvService::new(kvs.clone())))
+        .add_service(CounterServer::new(CounterService::new(
+            counters.clone(),
+            session_idle_ms,
+        )))
+        .add_service(KvServer::new(KvService::new(kvs.clone(), session_idle_ms)))
         .into_axum_router();
         let app = grpc.merge(crate::http::router(crate::http::HttpState {
             manager: manager.clone(),
@@ -396,7 +403,13 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let advertise = config.advertised()?;
-    let server = Server::bind(config.listen, &advertise, config.fixed_flags()).await?;
+    let server = Server::bind(
+        config.listen,
+        &advertise,
+        config.fixed_flags(),
+        config.session_idle_ms,
+    )
+    .await?;
     tracing::info!(listen = %server.local_addr(), advertise = %advertise, "serving gRPC and HTTP");
     for (group, kind) in &config.groups {
         if let Err(e) = server.start_group(config.node_options(group)?, *kind).await {

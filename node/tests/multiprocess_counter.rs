@@ -28,7 +28,7 @@ struct History {
 
 async fn leader_of(client: &ClusterClient) -> Option<String> {
     for addr in client.addrs() {
-        if let Ok(gs) = client.member_status(addr).await {
+        if let Ok(gs) = client.member_status(&addr).await {
             if let Some(g) = gs.first() {
                 if g.role == "leader" {
                     return Some(addr.clone());

@@ -466,7 +466,7 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
     let c = client(cli, "")?;
     let mut rows: Vec<(String, Result<Vec<NodeStatusReply>, ClientError>)> = Vec::new();
     for addr in c.addrs() {
-        rows.push((addr.clone(), c.member_status(addr).await));
+        rows.push((addr.clone(), c.member_status(&addr).await));
     }
     let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
     match cli.output {

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{require_leader, to_status, GroupTable};
-use crate::error::RaftError;
+use super::sessions::{command_meta, rejection, Sessions};
+use super::{read_barrier, require_leader, to_status, GroupTable};
 use crate::pb::counter_server::Counter;
 use crate::pb::{
     CounterCommand, CounterGetReply, CounterGetRequest, CounterResult, FetchAddReply,
@@ -20,6 +20,7 @@ use crate::state_machine::{ApplyIter, SnapshotDone, StateMachine};
 use crate::storage::{SnapshotReader, SnapshotWriter};
 
 const SNAPSHOT_FILE: &str = "counter";
+const SESSIONS_FILE: &str = "sessions";
 
 /// The counter's value, shared by the state machine and the service.
 #[derive(Clone, Default, Debug)]
@@ -36,48 +37,74 @@ impl CounterState {
 /// The replicated counter.
 pub struct CounterFsm {
     state: CounterState,
+    sessions: Sessions,
 }
 
 impl CounterFsm {
     pub fn new(state: CounterState) -> Self {
-        CounterFsm { state }
+        CounterFsm {
+            state,
+            sessions: Sessions::default(),
+        }
     }
+}
+
+/// Adds `delta` (refusing overflow) and reports the value before.
+fn add(state: &CounterState, delta: i64) -> CounterResult {
+    let prev = state.get();
+    match prev.checked_add(delta) {
+        Some(next) => {
+            state.value.store(next, Ordering::Release);
+            CounterResult {
+                previous: prev,
+                ..Default::default()
+            }
+        }
+        None => CounterResult {
+            previous: prev,
+            error: format!("adding {delta} to {prev} overflows a 64-bit counter"),
+            error_kind: "overflow".into(),
+        },
+    }
+}
+
+fn encode(r: CounterResult) -> Bytes {
+    Bytes::from(r.encode_to_vec())
 }
 
 impl StateMachine for CounterFsm {
     fn on_apply(&mut self, entries: ApplyIter<'_>) {
         for e in entries {
-            let result = match CounterCommand::decode(e.data.as_ref()) {
+            let out = match CounterCommand::decode(e.data.as_ref()) {
                 Ok(cmd) => {
-                    let prev = self.state.get();
-                    match prev.checked_add(cmd.delta) {
-                        Some(next) => {
-                            self.state.value.store(next, Ordering::Release);
-                            CounterResult {
-                                previous: prev,
-                                error: String::new(),
-                            }
-                        }
-                        None => CounterResult {
-                            previous: prev,
-                            error: format!(
-                                "adding {} to {prev} overflows a 64-bit counter",
-                                cmd.delta
-                            ),
+                    let (sessions, state) = (&mut self.sessions, &self.state);
+                    sessions.run(
+                        cmd.meta.as_ref(),
+                        || encode(add(state, cmd.delta)),
+                        |kind, error| {
+                            encode(CounterResult {
+                                previous: state.get(),
+                                error,
+                                error_kind: kind.into(),
+                            })
                         },
-                    }
+                    )
                 }
-                Err(err) => CounterResult {
+                Err(err) => encode(CounterResult {
                     previous: self.state.get(),
                     error: format!("undecodable counter command: {err}"),
-                },
+                    error_kind: "invalid".into(),
+                }),
             };
-            e.respond(Ok(Bytes::from(result.encode_to_vec())));
+            e.respond(Ok(out));
         }
     }
 
     fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
-        match writer.write_file(SNAPSHOT_FILE, &self.state.get().to_le_bytes()) {
+        let result = writer
+            .write_file(SNAPSHOT_FILE, &self.state.get().to_le_bytes())
+            .and_then(|_| writer.write_file(SESSIONS_FILE, &self.sessions.encode()));
+        match result {
             Ok(()) => done.run(Ok(writer)),
             Err(e) => done.run(Err(e.to_string())),
         }
@@ -89,6 +116,11 @@ impl StateMachine for CounterFsm {
             .as_slice()
             .try_into()
             .map_err(|_| format!("counter snapshot has {} bytes, expected 8", data.len()))?;
+        self.sessions = if reader.has_file(SESSIONS_FILE) {
+            Sessions::decode(&reader.read_file(SESSIONS_FILE).map_err(|e| e.to_string())?)?
+        } else {
+            Sessions::default()
+        };
         self.state
             .value
             .store(i64::from_le_bytes(bytes), Ordering::Release);
@@ -99,11 +131,15 @@ impl StateMachine for CounterFsm {
 /// The Counter gRPC service.
 pub struct CounterService {
     groups: GroupTable<CounterState>,
+    session_idle_ms: u64,
 }
 
 impl CounterService {
-    pub fn new(groups: GroupTable<CounterState>) -> Self {
-        CounterService { groups }
+    pub fn new(groups: GroupTable<CounterState>, session_idle_ms: u64) -> Self {
+        CounterService {
+            groups,
+            session_idle_ms,
+        }
     }
 }
 
@@ -117,14 +153,15 @@ impl Counter for CounterService {
         let req = request.into_inner();
         let (node, _) = self.groups.get(&req.group)?;
         require_leader(&node)?;
-        let out = node
-            .propose(CounterCommand { delta: req.delta }.encode_to_vec())
-            .await
-            .map_err(to_status)?;
+        let cmd = CounterCommand {
+            delta: req.delta,
+            meta: Some(command_meta(req.session, self.session_idle_ms)),
+        };
+        let out = node.propose(cmd.encode_to_vec()).await.map_err(to_status)?;
         let result = CounterResult::decode(out.as_ref())
             .map_err(|e| Status::internal(format!("undecodable counter result: {e}")))?;
         if !result.error.is_empty() {
-            return Err(to_status(RaftError::StateMachine(result.error)));
+            return Err(to_status(rejection(&result.error_kind, result.error)));
         }
         Ok(Response::new(FetchAddReply {
             previous: result.previous,
@@ -138,8 +175,7 @@ impl Counter for CounterService {
     ) -> Result<Response<CounterGetReply>, Status> {
         let req = request.into_inner();
         let (node, state) = self.groups.get(&req.group)?;
-        require_leader(&node)?;
-        let read_index = node.read_index().await.map_err(to_status)?;
+        let read_index = read_barrier(&node, req.consistency()).await?;
         Ok(Response::new(CounterGetReply {
             value: state.get(),
             read_index,

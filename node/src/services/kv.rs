@@ -12,7 +12,8 @@ use parking_lot::RwLock;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{require_leader, to_status, GroupTable};
+use super::sessions::{command_meta, rejection, Sessions};
+use super::{read_barrier, require_leader, to_status, GroupTable};
 use crate::error::RaftError;
 use crate::pb::kv_command::Op;
 use crate::pb::kv_server::Kv;
@@ -33,6 +34,7 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 pub const MAX_SCAN_LIMIT: u32 = 100_000;
 
 const SNAPSHOT_FILE: &str = "kv";
+const SESSIONS_FILE: &str = "sessions";
 
 /// Checks a key; the error says what is wrong with it.
 pub fn check_key(key: &[u8]) -> Result<(), RaftError> {
@@ -100,70 +102,91 @@ impl KvState {
 /// The replicated KV state machine.
 pub struct KvFsm {
     state: KvState,
+    sessions: Sessions,
 }
 
 impl KvFsm {
     pub fn new(state: KvState) -> Self {
-        KvFsm { state }
+        KvFsm {
+            state,
+            sessions: Sessions::default(),
+        }
     }
 
-    fn execute(&self, data: &[u8]) -> KvResult {
-        let fail = |error: String| KvResult {
-            previous: None,
-            ok: false,
-            error,
-        };
+    /// Decodes and applies one command (at most once per client session).
+    fn execute(&mut self, data: &[u8]) -> KvResult {
         let cmd = match KvCommand::decode(data) {
             Ok(c) => c,
-            Err(e) => return fail(format!("undecodable kv command: {e}")),
+            Err(e) => return failure("invalid", format!("undecodable kv command: {e}")),
         };
-        let mut map = self.state.map.write();
-        match cmd.op {
-            Some(Op::Put(KvPut { key, value })) => {
-                if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
-                    return fail(e.to_string());
-                }
-                let previous = map.insert(key, value);
-                KvResult {
-                    previous,
-                    ok: true,
-                    error: String::new(),
-                }
+        let state = &self.state;
+        let out = self.sessions.run(
+            cmd.meta.as_ref(),
+            || Bytes::from(execute_op(state, cmd.op).encode_to_vec()),
+            |kind, error| Bytes::from(failure(kind, error).encode_to_vec()),
+        );
+        KvResult::decode(out.as_ref())
+            .unwrap_or_else(|e| failure("invalid", format!("undecodable stored result: {e}")))
+    }
+}
+
+fn failure(kind: &str, error: String) -> KvResult {
+    KvResult {
+        previous: None,
+        ok: false,
+        error,
+        error_kind: kind.to_string(),
+    }
+}
+
+/// Applies one operation to the map.
+fn execute_op(state: &KvState, op: Option<Op>) -> KvResult {
+    let mut map = state.map.write();
+    match op {
+        Some(Op::Put(KvPut { key, value })) => {
+            if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
+                return failure("invalid", e.to_string());
             }
-            Some(Op::Delete(KvDelete { key })) => {
-                let previous = map.remove(&key);
-                KvResult {
-                    ok: previous.is_some(),
-                    previous,
-                    error: String::new(),
-                }
+            let previous = map.insert(key, value);
+            KvResult {
+                previous,
+                ok: true,
+                ..Default::default()
             }
-            Some(Op::Cas(KvCas {
-                key,
-                expected,
-                value,
-            })) => {
-                if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
-                    return fail(e.to_string());
-                }
-                let current = map.get(&key).cloned();
-                if current == expected {
-                    map.insert(key, value);
-                    KvResult {
-                        previous: current,
-                        ok: true,
-                        error: String::new(),
-                    }
-                } else {
-                    KvResult {
-                        previous: current,
-                        ok: false,
-                        error: String::new(),
-                    }
-                }
-            }
-            None => fail("kv command without an operation".into()),
         }
+        Some(Op::Delete(KvDelete { key })) => {
+            let previous = map.remove(&key);
+            KvResult {
+                ok: previous.is_some(),
+                previous,
+                ..Default::default()
+            }
+        }
+        Some(Op::Cas(KvCas {
+            key,
+            expected,
+            value,
+        })) => {
+            if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
+                return failure("invalid", e.to_string());
+            }
+            let current = map.get(&key).cloned();
+            if current == expected {
+                map.insert(key, value);
+                KvResult {
+                    previous: current,
+                    ok: true,
+                    ..Default::default()
+                }
+            } else {
+                KvResult {
+                    previous: current,
+                    ok: false,
+                    ..Default::default()
+                }
+            }
+        }
+        None => failure("invalid", "kv command without an operation".into()),
     }
 }
 
@@ -179,6 +202,7 @@ impl StateMachine for KvFsm {
         // Copying the map is cheap (keys and values are reference counted);
         // the file is written on another thread while applying continues.
         let copy = self.state.map.read().clone();
+        let sessions = self.sessions.encode();
         std::thread::spawn(move || {
             let result = (|| -> Result<(), String> {
                 let mut f = writer
@@ -192,7 +216,10 @@ impl StateMachine for KvFsm {
                         .map_err(|e| e.to_string())?;
                     f.write_all(v).map_err(|e| e.to_string())?;
                 }
-                f.finish().map_err(|e| e.to_string())
+                f.finish().map_err(|e| e.to_string())?;
+                writer
+                    .write_file(SESSIONS_FILE, &sessions)
+                    .map_err(|e| e.to_string())
             })();
             match result {
                 Ok(()) => done.run(Ok(writer)),
@@ -230,6 +257,11 @@ impl StateMachine for KvFsm {
             let v = take(vl, &mut p)?;
             map.insert(k, v);
         }
+        self.sessions = if reader.has_file(SESSIONS_FILE) {
+            Sessions::decode(&reader.read_file(SESSIONS_FILE).map_err(|e| e.to_string())?)?
+        } else {
+            Sessions::default()
+        };
         *self.state.map.write() = map;
         Ok(())
     }
@@ -238,32 +270,45 @@ impl StateMachine for KvFsm {
 /// The KV gRPC service.
 pub struct KvService {
     groups: GroupTable<KvState>,
+    session_idle_ms: u64,
 }
 
 impl KvService {
-    pub fn new(groups: GroupTable<KvState>) -> Self {
-        KvService { groups }
+    pub fn new(groups: GroupTable<KvState>, session_idle_ms: u64) -> Self {
+        KvService {
+            groups,
+            session_idle_ms,
+        }
     }
 
-    async fn write(&self, group: &str, op: Op) -> Result<KvResult, Status> {
+    async fn write(
+        &self,
+        group: &str,
+        op: Op,
+        session: Option<crate::pb::ClientSession>,
+    ) -> Result<KvResult, Status> {
         let (node, _) = self.groups.get(group)?;
         require_leader(&node)?;
-        let out = node
-            .propose(KvCommand { op: Some(op) }.encode_to_vec())
-            .await
-            .map_err(to_status)?;
+        let cmd = KvCommand {
+            op: Some(op),
+            meta: Some(command_meta(session, self.session_idle_ms)),
+        };
+        let out = node.propose(cmd.encode_to_vec()).await.map_err(to_status)?;
         let result = KvResult::decode(out.as_ref())
             .map_err(|e| Status::internal(format!("undecodable kv result: {e}")))?;
         if !result.error.is_empty() {
-            return Err(to_status(RaftError::StateMachine(result.error)));
+            return Err(to_status(rejection(&result.error_kind, result.error)));
         }
         Ok(result)
     }
 
-    async fn read_barrier(&self, group: &str) -> Result<KvState, Status> {
+    async fn read(
+        &self,
+        group: &str,
+        consistency: crate::pb::ReadConsistency,
+    ) -> Result<KvState, Status> {
         let (node, state) = self.groups.get(group)?;
-        require_leader(&node)?;
-        node.read_index().await.map_err(to_status)?;
+        read_barrier(&node, consistency).await?;
         Ok(state)
     }
 }
@@ -287,6 +332,7 @@ impl Kv for KvService {
                     key: r.key,
                     value: r.value,
                 }),
+                r.session,
             )
             .await?;
         Ok(Response::new(PutReply {
@@ -298,7 +344,7 @@ impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let r = request.into_inner();
         check_key(&r.key).map_err(invalid)?;
-        let state = self.read_barrier(&r.group).await?;
+        let state = self.read(&r.group, r.consistency()).await?;
         Ok(Response::new(GetReply {
             value: state.get(&r.key),
         }))
@@ -312,7 +358,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         check_key(&r.key).map_err(invalid)?;
         let out = self
-            .write(&r.group, Op::Delete(KvDelete { key: r.key }))
+            .write(&r.group, Op::Delete(KvDelete { key: r.key }), r.session)
             .await?;
         Ok(Response::new(DeleteReply { deleted: out.ok }))
     }
@@ -334,6 +380,7 @@ impl Kv for KvService {
                     expected: r.expected,
                     value: r.value,
                 }),
+                r.session,
             )
             .await?;
         Ok(Response::new(CasReply {
@@ -360,7 +407,7 @@ impl Kv for KvService {
             }
             n => n,
         };
-        let state = self.read_barrier(&r.group).await?;
+        let state = self.read(&r.group, r.consistency()).await?;
         let (items, more) = state.scan(&r.prefix, limit as usize);
         Ok(Response::new(ScanReply {
             items: items
@@ -376,13 +423,19 @@ impl Kv for KvService {
 mod tests {
     use super::*;
 
-    fn apply(fsm: &KvFsm, op: Op) -> KvResult {
-        fsm.execute(&KvCommand { op: Some(op) }.encode_to_vec())
+    fn apply(fsm: &mut KvFsm, op: Op) -> KvResult {
+        fsm.execute(
+            &KvCommand {
+                op: Some(op),
+                meta: None,
+            }
+            .encode_to_vec(),
+        )
     }
 
     #[test]
     fn commands_behave_like_a_map() {
-        let fsm = KvFsm::new(KvState::default());
+        let mut fsm = KvFsm::new(KvState::default());
         let k = Bytes::from_static(b"k");
         let put = |v: &'static [u8]| {
             Op::Put(KvPut {
@@ -390,9 +443,9 @@ mod tests {
                 value: Bytes::from_static(v),
             })
         };
-        assert_eq!(apply(&fsm, put(b"1")).previous, None);
+        assert_eq!(apply(&mut fsm, put(b"1")).previous, None);
         assert_eq!(
-            apply(&fsm, put(b"2")).previous,
+            apply(&mut fsm, put(b"2")).previous,
             Some(Bytes::from_static(b"1"))
         );
         let cas = |e: Option<&'static [u8]>, v: &'static [u8]| {
@@ -402,18 +455,18 @@ mod tests {
                 value: Bytes::from_static(v),
             })
         };
-        let r = apply(&fsm, cas(Some(b"1"), b"3"));
+        let r = apply(&mut fsm, cas(Some(b"1"), b"3"));
         assert!(!r.ok);
         assert_eq!(r.previous, Some(Bytes::from_static(b"2")));
-        assert!(apply(&fsm, cas(Some(b"2"), b"3")).ok);
+        assert!(apply(&mut fsm, cas(Some(b"2"), b"3")).ok);
         assert!(
-            !apply(&fsm, cas(None, b"4")).ok,
+            !apply(&mut fsm, cas(None, b"4")).ok,
             "absent-cas on an existing key fails"
         );
-        assert!(apply(&fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
-        assert!(!apply(&fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
+        assert!(apply(&mut fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
+        assert!(!apply(&mut fsm, Op::Delete(KvDelete { key: k.clone() })).ok);
         assert!(
-            apply(&fsm, cas(None, b"5")).ok,
+            apply(&mut fsm, cas(None, b"5")).ok,
             "absent-cas on a missing key succeeds"
         );
         assert_eq!(fsm.state.get(b"k"), Some(Bytes::from_static(b"5")));
@@ -421,10 +474,10 @@ mod tests {
 
     #[test]
     fn bad_commands_fail_deterministically_without_changing_state() {
-        let fsm = KvFsm::new(KvState::default());
+        let mut fsm = KvFsm::new(KvState::default());
         assert!(!fsm.execute(b"\xff\xff garbage").error.is_empty());
         let r = apply(
-            &fsm,
+            &mut fsm,
             Op::Put(KvPut {
                 key: Bytes::new(),
                 value: Bytes::new(),
@@ -443,7 +496,7 @@ mod tests {
         for i in 0..500u32 {
             let key = Bytes::from(format!("key/{i:04}"));
             apply(
-                &fsm,
+                &mut fsm,
                 Op::Put(KvPut {
                     key,
                     value: Bytes::from(vec![i as u8; (i % 7) as usize]),
@@ -451,7 +504,7 @@ mod tests {
             );
         }
         apply(
-            &fsm,
+            &mut fsm,
             Op::Delete(KvDelete {
                 key: Bytes::from_static(b"key/0007"),
             }),

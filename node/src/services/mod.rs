@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod counter;
 pub mod kv;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub fn to_status(err: RaftError) -> Status {
         RaftError::Storage(_) | RaftError::Stopped(_) => Code::Internal,
         RaftError::ConfigurationChanged { .. } => Code::Aborted,
         RaftError::PeerUnreachable(_) => Code::Unavailable,
+        RaftError::SessionExpired(_) => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, err.to_string());
     let md = status.metadata_mut();
@@ -112,6 +114,7 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "storage" => inner(RaftError::Storage),
         "state_machine" => inner(RaftError::StateMachine),
         "peer_unreachable" => inner(RaftError::PeerUnreachable),
+        "session_expired" => inner(RaftError::SessionExpired),
         "configuration_changed" => RaftError::ConfigurationChanged { expected, current },
         _ => inner(RaftError::Stopped),
     })
@@ -186,6 +189,23 @@ impl<S: Clone> GroupTable<S> {
                 self.kind
             ))
         })
+    }
+}
+
+/// Waits as `consistency` requires before a read answers from local state;
+/// returns the read index (0 for stale reads).
+pub async fn read_barrier(
+    node: &Node,
+    consistency: crate::pb::ReadConsistency,
+) -> Result<u64, Status> {
+    use crate::pb::ReadConsistency;
+    match consistency {
+        ReadConsistency::Linearizable => {
+            require_leader(node)?;
+            node.read_index().await.map_err(to_status)
+        }
+        ReadConsistency::Follower => node.read_index().await.map_err(to_status),
+        ReadConsistency::Stale => Ok(0),
     }
 }
 
