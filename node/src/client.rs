@@ -46,6 +46,20 @@ impl Session {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// The sequence number the next write will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Continues a session saved elsewhere (for example by a client that
+    /// restarted): the next write carries `next_seq`.
+    pub fn resume(id: u64, next_seq: u64) -> Session {
+        Session {
+            id,
+            next_seq: next_seq.max(1),
+        }
+    }
 }
 
 /// Why a client call failed.
@@ -297,10 +311,11 @@ impl ClusterClient {
                     self.next.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(e) => return Err(ClientError::Raft(e)),
-                None if status.code() == tonic::Code::Unavailable && retry == Retry::Idempotent => {
+                None if is_transport_failure(&status) && retry == Retry::Idempotent => {
                     last = format!("{addr}: {}", status.message());
                     self.forget(&addr);
                     self.next.fetch_add(1, Ordering::Relaxed);
+                    self.refresh_members().await;
                 }
                 None => {
                     self.forget(&addr);
@@ -566,7 +581,7 @@ impl ClusterClient {
                 Ok(Err(status)) => match from_status(&status) {
                     Some(e) if !e.is_retryable() => return Err(ClientError::Raft(e)),
                     Some(e) => last = format!("{addr}: {e}"),
-                    None if status.code() == tonic::Code::Unavailable => {
+                    None if is_transport_failure(&status) => {
                         last = format!("{addr}: {}", status.message());
                         self.forget(&addr);
                     }
@@ -806,6 +821,15 @@ impl ClusterClient {
             }
         }
     }
+}
+
+/// A status that came from the connection, not from a RaftKit node: the
+/// member may be down, and for a write the outcome is unknown.
+fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && from_status(status).is_none()
 }
 
 async fn sleep_until_or(deadline: Instant, d: Duration) {

@@ -2,23 +2,27 @@
 //! make the process abort, return an injected error, or pause.
 //!
 //! Configured once from the environment variable `RAFTKIT_FAILPOINTS`, as
-//! `name=action;name=action`, where an action is `abort`, `error` or
-//! `sleep(MS)`. Unset (the normal case), a failpoint costs one atomic load.
+//! `name=action;name=action`, where an action is `abort`, `error`,
+//! `error(P)` (with probability P) or `sleep(MS)`. Unset (the normal case),
+//! a failpoint costs one atomic load.
 //!
 //! Failpoints: `snapshot_before_publish` (snapshot files and meta written,
-//! directory not yet renamed into place), `snapshot_after_publish`.
+//! directory not yet renamed into place), `snapshot_after_publish`,
+//! `reply_after_apply` (a write was applied but its reply is lost, as if the
+//! connection broke).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What a failpoint does when reached.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Kill the process on the spot (like a power cut for the data).
     Abort,
-    /// Make the operation fail with an injected error.
-    Error,
+    /// Make the operation fail with an injected error, every time or with
+    /// the given probability.
+    Error(f64),
     /// Pause for this long, then continue.
     Sleep(Duration),
 }
@@ -32,18 +36,21 @@ fn parse(spec: &str) -> HashMap<String, Action> {
         };
         let action = match action.trim() {
             "abort" => Action::Abort,
-            "error" => Action::Error,
-            a => match a
-                .strip_prefix("sleep(")
-                .and_then(|r| r.strip_suffix(')'))
-                .and_then(|ms| ms.parse().ok())
-            {
-                Some(ms) => Action::Sleep(Duration::from_millis(ms)),
-                None => {
+            "error" => Action::Error(1.0),
+            a => {
+                let arg = |prefix: &str| a.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
+                if let Some(ms) = arg("sleep(").and_then(|ms| ms.parse().ok()) {
+                    Action::Sleep(Duration::from_millis(ms))
+                } else if let Some(p) = arg("error(")
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .filter(|p| (0.0..=1.0).contains(p))
+                {
+                    Action::Error(p)
+                } else {
                     eprintln!("RAFTKIT_FAILPOINTS: unknown action {a:?} for {name}");
                     continue;
                 }
-            },
+            }
         };
         out.insert(name.trim().to_string(), action);
     }
@@ -72,7 +79,10 @@ pub fn hit(name: &str) -> Result<(), String> {
             eprintln!("failpoint {name}: aborting the process");
             std::process::abort();
         }
-        Some(Action::Error) => Err(format!("failpoint {name}: injected error")),
+        Some(Action::Error(p)) if *p >= 1.0 || rand::random::<f64>() < *p => {
+            Err(format!("failpoint {name}: injected error"))
+        }
+        Some(Action::Error(_)) => Ok(()),
         Some(Action::Sleep(d)) => {
             std::thread::sleep(*d);
             Ok(())
@@ -86,10 +96,11 @@ mod tests {
 
     #[test]
     fn parses_actions() {
-        let t = parse("a=abort; b=error;c=sleep(25);bad;d=explode");
+        let t = parse("a=abort; b=error;c=sleep(25);bad;d=explode;e=error(0.25);f=error(7)");
         assert_eq!(t.get("a"), Some(&Action::Abort));
-        assert_eq!(t.get("b"), Some(&Action::Error));
+        assert_eq!(t.get("b"), Some(&Action::Error(1.0)));
         assert_eq!(t.get("c"), Some(&Action::Sleep(Duration::from_millis(25))));
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.get("e"), Some(&Action::Error(0.25)));
+        assert_eq!(t.len(), 4);
     }
 }

@@ -44,6 +44,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How a read is answered.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadArg {
+    Linearizable,
+    Follower,
+    Stale,
+}
+
+impl From<ReadArg> for crate::pb::ReadConsistency {
+    fn from(r: ReadArg) -> Self {
+        match r {
+            ReadArg::Linearizable => crate::pb::ReadConsistency::Linearizable,
+            ReadArg::Follower => crate::pb::ReadConsistency::Follower,
+            ReadArg::Stale => crate::pb::ReadConsistency::Stale,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
@@ -128,16 +146,25 @@ pub enum CounterCmd {
         #[arg(allow_negative_numbers = true)]
         delta: i64,
     },
-    /// Print the value (linearizable read).
-    Get,
+    /// Print the value (a linearizable read unless --read says otherwise).
+    Get {
+        #[arg(long, value_enum, default_value = "linearizable")]
+        read: ReadArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KvCmd {
     /// Set KEY to VALUE.
     Put { key: String, value: String },
-    /// Print the value of KEY (linearizable read); exits 1 if it is absent.
-    Get { key: String },
+    /// Print the value of KEY; exits 1 if it is absent.
+    Get {
+        key: String,
+        /// linearizable (through the leader), follower (ReadIndex, answered
+        /// by the member asked) or stale (local state, may be old).
+        #[arg(long, value_enum, default_value = "linearizable")]
+        read: ReadArg,
+    },
     /// Remove KEY.
     Delete { key: String },
     /// Set KEY to NEW only if its value is OLD (--expected) or it is absent (--absent).
@@ -325,8 +352,8 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                     let prev = c.fetch_add(*delta).await?;
                     emit(cli, prev.to_string(), json!({ "previous": prev }));
                 }
-                CounterCmd::Get => {
-                    let v = c.counter_get().await?;
+                CounterCmd::Get { read } => {
+                    let v = c.counter_get_with((*read).into()).await?;
                     emit(cli, v.to_string(), json!({ "value": v }));
                 }
             }
@@ -345,18 +372,20 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                         json!({ "key": key, "previous": prev.as_ref().map(text) }),
                     );
                 }
-                KvCmd::Get { key } => match c.get(Bytes::from(key.clone())).await? {
-                    Some(v) => emit(cli, text(&v), json!({ "key": key, "value": text(&v) })),
-                    None if cli.output == Output::Json => {
-                        emit(cli, String::new(), json!({ "key": key, "value": null }))
+                KvCmd::Get { key, read } => {
+                    match c.get_with(Bytes::from(key.clone()), (*read).into()).await? {
+                        Some(v) => emit(cli, text(&v), json!({ "key": key, "value": text(&v) })),
+                        None if cli.output == Output::Json => {
+                            emit(cli, String::new(), json!({ "key": key, "value": null }))
+                        }
+                        None => {
+                            return Err(CliError {
+                                message: format!("key {key:?} not found"),
+                                code: 1,
+                            })
+                        }
                     }
-                    None => {
-                        return Err(CliError {
-                            message: format!("key {key:?} not found"),
-                            code: 1,
-                        })
-                    }
-                },
+                }
                 KvCmd::Delete { key } => {
                     let deleted = c.delete(Bytes::from(key.clone())).await?;
                     emit(

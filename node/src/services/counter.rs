@@ -10,7 +10,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::sessions::{command_meta, rejection, Sessions};
-use super::{read_barrier, require_leader, to_status, GroupTable};
+use super::{lose_reply, read_barrier, require_leader, to_status, GroupTable};
 use crate::pb::counter_server::Counter;
 use crate::pb::{
     CounterCommand, CounterGetReply, CounterGetRequest, CounterResult, FetchAddReply,
@@ -163,6 +163,7 @@ impl Counter for CounterService {
         if !result.error.is_empty() {
             return Err(to_status(rejection(&result.error_kind, result.error)));
         }
+        lose_reply()?;
         Ok(Response::new(FetchAddReply {
             previous: result.previous,
         }))

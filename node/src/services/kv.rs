@@ -299,6 +299,7 @@ impl KvService {
         if !result.error.is_empty() {
             return Err(to_status(rejection(&result.error_kind, result.error)));
         }
+        super::lose_reply()?;
         Ok(result)
     }
 

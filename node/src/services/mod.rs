@@ -209,6 +209,12 @@ pub async fn read_barrier(
     }
 }
 
+/// The `reply_after_apply` failpoint: the write was applied, but the reply
+/// is lost the way a broken connection loses it (no RaftKit error metadata).
+pub fn lose_reply() -> Result<(), Status> {
+    crate::failpoint::hit("reply_after_apply").map_err(Status::unavailable)
+}
+
 /// Fails with a redirect unless `node` leads (the services' reads and
 /// writes go to the leader, as in braft's Counter).
 pub fn require_leader(node: &Node) -> Result<(), Status> {

@@ -32,6 +32,29 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `raftkit-node` at `addr` with `extra` flags and environment.
+    pub fn start_with_env(
+        addr: &str,
+        data_dir: &Path,
+        log_dir: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut p = Proc {
+            addr: addr.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            log: log_dir.join(format!("{}.log", addr.replace(':', "_"))),
+            args: extra.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
     /// Starts `raftkit-node` at `addr` with `extra` flags.
     pub fn start(addr: &str, data_dir: &Path, log_dir: &Path, extra: &[String]) -> Proc {
         let mut p = Proc {

@@ -1,0 +1,275 @@
+//! The client library against real processes: exactly-once writes when
+//! replies are lost, sessions surviving snapshot install and restart,
+//! follower reads, and finding a new leader after the old one dies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::procs::{free_ports, raft_stat, wait_http_ok, Proc};
+use nix::sys::signal::Signal;
+use raftkit_node::client::{ClusterClient, Session};
+use raftkit_node::pb::ReadConsistency;
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    addrs: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+async fn start(extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = free_ports(3)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut args = vec![
+        "--initial-conf".to_string(),
+        addrs.join(","),
+        "--election-timeout-ms".into(),
+        "1000".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut procs = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut p =
+            Proc::start_with_env(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args, env);
+        p.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        procs.push(p);
+    }
+    for p in &procs {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{}",
+            p.log_tail(20)
+        );
+    }
+    Cluster {
+        _tmp: tmp,
+        addrs,
+        procs,
+    }
+}
+
+async fn leader(c: &Cluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, a) in c.addrs.iter().enumerate() {
+            if let Some(v) = raft_stat(a).await {
+                if v[0]["role"] == "leader" {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop_all(c: &mut Cluster) {
+    for p in c.procs.iter_mut() {
+        p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
+    // A third of the writes are applied but their reply is lost.
+    let mut c = start(
+        &[],
+        &[("RAFTKIT_FAILPOINTS", "reply_after_apply=error(0.33)")],
+    )
+    .await;
+    let client = std::sync::Arc::new(
+        ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(20)).unwrap(),
+    );
+    let (workers, per_worker) = (4, 60);
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            let mut session = client.session();
+            let mut answers = Vec::new();
+            for _ in 0..per_worker {
+                answers.push(
+                    client
+                        .fetch_add_in(&mut session, 1)
+                        .await
+                        .expect("a retried write succeeds"),
+                );
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.extend(h.await.unwrap());
+    }
+    let total = (workers * per_worker) as i64;
+    // Each logical increment got one answer, and no two saw the same value.
+    assert_eq!(answers.len() as i64, total);
+    let distinct: HashSet<i64> = answers.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        answers.len(),
+        "two increments got the same answer"
+    );
+    // The counter equals the number of logical increments: none applied twice.
+    assert_eq!(client.counter_get().await.unwrap(), total);
+    let mut seen: Vec<i64> = answers;
+    seen.sort_unstable();
+    assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    stop_all(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_snapshot_install_and_restart() {
+    let mut c = start(
+        &[
+            "--snapshot-interval-s",
+            "0",
+            "--snapshot-log-gap",
+            "0",
+            "--snapshot-margin",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    let client = ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(10)).unwrap();
+    let l = leader(&c).await;
+    let f = (l + 1) % 3;
+    c.procs[f]
+        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(10))
+        .expect("stop follower");
+    let mut session = client.session();
+    let mut last = 0;
+    for _ in 0..20 {
+        last = client.fetch_add_in(&mut session, 10).await.unwrap();
+    }
+    // Snapshot and compact everything on the live members: the stopped
+    // follower can only catch up by snapshot install.
+    for i in (0..3).filter(|i| *i != f) {
+        let r = client.member_snapshot(&c.addrs[i]).await.unwrap();
+        assert!(r.iter().all(|g| g.error.is_empty()), "{r:?}");
+    }
+    c.procs[f].restart();
+    assert!(
+        wait_http_ok(&c.addrs[f], "/readyz", Duration::from_secs(30)).await,
+        "{}",
+        c.procs[f].log_tail(20)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = raft_stat(&c.addrs[f]).await.unwrap();
+        let installs = v[0]["snapshot"]["receive"]["installs"]
+            .as_u64()
+            .unwrap_or(0);
+        let leader_applied = raft_stat(&c.addrs[l]).await.unwrap()[0]["applied_index"]
+            .as_u64()
+            .unwrap_or(0);
+        if installs >= 1 && v[0]["applied_index"].as_u64().unwrap_or(0) >= leader_applied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not catch up by snapshot: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The installed follower now leads; a retry of the last write must be
+    // answered from the session table it got in the snapshot.
+    let leader_client =
+        ClusterClient::new(vec![c.addrs[l].clone()], "counter", Duration::from_secs(10)).unwrap();
+    leader_client
+        .transfer_leader(&c.addrs[f])
+        .await
+        .expect("transfer to the installed follower");
+    let mut retry = Session::resume(session.id(), session.next_seq() - 1);
+    assert_eq!(
+        client.fetch_add_in(&mut retry, 10).await.unwrap(),
+        last,
+        "retry was applied again after install"
+    );
+    assert_eq!(client.counter_get().await.unwrap(), 200);
+    // And after every member restarts.
+    for p in c.procs.iter_mut() {
+        p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10))
+            .expect("stop");
+    }
+    for p in c.procs.iter_mut() {
+        p.restart();
+    }
+    for a in &c.addrs {
+        assert!(wait_http_ok(a, "/readyz", Duration::from_secs(30)).await);
+    }
+    let mut retry = Session::resume(session.id(), session.next_seq() - 1);
+    assert_eq!(
+        client.fetch_add_in(&mut retry, 10).await.unwrap(),
+        last,
+        "retry was applied again after restart"
+    );
+    assert_eq!(client.counter_get().await.unwrap(), 200);
+    stop_all(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_see_every_write_acknowledged_before_them() {
+    let mut c = start(&[], &[]).await;
+    let client = ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(10)).unwrap();
+    let l = leader(&c).await;
+    let followers: Vec<ClusterClient> = (0..3)
+        .filter(|i| *i != l)
+        .map(|i| {
+            ClusterClient::new(vec![c.addrs[i].clone()], "counter", Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect();
+    for i in 1..=50 {
+        client.fetch_add(1).await.unwrap();
+        for f in &followers {
+            let v = f
+                .counter_get_with(ReadConsistency::Follower)
+                .await
+                .expect("follower read");
+            assert!(
+                v >= i,
+                "a follower read returned {v} after write {i} was acknowledged"
+            );
+        }
+    }
+    // Stale reads are served locally, without the leader.
+    let v = followers[0]
+        .counter_get_with(ReadConsistency::Stale)
+        .await
+        .unwrap();
+    assert!(v <= 50);
+    stop_all(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_finds_a_new_leader_within_its_deadline_after_the_old_one_dies() {
+    let mut c = start(&[], &[]).await;
+    // The client starts knowing only two members; it learns the third.
+    let client =
+        ClusterClient::new(c.addrs[..2].to_vec(), "counter", Duration::from_secs(10)).unwrap();
+    client.fetch_add(1).await.unwrap();
+    let l = leader(&c).await;
+    c.procs[l].kill9();
+    let started = Instant::now();
+    client
+        .fetch_add(1)
+        .await
+        .expect("the write finds the new leader");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let new_leader = client.cached_leader().expect("a cached leader");
+    assert_ne!(new_leader, c.addrs[l]);
+    assert_eq!(client.counter_get().await.unwrap(), 2);
+    stop_all(&mut c).await;
+}
