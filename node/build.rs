@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
         .bytes(".raftkit.v1")
-        .compile_protos(&["proto/raftkit.proto"], &["proto"])?;
+        .bytes(".etcdserverpb")
+        .build_server(true)
+        .compile_protos(&["proto/raftkit.proto", "proto/etcd_kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/raftkit.proto");
+    println!("cargo:rerun-if-changed=proto/etcd_kv.proto");
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! Start with [`node::Node`], [`state_machine::StateMachine`] and
 //! [`options::NodeOptions`]; `docs/architecture.md` maps every file.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod closure;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod failpoint;
 pub(crate) mod fsm_caller;
 pub mod http;
+pub(crate) mod io_worker;
 pub mod logging;
 pub mod membership;
 pub mod metrics;
@@ -40,6 +42,12 @@ pub mod snapshot_install;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+
+/// etcd's v3 KV API, as much as the benchmark uses (`proto/etcd_kv.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
 
 /// Generated gRPC types and services (`proto/raftkit.proto`).
 #[allow(clippy::all, missing_docs)]

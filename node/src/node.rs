@@ -25,12 +25,14 @@ use tokio::sync::{oneshot, watch};
 use crate::closure::{ApplyResult, Done, Task};
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::FsmCaller;
+use crate::io_worker::IoWorker;
 use crate::membership::{ConfChangeRequest, Membership, PeerIdentity};
 use crate::options::{NodeOptions, ReadMode, ELECTION_TICKS};
 use crate::raft_loop::{RaftLoop, RaftMsg};
 use crate::raft_store::RaftStore;
 use crate::snapshot_install::{Chunk, PeerInstall, ReceiveStats, Throttle};
 use crate::state_machine::{Configuration, StateMachine};
+use crate::storage::log_cache::LogCache;
 use crate::storage::snapshot::IncomingSnapshot;
 use crate::storage::{self, SnapshotMeta, SnapshotStorage};
 use crate::transport::Transport;
@@ -312,8 +314,19 @@ impl Node {
         };
         let ready_floor = hs.commit.max(meta.applied.min(last_index));
 
+        // raft-rs reads an in-memory view; the I/O thread owns the log itself.
+        let mut cache = LogCache::new(
+            log.first_index(),
+            log.term(log.first_index() - 1).unwrap_or(snap_meta.term),
+        );
+        if last_index >= log.first_index() {
+            cache.push(&log.entries(log.first_index(), last_index + 1, None)?);
+        }
+        let metrics = Arc::new(crate::metrics::NodeMetrics::default());
+        let (raft_tx, raft_rx) = chan::unbounded();
+        let io = IoWorker::start(&opts.group, log, raft_tx.clone(), metrics.clone())?;
         let store = RaftStore {
-            log,
+            log: cache,
             snapshot_index: snap_meta.index,
             snapshot_term: snap_meta.term,
             latest: (snap_meta.index > 0).then(|| snap_meta.clone()),
@@ -336,6 +349,10 @@ impl Node {
             max_uncommitted_size: opts.max_uncommitted_bytes,
             max_committed_size_per_ready: opts.max_apply_batch_bytes,
             batch_append: true,
+            // A commit advance rides on the next append or heartbeat instead
+            // of costing a message per follower (raft-rs still broadcasts
+            // while a configuration change is pending).
+            skip_bcast_commit: true,
             ..Default::default()
         };
         cfg.validate()
@@ -361,7 +378,7 @@ impl Node {
             error: RwLock::new(None),
             ready_floor,
             pending_proposals: std::sync::atomic::AtomicUsize::new(0),
-            metrics: Arc::default(),
+            metrics,
             live: RwLock::new(crate::options::LiveOptions::from_options(&opts)),
             snapshot: RwLock::new(SnapshotView {
                 last_index: snap_meta.index,
@@ -371,7 +388,6 @@ impl Node {
             }),
         });
 
-        let (raft_tx, raft_rx) = chan::unbounded();
         let (apply_tx, apply_rx) = chan::unbounded();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let stopped_tx = Arc::new(stopped_tx);
@@ -449,6 +465,7 @@ impl Node {
             cfg.clone(),
             logger.clone(),
             snap_meta.conf_index,
+            io,
         );
         let raft_guard = stopped_tx;
         let raft_shared = shared.clone();

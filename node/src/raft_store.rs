@@ -1,6 +1,7 @@
-//! [`RaftStore`]: raft-rs's `Storage` over our [`LogStorage`] plus the
-//! snapshot position. Owned by the group's raft thread (inside the
-//! `RawNode`); only that thread touches it.
+//! [`RaftStore`]: raft-rs's `Storage` over the in-memory view of the log
+//! plus the snapshot position. Owned by the group's raft thread (inside the
+//! `RawNode`); only that thread touches it. The durable log belongs to the
+//! I/O thread (`io_worker.rs`).
 
 use std::cell::Cell;
 
@@ -8,10 +9,13 @@ use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::error::StorageError;
-use crate::storage::{LogStorage, SnapshotMeta};
+use crate::storage::log_cache::LogCache;
+use crate::storage::SnapshotMeta;
 
 pub(crate) struct RaftStore {
-    pub log: Box<dyn LogStorage>,
+    /// The log as raft-rs sees it: every entry handed to the I/O thread,
+    /// in memory (the I/O thread owns the durable copy).
+    pub log: LogCache,
     /// Index and term of the newest snapshot (0, 0 when there is none).
     pub snapshot_index: u64,
     pub snapshot_term: u64,

@@ -303,6 +303,11 @@ impl Server {
             // Raft streams from peers never end on their own: give
             // connections a grace period, then stop regardless.
             let (grace_tx, grace_rx) = oneshot::channel::<()>();
+            // Small replies must not wait for Nagle's algorithm.
+            let listener =
+                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                    let _ = tcp.set_nodelay(true);
+                });
             let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
                 stop.await;
                 let _ = grace_tx.send(());

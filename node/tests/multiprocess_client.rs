@@ -167,7 +167,12 @@ async fn sessions_survive_snapshot_install_and_restart() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = raft_stat(&c.addrs[f]).await.unwrap();
+        let Some(v) = raft_stat(&c.addrs[f]).await else {
+            panic!(
+                "the restarted follower does not answer /raft_stat:\n{}",
+                c.procs[f].log_tail(30)
+            );
+        };
         let installs = v[0]["snapshot"]["receive"]["installs"]
             .as_u64()
             .unwrap_or(0);

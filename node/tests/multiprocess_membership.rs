@@ -187,7 +187,23 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for gone in [&addrs[1], &addrs[2]] {
         let (ok, out, err) = raftkit(&addrs, &["remove-peer", gone]);
-        assert!(ok, "remove-peer {gone}: {err}");
+        if !ok {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| {
+                    format!(
+                        "== {}\n{}",
+                        p.addr,
+                        p.log_tail(400)
+                            .lines()
+                            .filter(|l| l.contains("panicked") || l.contains(".rs:"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+                .collect();
+            panic!("remove-peer {gone}: {err}\n{}", logs.join("\n"));
+        }
         assert!(out.starts_with(&format!("removed {gone}")), "{out}");
         expected.retain(|a| a != gone);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -134,9 +134,40 @@ pub enum Command {
     },
     /// Start a local cluster of real node processes; Ctrl-C stops it.
     Playground(playground::PlaygroundArgs),
+    /// Load generator for RaftKit (or etcd, with --system etcd): ops/s and
+    /// latency percentiles. Targets --cluster.
+    Bench(BenchArgs),
     /// Run a node server (same flags as raftkit-node).
     #[command(hide = true)]
     Node(Box<NodeArgs>),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "raftkit")]
+    pub system: crate::bench::BenchSystem,
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: crate::bench::BenchOp,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration_s: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_s: f64,
+    /// Target operations per second over all clients (open loop, latency
+    /// counted from each operation's due time); 0: closed loop.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -446,11 +477,90 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Bench(b) => bench(cli, b).await,
         Command::Playground(_) | Command::Node(_) => Err(CliError {
             message: "not a client command".into(),
             code: 2,
         }),
     }
+}
+
+async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
+    use crate::bench::{self, BenchConfig, BenchOp, BenchSystem};
+    let bad = |m: String| CliError {
+        message: m,
+        code: 2,
+    };
+    if b.clients == 0 || b.clients > 10_000 {
+        return Err(bad(format!("--clients {} is outside 1..=10000", b.clients)));
+    }
+    if b.duration_s.is_nan() || b.duration_s <= 0.0 || b.warmup_s.is_nan() || b.warmup_s < 0.0 {
+        return Err(bad(
+            "--duration-s must be positive and --warmup-s not negative".into(),
+        ));
+    }
+    if b.key_size == 0
+        || b.key_size > crate::services::kv::MAX_KEY_BYTES
+        || b.value_size > crate::services::kv::MAX_VALUE_BYTES
+    {
+        return Err(bad(
+            "key size must be 1..=4096 and value size at most 1 MiB".into(),
+        ));
+    }
+    let cfg = BenchConfig {
+        system: b.system,
+        op: b.op,
+        clients: b.clients,
+        duration: Duration::from_secs_f64(b.duration_s),
+        warmup: Duration::from_secs_f64(b.warmup_s),
+        rate: b.rate,
+        key_size: b.key_size,
+        value_size: b.value_size,
+        key_space: b.key_space.max(1),
+    };
+    let (summary, first_error) = match b.system {
+        BenchSystem::Raftkit => {
+            let group = cli.group.clone().unwrap_or_else(|| {
+                if b.op == BenchOp::FetchAdd {
+                    "counter".into()
+                } else {
+                    "kv".into()
+                }
+            });
+            let op = bench::RaftKitOp::new(&cfg, &cli.cluster, &group).map_err(bad)?;
+            bench::run(&cfg, std::sync::Arc::new(op)).await
+        }
+        BenchSystem::Etcd => {
+            let op = bench::EtcdOp::new(&cfg, &cli.cluster)
+                .await
+                .map_err(|m| CliError {
+                    message: m,
+                    code: 1,
+                })?;
+            bench::run(&cfg, std::sync::Arc::new(op)).await
+        }
+    };
+    emit(
+        cli,
+        bench::render_text(&summary),
+        serde_json::to_value(&summary).unwrap_or_default(),
+    );
+    if summary.ops == 0 {
+        return Err(CliError {
+            message: format!(
+                "no operation succeeded; first error: {}",
+                first_error.unwrap_or_else(|| "none".into())
+            ),
+            code: 1,
+        });
+    }
+    if let Some(e) = first_error {
+        eprintln!(
+            "warning: {} operations failed; first error: {e}",
+            summary.errors
+        );
+    }
+    Ok(())
 }
 
 async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {

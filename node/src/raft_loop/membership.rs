@@ -96,12 +96,16 @@ impl RaftLoop {
                 e
             })
             .collect();
-        let mut log = std::mem::replace(
-            &mut self.raw.mut_store().log,
-            crate::storage::memory::open_log("", &Default::default())?,
-        );
-        log.append(&entries)?;
-        log.sync()?;
+        let mut log = crate::storage::log_cache::LogCache::new(1, 0);
+        log.push(&entries);
+        self.io.send(crate::io_worker::IoTask::Persist {
+            number: 0,
+            reset: Some((1, 0)),
+            entries: entries.clone(),
+            sync: true,
+            messages: Vec::new(),
+        });
+        self.io.flush()?;
         self.meta.initial_conf = peers.clone();
         self.meta.term = 1;
         self.meta.vote = 0;
@@ -461,42 +465,14 @@ impl RaftLoop {
         Ok(steps)
     }
 
-    /// After configuration entries were applied: a leader that is no longer
-    /// a voter hands leadership to the most caught-up voter (and steps down
-    /// if that does not happen within an election timeout); a leader left in
-    /// a joint configuration by its predecessor leaves it.
-    pub(super) fn after_conf_applied(&mut self, now: Instant) {
-        if self.raw.raft.state != StateRole::Leader {
-            self.removed_since = None;
+    /// After configuration entries were applied: a leader left in a joint
+    /// configuration by its predecessor leaves it. (A leader that removed
+    /// itself is handled by [`RaftLoop::step_down_if_removed`].)
+    pub(super) fn after_conf_applied(&mut self, _now: Instant) {
+        if self.raw.raft.state != StateRole::Leader || self.is_removed() {
             return;
         }
         let cs = self.conf_state();
-        let me = self.shared.id;
-        let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
-        if !voter {
-            match self.removed_since {
-                None => {
-                    self.removed_since = Some(now);
-                    if let Some((id, _)) = self.best_voter() {
-                        tracing::info!(group = %self.opts.group, to = %self.peer(id), "removed from the configuration; handing leadership over");
-                        self.raw.transfer_leader(id);
-                    }
-                }
-                Some(since)
-                    if now.duration_since(since)
-                        >= self.tick * crate::options::ELECTION_TICKS as u32 =>
-                {
-                    tracing::info!(group = %self.opts.group, "removed from the configuration; stepping down");
-                    let term = self.raw.raft.term;
-                    self.raw.raft.become_follower(term, 0);
-                    self.removed_since = None;
-                }
-                Some(_) => {}
-            }
-            self.observe_role();
-            return;
-        }
-        self.removed_since = None;
         if !cs.voters_outgoing.is_empty()
             && !self.raw.raft.has_pending_conf()
             && self.raw.raft.lead_transferee.is_none()
@@ -511,6 +487,31 @@ impl RaftLoop {
                 Done::noop(),
             );
         }
+    }
+
+    fn is_removed(&self) -> bool {
+        let cs = self.conf_state();
+        let me = self.shared.id;
+        !(cs.voters.contains(&me) || cs.voters_outgoing.contains(&me))
+    }
+
+    /// A leader whose removal was applied steps down at once: raft-rs 0.7
+    /// cannot run a leader without its own progress entry (the next
+    /// acknowledgement or persisted entry would panic). It first asks the
+    /// most caught-up voter to campaign (TimeoutNow when it is caught up),
+    /// so the hand-off is usually immediate. Call outside Ready handling.
+    pub(super) fn step_down_if_removed(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || !self.is_removed() {
+            return;
+        }
+        if let Some((id, _)) = self.best_voter() {
+            tracing::info!(group = %self.opts.group, to = %self.peer(id), "removed from the configuration; handing leadership over");
+            self.raw.transfer_leader(id);
+        }
+        tracing::info!(group = %self.opts.group, "removed from the configuration; stepping down");
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, 0);
+        self.observe_role();
     }
 
     pub(super) fn handle_membership(&mut self, msg: RaftMsg) {

@@ -26,6 +26,7 @@ mod membership;
 use crate::closure::{Done, Task};
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
+use crate::io_worker::{IoTask, IoWorker};
 use crate::membership::{ConfChangeRequest, PeerIdentity};
 use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
 use crate::options::NodeOptions;
@@ -56,8 +57,13 @@ pub(crate) enum RaftMsg {
         to: u64,
         result: Result<(), String>,
     },
-    /// The apply thread hit an unrecoverable error.
+    /// The apply or I/O thread hit an unrecoverable error.
     Fatal(RaftError),
+    /// The I/O thread made Readys up to `number` durable; `messages` may go out.
+    Persisted {
+        number: u64,
+        messages: Vec<Message>,
+    },
     Identity(oneshot::Sender<PeerIdentity>),
     Bootstrap {
         peers: Vec<PeerId>,
@@ -105,6 +111,10 @@ pub(crate) struct RaftLoop {
     meta_dirty_since: Option<Instant>,
     snapshots: Arc<dyn SnapshotStorage>,
     throttle: Arc<Throttle>,
+    /// The thread that writes the log.
+    io: IoWorker,
+    /// A received snapshot waiting to be durable before the state machine loads it.
+    pending_install: Option<(u64, SnapshotMeta)>,
     /// Snapshot transfers in progress, by follower id.
     installs: HashMap<u64, Arc<InstallProgress>>,
     last_snapshot_index: u64,
@@ -114,8 +124,6 @@ pub(crate) struct RaftLoop {
     /// Index of the entry that set the current configuration.
     conf_index: u64,
     pending_transfer: Option<PendingTransfer>,
-    /// When this leader found itself removed from the configuration.
-    removed_since: Option<Instant>,
     peers: HashMap<u64, String>,
     tick: Duration,
     next_tick: Instant,
@@ -149,6 +157,7 @@ impl RaftLoop {
         raft_config: raft::Config,
         logger: slog::Logger,
         conf_index: u64,
+        io: IoWorker,
     ) -> Self {
         let tick = Duration::from_millis(opts.tick_ms());
         let next_snapshot_at = (opts.snapshot_interval_s > 0)
@@ -163,12 +172,13 @@ impl RaftLoop {
             snapshots,
             throttle,
             installs: HashMap::new(),
+            io,
+            pending_install: None,
             last_snapshot_index,
             raft_config,
             logger,
             conf_index,
             pending_transfer: None,
-            removed_since: None,
             apply_tx,
             transport,
             shared,
@@ -245,6 +255,10 @@ impl RaftLoop {
                 self.new_reads.push(ReadWaiter { reply, deadline })
             }
             RaftMsg::Applied(index) => {
+                // Never past what is committed and durable here (raft-rs
+                // would panic); the apply thread only reports such indexes.
+                let log = &self.raw.raft.raft_log;
+                let index = index.min(log.committed).min(log.persisted);
                 if index > self.applied {
                     self.applied = index;
                     self.raw.advance_apply_to(index);
@@ -273,6 +287,7 @@ impl RaftLoop {
             RaftMsg::SnapshotDone(result) => self.on_snapshot_done(result),
             RaftMsg::SnapshotSent { to, result } => self.on_snapshot_sent(to, result),
             RaftMsg::Fatal(e) => self.fail(e),
+            RaftMsg::Persisted { number, messages } => self.on_persisted(number, messages),
             RaftMsg::SetLive { live, reply } => {
                 self.set_live(live);
                 let _ = reply.send(());
@@ -395,6 +410,7 @@ impl RaftLoop {
         self.raw.tick();
         self.observe_role();
         self.check_transfer(now);
+        self.step_down_if_removed();
         self.after_conf_applied(now);
         self.retry_reads(now);
         if let Some(since) = self.meta_dirty_since {
@@ -492,6 +508,12 @@ impl RaftLoop {
 
     // ------------------------------------------------------------ ready
 
+    /// One Ready, in raft-rs's order, with persistence handed to the I/O
+    /// thread (async Ready): messages that need no persistence go out now,
+    /// committed entries go to the apply thread, new entries enter the
+    /// in-memory log (so raft-rs reads them), and the durable part is queued;
+    /// messages that must wait for it go out when the I/O thread reports it
+    /// (`RaftMsg::Persisted`).
     fn handle_ready(&mut self) -> Result<(), RaftError> {
         if !self.raw.has_ready() {
             return Ok(());
@@ -499,32 +521,41 @@ impl RaftLoop {
         let mut rd = self.raw.ready();
         self.observe_role();
         self.send_messages(rd.take_messages());
+        let mut reset = None;
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            self.apply_snapshot(&snap)?;
+            let (next, term, meta) = self.apply_snapshot(&snap)?;
+            reset = Some((next, term));
+            // The state machine loads it only once it is durable here.
+            self.pending_install = Some((rd.number(), meta));
         }
         self.forward_committed(rd.take_committed_entries());
-        if !rd.entries().is_empty() {
-            self.raw.mut_store().log.append(rd.entries())?;
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            let cache = &mut self.raw.mut_store().log;
+            if let Some(last_kept) = cache.check_append(&entries)? {
+                cache.truncate_suffix(last_kept)?;
+            }
+            cache.push(&entries);
         }
         if let Some(hs) = rd.hs() {
+            // Term and vote are written (and fsynced) here, before any
+            // message that depends on them can leave.
             self.on_hard_state(hs.clone())?;
-        }
-        if rd.must_sync() {
-            let started = Instant::now();
-            self.raw.mut_store().log.sync()?;
-            self.shared.metrics.fsync_seconds.observe(started.elapsed());
         }
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
         }
-        self.send_messages(rd.take_persisted_messages());
-        let mut light = self.raw.advance_append(rd);
-        if light.commit_index().is_some() {
-            self.mark_meta_dirty();
-        }
-        self.send_messages(light.take_messages());
-        self.forward_committed(light.take_committed_entries());
+        let task = IoTask::Persist {
+            number: rd.number(),
+            reset,
+            entries,
+            sync: rd.must_sync(),
+            messages: rd.take_persisted_messages(),
+        };
+        self.io.send(task);
+        self.raw.advance_append_async(rd);
+        self.step_down_if_removed();
         if self.raw.store().wanted.replace(false) {
             // raft-rs needs a snapshot for a follower and ours is missing or too old.
             self.start_snapshot();
@@ -532,9 +563,25 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// The I/O thread made Readys up to `number` durable.
+    fn on_persisted(&mut self, number: u64, messages: Vec<Message>) {
+        if self
+            .pending_install
+            .as_ref()
+            .is_some_and(|(n, _)| *n <= number)
+        {
+            if let Some((_, meta)) = self.pending_install.take() {
+                let _ = self.apply_tx.send(ApplyMsg::InstallSnapshot { meta });
+            }
+        }
+        self.send_messages(messages);
+        self.raw.on_persist_ready(number);
+        self.observe_role();
+    }
+
     /// A follower installs a snapshot raft-rs accepted: its files were
     /// received, verified and published before the message was stepped.
-    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), RaftError> {
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(u64, u64, SnapshotMeta), RaftError> {
         let md = snap.get_metadata();
         let meta: SnapshotMeta = serde_json::from_slice(&snap.data).map_err(|e| {
             RaftError::Storage(format!("undecodable snapshot meta in raft message: {e}"))
@@ -547,7 +594,7 @@ impl RaftLoop {
         }
         tracing::info!(group = %self.opts.group, index = md.index, term = md.term, "installing snapshot");
         let store = self.raw.mut_store();
-        store.log.reset(md.index + 1, md.term)?;
+        store.log.reset(md.index + 1, md.term);
         store.set_snapshot(meta.clone());
         for p in &meta.peers {
             self.peers.insert(p.id, p.addr.clone());
@@ -556,8 +603,7 @@ impl RaftLoop {
         // The log now starts after the snapshot: the recorded commit must cover it.
         self.meta.commit = self.meta.commit.max(md.index);
         self.meta_store.save(&self.meta)?;
-        let _ = self.apply_tx.send(ApplyMsg::InstallSnapshot { meta });
-        Ok(())
+        Ok((md.index + 1, md.term, meta))
     }
 
     fn on_hard_state(&mut self, hs: HardState) -> Result<(), RaftError> {
@@ -809,6 +855,7 @@ impl RaftLoop {
                 if let Err(e) = store.log.truncate_prefix(first_kept) {
                     self.fail(e.into());
                 } else {
+                    self.io.send(IoTask::TruncatePrefix(first_kept));
                     tracing::info!(group = %self.opts.group, snapshot = meta.index, first_index = first_kept, "log compacted");
                 }
             }
@@ -948,7 +995,10 @@ impl RaftLoop {
                 .pending_proposals
                 .load(std::sync::atomic::Ordering::Relaxed),
             conf_index: self.conf_index,
-            log_disk_bytes: store.log.disk_bytes(),
+            log_disk_bytes: self
+                .io
+                .disk_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
             error: self.failed.as_ref().map(|e| e.to_string()),
         }
     }
@@ -974,14 +1024,7 @@ impl RaftLoop {
 
     fn stop(&mut self) {
         if self.failed.is_none() {
-            if let Err(e) = self
-                .raw
-                .mut_store()
-                .log
-                .sync()
-                .map_err(RaftError::from)
-                .and_then(|_| self.save_meta())
-            {
+            if let Err(e) = self.io.flush().and_then(|_| self.save_meta()) {
                 tracing::warn!(group = %self.opts.group, error = %e, "could not persist state at shutdown");
             }
         }

@@ -163,7 +163,7 @@ impl Admin for AdminService {
         Ok(Response::new(BootstrapReply {}))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
     async fn add_peer(
         &self,
         request: Request<MembershipRequest>,
@@ -176,7 +176,7 @@ impl Admin for AdminService {
         Ok(Response::new(configuration_reply(&m)))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
     async fn remove_peer(
         &self,
         request: Request<MembershipRequest>,
@@ -195,7 +195,7 @@ impl Admin for AdminService {
         Ok(Response::new(configuration_reply(&m)))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn change_peers(
         &self,
         request: Request<ChangePeersRequest>,
@@ -208,7 +208,7 @@ impl Admin for AdminService {
         Ok(Response::new(configuration_reply(&m)))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, target = %request.get_ref().target))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, target = %request.get_ref().target))]
     async fn transfer_leader(
         &self,
         request: Request<TransferRequest>,
@@ -235,7 +235,7 @@ impl Admin for AdminService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn reset_peers(
         &self,
         request: Request<ChangePeersRequest>,

@@ -145,7 +145,7 @@ impl CounterService {
 
 #[tonic::async_trait]
 impl Counter for CounterService {
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, delta = request.get_ref().delta))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, delta = request.get_ref().delta))]
     async fn fetch_add(
         &self,
         request: Request<FetchAddRequest>,
@@ -169,7 +169,7 @@ impl Counter for CounterService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn get(
         &self,
         request: Request<CounterGetRequest>,

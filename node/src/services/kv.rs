@@ -320,7 +320,7 @@ fn invalid(e: RaftError) -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let r = request.into_inner();
         check_key(&r.key)
@@ -341,7 +341,7 @@ impl Kv for KvService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let r = request.into_inner();
         check_key(&r.key).map_err(invalid)?;
@@ -351,7 +351,7 @@ impl Kv for KvService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
@@ -364,7 +364,7 @@ impl Kv for KvService {
         Ok(Response::new(DeleteReply { deleted: out.ok }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasReply>, Status> {
         let r = request.into_inner();
         check_key(&r.key)
@@ -390,7 +390,7 @@ impl Kv for KvService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanReply>, Status> {
         let r = request.into_inner();
         if r.prefix.len() > MAX_KEY_BYTES {

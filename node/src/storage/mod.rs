@@ -17,7 +17,7 @@ pub(crate) mod codec;
 pub(crate) mod fsutil;
 pub mod local_log;
 pub mod local_meta;
-mod log_cache;
+pub(crate) mod log_cache;
 pub mod memory;
 pub mod snapshot;
 

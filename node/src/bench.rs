@@ -1,0 +1,444 @@
+//! `raftkit bench`: a load generator for RaftKit and etcd.
+//!
+//! N clients run either closed loop (each sends its next operation when the
+//! previous one answered) or open loop at a target rate. Open loop measures
+//! each latency from the moment the operation was *due*, not when it was
+//! sent, so a stall shows up as the latency clients would really see
+//! (coordinated-omission correction). Latencies go into an HDR histogram
+//! (µs resolution); the summary gives ops/s and p50/p90/p99/p99.9/max.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+// tokio's clock (the std one outside tests) so tests can run on paused time.
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::ClusterClient;
+use crate::pb::ReadConsistency;
+
+/// What each operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchOp {
+    /// KV put (etcd Put).
+    Put,
+    /// Linearizable get (etcd linearizable Range).
+    Get,
+    /// Get answered by the member asked (RaftKit follower read; etcd serializable Range).
+    GetFollower,
+    /// Counter fetch-add (RaftKit only).
+    FetchAdd,
+}
+
+/// The system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchSystem {
+    Raftkit,
+    Etcd,
+}
+
+/// What one run is asked to do.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchConfig {
+    pub system: BenchSystem,
+    pub op: BenchOp,
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Total operations per second across clients; 0 for closed loop.
+    pub rate: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub key_space: u64,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BenchSummary {
+    pub system: BenchSystem,
+    pub op: BenchOp,
+    pub clients: usize,
+    /// Target rate (0: closed loop).
+    pub rate: u64,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Latency recording shared by the clients of a run.
+pub struct Recorder {
+    hist: Mutex<Histogram<u64>>,
+    errors: std::sync::atomic::AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        // 1 µs to 10 min at 3 significant digits: creation cannot fail for
+        // these fixed, valid bounds.
+        let hist = Histogram::new_with_bounds(1, 600_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+        Recorder {
+            hist: Mutex::new(hist),
+            errors: Default::default(),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    /// Records one successful operation's latency.
+    pub fn record(&self, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
+        let _ = self.hist.lock().record(us);
+    }
+
+    pub fn error(&self, e: String) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.first_error.lock().get_or_insert(e);
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().clone()
+    }
+
+    /// Summarizes what was recorded over `elapsed`.
+    pub fn summary(&self, cfg: &BenchConfig, elapsed: Duration) -> BenchSummary {
+        let h = self.hist.lock();
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let ops = h.len();
+        let seconds = elapsed.as_secs_f64();
+        BenchSummary {
+            system: cfg.system,
+            op: cfg.op,
+            clients: cfg.clients,
+            rate: cfg.rate,
+            ops,
+            errors: self.errors.load(std::sync::atomic::Ordering::Relaxed),
+            seconds,
+            ops_per_sec: if seconds > 0.0 {
+                ops as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// One client's operation: client index and operation number in, outcome out.
+pub trait Op: Send + Sync + 'static {
+    fn call(&self, client: usize, n: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Runs `clients` clients against `op` for `warmup + duration`; only the
+/// measured window is recorded.
+pub async fn run<O: Op>(cfg: &BenchConfig, op: Arc<O>) -> (BenchSummary, Option<String>) {
+    let rec = Arc::new(Recorder::new());
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    // Open loop: each client's operations are due at fixed intervals.
+    let interval =
+        (cfg.rate > 0).then(|| Duration::from_secs_f64(cfg.clients as f64 / cfg.rate as f64));
+    let mut handles = Vec::with_capacity(cfg.clients);
+    for c in 0..cfg.clients {
+        let (op, rec) = (op.clone(), rec.clone());
+        // Spread open-loop clients over one interval.
+        let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / cfg.clients as f64));
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut due = start + offset;
+            loop {
+                if interval.is_some() {
+                    tokio::time::sleep_until(due).await;
+                }
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                // Open loop: latency counts from when the operation was due.
+                let from = if interval.is_some() { due } else { sent };
+                let result = op.call(c, n).await;
+                let done = Instant::now();
+                if from >= measure_from {
+                    match result {
+                        Ok(()) => rec.record(done - from),
+                        Err(e) => rec.error(e),
+                    }
+                }
+                n += 1;
+                if let Some(i) = interval {
+                    due += i;
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let elapsed = end
+        .saturating_duration_since(measure_from)
+        .min(Instant::now().saturating_duration_since(measure_from));
+    let first_error = rec.first_error();
+    (rec.summary(cfg, elapsed), first_error)
+}
+
+/// A fixed-size key in the key space, derived from the operation number.
+pub fn key(cfg: &BenchConfig, client: usize, n: u64) -> Bytes {
+    let k = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ client as u64) % cfg.key_space.max(1);
+    let mut s = format!("k{k:0width$}", width = cfg.key_size.saturating_sub(1));
+    s.truncate(cfg.key_size.max(1));
+    Bytes::from(s)
+}
+
+/// The RaftKit side: one client (route table) and one session per bench client.
+pub struct RaftKitOp {
+    cfg: BenchConfig,
+    clients: Vec<(ClusterClient, tokio::sync::Mutex<crate::client::Session>)>,
+    value: Bytes,
+}
+
+impl RaftKitOp {
+    pub fn new(cfg: &BenchConfig, endpoints: &[String], group: &str) -> Result<Self, String> {
+        let mut clients = Vec::with_capacity(cfg.clients);
+        for i in 0..cfg.clients {
+            // Rotate the member list so follower reads spread over members.
+            let mut eps = endpoints.to_vec();
+            eps.rotate_left(i % endpoints.len().max(1));
+            let c = ClusterClient::new(eps, group, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            let s = c.session();
+            clients.push((c, tokio::sync::Mutex::new(s)));
+        }
+        Ok(RaftKitOp {
+            cfg: cfg.clone(),
+            clients,
+            value: Bytes::from(vec![b'v'; cfg.value_size]),
+        })
+    }
+}
+
+impl Op for RaftKitOp {
+    async fn call(&self, client: usize, n: u64) -> Result<(), String> {
+        let (c, session) = &self.clients[client];
+        let k = key(&self.cfg, client, n);
+        let r = match self.cfg.op {
+            BenchOp::Put => {
+                let mut s = session.lock().await;
+                c.put_in(&mut s, k, self.value.clone()).await.map(|_| ())
+            }
+            BenchOp::FetchAdd => {
+                let mut s = session.lock().await;
+                c.fetch_add_in(&mut s, 1).await.map(|_| ())
+            }
+            BenchOp::Get => c
+                .get_with(k, ReadConsistency::Linearizable)
+                .await
+                .map(|_| ()),
+            BenchOp::GetFollower => c.get_with(k, ReadConsistency::Follower).await.map(|_| ()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// The etcd side: etcd's v3 KV API over gRPC, one connection per client
+/// spread over the endpoints (etcd forwards writes to its leader itself).
+pub struct EtcdOp {
+    cfg: BenchConfig,
+    clients: Vec<crate::etcdpb::kv_client::KvClient<Channel>>,
+    value: Bytes,
+}
+
+impl EtcdOp {
+    pub async fn new(cfg: &BenchConfig, endpoints: &[String]) -> Result<Self, String> {
+        if cfg.op == BenchOp::FetchAdd {
+            return Err("etcd has no fetch-add; use put, get or get-follower".into());
+        }
+        let mut clients = Vec::with_capacity(cfg.clients);
+        for i in 0..cfg.clients {
+            let ep = &endpoints[i % endpoints.len()];
+            let ch = Endpoint::from_shared(format!("http://{ep}"))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("connect to etcd at {ep}: {e}"))?;
+            clients.push(crate::etcdpb::kv_client::KvClient::new(ch));
+        }
+        Ok(EtcdOp {
+            cfg: cfg.clone(),
+            clients,
+            value: Bytes::from(vec![b'v'; cfg.value_size]),
+        })
+    }
+}
+
+impl Op for EtcdOp {
+    async fn call(&self, client: usize, n: u64) -> Result<(), String> {
+        let mut c = self.clients[client].clone();
+        let k = key(&self.cfg, client, n);
+        let r = match self.cfg.op {
+            BenchOp::Put => c
+                .put(crate::etcdpb::PutRequest {
+                    key: k,
+                    value: self.value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            BenchOp::Get | BenchOp::GetFollower => c
+                .range(crate::etcdpb::RangeRequest {
+                    key: k,
+                    serializable: self.cfg.op == BenchOp::GetFollower,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            BenchOp::FetchAdd => return Err("etcd has no fetch-add".into()),
+        };
+        r.map_err(|s| format!("etcd: {}", s.message()))
+    }
+}
+
+/// Human-readable one-line summary.
+pub fn render_text(s: &BenchSummary) -> String {
+    format!(
+        "{:?} {:?} clients={} {}ops={} errors={} ops/s={:.0} p50={:.3}ms p90={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
+        s.system,
+        s.op,
+        s.clients,
+        if s.rate > 0 { format!("rate={} ", s.rate) } else { String::new() },
+        s.ops,
+        s.errors,
+        s.ops_per_sec,
+        s.p50_ms,
+        s.p90_ms,
+        s.p99_ms,
+        s.p999_ms,
+        s.max_ms
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(clients: usize, rate: u64, secs: f64) -> BenchConfig {
+        BenchConfig {
+            system: BenchSystem::Raftkit,
+            op: BenchOp::Put,
+            clients,
+            duration: Duration::from_secs_f64(secs),
+            warmup: Duration::ZERO,
+            rate,
+            key_size: 16,
+            value_size: 256,
+            key_space: 1000,
+        }
+    }
+
+    #[test]
+    fn summary_arithmetic_on_known_latencies() {
+        let rec = Recorder::new();
+        // 1000 operations: 1..=1000 ms, each once.
+        for ms in 1..=1000u64 {
+            rec.record(Duration::from_millis(ms));
+        }
+        rec.error("boom".into());
+        let s = rec.summary(&cfg(4, 0, 2.0), Duration::from_secs(2));
+        assert_eq!(s.ops, 1000);
+        assert_eq!(s.errors, 1);
+        assert!((s.ops_per_sec - 500.0).abs() < 1e-9, "{}", s.ops_per_sec);
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.002 + 0.001;
+        assert!(near(s.p50_ms, 500.0), "p50 {}", s.p50_ms);
+        assert!(near(s.p90_ms, 900.0), "p90 {}", s.p90_ms);
+        assert!(near(s.p99_ms, 990.0), "p99 {}", s.p99_ms);
+        assert!(near(s.p999_ms, 999.0), "p99.9 {}", s.p999_ms);
+        assert!(near(s.max_ms, 1000.0), "max {}", s.max_ms);
+        assert_eq!(rec.first_error().as_deref(), Some("boom"));
+    }
+
+    struct Sleepy(Duration);
+    impl Op for Sleepy {
+        async fn call(&self, _c: usize, _n: u64) -> Result<(), String> {
+            tokio::time::sleep(self.0).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_counts_and_latency_on_a_synthetic_server() {
+        // 4 clients, each operation takes 10 ms, for 1 s: 400 operations.
+        let (s, err) = run(&cfg(4, 0, 1.0), Arc::new(Sleepy(Duration::from_millis(10)))).await;
+        assert!(err.is_none());
+        assert!((396..=404).contains(&s.ops), "ops {}", s.ops);
+        assert!(
+            (s.ops_per_sec - 400.0).abs() < 8.0,
+            "ops/s {}",
+            s.ops_per_sec
+        );
+        assert!((s.p50_ms - 10.0).abs() < 0.1, "p50 {}", s.p50_ms);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_charges_queueing_to_latency() {
+        // One client asked for 200 ops/s (one every 5 ms) against a server
+        // that takes 10 ms: it falls behind, and the latency measured from
+        // each operation's due time grows, instead of staying at 10 ms as a
+        // closed-loop measurement would report.
+        let (s, _) = run(
+            &cfg(1, 200, 1.0),
+            Arc::new(Sleepy(Duration::from_millis(10))),
+        )
+        .await;
+        assert!((95..=105).contains(&s.ops), "ops {}", s.ops);
+        assert!(
+            s.p50_ms > 100.0,
+            "p50 {} ms does not include the queueing delay",
+            s.p50_ms
+        );
+        assert!(s.max_ms > 400.0, "max {} ms", s.max_ms);
+        // Below capacity the same server shows its service time.
+        let (s, _) = run(
+            &cfg(1, 50, 1.0),
+            Arc::new(Sleepy(Duration::from_millis(10))),
+        )
+        .await;
+        assert!((s.p99_ms - 10.0).abs() < 0.2, "p99 {}", s.p99_ms);
+    }
+
+    #[test]
+    fn keys_have_the_requested_size_and_stay_in_the_key_space() {
+        let c = cfg(2, 0, 1.0);
+        for n in 0..1000 {
+            let k = key(&c, 1, n);
+            assert_eq!(k.len(), 16);
+            let v: u64 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+            assert!(v < 1000);
+        }
+    }
+}
