@@ -699,27 +699,19 @@ impl ClusterClient {
         addr: &str,
         peers: &[String],
     ) -> Result<ConfigurationReply, ClientError> {
-        let ch = self
-            .channel(addr)
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
         let req = ChangePeersRequest {
             group: self.group.clone(),
             peers: peers.to_vec(),
             expected_conf_index: None,
             catch_up_timeout_ms: 0,
         };
-        let mut admin = AdminClient::new(ch);
+        let mut admin = self.admin(addr).await?;
         self.single(addr, admin.reset_peers(req)).await
     }
 
     /// Makes the empty member `addr` a one-member group.
     pub async fn bootstrap(&self, addr: &str) -> Result<(), ClientError> {
-        let ch = self
-            .channel(addr)
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
-        let mut admin = AdminClient::new(ch);
+        let mut admin = self.admin(addr).await?;
         self.single(
             addr,
             admin.bootstrap(GroupRequest {
@@ -737,70 +729,6 @@ impl ClusterClient {
     ) -> Result<T, ClientError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(match from_status(&s) {
-                Some(e) => ClientError::Raft(e),
-                None => ClientError::Rpc {
-                    addr: addr.to_string(),
-                    code: s.code(),
-                    message: s.message().to_string(),
-                },
-            }),
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "{addr}: no answer within {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    /// Takes a snapshot now on member `addr` (this client's group, or every
-    /// group when the client's group is empty).
-    pub async fn member_snapshot(
-        &self,
-        addr: &str,
-    ) -> Result<Vec<crate::pb::SnapshotResult>, ClientError> {
-        let ch = self
-            .channel(addr)
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
-        let mut admin = AdminClient::new(ch);
-        match tokio::time::timeout(
-            self.timeout,
-            admin.snapshot(GroupRequest {
-                group: self.group.clone(),
-            }),
-        )
-        .await
-        {
-            Ok(Ok(r)) => Ok(r.into_inner().groups),
-            Ok(Err(s)) => Err(ClientError::Rpc {
-                addr: addr.to_string(),
-                code: s.code(),
-                message: s.message().to_string(),
-            }),
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "{addr}: no answer within {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    /// The status of this client's group (every group when the client's
-    /// group is empty) on one member.
-    pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {
-        let ch = self
-            .channel(addr)
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
-        let mut admin = AdminClient::new(ch);
-        match tokio::time::timeout(
-            self.timeout,
-            admin.status(GroupRequest {
-                group: self.group.clone(),
-            }),
-        )
-        .await
-        {
-            Ok(Ok(r)) => Ok(r.into_inner().groups),
             Ok(Err(s)) => {
                 self.forget(addr);
                 Err(match from_status(&s) {
@@ -820,6 +748,39 @@ impl ClusterClient {
                 )))
             }
         }
+    }
+
+    /// Takes a snapshot now on member `addr` (this client's group, or every
+    /// group when the client's group is empty).
+    pub async fn member_snapshot(
+        &self,
+        addr: &str,
+    ) -> Result<Vec<crate::pb::SnapshotResult>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.snapshot(req))
+            .await
+            .map(|r| r.groups)
+    }
+
+    /// The status of this client's group (every group when the client's
+    /// group is empty) on one member.
+    pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.status(req)).await.map(|r| r.groups)
+    }
+
+    async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
+        let ch = self
+            .channel(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        Ok(AdminClient::new(ch))
     }
 }
 

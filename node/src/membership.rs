@@ -152,6 +152,22 @@ impl Node {
         }
     }
 
+    /// Takes learners that did not catch up out again, so a failed change
+    /// leaves the configuration as it was (best effort).
+    async fn remove_learners(&self, learners: &[PeerId]) {
+        let undo = ConfChangeRequest {
+            changes: learners
+                .iter()
+                .map(|p| (ConfChangeType::RemoveNode, p.clone()))
+                .collect(),
+            expected_conf_index: None,
+            unchecked: false,
+        };
+        let _ = self
+            .step_conf(undo, Instant::now() + Duration::from_secs(10))
+            .await;
+    }
+
     /// Waits until every id in `ids` has replicated to within the catch-up
     /// margin of the leader's log.
     async fn wait_caught_up(&self, ids: &[u64], deadline: Instant) -> Result<(), RaftError> {
@@ -230,15 +246,7 @@ impl Node {
             self.step_conf(req, deadline).await?;
         }
         if let Err(e) = self.wait_caught_up(&[ident.id], deadline).await {
-            // Leave the configuration as it was: take the learner out again.
-            let undo = ConfChangeRequest {
-                changes: vec![(ConfChangeType::RemoveNode, peer.clone())],
-                expected_conf_index: None,
-                unchecked: false,
-            };
-            let _ = self
-                .step_conf(undo, Instant::now() + Duration::from_secs(10))
-                .await;
+            self.remove_learners(std::slice::from_ref(&peer)).await;
             return Err(e);
         }
         let req = ConfChangeRequest {
@@ -354,17 +362,7 @@ impl Node {
         let ids: Vec<u64> = new.iter().map(|p| p.id).collect();
         if let Err(e) = self.wait_caught_up(&ids, deadline).await {
             if !to_learn.is_empty() {
-                let undo = ConfChangeRequest {
-                    changes: to_learn
-                        .iter()
-                        .map(|p| (ConfChangeType::RemoveNode, p.clone()))
-                        .collect(),
-                    expected_conf_index: None,
-                    unchecked: false,
-                };
-                let _ = self
-                    .step_conf(undo, Instant::now() + Duration::from_secs(10))
-                    .await;
+                self.remove_learners(&to_learn).await;
             }
             return Err(e);
         }

@@ -9,52 +9,15 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::procs::{free_ports, raft_stat, wait_http_ok, Proc};
+use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::{ClusterClient, Session};
 use raftkit_node::pb::ReadConsistency;
 
-struct Cluster {
-    _tmp: tempfile::TempDir,
-    addrs: Vec<String>,
-    procs: Vec<Proc>,
-}
+type Cluster = ProcCluster;
 
 async fn start(extra: &[&str], env: &[(&str, &str)]) -> Cluster {
-    let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = free_ports(3)
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let mut args = vec![
-        "--initial-conf".to_string(),
-        addrs.join(","),
-        "--election-timeout-ms".into(),
-        "1000".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut procs = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let mut p =
-            Proc::start_with_env(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args, env);
-        p.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        procs.push(p);
-    }
-    for p in &procs {
-        assert!(
-            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
-            "{}",
-            p.log_tail(20)
-        );
-    }
-    Cluster {
-        _tmp: tmp,
-        addrs,
-        procs,
-    }
+    start_cluster(3, extra, env).await
 }
 
 async fn leader(c: &Cluster) -> usize {
@@ -69,12 +32,6 @@ async fn leader(c: &Cluster) -> usize {
         }
         assert!(Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn stop_all(c: &mut Cluster) {
-    for p in c.procs.iter_mut() {
-        p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
     }
 }
 
@@ -125,7 +82,7 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
     let mut seen: Vec<i64> = answers;
     seen.sort_unstable();
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
-    stop_all(&mut c).await;
+    c.stop_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +178,7 @@ async fn sessions_survive_snapshot_install_and_restart() {
         "retry was applied again after restart"
     );
     assert_eq!(client.counter_get().await.unwrap(), 200);
-    stop_all(&mut c).await;
+    c.stop_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +212,7 @@ async fn follower_reads_see_every_write_acknowledged_before_them() {
         .await
         .unwrap();
     assert!(v <= 50);
-    stop_all(&mut c).await;
+    c.stop_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,5 +233,5 @@ async fn the_client_finds_a_new_leader_within_its_deadline_after_the_old_one_die
     let new_leader = client.cached_leader().expect("a cached leader");
     assert_ne!(new_leader, c.addrs[l]);
     assert_eq!(client.counter_get().await.unwrap(), 2);
-    stop_all(&mut c).await;
+    c.stop_all();
 }

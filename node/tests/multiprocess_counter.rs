@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{free_ports, wait_http_ok, Proc};
+use common::procs::{start_cluster, wait_http_ok};
 use nix::sys::signal::Signal;
 use raftkit_node::client::ClusterClient;
 
@@ -41,37 +41,9 @@ async fn leader_of(client: &ClusterClient) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let conf = addrs.join(",");
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let dir = tmp.path().join(format!("n{i}"));
-            Proc::start(
-                a,
-                &dir,
-                tmp.path(),
-                &[
-                    "--initial-conf".into(),
-                    conf.clone(),
-                    "--election-timeout-ms".into(),
-                    "500".into(),
-                ],
-            )
-        })
-        .collect();
-    for p in &procs {
-        assert!(
-            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
-            "{} not ready:\n{}",
-            p.addr,
-            p.log_tail(20)
-        );
-    }
-
+    let mut cluster = start_cluster(3, &["--election-timeout-ms", "500"], &[]).await;
+    let addrs = cluster.addrs.clone();
+    let procs = &mut cluster.procs;
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
     let history = Arc::new(Mutex::new(History::default()));

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{free_ports, raft_stat, wait_http_ok, Proc};
+use common::procs::{free_ports, raft_stat, start_cluster, wait_http_ok, Proc};
 use nix::sys::signal::Signal;
 use raftkit_node::client::{ClientError, ClusterClient};
 
@@ -237,29 +237,9 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retryable_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = free_ports(3)
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let args = vec![
-        "--initial-conf".to_string(),
-        addrs.join(","),
-        "--election-timeout-ms".into(),
-        "1000".into(),
-    ];
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Proc::start(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args))
-        .collect();
-    for p in &procs {
-        assert!(
-            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
-            "{}",
-            p.log_tail(20)
-        );
-    }
+    let mut cluster = start_cluster(3, &[], &[]).await;
+    let addrs = cluster.addrs.clone();
+    let procs = &mut cluster.procs;
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
     let (tally, stop, writers) = start_writers(client.clone(), 4);

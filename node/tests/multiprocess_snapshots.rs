@@ -11,50 +11,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{free_ports, raft_stat, wait_http_ok, Proc};
+use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::ClusterClient;
 
 struct Cluster {
-    _tmp: tempfile::TempDir,
-    addrs: Vec<String>,
-    procs: Vec<Proc>,
+    c: ProcCluster,
     client: Arc<ClusterClient>,
 }
 
+impl std::ops::Deref for Cluster {
+    type Target = ProcCluster;
+    fn deref(&self) -> &ProcCluster {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut ProcCluster {
+        &mut self.c
+    }
+}
+
 async fn start(extra: &[&str]) -> Cluster {
-    let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = free_ports(3)
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let mut args: Vec<String> = vec![
-        "--initial-conf".into(),
-        addrs.join(","),
-        "--election-timeout-ms".into(),
-        "1000".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Proc::start(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args))
-        .collect();
-    for p in &procs {
-        assert!(
-            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
-            "{}",
-            p.log_tail(20)
-        );
-    }
+    let c = start_cluster(3, extra, &[]).await;
     let client =
-        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
-    Cluster {
-        _tmp: tmp,
-        addrs,
-        procs,
-        client,
-    }
+        Arc::new(ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
+    Cluster { c, client }
 }
 
 /// (role, first_log_index, last_log_index, applied_index, snapshot json) of the counter group.

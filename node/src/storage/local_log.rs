@@ -151,36 +151,25 @@ impl LocalLog {
                 }
             }
             let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-            let mut offsets = Vec::new();
-            let mut pos = 0usize;
-            let mut index = first;
-            while pos < buf.len() {
-                match codec::decode_record(&buf[pos..]) {
-                    Decoded::Record(entry, n) if entry.index == index => {
-                        offsets.push(pos as u64);
-                        all_entries.push(entry);
-                        pos += n;
-                        index += 1;
-                    }
-                    Decoded::Record(entry, _) => {
-                        return Err(corruption(
-                            &path,
-                            pos,
-                            format!(
-                                "record holds index {} where {index} was expected",
-                                entry.index
-                            ),
-                        ));
-                    }
-                    Decoded::Truncated => {
-                        return Err(corruption(
-                            &path,
-                            pos,
-                            "closed segment ends inside a record".to_string(),
-                        ));
-                    }
-                    Decoded::Bad(reason) => return Err(corruption(&path, pos, reason)),
+            let scan = scan_records(&buf, first, &mut all_entries);
+            let (offsets, pos, index) = (scan.offsets, scan.end, scan.next_index);
+            match scan.stop {
+                None => {}
+                Some(Stop::WrongIndex(found)) => {
+                    return Err(corruption(
+                        &path,
+                        pos,
+                        format!("record holds index {found} where {index} was expected"),
+                    ))
                 }
+                Some(Stop::Truncated) => {
+                    return Err(corruption(
+                        &path,
+                        pos,
+                        "closed segment ends inside a record".to_string(),
+                    ))
+                }
+                Some(Stop::Bad(reason)) => return Err(corruption(&path, pos, reason)),
             }
             if index != last + 1 {
                 return Err(corruption(
@@ -218,46 +207,34 @@ impl LocalLog {
                 }
             }
             let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-            let mut offsets = Vec::new();
-            let mut pos = 0usize;
-            let mut index = first;
-            while pos < buf.len() {
-                match codec::decode_record(&buf[pos..]) {
-                    Decoded::Record(entry, n) if entry.index == index => {
-                        offsets.push(pos as u64);
-                        all_entries.push(entry);
-                        pos += n;
-                        index += 1;
-                    }
-                    Decoded::Record(entry, _) => {
+            let scan = scan_records(&buf, first, &mut all_entries);
+            let (offsets, pos, index) = (scan.offsets, scan.end, scan.next_index);
+            match scan.stop {
+                None => {}
+                Some(Stop::WrongIndex(found)) => {
+                    return Err(corruption(
+                        &path,
+                        pos,
+                        format!("record holds index {found} where {index} was expected"),
+                    ))
+                }
+                Some(Stop::Truncated | Stop::Bad(_)) => {
+                    if let Some(at) = valid_record_after(&buf, pos, index) {
                         return Err(corruption(
-                            &path,
-                            pos,
-                            format!(
-                                "record holds index {} where {index} was expected",
-                                entry.index
-                            ),
-                        ));
+                        &path,
+                        pos,
+                        format!("damaged record for index {index} is followed by a valid record at byte {at}; refusing to drop acknowledged entries"),
+                    ));
                     }
-                    Decoded::Truncated | Decoded::Bad(_) => {
-                        if let Some(at) = valid_record_after(&buf, pos, index) {
-                            return Err(corruption(
-                                &path,
-                                pos,
-                                format!("damaged record for index {index} is followed by a valid record at byte {at}; refusing to drop acknowledged entries"),
-                            ));
-                        }
-                        tracing::warn!(path = %path.display(), offset = pos, index, dropped_bytes = buf.len() - pos, "cutting torn tail of the raft log");
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .ctx(|| format!("open {}", path.display()))?;
-                        f.set_len(pos as u64)
-                            .ctx(|| format!("truncate {}", path.display()))?;
-                        if opts.sync {
-                            f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
-                        }
-                        break;
+                    tracing::warn!(path = %path.display(), offset = pos, index, dropped_bytes = buf.len() - pos, "cutting torn tail of the raft log");
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .ctx(|| format!("open {}", path.display()))?;
+                    f.set_len(pos as u64)
+                        .ctx(|| format!("truncate {}", path.display()))?;
+                    if opts.sync {
+                        f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
                     }
                 }
             }
@@ -373,6 +350,59 @@ impl LocalLog {
     fn remove_segment_file(&self, path: &Path) -> Result<(), StorageError> {
         fs::remove_file(path).ctx(|| format!("remove {}", path.display()))
     }
+}
+
+/// Why [`scan_records`] stopped before the end of a segment.
+enum Stop {
+    /// The buffer ends inside a record.
+    Truncated,
+    /// The bytes at the stop position are not a valid record.
+    Bad(String),
+    /// A valid record with an unexpected index.
+    WrongIndex(u64),
+}
+
+struct Scan {
+    /// Offset of each valid record.
+    offsets: Vec<u64>,
+    /// Where scanning stopped (the end of the buffer when `stop` is `None`).
+    end: usize,
+    /// Index the next record should have had.
+    next_index: u64,
+    stop: Option<Stop>,
+}
+
+/// Reads contiguous records starting at index `first`, pushing each entry.
+fn scan_records(buf: &[u8], first: u64, entries: &mut Vec<Entry>) -> Scan {
+    let mut scan = Scan {
+        offsets: Vec::new(),
+        end: 0,
+        next_index: first,
+        stop: None,
+    };
+    while scan.end < buf.len() {
+        match codec::decode_record(&buf[scan.end..]) {
+            Decoded::Record(entry, n) if entry.index == scan.next_index => {
+                scan.offsets.push(scan.end as u64);
+                entries.push(entry);
+                scan.end += n;
+                scan.next_index += 1;
+            }
+            Decoded::Record(entry, _) => {
+                scan.stop = Some(Stop::WrongIndex(entry.index));
+                break;
+            }
+            Decoded::Truncated => {
+                scan.stop = Some(Stop::Truncated);
+                break;
+            }
+            Decoded::Bad(reason) => {
+                scan.stop = Some(Stop::Bad(reason));
+                break;
+            }
+        }
+    }
+    scan
 }
 
 fn corruption(path: &Path, offset: usize, reason: String) -> StorageError {

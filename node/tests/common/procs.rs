@@ -178,3 +178,52 @@ pub async fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     }
     false
 }
+
+/// A running cluster of node processes that formed one group from their
+/// initial configuration, all ready.
+pub struct ProcCluster {
+    pub tmp: tempfile::TempDir,
+    pub addrs: Vec<String>,
+    pub procs: Vec<Proc>,
+}
+
+/// Starts `n` nodes with `--initial-conf` naming all of them, a 1 s
+/// election timeout unless `extra` sets one, `extra` flags and `env`, and
+/// waits until every node is ready.
+pub async fn start_cluster(n: usize, extra: &[&str], env: &[(&str, &str)]) -> ProcCluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = free_ports(n)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut args = vec!["--initial-conf".to_string(), addrs.join(",")];
+    if !extra.contains(&"--election-timeout-ms") {
+        args.extend(["--election-timeout-ms".to_string(), "1000".to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Proc::start_with_env(a, &tmp.path().join(format!("n{i}")), tmp.path(), &args, env)
+        })
+        .collect();
+    for p in &procs {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{} not ready:\n{}",
+            p.addr,
+            p.log_tail(20)
+        );
+    }
+    ProcCluster { tmp, addrs, procs }
+}
+
+impl ProcCluster {
+    /// SIGTERM every running node and wait for it.
+    pub fn stop_all(&mut self) {
+        for p in self.procs.iter_mut() {
+            p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+        }
+    }
+}
