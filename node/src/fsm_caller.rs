@@ -51,12 +51,8 @@ pub(crate) enum Committed {
 
 /// Inputs of the apply thread.
 pub(crate) enum ApplyMsg {
-    /// This node proposed the entry at (index, term); its caller waits on `done`.
-    Pending {
-        index: u64,
-        term: u64,
-        done: Done,
-    },
+    /// This node proposed the entries at (index, term); their callers wait on the dones.
+    Pending(Vec<(u64, u64, Done)>),
     Committed(Vec<Committed>),
     LeaderStart {
         term: u64,
@@ -162,11 +158,13 @@ impl FsmCaller {
     /// Returns false when the thread must exit.
     fn handle(&mut self, msg: ApplyMsg) -> bool {
         match msg {
-            ApplyMsg::Pending { index, term, done } => {
-                if let Some(e) = &self.failed {
-                    done.run(Err(RaftError::Stopped(e.to_string())));
-                } else {
-                    self.pending.push_back((index, term, done));
+            ApplyMsg::Pending(batch) => {
+                for (index, term, done) in batch {
+                    if let Some(e) = &self.failed {
+                        done.run(Err(RaftError::Stopped(e.to_string())));
+                    } else {
+                        self.pending.push_back((index, term, done));
+                    }
                 }
             }
             ApplyMsg::Committed(batch) => {

@@ -190,7 +190,7 @@ impl RaftLoop {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 tracing::info!(group = %self.opts.group, index, changes = ?req.changes.iter().map(|(t, p)| format!("{t:?} {p}")).collect::<Vec<_>>(), "proposed configuration change");
-                let _ = self.apply_tx.send(ApplyMsg::Pending { index, term, done });
+                self.new_pending.push((index, term, done));
             }
             Err(e) => done.run(Err(RaftError::Busy(format!(
                 "configuration change not accepted: {e}"

@@ -113,6 +113,9 @@ pub(crate) struct RaftLoop {
     throttle: Arc<Throttle>,
     /// The thread that writes the log.
     io: IoWorker,
+    /// Dones of proposals made in this input batch, registered with the apply
+    /// thread in one message (they commit in a later Ready at the earliest).
+    new_pending: Vec<(u64, u64, Done)>,
     /// A received snapshot waiting to be durable before the state machine loads it.
     pending_install: Option<(u64, SnapshotMeta)>,
     /// Snapshot transfers in progress, by follower id.
@@ -172,6 +175,7 @@ impl RaftLoop {
             snapshots,
             throttle,
             installs: HashMap::new(),
+            new_pending: Vec::new(),
             io,
             pending_install: None,
             last_snapshot_index,
@@ -231,6 +235,10 @@ impl RaftLoop {
                     self.next_tick = now + self.tick;
                 }
                 self.on_tick(now);
+            }
+            if !self.new_pending.is_empty() {
+                let batch = std::mem::take(&mut self.new_pending);
+                let _ = self.apply_tx.send(ApplyMsg::Pending(batch));
             }
             if self.failed.is_none() {
                 self.issue_new_reads();
@@ -365,11 +373,7 @@ impl RaftLoop {
                 // one in the log right after a successful propose.
                 let index = self.raw.raft.raft_log.last_index();
                 debug_assert_eq!(index, before + 1);
-                let _ = self.apply_tx.send(ApplyMsg::Pending {
-                    index,
-                    term,
-                    done: task.done,
-                });
+                self.new_pending.push((index, term, task.done));
             }
             Err(raft::Error::ProposalDropped) => {
                 let err = if self.raw.raft.state != StateRole::Leader {
