@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,10 +44,13 @@ fn addrs(c: &Cluster, idx: &[usize]) -> Vec<String> {
 }
 
 /// Writes in the background until stopped; returns the acknowledged payloads.
+/// A writer proposing through whichever node it believes leads; it counts
+/// its acknowledged writes in `progress` and returns them when stopped.
 fn background_writer(
     c: &Cluster,
     leader_hint: Arc<Mutex<Node>>,
     stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<Vec<Bytes>> {
     let nodes: Vec<Node> = c.running().map(|(_, n)| n.clone()).collect();
     tokio::spawn(async move {
@@ -56,7 +59,10 @@ fn background_writer(
         while !stop.load(Ordering::Relaxed) {
             let n = leader_hint.lock().unwrap().clone();
             match n.propose(payload(i)).await {
-                Ok(_) => acked.push(payload(i)),
+                Ok(_) => {
+                    acked.push(payload(i));
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(RaftError::NotLeader { leader: Some(l) }) => {
                     if let Some(m) = nodes.iter().find(|m| m.peer_id().addr == l.addr) {
                         *leader_hint.lock().unwrap() = m.clone();
@@ -68,6 +74,12 @@ fn background_writer(
         }
         acked
     })
+}
+
+/// Waits until the background writer has `more` further writes acknowledged.
+async fn wait_for_writes(progress: &AtomicUsize, more: usize, what: &str) {
+    let target = progress.load(Ordering::Relaxed) + more;
+    wait_until(T, what, || progress.load(Ordering::Relaxed) >= target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,8 +233,9 @@ async fn removing_the_leader_moves_leadership_to_a_remaining_voter() {
     // and persisted entries reach it after the removal is applied.
     let hint = Arc::new(Mutex::new(c.node(l).clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = background_writer(&c, hint, stop.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writer = background_writer(&c, hint, stop.clone(), progress.clone());
+    wait_for_writes(&progress, 20, "writes before the removal").await;
     let old = c.node(l).clone();
     old.remove_peer(&PeerRef::Addr(c.addrs[l].clone()), None)
         .await
@@ -261,8 +274,9 @@ async fn transfer_under_load_keeps_every_acknowledged_write() {
     let l = c.wait_leader(T).await;
     let hint = Arc::new(Mutex::new(c.node(l).clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = background_writer(&c, hint.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writer = background_writer(&c, hint.clone(), stop.clone(), progress.clone());
+    wait_for_writes(&progress, 20, "writes before the transfer").await;
     let target = (l + 1) % 3;
     let new = c
         .node(l)
@@ -271,14 +285,9 @@ async fn transfer_under_load_keeps_every_acknowledged_write() {
         .expect("transfer");
     assert_eq!(new.addr, c.addrs[target]);
     assert_eq!(c.wait_leader(T).await, target);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_writes(&progress, 20, "writes through the new leader").await;
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
-    assert!(
-        acked.len() > 10,
-        "the writer made little progress: {}",
-        acked.len()
-    );
     for i in 0..3 {
         wait_until(T, "every acknowledged write is applied everywhere", || {
             let have: std::collections::HashSet<Bytes> = c.applied_data(i).into_iter().collect();

@@ -86,6 +86,17 @@ fn start_writers(
     (tally, stop, handles)
 }
 
+/// Waits until the writers have had `more` further writes acknowledged:
+/// proof that the cluster is serving at this point of the test.
+async fn wait_for_progress(tally: &Arc<Mutex<Tally>>, more: usize, what: &str) {
+    let target = tally.lock().unwrap().acked.len() + more;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tally.lock().unwrap().acked.len() < target {
+        assert!(Instant::now() < deadline, "writes stalled {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn check_final(client: &ClusterClient, tally: &Arc<Mutex<Tally>>) {
     let final_value = client.counter_get().await.expect("final read");
     let t = std::mem::take(&mut *tally.lock().unwrap());
@@ -170,7 +181,7 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
     let (tally, stop, writers) = start_writers(client.clone(), 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_progress(&tally, 100, "before scaling out").await;
 
     let mut expected = initial.clone();
     for new in &addrs[3..] {
@@ -184,7 +195,7 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
             "configuration after adding {new}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_progress(&tally, 100, "after scaling out to five").await;
     for gone in [&addrs[1], &addrs[2]] {
         let (ok, out, err) = raftkit(&addrs, &["remove-peer", gone]);
         if !ok {
@@ -224,7 +235,7 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         3,
         "{out}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_progress(&tally, 100, "after scaling back to three").await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -243,7 +254,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retrya
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
     let (tally, stop, writers) = start_writers(client.clone(), 4);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_progress(&tally, 100, "before the leader's SIGTERM").await;
     let mut leader = None;
     for (i, a) in addrs.iter().enumerate() {
         let v = raft_stat(a).await.unwrap();
@@ -252,7 +263,6 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retrya
         }
     }
     let l = leader.expect("a leader");
-    let acked_before = tally.lock().unwrap().acked.len();
     let status = procs[l]
         .signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
         .expect("the leader exits");
@@ -269,14 +279,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retrya
         procs[l].log_tail(40)
     );
     // The survivors keep serving under the leader the old one chose.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tally.lock().unwrap().acked.len() < acked_before + 200 {
-        assert!(
-            Instant::now() < deadline,
-            "writes stalled after the leader's SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&tally, 200, "after the leader's SIGTERM").await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

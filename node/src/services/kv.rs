@@ -113,20 +113,23 @@ impl KvFsm {
         }
     }
 
-    /// Decodes and applies one command (at most once per client session).
-    fn execute(&mut self, data: &[u8]) -> KvResult {
+    /// Decodes and applies one command (at most once per client session) and
+    /// returns the encoded `KvResult` the proposer receives.
+    fn execute(&mut self, data: Bytes) -> Bytes {
         let cmd = match KvCommand::decode(data) {
             Ok(c) => c,
-            Err(e) => return failure("invalid", format!("undecodable kv command: {e}")),
+            Err(e) => {
+                return Bytes::from(
+                    failure("invalid", format!("undecodable kv command: {e}")).encode_to_vec(),
+                )
+            }
         };
         let state = &self.state;
-        let out = self.sessions.run(
+        self.sessions.run(
             cmd.meta.as_ref(),
             || Bytes::from(execute_op(state, cmd.op).encode_to_vec()),
             |kind, error| Bytes::from(failure(kind, error).encode_to_vec()),
-        );
-        KvResult::decode(out.as_ref())
-            .unwrap_or_else(|e| failure("invalid", format!("undecodable stored result: {e}")))
+        )
     }
 }
 
@@ -193,8 +196,8 @@ fn execute_op(state: &KvState, op: Option<Op>) -> KvResult {
 impl StateMachine for KvFsm {
     fn on_apply(&mut self, entries: ApplyIter<'_>) {
         for e in entries {
-            let result = self.execute(&e.data);
-            e.respond(Ok(Bytes::from(result.encode_to_vec())));
+            let result = self.execute(e.data.clone());
+            e.respond(Ok(result));
         }
     }
 
@@ -425,13 +428,11 @@ mod tests {
     use super::*;
 
     fn apply(fsm: &mut KvFsm, op: Op) -> KvResult {
-        fsm.execute(
-            &KvCommand {
-                op: Some(op),
-                meta: None,
-            }
-            .encode_to_vec(),
-        )
+        let cmd = KvCommand {
+            op: Some(op),
+            meta: None,
+        };
+        KvResult::decode(fsm.execute(cmd.encode_to_vec().into())).unwrap()
     }
 
     #[test]
@@ -476,7 +477,10 @@ mod tests {
     #[test]
     fn bad_commands_fail_deterministically_without_changing_state() {
         let mut fsm = KvFsm::new(KvState::default());
-        assert!(!fsm.execute(b"\xff\xff garbage").error.is_empty());
+        let garbage = fsm.execute(Bytes::from_static(b"\xff\xff garbage"));
+        let r = KvResult::decode(garbage).unwrap();
+        assert_eq!(r.error_kind, "invalid");
+        assert!(r.error.contains("undecodable kv command"), "{}", r.error);
         let r = apply(
             &mut fsm,
             Op::Put(KvPut {
