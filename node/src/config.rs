@@ -206,57 +206,24 @@ mod tests {
     fn bad_flags_get_clear_errors() {
         let e = parse(&["--listen", "0.0.0.0:8100", "--data-dir", "/d"]).unwrap_err();
         assert!(e.contains("--advertise"), "{e}");
-        let e = parse(&[
-            "--listen",
-            "127.0.0.1:8100",
-            "--data-dir",
-            "/d",
-            "--groups",
-            "a:redis",
-        ])
-        .unwrap_err();
-        assert!(e.contains("unknown state machine"), "{e}");
-        let e = parse(&[
-            "--listen",
-            "127.0.0.1:8100",
-            "--data-dir",
-            "/d",
-            "--groups",
-            "a:kv,b:kv",
-            "--log-uri",
-            "local:///x",
-        ])
-        .unwrap_err();
-        assert!(e.contains("{group}"), "{e}");
-        let e = parse(&[
-            "--listen",
-            "127.0.0.1:8100",
-            "--data-dir",
-            "/d",
-            "--initial-conf",
-            "127.0.0.1:9,127.0.0.1:10",
-        ])
-        .unwrap_err();
-        assert!(e.contains("not in the initial conf"), "{e}");
-        let e = parse(&[
-            "--listen",
-            "127.0.0.1:8100",
-            "--data-dir",
-            "/d",
-            "--log-uri",
-            "nfs://x",
-        ])
-        .unwrap_err();
-        assert!(e.contains("log uri"), "{e}");
-        let e = parse(&[
-            "--listen",
-            "127.0.0.1:8100",
-            "--data-dir",
-            "/d",
-            "--sync",
-            "maybe",
-        ])
-        .unwrap_err();
-        assert!(e.contains("maybe"), "{e}");
+        let base = ["--listen", "127.0.0.1:8100", "--data-dir", "/d"];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--groups", "a:redis"], "unknown state machine"),
+            (
+                &["--groups", "a:kv,b:kv", "--log-uri", "local:///x"],
+                "{group}",
+            ),
+            (
+                &["--initial-conf", "127.0.0.1:9,127.0.0.1:10"],
+                "not in the initial conf",
+            ),
+            (&["--log-uri", "nfs://x"], "log uri"),
+            (&["--sync", "maybe"], "maybe"),
+        ];
+        for (extra, wanted) in cases {
+            let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+            let e = parse(&args).expect_err(&format!("{extra:?} must be refused"));
+            assert!(e.contains(wanted), "{extra:?}: {e}");
+        }
     }
 }
