@@ -58,6 +58,10 @@ pub struct BenchConfig {
     pub key_size: usize,
     pub value_size: usize,
     pub key_space: u64,
+    /// Connections the clients share: client i uses connection i mod `conns`.
+    pub conns: usize,
+    /// RaftKit: one unary call per operation instead of the mux stream.
+    pub unary: bool,
 }
 
 /// The result of a run.
@@ -218,25 +222,31 @@ pub fn key(cfg: &BenchConfig, client: usize, n: u64) -> Bytes {
 /// The RaftKit side: one client (route table) and one session per bench client.
 pub struct RaftKitOp {
     cfg: BenchConfig,
-    clients: Vec<(ClusterClient, tokio::sync::Mutex<crate::client::Session>)>,
+    conns: Vec<ClusterClient>,
+    /// One session per client (each client has one write in flight).
+    sessions: Vec<tokio::sync::Mutex<crate::client::Session>>,
     value: Bytes,
 }
 
 impl RaftKitOp {
     pub fn new(cfg: &BenchConfig, endpoints: &[String], group: &str) -> Result<Self, String> {
-        let mut clients = Vec::with_capacity(cfg.clients);
-        for i in 0..cfg.clients {
+        let mut conns = Vec::with_capacity(cfg.conns);
+        for i in 0..cfg.conns.max(1) {
             // Rotate the member list so follower reads spread over members.
             let mut eps = endpoints.to_vec();
             eps.rotate_left(i % endpoints.len().max(1));
             let c = ClusterClient::new(eps, group, Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            let s = c.session();
-            clients.push((c, tokio::sync::Mutex::new(s)));
+                .map_err(|e| e.to_string())?
+                .with_unary_calls(cfg.unary);
+            conns.push(c);
         }
+        let sessions = (0..cfg.clients)
+            .map(|i| tokio::sync::Mutex::new(conns[i % conns.len()].session()))
+            .collect();
         Ok(RaftKitOp {
             cfg: cfg.clone(),
-            clients,
+            conns,
+            sessions,
             value: Bytes::from(vec![b'v'; cfg.value_size]),
         })
     }
@@ -244,7 +254,10 @@ impl RaftKitOp {
 
 impl Op for RaftKitOp {
     async fn call(&self, client: usize, n: u64) -> Result<(), String> {
-        let (c, session) = &self.clients[client];
+        let (c, session) = (
+            &self.conns[client % self.conns.len()],
+            &self.sessions[client],
+        );
         let k = key(&self.cfg, client, n);
         let r = match self.cfg.op {
             BenchOp::Put => {
@@ -278,8 +291,8 @@ impl EtcdOp {
         if cfg.op == BenchOp::FetchAdd {
             return Err("etcd has no fetch-add; use put, get or get-follower".into());
         }
-        let mut clients = Vec::with_capacity(cfg.clients);
-        for i in 0..cfg.clients {
+        let mut clients = Vec::with_capacity(cfg.conns);
+        for i in 0..cfg.conns.max(1) {
             let ep = &endpoints[i % endpoints.len()];
             let ch = Endpoint::from_shared(format!("http://{ep}"))
                 .map_err(|e| e.to_string())?
@@ -299,7 +312,7 @@ impl EtcdOp {
 
 impl Op for EtcdOp {
     async fn call(&self, client: usize, n: u64) -> Result<(), String> {
-        let mut c = self.clients[client].clone();
+        let mut c = self.clients[client % self.clients.len()].clone();
         let k = key(&self.cfg, client, n);
         let r = match self.cfg.op {
             BenchOp::Put => c
@@ -358,6 +371,8 @@ mod tests {
             key_size: 16,
             value_size: 256,
             key_space: 1000,
+            conns: clients,
+            unary: false,
         }
     }
 

@@ -24,11 +24,13 @@ use crate::options::{validate_addr, validate_group_name, NodeOptions, ReadMode};
 use crate::pb::admin_server::AdminServer;
 use crate::pb::counter_server::CounterServer;
 use crate::pb::kv_server::KvServer;
+use crate::pb::mux_server::MuxServer;
 use crate::pb::raft_transport_server::RaftTransportServer;
 use crate::pb::snapshot_install_server::SnapshotInstallServer;
 use crate::services::admin::AdminService;
 use crate::services::counter::{CounterFsm, CounterService, CounterState};
 use crate::services::kv::{KvFsm, KvService, KvState};
+use crate::services::mux::MuxService;
 use crate::services::GroupTable;
 use crate::storage::StorageOptions;
 use crate::transport::grpc::{
@@ -272,6 +274,8 @@ impl Server {
         let counters = GroupTable::new("counter");
         let kvs = GroupTable::new("kv");
         let transport = GrpcTransport::new(advertise, tokio::runtime::Handle::current());
+        let counter_service = Arc::new(CounterService::new(counters.clone(), session_idle_ms));
+        let kv_service = Arc::new(KvService::new(kvs.clone(), session_idle_ms));
         let grpc = tonic::service::Routes::new(
             RaftTransportServer::new(RaftTransportService::new(
                 manager.clone(),
@@ -284,11 +288,12 @@ impl Server {
             SnapshotInstallServer::new(SnapshotInstallService::new(manager.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .add_service(CounterServer::new(CounterService::new(
-            counters.clone(),
-            session_idle_ms,
-        )))
-        .add_service(KvServer::new(KvService::new(kvs.clone(), session_idle_ms)))
+        .add_service(CounterServer::from_arc(counter_service.clone()))
+        .add_service(KvServer::from_arc(kv_service.clone()))
+        .add_service(
+            MuxServer::new(MuxService::new(kv_service, counter_service))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        )
         .into_axum_router();
         let app = grpc.merge(crate::http::router(crate::http::HttpState {
             manager: manager.clone(),

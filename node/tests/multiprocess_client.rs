@@ -43,13 +43,24 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
         &[("RAFTKIT_FAILPOINTS", "reply_after_apply=error(0.33)")],
     )
     .await;
-    let client = std::sync::Arc::new(
+    // Half the workers use the multiplexed stream, half unary calls: both
+    // paths must turn a lost reply into a retry.
+    let mux = std::sync::Arc::new(
         ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(20)).unwrap(),
+    );
+    let unary = std::sync::Arc::new(
+        ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(20))
+            .unwrap()
+            .with_unary_calls(true),
     );
     let (workers, per_worker) = (4, 60);
     let mut handles = Vec::new();
-    for _ in 0..workers {
-        let client = client.clone();
+    for w in 0..workers {
+        let client = if w % 2 == 0 {
+            mux.clone()
+        } else {
+            unary.clone()
+        };
         handles.push(tokio::spawn(async move {
             let mut session = client.session();
             let mut answers = Vec::new();
@@ -78,7 +89,8 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
         "two increments got the same answer"
     );
     // The counter equals the number of logical increments: none applied twice.
-    assert_eq!(client.counter_get().await.unwrap(), total);
+    assert_eq!(mux.counter_get().await.unwrap(), total);
+    assert_eq!(unary.counter_get().await.unwrap(), total);
     let mut seen: Vec<i64> = answers;
     seen.sort_unstable();
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
@@ -233,5 +245,41 @@ async fn the_client_finds_a_new_leader_within_its_deadline_after_the_old_one_die
     let new_leader = client.cached_leader().expect("a cached leader");
     assert_ne!(new_leader, c.addrs[l]);
     assert_eq!(client.counter_get().await.unwrap(), 2);
+    c.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_sharing_one_connection_each_get_their_own_reply() {
+    let mut c = start(&["--groups", "kv:kv,counter:counter"], &[]).await;
+    // One client, so every task's calls share one stream to the leader and
+    // their replies come back interleaved.
+    let client = std::sync::Arc::new(
+        ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(20)).unwrap(),
+    );
+    let tasks = 64;
+    let key = |i: usize| bytes::Bytes::from(format!("key-{i}"));
+    let val = |i: usize, round: usize| bytes::Bytes::from(format!("value-{i}-{round}"));
+    let mut handles = Vec::new();
+    for i in 0..tasks {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            let mut s = client.session();
+            for round in 0..20 {
+                let previous = client.put_in(&mut s, key(i), val(i, round)).await.unwrap();
+                // A reply handed to the wrong caller would show another
+                // task's key's value here.
+                let expected = (round > 0).then(|| val(i, round - 1));
+                assert_eq!(previous, expected, "task {i} round {round}");
+                let now = client
+                    .get_with(key(i), ReadConsistency::Linearizable)
+                    .await
+                    .unwrap();
+                assert_eq!(now, Some(val(i, round)), "task {i} round {round}");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
     c.stop_all();
 }

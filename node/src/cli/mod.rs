@@ -168,6 +168,14 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     pub key_space: u64,
+    /// Connections the clients share (client i uses connection i mod N);
+    /// 0: one connection per client.
+    #[arg(long, default_value_t = 0)]
+    pub conns: usize,
+    /// RaftKit only: one unary gRPC call per operation instead of the
+    /// client library's multiplexed stream.
+    #[arg(long)]
+    pub unary: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -517,7 +525,18 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
         key_size: b.key_size,
         value_size: b.value_size,
         key_space: b.key_space.max(1),
+        conns: if b.conns == 0 {
+            b.clients
+        } else {
+            b.conns.min(b.clients)
+        },
+        unary: b.unary,
     };
+    if b.unary && b.system == BenchSystem::Etcd {
+        return Err(bad(
+            "--unary applies to RaftKit only (etcd calls are always unary)".into(),
+        ));
+    }
     let (summary, first_error) = match b.system {
         BenchSystem::Raftkit => {
             let group = cli.group.clone().unwrap_or_else(|| {

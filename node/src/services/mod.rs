@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod counter;
 pub mod kv;
+pub mod mux;
 pub mod sessions;
 
 use std::collections::HashMap;
@@ -192,6 +193,44 @@ impl<S: Clone> GroupTable<S> {
     }
 }
 
+/// A status as a [`crate::pb::MuxError`]: code, message and the RaftKit
+/// metadata [`from_status`] reads.
+pub fn status_to_wire(status: &Status) -> crate::pb::MuxError {
+    let md = |k: &str| {
+        status
+            .metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    crate::pb::MuxError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        kind: md(ERROR_KIND_KEY),
+        leader: md(LEADER_KEY),
+        expected: md(EXPECTED_KEY),
+        current: md(CURRENT_KEY),
+    }
+}
+
+/// The status [`status_to_wire`] was made from.
+pub fn status_from_wire(e: crate::pb::MuxError) -> Status {
+    let mut status = Status::new(Code::from(e.code), e.message);
+    let md = status.metadata_mut();
+    for (k, v) in [
+        (ERROR_KIND_KEY, e.kind),
+        (LEADER_KEY, e.leader),
+        (EXPECTED_KEY, e.expected),
+        (CURRENT_KEY, e.current),
+    ] {
+        if let (false, Ok(v)) = (v.is_empty(), MetadataValue::try_from(v)) {
+            md.insert(k, v);
+        }
+    }
+    status
+}
+
 /// Waits as `consistency` requires before a read answers from local state;
 /// returns the read index (0 for stale reads).
 pub async fn read_barrier(
@@ -260,10 +299,18 @@ mod tests {
         for e in errs {
             let back = from_status(&to_status(e.clone())).expect("a node status");
             assert_eq!(back, e);
+            let status = to_status(e.clone());
+            let over_mux = status_from_wire(status_to_wire(&status));
+            assert_eq!(over_mux.code(), status.code());
+            assert_eq!(from_status(&over_mux), Some(e));
         }
         assert_eq!(
             from_status(&Status::unavailable("connection refused")),
             None
         );
+        let plain = status_from_wire(status_to_wire(&Status::unavailable("reply lost")));
+        assert_eq!(plain.code(), Code::Unavailable);
+        assert_eq!(plain.message(), "reply lost");
+        assert_eq!(from_status(&plain), None);
     }
 }

@@ -22,7 +22,6 @@ use tonic::Status;
 use crate::error::RaftError;
 use crate::options::validate_addr;
 use crate::pb::admin_client::AdminClient;
-use crate::pb::counter_client::CounterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::{
     CasRequest, ChangePeersRequest, ConfigurationReply, CounterGetRequest, DeleteRequest,
@@ -31,6 +30,11 @@ use crate::pb::{
 };
 use crate::pb::{ClientSession, ReadConsistency};
 use crate::services::from_status;
+
+mod mux;
+
+pub use conn::Conn;
+mod conn;
 
 /// A client session (see [`ClusterClient::session`]): writes through it
 /// carry (client id, sequence number), so the state machine applies a
@@ -111,7 +115,9 @@ pub struct ClusterClient {
     group: String,
     timeout: Duration,
     leader: Mutex<Option<String>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    conns: Mutex<HashMap<String, Conn>>,
+    /// One unary gRPC call per request instead of the member's mux stream.
+    unary: bool,
     next: AtomicUsize,
     /// The session of the convenience write methods (one write at a time).
     session: tokio::sync::Mutex<Session>,
@@ -139,7 +145,8 @@ impl ClusterClient {
             group: group.into(),
             timeout,
             leader: Mutex::new(None),
-            channels: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            unary: false,
             next: AtomicUsize::new(0),
             session: tokio::sync::Mutex::new(Session {
                 id: rand::random::<u64>() | 1,
@@ -147,6 +154,14 @@ impl ClusterClient {
             }),
             last_refresh: Mutex::new(None),
         })
+    }
+
+    /// Makes every call a unary gRPC call (one HTTP/2 stream each) instead
+    /// of a message on the member's multiplexed stream. Slower; kept for
+    /// comparison and for servers that predate the mux service.
+    pub fn with_unary_calls(mut self, unary: bool) -> Self {
+        self.unary = unary;
+        self
     }
 
     pub fn group(&self) -> &str {
@@ -170,10 +185,10 @@ impl ClusterClient {
             *last = Some(Instant::now());
         }
         for addr in self.addrs() {
-            let Ok(ch) = self.channel(&addr).await else {
+            let Ok(conn) = self.conn(&addr).await else {
                 continue;
             };
-            let mut admin = AdminClient::new(ch);
+            let mut admin = AdminClient::new(conn.channel());
             let req = GroupRequest {
                 group: self.group.clone(),
             };
@@ -202,8 +217,8 @@ impl ClusterClient {
         self.leader.lock().clone()
     }
 
-    async fn channel(&self, addr: &str) -> Result<Channel, String> {
-        if let Some(c) = self.channels.lock().get(addr) {
+    async fn conn(&self, addr: &str) -> Result<Conn, String> {
+        if let Some(c) = self.conns.lock().get(addr) {
             return Ok(c.clone());
         }
         let ep = Endpoint::from_shared(format!("http://{addr}"))
@@ -220,12 +235,13 @@ impl ClusterClient {
                     .unwrap_or_default()
             )
         })?;
-        self.channels.lock().insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        let conn = Conn::new(ch, !self.unary);
+        self.conns.lock().insert(addr.to_string(), conn.clone());
+        Ok(conn)
     }
 
     fn forget(&self, addr: &str) {
-        self.channels.lock().remove(addr);
+        self.conns.lock().remove(addr);
         let mut l = self.leader.lock();
         if l.as_deref() == Some(addr) {
             *l = None;
@@ -244,7 +260,7 @@ impl ClusterClient {
     /// Sends `call` to the leader, following redirects and retrying per `retry`.
     pub async fn call<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, String) -> Fut,
+        F: FnMut(Conn, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -258,7 +274,7 @@ impl ClusterClient {
                 )));
             }
             let addr = self.pick();
-            let ch = match self.channel(&addr).await {
+            let ch = match self.conn(&addr).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Not connected: the request was certainly not sent.
@@ -356,15 +372,14 @@ impl ClusterClient {
         delta: i64,
     ) -> Result<i64, ClientError> {
         let s = Self::next(session);
-        self.call(Retry::Idempotent, |ch, group| async move {
-            CounterClient::new(ch)
-                .fetch_add(FetchAddRequest {
-                    group,
-                    delta,
-                    session: s,
-                })
-                .await
-                .map(|r| r.into_inner().previous)
+        self.call(Retry::Idempotent, |conn, group| async move {
+            conn.fetch_add(FetchAddRequest {
+                group,
+                delta,
+                session: s,
+            })
+            .await
+            .map(|r| r.previous)
         })
         .await
     }
@@ -384,14 +399,13 @@ impl ClusterClient {
     /// The counter's value with the given consistency (follower and stale
     /// reads are answered by whichever member is asked).
     pub async fn counter_get_with(&self, consistency: ReadConsistency) -> Result<i64, ClientError> {
-        self.read(consistency, |ch, group| async move {
-            CounterClient::new(ch)
-                .get(CounterGetRequest {
-                    group,
-                    consistency: consistency as i32,
-                })
-                .await
-                .map(|r| r.into_inner().value)
+        self.read(consistency, |conn, group| async move {
+            conn.counter_get(CounterGetRequest {
+                group,
+                consistency: consistency as i32,
+            })
+            .await
+            .map(|r| r.value)
         })
         .await
     }
@@ -404,18 +418,17 @@ impl ClusterClient {
         value: Bytes,
     ) -> Result<Option<Bytes>, ClientError> {
         let s = Self::next(session);
-        self.call(Retry::Idempotent, |ch, group| {
+        self.call(Retry::Idempotent, |conn, group| {
             let (key, value) = (key.clone(), value.clone());
             async move {
-                KvClient::new(ch)
-                    .put(PutRequest {
-                        group,
-                        key,
-                        value,
-                        session: s,
-                    })
-                    .await
-                    .map(|r| r.into_inner().previous)
+                conn.put(PutRequest {
+                    group,
+                    key,
+                    value,
+                    session: s,
+                })
+                .await
+                .map(|r| r.previous)
             }
         })
         .await
@@ -438,17 +451,16 @@ impl ClusterClient {
         key: Bytes,
         consistency: ReadConsistency,
     ) -> Result<Option<Bytes>, ClientError> {
-        self.read(consistency, |ch, group| {
+        self.read(consistency, |conn, group| {
             let key = key.clone();
             async move {
-                KvClient::new(ch)
-                    .get(GetRequest {
-                        group,
-                        key,
-                        consistency: consistency as i32,
-                    })
-                    .await
-                    .map(|r| r.into_inner().value)
+                conn.get(GetRequest {
+                    group,
+                    key,
+                    consistency: consistency as i32,
+                })
+                .await
+                .map(|r| r.value)
             }
         })
         .await
@@ -458,17 +470,16 @@ impl ClusterClient {
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
         let mut session = self.session.lock().await;
         let s = Self::next(&mut session);
-        self.call(Retry::Idempotent, |ch, group| {
+        self.call(Retry::Idempotent, |conn, group| {
             let key = key.clone();
             async move {
-                KvClient::new(ch)
-                    .delete(DeleteRequest {
-                        group,
-                        key,
-                        session: s,
-                    })
-                    .await
-                    .map(|r| r.into_inner().deleted)
+                conn.delete(DeleteRequest {
+                    group,
+                    key,
+                    session: s,
+                })
+                .await
+                .map(|r| r.deleted)
             }
         })
         .await
@@ -484,22 +495,18 @@ impl ClusterClient {
     ) -> Result<(bool, Option<Bytes>), ClientError> {
         let mut session = self.session.lock().await;
         let s = Self::next(&mut session);
-        self.call(Retry::Idempotent, |ch, group| {
+        self.call(Retry::Idempotent, |conn, group| {
             let (key, expected, value) = (key.clone(), expected.clone(), value.clone());
             async move {
-                KvClient::new(ch)
-                    .cas(CasRequest {
-                        group,
-                        key,
-                        expected,
-                        value,
-                        session: s,
-                    })
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        (r.swapped, r.current)
-                    })
+                conn.cas(CasRequest {
+                    group,
+                    key,
+                    expected,
+                    value,
+                    session: s,
+                })
+                .await
+                .map(|r| (r.swapped, r.current))
             }
         })
         .await
@@ -512,10 +519,10 @@ impl ClusterClient {
         prefix: Bytes,
         limit: u32,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
-        self.read(ReadConsistency::Linearizable, |ch, group| {
+        self.read(ReadConsistency::Linearizable, |conn, group| {
             let prefix = prefix.clone();
             async move {
-                KvClient::new(ch)
+                KvClient::new(conn.channel())
                     .scan(ScanRequest {
                         group,
                         prefix,
@@ -539,7 +546,7 @@ impl ClusterClient {
     /// to the members in turn.
     async fn read<T, F, Fut>(&self, consistency: ReadConsistency, call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, String) -> Fut,
+        F: FnMut(Conn, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         match consistency {
@@ -552,7 +559,7 @@ impl ClusterClient {
     /// answers, within the deadline.
     pub async fn call_any<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, String) -> Fut,
+        F: FnMut(Conn, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -566,7 +573,7 @@ impl ClusterClient {
             }
             let addrs = self.addrs();
             let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()].clone();
-            let ch = match self.channel(&addr).await {
+            let ch = match self.conn(&addr).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("{addr}: {e}");
@@ -611,7 +618,7 @@ impl ClusterClient {
         expected_conf_index: Option<u64>,
         catch_up_timeout_ms: u64,
     ) -> Result<ConfigurationReply, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        self.call(Retry::NotIdempotent, |conn, group| {
             let req = MembershipRequest {
                 group,
                 peer: addr.to_string(),
@@ -619,7 +626,7 @@ impl ClusterClient {
                 catch_up_timeout_ms,
             };
             async move {
-                AdminClient::new(ch)
+                AdminClient::new(conn.channel())
                     .add_peer(req)
                     .await
                     .map(|r| r.into_inner())
@@ -634,7 +641,7 @@ impl ClusterClient {
         peer: &str,
         expected_conf_index: Option<u64>,
     ) -> Result<ConfigurationReply, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        self.call(Retry::NotIdempotent, |conn, group| {
             let req = MembershipRequest {
                 group,
                 peer: peer.to_string(),
@@ -642,7 +649,7 @@ impl ClusterClient {
                 catch_up_timeout_ms: 0,
             };
             async move {
-                AdminClient::new(ch)
+                AdminClient::new(conn.channel())
                     .remove_peer(req)
                     .await
                     .map(|r| r.into_inner())
@@ -658,7 +665,7 @@ impl ClusterClient {
         expected_conf_index: Option<u64>,
         catch_up_timeout_ms: u64,
     ) -> Result<ConfigurationReply, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        self.call(Retry::NotIdempotent, |conn, group| {
             let req = ChangePeersRequest {
                 group,
                 peers: peers.to_vec(),
@@ -666,7 +673,7 @@ impl ClusterClient {
                 catch_up_timeout_ms,
             };
             async move {
-                AdminClient::new(ch)
+                AdminClient::new(conn.channel())
                     .change_peers(req)
                     .await
                     .map(|r| r.into_inner())
@@ -678,13 +685,13 @@ impl ClusterClient {
     /// Moves leadership to `target` (address or id), or the most caught-up
     /// voter with `"any"`; returns the new leader.
     pub async fn transfer_leader(&self, target: &str) -> Result<crate::pb::Member, ClientError> {
-        self.call(Retry::NotIdempotent, |ch, group| {
+        self.call(Retry::NotIdempotent, |conn, group| {
             let req = TransferRequest {
                 group,
                 target: target.to_string(),
             };
             async move {
-                AdminClient::new(ch)
+                AdminClient::new(conn.channel())
                     .transfer_leader(req)
                     .await
                     .map(|r| r.into_inner().leader.unwrap_or_default())
@@ -776,11 +783,11 @@ impl ClusterClient {
     }
 
     async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
-        let ch = self
-            .channel(addr)
+        let conn = self
+            .conn(addr)
             .await
             .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
-        Ok(AdminClient::new(ch))
+        Ok(AdminClient::new(conn.channel()))
     }
 }
 
