@@ -95,6 +95,28 @@ pub struct NodeArgs {
     /// How linearizable reads are confirmed: read-index or lease.
     #[arg(long, env = "RAFTKIT_READ_MODE", default_value = "read-index", value_parser = parse_read_mode)]
     pub read_mode: ReadMode,
+    /// Threads serving the network (gRPC and HTTP); 0: one per four CPUs,
+    /// at least one. Each group also runs its own raft, I/O and apply
+    /// threads, so networking needs fewer than the CPU count.
+    #[arg(long, env = "RAFTKIT_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub worker_threads: u16,
+}
+
+impl NodeArgs {
+    /// The tokio runtime the node runs on, sized by `--worker-threads`.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let threads = match self.worker_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get() / 4)
+                .unwrap_or(1)
+                .max(1),
+            n => n as usize,
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
 }
 
 fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
@@ -219,6 +241,7 @@ mod tests {
             ),
             (&["--log-uri", "nfs://x"], "log uri"),
             (&["--sync", "maybe"], "maybe"),
+            (&["--worker-threads", "1000"], "0..=256"),
         ];
         for (extra, wanted) in cases {
             let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();

@@ -15,13 +15,18 @@ struct Cli {
     node: NodeArgs,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     raftkit_node::logging::init_tracing("info");
     let cli = Cli::parse();
-    let result = match cli.node.into_config() {
-        Ok(config) => raftkit_node::server::run(config, raftkit_node::shutdown_signal()).await,
-        Err(e) => Err(e),
+    let result = match cli.node.runtime() {
+        Ok(rt) => rt.block_on(async move {
+            let config = cli.node.into_config()?;
+            raftkit_node::server::run(config, raftkit_node::shutdown_signal()).await
+        }),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -3,10 +3,24 @@
 use clap::Parser;
 use raftkit_node::cli::{run_client_command, Cli, Command};
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    let code = match &cli.command {
+    let runtime = match &cli.command {
+        Command::Node(args) => args.runtime(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let code = match runtime {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> i32 {
+    match &cli.command {
         Command::Node(args) => {
             raftkit_node::logging::init_tracing("info");
             let result = match (**args).clone().into_config() {
@@ -40,6 +54,5 @@ async fn main() {
                 e.code
             }
         },
-    };
-    std::process::exit(code);
+    }
 }
