@@ -6,16 +6,20 @@
 # runs the same load against each at 1, 16, 64 and 256 clients (16-byte keys,
 # 256-byte values, BENCH_SECS seconds each, default 20), stops everything it
 # started, prints a table with the RaftKit/etcd ratios and writes the rows to
-# target/bench/compare-etcd.json.
+# target/bench/compare-etcd.json. First it measures the machine's latency
+# floor for one replicated write (target/bench/floor.json).
 #
 #   bench/compare-etcd.sh                 # full run
 #   BENCH_SECS=5 CLIENTS="1 64" bench/compare-etcd.sh
+#   BENCH_CONNS=1 bench/compare-etcd.sh   # all clients share one connection (both systems)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 secs="${BENCH_SECS:-20}"
 clients="${CLIENTS:-1 16 64 256}"
+# Connections the clients share, for both systems (0: one per client).
+conns="${BENCH_CONNS:-0}"
 out_dir="$root/target/bench"
 mkdir -p "$out_dir"
 
@@ -39,6 +43,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+echo "== latency floor (fsync of a 300-byte append + 2 loopback round trips)"
+"$raftkit" --output json bench-floor --dir "$work" >"$out_dir/floor.json"
+cat "$out_dir/floor.json"
 
 etcd_cluster="e0=http://127.0.0.1:23800,e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802"
 for i in 0 1 2; do
@@ -72,7 +80,8 @@ rows="$out_dir/compare-etcd.jsonl"
 run() { # system cluster op clients
   echo "-- $1 $3 clients=$4" >&2
   "$raftkit" --cluster "$2" --output json bench --system "$1" --op "$3" --clients "$4" \
-    --duration-s "$secs" --warmup-s 2 --key-size 16 --value-size 256 --key-space 100000 >>"$rows"
+    --duration-s "$secs" --warmup-s 2 --key-size 16 --value-size 256 --key-space 100000 \
+    --conns "$conns" >>"$rows"
 }
 for c in $clients; do
   run etcd "$etcd_eps" put "$c"
@@ -80,7 +89,7 @@ for c in $clients; do
   run raftkit "$rk_cluster" fetch-add "$c"
 done
 
-python3 - "$rows" "$out_dir/compare-etcd.json" <<'PY'
+python3 - "$rows" "$out_dir/compare-etcd.json" "$out_dir/floor.json" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 json.dump(rows, open(sys.argv[2], "w"), indent=2)
@@ -96,5 +105,17 @@ for c in sorted({r["clients"] for r in rows}):
     rp99 = k["p99_ms"] / e["p99_ms"] if e["p99_ms"] else float("nan")
     fa = f"{f['ops_per_sec']:>11.0f} {f['p99_ms']:>7.2f}" if f else ""
     print(f"{c:>7} | {e['ops_per_sec']:>10.0f} {e['p50_ms']:>7.2f} {e['p99_ms']:>7.2f} | {k['ops_per_sec']:>13.0f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f} | {ratio:>9.2f} {rp99:>9.2f} | {fa}")
-print(f"\nrows written to {sys.argv[2]}")
+print()
+for c, name in ((64, "64 clients"),):
+    e, k = find("etcd", "put", c), find("raftkit", "put", c)
+    if e and k and e["ops_per_sec"] and e["p99_ms"]:
+        print(f"{name}: put/s ratio {k['ops_per_sec'] / e['ops_per_sec']:.2f} (target >= 3), "
+              f"p99 ratio {k['p99_ms'] / e['p99_ms']:.2f} (target <= 0.33)")
+floor = json.load(open(sys.argv[3]))
+k = find("raftkit", "put", 1)
+if k:
+    print(f"1 client: put p50 {k['p50_ms']:.3f} ms; floor {floor['floor_ms']:.3f} ms "
+          f"(fsync {floor['fsync_p50_ms']:.3f} + 2 x rtt {floor['rtt_p50_ms']:.3f}); "
+          f"target p50 <= {2 * floor['floor_ms']:.3f} ms")
+print(f"\nrows written to {sys.argv[2]}; floor in {sys.argv[3]}")
 PY

@@ -356,6 +356,79 @@ pub fn render_text(s: &BenchSummary) -> String {
     )
 }
 
+/// One replicated write's latency floor on this machine (see
+/// `raftkit bench-floor`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Floor {
+    pub fsync_p50_ms: f64,
+    pub rtt_p50_ms: f64,
+    /// `fsync_p50_ms + 2 * rtt_p50_ms`.
+    pub floor_ms: f64,
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Measures the median `fdatasync` of a 300-byte append in `dir` and the
+/// median round trip of 32 bytes over a loopback TCP connection
+/// (TCP_NODELAY), `samples` times each. Blocking.
+pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, String> {
+    use std::io::{Read, Write};
+    let path = dir.join(format!(".raftkit-floor-{}", std::process::id()));
+    let fsyncs = (|| -> std::io::Result<Vec<Duration>> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let record = [b'r'; 300];
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            f.write_all(&record)?;
+            let t = std::time::Instant::now();
+            f.sync_data()?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    })();
+    let _ = std::fs::remove_file(&path);
+    let fsyncs = fsyncs.map_err(|e| format!("fsync in {}: {e}", dir.display()))?;
+    let rtts = (|| -> std::io::Result<Vec<Duration>> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; 32];
+            while s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf)?;
+            }
+            Ok(())
+        });
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [b'p'; 32];
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = std::time::Instant::now();
+            c.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+            out.push(t.elapsed());
+        }
+        drop(c);
+        let _ = echo.join();
+        Ok(out)
+    })()
+    .map_err(|e| format!("loopback round trip: {e}"))?;
+    let (fsync_p50_ms, rtt_p50_ms) = (median_ms(fsyncs), median_ms(rtts));
+    Ok(Floor {
+        fsync_p50_ms,
+        rtt_p50_ms,
+        floor_ms: fsync_p50_ms + 2.0 * rtt_p50_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,5 +528,25 @@ mod tests {
             let v: u64 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
             assert!(v < 1000);
         }
+    }
+
+    #[test]
+    fn the_floor_is_one_fsync_plus_two_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = measure_floor(dir.path(), 20).unwrap();
+        assert!(f.fsync_p50_ms > 0.0 && f.rtt_p50_ms > 0.0, "{f:?}");
+        assert!((f.floor_ms - (f.fsync_p50_ms + 2.0 * f.rtt_p50_ms)).abs() < 1e-9);
+        // Its scratch file is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let e = measure_floor(&dir.path().join("missing"), 5).unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+        assert_eq!(
+            median_ms(vec![
+                Duration::from_millis(3),
+                Duration::from_millis(1),
+                Duration::from_millis(2)
+            ]),
+            2.0
+        );
     }
 }

@@ -137,6 +137,17 @@ pub enum Command {
     /// Load generator for RaftKit (or etcd, with --system etcd): ops/s and
     /// latency percentiles. Targets --cluster.
     Bench(BenchArgs),
+    /// Measure this machine's latency floor for one replicated write: the
+    /// median fsync of an appended 300-byte record plus two loopback TCP
+    /// round trips (the one-client target in docs/benchmarks.md).
+    BenchFloor {
+        /// Directory to fsync in (the disk the nodes write to).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Samples of each measurement.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
     /// Run a node server (same flags as raftkit-node).
     #[command(hide = true)]
     Node(Box<NodeArgs>),
@@ -486,6 +497,37 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(b) => bench(cli, b).await,
+        Command::BenchFloor { dir, samples } => {
+            if *samples == 0 || *samples > 1_000_000 {
+                return Err(CliError {
+                    message: format!("--samples {samples} is outside 1..=1000000"),
+                    code: 2,
+                });
+            }
+            let (dir, samples) = (dir.clone(), *samples);
+            let f = tokio::task::spawn_blocking(move || crate::bench::measure_floor(&dir, samples))
+                .await
+                .map_err(|e| CliError {
+                    message: e.to_string(),
+                    code: 1,
+                })?
+                .map_err(|e| CliError {
+                    message: e,
+                    code: 1,
+                })?;
+            emit(
+                cli,
+                format!(
+                    "fsync p50 {:.3} ms + 2 x loopback rtt p50 {:.3} ms = floor {:.3} ms (twice: {:.3} ms)",
+                    f.fsync_p50_ms,
+                    f.rtt_p50_ms,
+                    f.floor_ms,
+                    2.0 * f.floor_ms
+                ),
+                serde_json::to_value(&f).unwrap_or_default(),
+            );
+            Ok(())
+        }
         Command::Playground(_) | Command::Node(_) => Err(CliError {
             message: "not a client command".into(),
             code: 2,
