@@ -78,6 +78,10 @@ etcd_eps="127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792"
 rows="$out_dir/compare-etcd.jsonl"
 : >"$rows"
 run() { # system cluster op clients
+  # Start each point on a quiet disk: flush what the previous point left
+  # dirty (etcd's backend writes in particular) and let writeback settle.
+  sync
+  sleep 2
   echo "-- $1 $3 clients=$4" >&2
   "$raftkit" --cluster "$2" --output json bench --system "$1" --op "$3" --clients "$4" \
     --duration-s "$secs" --warmup-s 2 --key-size 16 --value-size 256 --key-space 100000 \

@@ -189,6 +189,7 @@ impl SnapshotWriter {
                     out: BufWriter::new(f),
                     path,
                     sync: *sync,
+                    unsynced: 0,
                 }
             }
             WriterTarget::Memory { data, .. } => FileSink::Memory {
@@ -284,11 +285,20 @@ impl SnapshotWriter {
     }
 }
 
+/// A snapshot file being written is made durable every this many bytes.
+/// With ext4's ordered journaling, the log's next fsync would otherwise wait
+/// for the whole snapshot's dirty pages to reach the disk: a 25 MB snapshot
+/// stalled writes for over a second (64-client put benchmark, max latency
+/// 1.7 s vs 0.3 s without snapshots). Syncing in slices bounds that wait.
+const SNAPSHOT_SYNC_EVERY_BYTES: u64 = 1 << 20;
+
 enum FileSink {
     Disk {
         out: BufWriter<File>,
         path: PathBuf,
         sync: bool,
+        /// Bytes written since the last fsync.
+        unsynced: u64,
     },
     Memory {
         buf: Vec<u8>,
@@ -308,7 +318,21 @@ pub struct SnapshotFileWriter {
 impl Write for SnapshotFileWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = match &mut self.sink {
-            FileSink::Disk { out, .. } => out.write(buf)?,
+            FileSink::Disk {
+                out,
+                sync,
+                unsynced,
+                ..
+            } => {
+                let n = out.write(buf)?;
+                *unsynced += n as u64;
+                if *sync && *unsynced >= SNAPSHOT_SYNC_EVERY_BYTES {
+                    out.flush()?;
+                    out.get_ref().sync_data()?;
+                    *unsynced = 0;
+                }
+                n
+            }
             FileSink::Memory { buf: b, .. } => {
                 b.extend_from_slice(buf);
                 buf.len()
@@ -332,7 +356,9 @@ impl SnapshotFileWriter {
     /// size and checksum in the snapshot.
     pub fn finish(self) -> Result<(), StorageError> {
         match self.sink {
-            FileSink::Disk { out, path, sync } => {
+            FileSink::Disk {
+                out, path, sync, ..
+            } => {
                 let f = out.into_inner().map_err(|e| {
                     StorageError::io(format!("write {}", path.display()), e.into_error())
                 })?;
