@@ -3,7 +3,7 @@
 //! barrier on the leader). Keys are 1 to [`MAX_KEY_BYTES`] bytes, values up
 //! to [`MAX_VALUE_BYTES`].
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -64,7 +64,10 @@ pub fn check_value(value: &[u8]) -> Result<(), RaftError> {
 /// The map, shared by the state machine and the service.
 #[derive(Clone, Default, Debug)]
 pub struct KvState {
-    map: Arc<RwLock<BTreeMap<Bytes, Bytes>>>,
+    /// A persistent (structurally shared) ordered map: a snapshot takes an
+    /// O(1) copy, where cloning a `BTreeMap` of 100k keys held the apply
+    /// thread for 25-35 ms.
+    map: Arc<RwLock<OrdMap<Bytes, Bytes>>>,
 }
 
 impl KvState {
@@ -76,7 +79,7 @@ impl KvState {
     pub fn scan(&self, prefix: &[u8], limit: usize) -> (Vec<(Bytes, Bytes)>, bool) {
         let map = self.map.read();
         let mut it = map
-            .range::<[u8], _>((
+            .range::<_, [u8]>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
@@ -202,8 +205,8 @@ impl StateMachine for KvFsm {
     }
 
     fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
-        // Copying the map is cheap (keys and values are reference counted);
-        // the file is written on another thread while applying continues.
+        // Copying the map is O(1) (it is persistent); the file is written
+        // on another thread while applying continues.
         let copy = self.state.map.read().clone();
         let sessions = self.sessions.encode();
         std::thread::spawn(move || {
@@ -233,7 +236,7 @@ impl StateMachine for KvFsm {
 
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
         let data = reader.read_file(SNAPSHOT_FILE).map_err(|e| e.to_string())?;
-        let mut map = BTreeMap::new();
+        let mut map = OrdMap::new();
         let mut p = 0usize;
         let take = |n: usize, p: &mut usize| -> Result<Bytes, String> {
             if *p + n > data.len() {
