@@ -76,6 +76,9 @@ pub struct NodeMetrics {
     pub apply_seconds: Histogram,
     /// Time per log fsync.
     pub fsync_seconds: Histogram,
+    /// Leader: time from a proposal reaching the raft thread until it is
+    /// committed (replicated to a majority, durable) and handed to apply.
+    pub commit_seconds: Histogram,
     pub leader_changes: AtomicU64,
     pub snapshots_saved: AtomicU64,
     pub snapshots_sent: AtomicU64,
@@ -251,6 +254,14 @@ pub fn render(
         m.fsync_seconds.render(
             &mut o,
             "raftkit_fsync_seconds",
+            &format!("group=\"{}\"", escape(&s.group)),
+        );
+    }
+    let _ = writeln!(o, "# HELP raftkit_commit_seconds Leader: time from a proposal reaching the raft thread until it commits.\n# TYPE raftkit_commit_seconds histogram");
+    for (s, m) in nodes {
+        m.commit_seconds.render(
+            &mut o,
+            "raftkit_commit_seconds",
             &format!("group=\"{}\"", escape(&s.group)),
         );
     }

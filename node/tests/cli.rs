@@ -156,6 +156,18 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     ] {
         assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
     }
+    // The kv leader timed the commits of the writes above (two puts, two
+    // cas, one delete); sum over members in case leadership moved.
+    let mut timed = 0u64;
+    for a in &addrs {
+        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        timed += body
+            .lines()
+            .find_map(|l| l.strip_prefix("raftkit_commit_seconds_count{group=\"kv\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(timed >= 5, "commits timed by kv leaders: {timed}");
     let (code, body) = raftkit_node::http::probe(one, "/flags?format=json")
         .await
         .unwrap();

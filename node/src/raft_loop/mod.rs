@@ -8,7 +8,7 @@
 //! The leader's appends go out before its own fsync, so it writes to disk
 //! while followers do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ pub(crate) enum RaftMsg {
 
 /// Most inputs handled before looking at `Ready` again.
 const MAX_BATCH: usize = 4096;
+/// Proposals timed for `raftkit_commit_seconds` at once (the rest are not
+/// timed; bounds the queue if commits stall).
+const MAX_TIMED_PROPOSALS: usize = 65_536;
 /// How often lazily persisted fields (commit, applied) are written.
 const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -116,6 +119,9 @@ pub(crate) struct RaftLoop {
     /// Dones of proposals made in this input batch, registered with the apply
     /// thread in one message (they commit in a later Ready at the earliest).
     new_pending: Vec<(u64, u64, Done)>,
+    /// When each proposal made here reached this thread, by index, until it
+    /// commits (for `raftkit_commit_seconds`).
+    proposed_at: VecDeque<(u64, Instant)>,
     /// A received snapshot waiting to be durable before the state machine loads it.
     pending_install: Option<(u64, SnapshotMeta)>,
     /// Snapshot transfers in progress, by follower id.
@@ -176,6 +182,7 @@ impl RaftLoop {
             throttle,
             installs: HashMap::new(),
             new_pending: Vec::new(),
+            proposed_at: VecDeque::new(),
             io,
             pending_install: None,
             last_snapshot_index,
@@ -374,6 +381,9 @@ impl RaftLoop {
                 let index = self.raw.raft.raft_log.last_index();
                 debug_assert_eq!(index, before + 1);
                 self.new_pending.push((index, term, task.done));
+                if self.proposed_at.len() < MAX_TIMED_PROPOSALS {
+                    self.proposed_at.push_back((index, Instant::now()));
+                }
             }
             Err(raft::Error::ProposalDropped) => {
                 let err = if self.raw.raft.state != StateRole::Leader {
@@ -667,8 +677,22 @@ impl RaftLoop {
     /// Applies configuration entries to raft here (they are committed), then
     /// hands the whole batch, in order, to the apply thread.
     fn forward_committed(&mut self, entries: Vec<Entry>) {
-        if entries.is_empty() {
+        let Some(last) = entries.last().map(|e| e.index) else {
             return;
+        };
+        let now = Instant::now();
+        while let Some(&(index, at)) = self.proposed_at.front() {
+            if index > last {
+                break;
+            }
+            self.proposed_at.pop_front();
+            // An index proposed in an older term may have been replaced by
+            // another leader's entry; its time is still how long the index
+            // took to commit.
+            self.shared
+                .metrics
+                .commit_seconds
+                .observe(now.saturating_duration_since(at));
         }
         let mut batch = Vec::with_capacity(entries.len());
         for e in entries {
