@@ -205,6 +205,48 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         "{body}"
     );
 
+    // The load generator against the cluster: every call path, JSON out.
+    for extra in [&[][..], &["--conns", "2"], &["--unary", "--threads", "2"]] {
+        let args: Vec<&str> = [
+            "--output",
+            "json",
+            "bench",
+            "--op",
+            "put",
+            "--clients",
+            "4",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+        ]
+        .iter()
+        .chain(extra.iter())
+        .copied()
+        .collect();
+        let o = raftkit(&conf, &args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert!(v["ops"].as_u64().unwrap() > 0, "{extra:?}: {v}");
+        assert_eq!(v["errors"], 0, "{extra:?}: {v}");
+        assert!(v["p50_ms"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    for (args, wanted) in [
+        (&["bench", "--threads", "0"][..], "1..=256"),
+        (&["bench", "--system", "etcd", "--unary"], "--unary"),
+    ] {
+        let o = raftkit(&conf, args);
+        assert!(!o.status.success(), "{args:?} must be refused");
+        assert!(stderr(&o).contains(wanted), "{args:?}: {}", stderr(&o));
+    }
+    let o = raftkit(
+        &conf,
+        &["--output", "json", "bench-floor", "--samples", "50"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["floor_ms"].as_f64().unwrap() > 0.0, "{v}");
+
     // Bad input: one clear line and a non-zero exit.
     let o = raftkit(one, &["kv", "put", "", "x"]);
     assert!(!o.status.success());

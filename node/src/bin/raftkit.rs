@@ -7,6 +7,10 @@ fn main() {
     let cli = Cli::parse();
     let runtime = match &cli.command {
         Command::Node(args) => args.runtime(),
+        Command::Bench(b) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(b.threads as usize)
+            .enable_all()
+            .build(),
         _ => tokio::runtime::Runtime::new(),
     };
     let code = match runtime {

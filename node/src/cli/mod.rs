@@ -187,6 +187,10 @@ pub struct BenchArgs {
     /// client library's multiplexed stream.
     #[arg(long)]
     pub unary: bool,
+    /// Threads of the load generator. It usually shares the machine with
+    /// the system under test; one thread takes the least from it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 #[derive(Subcommand, Debug)]
