@@ -52,17 +52,23 @@ fn segment_files(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
     (closed, open.expect("an in-progress segment"))
 }
 
-/// Byte offset of each record in a segment file (records are 28-byte header + payload).
-fn record_offsets(path: &Path) -> Vec<usize> {
+/// Byte offset of each record in a segment file (records are 28-byte header +
+/// payload), and where the records end: the in-progress segment is
+/// preallocated, so zeros follow its last record.
+fn records(path: &Path) -> (Vec<usize>, usize) {
     let data = fs::read(path).unwrap();
     let mut offs = Vec::new();
     let mut p = 0;
-    while p + 28 <= data.len() {
+    while p + 28 <= data.len() && data[p..p + 28].iter().any(|&b| b != 0) {
         offs.push(p);
         let len = u32::from_le_bytes(data[p..p + 4].try_into().unwrap()) as usize;
         p += 28 + len;
     }
-    offs
+    (offs, p)
+}
+
+fn record_offsets(path: &Path) -> Vec<usize> {
+    records(path).0
 }
 
 fn flip_byte(path: &Path, at: usize) {
@@ -79,9 +85,9 @@ fn reopen(dir: &Path, segment: u64) -> Result<LocalLog, StorageError> {
 fn truncated_last_record_is_cut_and_the_log_keeps_working() {
     let dir = write_log(10, 1 << 20);
     let (_, open) = segment_files(dir.path());
-    let len = fs::metadata(&open).unwrap().len();
+    let end = records(&open).1 as u64;
     let f = fs::OpenOptions::new().write(true).open(&open).unwrap();
-    f.set_len(len - 17).unwrap(); // a torn write of the last record
+    f.set_len(end - 17).unwrap(); // a torn write of the last record
     drop(f);
     let mut log = reopen(dir.path(), 1 << 20).unwrap();
     assert_eq!(log.last_index(), 9);
@@ -126,6 +132,80 @@ fn zero_filled_tail_is_cut() {
     data.extend(std::iter::repeat_n(0u8, 4096));
     fs::write(&open, data).unwrap();
     assert_eq!(reopen(dir.path(), 1 << 20).unwrap().last_index(), 6);
+}
+
+#[test]
+fn in_progress_segment_is_preallocated_and_closed_segments_hold_only_records() {
+    // 200-byte entries (228 bytes framed), 4 KiB segments: a segment closes
+    // once it has reached 4 KiB, at 18 records.
+    let dir = write_log(40, 4096);
+    let (closed, open) = segment_files(dir.path());
+    assert_eq!(closed.len(), 2, "two closed segments: {closed:?}");
+    for c in &closed {
+        let (offs, end) = records(c);
+        assert_eq!(offs.len(), 18);
+        assert_eq!(
+            fs::metadata(c).unwrap().len(),
+            end as u64,
+            "{c:?} is trimmed"
+        );
+    }
+    let (offs, end) = records(&open);
+    assert_eq!(offs.len(), 4);
+    assert_eq!(
+        fs::metadata(&open).unwrap().len(),
+        4096,
+        "the in-progress segment is preallocated to the segment size"
+    );
+    assert!(end < 4096);
+
+    // Reopening after a crash reads the zeros as free space: nothing is cut,
+    // and new entries go right after the last record.
+    let mut log = reopen(dir.path(), 4096).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, 40));
+    log.append(&[ent(41)]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (offs, _) = records(&open);
+    assert_eq!(offs.len(), 5);
+    assert_eq!(
+        fs::metadata(&open).unwrap().len(),
+        4096,
+        "recovery keeps the preallocated space"
+    );
+    let log = reopen(dir.path(), 4096).unwrap();
+    assert_eq!(
+        log.entries(1, 42, None).unwrap(),
+        (1..=41).map(ent).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn torn_record_in_preallocated_space_is_cut() {
+    let dir = write_log(10, 1 << 20);
+    let (_, open) = segment_files(dir.path());
+    let (offs, end) = records(&open);
+    let last = *offs.last().unwrap();
+    // Only the first part of the last record reached the disk; the rest of it
+    // reads as the preallocated zeros.
+    let mut data = fs::read(&open).unwrap();
+    data[last + 40..end].fill(0);
+    fs::write(&open, data).unwrap();
+    let mut log = reopen(dir.path(), 1 << 20).unwrap();
+    assert_eq!(log.last_index(), 9);
+    assert_eq!(
+        fs::metadata(&open).unwrap().len(),
+        1 << 20,
+        "the space after the cut is preallocated again"
+    );
+    log.append(&[ent(10), ent(11)]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = reopen(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        log.entries(1, 12, None).unwrap(),
+        (1..=11).map(ent).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -15,6 +15,12 @@
 //!
 //! Appends are written with one `write` per batch and made durable by
 //! [`LogStorage::sync`] (one `fdatasync` for the whole batch: group commit).
+//! The in-progress segment is preallocated to the segment size when created
+//! (`fallocate`), so an append overwrites allocated space instead of growing
+//! the file, and its `fdatasync` has no size change to journal: 0.13-0.18 ms
+//! instead of 0.20-0.27 ms on ext4 (docs/benchmarks.md). Its tail is therefore
+//! zeros, which recovery reads as free space; a segment is trimmed to its
+//! records when it is closed.
 //! The entries are mirrored in memory ([`LogCache`]) so reads never touch the disk.
 
 use std::fs::{self, File, OpenOptions};
@@ -221,6 +227,9 @@ impl LocalLog {
                         format!("record holds index {found} where {index} was expected"),
                     ))
                 }
+                Some(Stop::Truncated | Stop::Bad(_)) if is_free_space(&buf[pos..]) => {
+                    // The preallocated tail: nothing was written there.
+                }
                 Some(Stop::Truncated | Stop::Bad(_)) => {
                     if let Some(at) = valid_record_after(&buf, pos, index) {
                         return Err(corruption(
@@ -236,6 +245,7 @@ impl LocalLog {
                         .ctx(|| format!("open {}", path.display()))?;
                     f.set_len(pos as u64)
                         .ctx(|| format!("truncate {}", path.display()))?;
+                    preallocate(&f, opts.max_segment_bytes);
                     if opts.sync {
                         f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
                     }
@@ -297,7 +307,7 @@ impl LocalLog {
                     .ctx(|| format!("open {}", seg.path.display()))?;
                 (seg, f)
             }
-            None => create_open_segment(dir, cache.last_index() + 1, opts.sync)?,
+            None => create_open_segment(dir, cache.last_index() + 1, &opts)?,
         };
         Ok(LocalLog {
             dir: dir.to_path_buf(),
@@ -316,6 +326,10 @@ impl LocalLog {
         if self.open.offsets.is_empty() {
             return Ok(());
         }
+        // A closed segment holds exactly its records: drop the preallocated tail.
+        self.open_file
+            .set_len(self.open.bytes)
+            .ctx(|| format!("trim {}", self.open.path.display()))?;
         if self.opts.sync {
             self.open_file
                 .sync_data()
@@ -330,7 +344,7 @@ impl LocalLog {
                 new_path.display()
             )
         })?;
-        let (seg, file) = create_open_segment(&self.dir, last + 1, self.opts.sync)?;
+        let (seg, file) = create_open_segment(&self.dir, last + 1, &self.opts)?;
         let mut old = std::mem::replace(&mut self.open, seg);
         old.path = new_path;
         self.closed.push(old);
@@ -440,7 +454,7 @@ fn read_log_meta(dir: &Path) -> Result<Option<LogMetaFile>, StorageError> {
 fn create_open_segment(
     dir: &Path,
     first: u64,
-    sync: bool,
+    opts: &StorageOptions,
 ) -> Result<(Segment, File), StorageError> {
     let path = dir.join(open_name(first));
     let file = OpenOptions::new()
@@ -450,7 +464,8 @@ fn create_open_segment(
         .truncate(true)
         .open(&path)
         .ctx(|| format!("create {}", path.display()))?;
-    if sync {
+    preallocate(&file, opts.max_segment_bytes);
+    if opts.sync {
         fsutil::sync_dir(dir)?;
     }
     Ok((
@@ -462,6 +477,23 @@ fn create_open_segment(
         },
         file,
     ))
+}
+
+/// Reserves `len` bytes of disk for a new in-progress segment (see the module
+/// docs). Only an optimisation: a file system without `fallocate` gets a
+/// segment that grows as it is written.
+fn preallocate(file: &File, len: u64) {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let Ok(len) = i64::try_from(len) else { return };
+    if let Err(e) = fallocate(file, FallocateFlags::empty(), 0, len) {
+        tracing::debug!(error = %e, "log segment preallocation unavailable");
+    }
+}
+
+/// True when `tail` is all zeros: space preallocated and never written.
+/// (Zeros never decode as a record: a zero header's checksum is not zero.)
+fn is_free_space(tail: &[u8]) -> bool {
+    tail.iter().all(|&b| b == 0)
 }
 
 /// Looks for a valid record for an index at or after `index` anywhere after
@@ -605,7 +637,7 @@ impl LogStorage for LocalLog {
                 break;
             }
             if !reopened {
-                let (s, f) = create_open_segment(&self.dir, target, self.opts.sync)?;
+                let (s, f) = create_open_segment(&self.dir, target, &self.opts)?;
                 self.open = s;
                 self.open_file = f;
             }
@@ -620,6 +652,7 @@ impl LogStorage for LocalLog {
                 self.open_file
                     .set_len(off)
                     .ctx(|| format!("truncate {}", self.open.path.display()))?;
+                preallocate(&self.open_file, self.opts.max_segment_bytes);
                 self.open.offsets.truncate(k);
                 self.open.bytes = off;
             }
@@ -663,7 +696,7 @@ impl LogStorage for LocalLog {
         }
         self.cache.reset(next_index, prev_term);
         self.write_meta()?;
-        let (s, f) = create_open_segment(&self.dir, self.cache.last_index() + 1, self.opts.sync)?;
+        let (s, f) = create_open_segment(&self.dir, self.cache.last_index() + 1, &self.opts)?;
         self.open = s;
         self.open_file = f;
         self.unsynced = false;
