@@ -176,3 +176,36 @@ pub trait StateMachine: Send + 'static {
     /// The node is shutting down; the last callback.
     fn on_shutdown(&mut self) {}
 }
+
+/// Lowers the calling thread's CPU priority (nice 10) for background work such
+/// as writing a snapshot or freeing compacted log space, so that on a busy
+/// machine the threads on the write path are scheduled first and the
+/// background work takes the CPU time left over. Best effort: a system that
+/// refuses it leaves the priority as it was.
+pub fn lower_thread_priority() {
+    // On Linux a thread id given as the process selects just that thread.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn background_threads_run_at_nice_10() {
+        let nice_of_this_thread = || -> i64 {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // Fields after the parenthesised command name; nice is field 19.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(16).unwrap().parse().unwrap()
+        };
+        let before = nice_of_this_thread();
+        let after = std::thread::spawn(move || {
+            super::lower_thread_priority();
+            nice_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after, 10, "was {before}");
+        // Only the calling thread changed.
+        assert_eq!(nice_of_this_thread(), before);
+    }
+}

@@ -210,6 +210,9 @@ impl StateMachine for KvFsm {
         let copy = self.state.map.read().clone();
         let sessions = self.sessions.encode();
         std::thread::spawn(move || {
+            // Writing tens of megabytes competes with the write path for CPU
+            // and disk; it can wait.
+            crate::state_machine::lower_thread_priority();
             let result = (|| -> Result<(), String> {
                 let mut f = writer
                     .create_file(SNAPSHOT_FILE)

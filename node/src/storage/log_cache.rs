@@ -160,7 +160,10 @@ impl LogCache {
             let removed = std::mem::replace(&mut self.entries, kept);
             let spawned = std::thread::Builder::new()
                 .name("log-free".into())
-                .spawn(move || drop(removed));
+                .spawn(move || {
+                    crate::state_machine::lower_thread_priority();
+                    drop(removed)
+                });
             // No thread to be had: free them here.
             drop(spawned);
         } else {
