@@ -18,8 +18,8 @@
 //! [`LogStorage::sync`] (one `fdatasync` for the whole batch: group commit).
 //! The in-progress segment is preallocated to the segment size when created
 //! (`fallocate`), so an append overwrites allocated space instead of growing
-//! the file, and its `fdatasync` has no size change to journal: 0.13-0.18 ms
-//! instead of 0.20-0.27 ms on ext4 (docs/benchmarks.md). Its tail is therefore
+//! the file, and its `fdatasync` has no inode (size) update to write:
+//! 0.13-0.19 ms instead of 0.20-0.28 ms on ext4 (docs/benchmarks.md). Its tail is therefore
 //! zeros, which recovery reads as free space; a segment is trimmed to its
 //! records when it is closed.
 //! The entries are mirrored in memory ([`LogCache`]) so reads never touch the disk.
@@ -535,9 +535,9 @@ const REMOVE_SLICE_BYTES: u64 = 1 << 20;
 
 /// Removes compacted segments off the I/O thread, shrinking each in 1 MiB
 /// steps first. Unlinking 32 MiB of segments at once took 40-100 ms on the
-/// I/O thread (ext4 frees the extents in one journal transaction, and the
-/// log's fsync waits for it); in slices, each log fsync carries at most a
-/// slice's worth. The meta already records the new first index, so the
+/// I/O thread (freeing a large file's extents is a burst of metadata
+/// writes, and the log's fsync waits behind them); in slices, each log
+/// fsync waits for at most a slice's worth. The meta already records the new first index, so the
 /// files are garbage: after a crash they are dropped on open.
 fn remove_gradually(paths: &[PathBuf], dir: &Path, sync: bool) {
     for path in paths {
