@@ -8,5 +8,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo clippy --features stage-trace (the latency-analysis build)"
+cargo clippy -p raftkit-node --features stage-trace --lib -- -D warnings
 echo "== cargo test"
 cargo test --workspace

@@ -275,6 +275,7 @@ impl FsmCaller {
         for c in batch {
             match c {
                 Committed::Normal { index, term, data } => {
+                    crate::stage_trace::mark("apply.got", index);
                     let done = self.take_done(index, term);
                     if data.is_empty() {
                         // A new leader's empty entry: nothing to apply.
@@ -324,6 +325,7 @@ impl FsmCaller {
         let (index, term) = (last.index, last.term);
         let started = Instant::now();
         self.fsm.on_apply(ApplyIter::new(run));
+        crate::stage_trace::mark("apply.done", index);
         self.shared.metrics.apply_seconds.observe(started.elapsed());
         for e in run.iter_mut() {
             if let Some(d) = e.take_done() {

@@ -39,6 +39,7 @@ pub(crate) mod raft_store;
 pub mod server;
 pub mod services;
 pub mod snapshot_install;
+pub mod stage_trace;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

@@ -380,6 +380,7 @@ impl RaftLoop {
                 // one in the log right after a successful propose.
                 let index = self.raw.raft.raft_log.last_index();
                 debug_assert_eq!(index, before + 1);
+                crate::stage_trace::mark("propose", index);
                 self.new_pending.push((index, term, task.done));
                 if self.proposed_at.len() < MAX_TIMED_PROPOSALS {
                     self.proposed_at.push_back((index, Instant::now()));
@@ -413,6 +414,7 @@ impl RaftLoop {
                 self.peers.entry(m.from).or_insert(addr);
             }
         }
+        crate::stage_trace::message("step", &m);
         match self.raw.step(m) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => {}
             Err(e) => tracing::debug!(group = %self.opts.group, error = %e, "step failed"),
@@ -579,6 +581,7 @@ impl RaftLoop {
 
     /// The I/O thread made Readys up to `number` durable.
     fn on_persisted(&mut self, number: u64, messages: Vec<Message>) {
+        crate::stage_trace::mark("persisted", self.raw.raft.raft_log.last_index());
         if self
             .pending_install
             .as_ref()
@@ -661,6 +664,7 @@ impl RaftLoop {
                 continue;
             }
             let to = m.to;
+            crate::stage_trace::message("send", &m);
             let sent = match self.peers.get(&to) {
                 Some(addr) => self.transport.send(&self.opts.group, addr, m).is_ok(),
                 None => {
@@ -696,6 +700,7 @@ impl RaftLoop {
         }
         let mut batch = Vec::with_capacity(entries.len());
         for e in entries {
+            crate::stage_trace::mark("commit", e.index);
             match e.get_entry_type() {
                 EntryType::EntryNormal => batch.push(Committed::Normal {
                     index: e.index,

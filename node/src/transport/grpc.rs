@@ -328,6 +328,7 @@ fn collect_batches(
     let mut count = 0usize;
     let mut next = Some(first);
     while let Some((group, msg)) = next.take() {
+        crate::stage_trace::message("netsend", &msg);
         let data = msg.write_to_bytes().unwrap_or_default();
         bytes += data.len();
         count += 1;
@@ -464,7 +465,10 @@ impl RaftTransport for RaftTransportService {
             let from = (!batch.from_addr.is_empty()).then_some(batch.from_addr);
             for data in batch.messages {
                 match Message::parse_from_bytes(&data) {
-                    Ok(m) => node.step(m, from.clone()),
+                    Ok(m) => {
+                        crate::stage_trace::message("netrecv", &m);
+                        node.step(m, from.clone())
+                    }
                     Err(e) => {
                         tracing::warn!(group = %node.group(), error = %e, "undecodable raft message")
                     }
