@@ -59,6 +59,8 @@ def main(paths):
     followers = [p for p in logs if p != leader]
     gaps = collections.defaultdict(list)
     totals = []
+    own = []  # leader: proposal -> its own log write durable
+    own_last = 0  # writes whose leader write finished after the first answer arrived
     for index, stages in logs[leader].items():
         if "propose" not in stages:
             continue
@@ -72,6 +74,9 @@ def main(paths):
         for (_, stage), before, after in zip(STEPS[1:], times, times[1:]):
             gaps[stage].append((after - before) / 1e3)
         totals.append((times[-1] - times[0]) / 1e3)
+        if "persisted" in stages:
+            own.append((stages["persisted"] - stages["propose"]) / 1e3)
+            own_last += stages["persisted"] > stages["netrecv.resp"]
     if not totals:
         sys.exit("no write passed every stage: was the trace on (RAFTKIT_STAGE_TRACE=1, --features stage-trace)?")
     print(f"{len(totals)} traced writes; leader {leader}")
@@ -80,6 +85,9 @@ def main(paths):
         print(f"  -> {stage:<13} {who:<8} p50 {statistics.median(v):8.1f} us   p90 {v[int(len(v) * 0.9)]:8.1f} us")
     totals.sort()
     print(f"  proposal -> applied       p50 {statistics.median(totals):8.1f} us   p90 {totals[int(len(totals) * 0.9)]:8.1f} us")
+    if own:
+        print(f"  leader's own write durable p50 {statistics.median(own):7.1f} us after the proposal; "
+              f"later than the first answer for {100 * own_last / len(own):.0f}% of writes")
 
 
 if __name__ == "__main__":
