@@ -1,9 +1,10 @@
 //! [`Conn`]: a client's connection to one member.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::mux::MuxStream;
 use crate::pb::counter_client::CounterClient;
@@ -17,7 +18,9 @@ use crate::pb::{
 
 /// A connection to one member: its channel (admin and unary calls) and,
 /// unless the client asked for unary calls, the multiplexed call stream,
-/// opened on first use and reopened after it ends. Cheap to clone.
+/// opened on first use and reopened after it ends. A member that does not
+/// serve the `Mux` service (an older server) gets unary calls from then on.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Conn {
     channel: Channel,
@@ -29,6 +32,8 @@ struct MuxSlot {
     open: parking_lot::Mutex<Option<Arc<MuxStream>>>,
     /// Held while a stream is being opened, so concurrent callers share it.
     opening: tokio::sync::Mutex<()>,
+    /// The member answered the stream's opening with `Unimplemented`.
+    unsupported: AtomicBool,
 }
 
 impl MuxSlot {
@@ -42,19 +47,29 @@ macro_rules! calls {
         $(
             $(#[$doc])*
             pub async fn $name(&self, req: $req) -> Result<$reply, Status> {
-                match &self.mux {
-                    Some(slot) => match self.stream(slot).await?.call(Call::$variant(req)).await? {
-                        Reply::$variant(r) => Ok(r),
-                        other => Err(Status::internal(format!(
-                            "the member answered {} with {other:?}",
-                            stringify!($name)
-                        ))),
-                    },
-                    None => $client::new(self.channel.clone())
-                        .$unary(req)
-                        .await
-                        .map(|r| r.into_inner()),
+                if let Some(slot) = self.mux_slot() {
+                    match self.stream(slot).await {
+                        Ok(stream) => {
+                            return match stream.call(Call::$variant(req)).await? {
+                                Reply::$variant(r) => Ok(r),
+                                other => Err(Status::internal(format!(
+                                    "the member answered {} with {other:?}",
+                                    stringify!($name)
+                                ))),
+                            }
+                        }
+                        // Nothing was sent: the stream never opened.
+                        Err(s) if s.code() == Code::Unimplemented => {
+                            slot.unsupported.store(true, Ordering::Relaxed);
+                            tracing::info!(error = %s.message(), "member has no Mux service; using one call per operation");
+                        }
+                        Err(s) => return Err(s),
+                    }
                 }
+                $client::new(self.channel.clone())
+                    .$unary(req)
+                    .await
+                    .map(|r| r.into_inner())
             }
         )*
     };
@@ -71,6 +86,19 @@ impl Conn {
     /// The member's channel, for calls the mux stream does not carry.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// The mux slot, unless this connection makes unary calls.
+    fn mux_slot(&self) -> Option<&MuxSlot> {
+        self.mux
+            .as_deref()
+            .filter(|s| !s.unsupported.load(Ordering::Relaxed))
+    }
+
+    /// Whether calls travel on the mux stream (false for unary clients and
+    /// for members without the `Mux` service).
+    pub fn uses_mux(&self) -> bool {
+        self.mux_slot().is_some()
     }
 
     async fn stream(&self, slot: &MuxSlot) -> Result<Arc<MuxStream>, Status> {
@@ -99,5 +127,72 @@ impl Conn {
         fetch_add(FetchAddRequest) -> FetchAddReply: FetchAdd via CounterClient::fetch_add;
         /// Counter get.
         counter_get(CounterGetRequest) -> CounterGetReply: CounterGet via CounterClient::get;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::counter_server::{Counter, CounterServer};
+    use std::sync::atomic::AtomicI64;
+    use tonic::{Request, Response};
+
+    /// A member from before the `Mux` service: Counter calls only.
+    #[derive(Default)]
+    struct OldCounter(Arc<AtomicI64>);
+
+    #[tonic::async_trait]
+    impl Counter for OldCounter {
+        async fn fetch_add(
+            &self,
+            r: Request<FetchAddRequest>,
+        ) -> Result<Response<FetchAddReply>, Status> {
+            let previous = self.0.fetch_add(r.into_inner().delta, Ordering::SeqCst);
+            Ok(Response::new(FetchAddReply { previous }))
+        }
+        async fn get(
+            &self,
+            _r: Request<CounterGetRequest>,
+        ) -> Result<Response<CounterGetReply>, Status> {
+            Ok(Response::new(CounterGetReply {
+                value: self.0.load(Ordering::SeqCst),
+                read_index: 0,
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_without_the_mux_service_gets_unary_calls() {
+        let value = Arc::new(AtomicI64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = tonic::service::Routes::new(CounterServer::new(OldCounter(value.clone())))
+            .into_axum_router();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let conn = Conn::new(channel, true);
+        assert!(conn.uses_mux());
+        let add = |delta| FetchAddRequest {
+            group: "counter".into(),
+            delta,
+            session: None,
+        };
+        // The first call finds out, and is still made (once): no error.
+        assert_eq!(conn.fetch_add(add(5)).await.unwrap().previous, 0);
+        assert!(!conn.uses_mux());
+        assert_eq!(conn.fetch_add(add(2)).await.unwrap().previous, 5);
+        let got = conn
+            .counter_get(CounterGetRequest {
+                group: "counter".into(),
+                consistency: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.value, 7, "each add applied exactly once");
+        server.abort();
     }
 }
