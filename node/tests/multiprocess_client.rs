@@ -65,20 +65,26 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
             let mut session = client.session();
             let mut answers = Vec::new();
             for _ in 0..per_worker {
-                answers.push(
-                    client
-                        .fetch_add_in(&mut session, 1)
-                        .await
-                        .expect("a retried write succeeds"),
-                );
+                let invoked = Instant::now();
+                let prev = client
+                    .fetch_add_in(&mut session, 1)
+                    .await
+                    .expect("a retried write succeeds");
+                answers.push((invoked, Instant::now(), prev));
             }
             answers
         }));
     }
-    let mut answers = Vec::new();
+    let mut timed = Vec::new();
     for h in handles {
-        answers.extend(h.await.unwrap());
+        timed.extend(h.await.unwrap());
     }
+    // A retried increment is answered with its first application's result,
+    // which still falls between its invocation and its answer.
+    if let Some(v) = common::counter_real_time_violation(&timed) {
+        panic!("not linearizable: {v}");
+    }
+    let answers: Vec<i64> = timed.iter().map(|t| t.2).collect();
     let total = (workers * per_worker) as i64;
     // Each logical increment got one answer, and no two saw the same value.
     assert_eq!(answers.len() as i64, total);

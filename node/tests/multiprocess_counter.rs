@@ -20,10 +20,26 @@ use raftkit_node::client::ClusterClient;
 struct History {
     /// Previous values returned by acknowledged fetch_add(1)s.
     acked: Vec<i64>,
+    /// (invoked, completed, previous value) of each acknowledged increment.
+    timed: Vec<(Instant, Instant, i64)>,
     /// Calls whose outcome is unknown (may or may not have been applied).
     unknown: u64,
     /// Calls certainly not applied.
     rejected: u64,
+}
+
+#[test]
+fn counter_real_time_check_catches_a_stale_answer() {
+    let t = Instant::now();
+    let at = |ms| t + Duration::from_millis(ms);
+    let good = [(at(0), at(10), 0), (at(20), at(30), 1), (at(25), at(40), 2)];
+    assert_eq!(common::counter_real_time_violation(&good), None);
+    // Overlapping increments may be ordered either way.
+    let overlapping = [(at(0), at(30), 1), (at(10), at(20), 0)];
+    assert_eq!(common::counter_real_time_violation(&overlapping), None);
+    // The second began after the first was acknowledged but was ordered before it.
+    let stale = [(at(0), at(10), 5), (at(20), at(30), 4)];
+    assert!(common::counter_real_time_violation(&stale).is_some());
 }
 
 async fn leader_of(client: &ClusterClient) -> Option<String> {
@@ -53,8 +69,13 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                let invoked = Instant::now();
                 match client.fetch_add(1).await {
-                    Ok(prev) => history.lock().unwrap().acked.push(prev),
+                    Ok(prev) => {
+                        let mut h = history.lock().unwrap();
+                        h.acked.push(prev);
+                        h.timed.push((invoked, Instant::now(), prev));
+                    }
                     Err(e) if e.is_definitely_not_applied() => {
                         history.lock().unwrap().rejected += 1
                     }
@@ -115,6 +136,9 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         h.acked.iter().all(|p| *p < final_value),
         "an acknowledged increment is missing from the final value"
     );
+    if let Some(v) = common::counter_real_time_violation(&h.timed) {
+        panic!("not linearizable: {v}");
+    }
     assert!(
         final_value >= acked && final_value <= acked + h.unknown as i64,
         "final counter {final_value} outside [{acked}, {}] (unknown outcomes: {})",

@@ -417,3 +417,32 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Counter check (testing.md), real-time order: an increment that began after another one was
+/// acknowledged must see a larger previous value (it is ordered after it).
+/// Sorting by completion and by invocation makes this O(n log n). Returns
+/// the first violation found.
+pub fn counter_real_time_violation(timed: &[(Instant, Instant, i64)]) -> Option<String> {
+    let mut by_completion = timed.to_vec();
+    by_completion.sort_by_key(|t| t.1);
+    let mut by_invocation = timed.to_vec();
+    by_invocation.sort_by_key(|t| t.0);
+    // Walk invocations in order, keeping the largest previous value among the
+    // increments completed before the current one was invoked.
+    let (mut done, mut max_before) = (0usize, None::<i64>);
+    for &(invoked, _, prev) in &by_invocation {
+        while done < by_completion.len() && by_completion[done].1 < invoked {
+            let p = by_completion[done].2;
+            max_before = Some(max_before.map_or(p, |m| m.max(p)));
+            done += 1;
+        }
+        if let Some(m) = max_before {
+            if prev <= m {
+                return Some(format!(
+                    "an increment saw previous value {prev} although one that saw {m} had completed before it began"
+                ));
+            }
+        }
+    }
+    None
+}
