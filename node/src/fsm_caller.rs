@@ -18,6 +18,8 @@ use crossbeam_channel as chan;
 use raft::eraftpb::ConfState;
 use tokio::sync::oneshot;
 
+use crate::state_machine::StateDigest;
+
 use crate::closure::Done;
 use crate::error::{PeerId, RaftError};
 use crate::node::NodeShared;
@@ -81,6 +83,8 @@ pub(crate) enum ApplyMsg {
         applied: Option<(u64, u64)>,
     },
     Error(RaftError),
+    /// Report the applied index and the state machine's digest there.
+    Digest(oneshot::Sender<StateDigest>),
     Shutdown,
 }
 
@@ -198,6 +202,12 @@ impl FsmCaller {
                 }
             }
             ApplyMsg::Snapshot => self.save_snapshot(),
+            ApplyMsg::Digest(reply) => {
+                let _ = reply.send(StateDigest {
+                    applied_index: self.applied_index,
+                    digest: self.fsm.state_digest(),
+                });
+            }
             ApplyMsg::InstallSnapshot { meta } => self.load_snapshot(meta),
             ApplyMsg::ConfReset {
                 conf,

@@ -842,6 +842,16 @@ impl Node {
         rx.await.map_err(|_| RaftError::ShuttingDown)
     }
 
+    /// The state machine's digest and the applied index it was taken at
+    /// (see [`crate::state_machine::StateMachine::state_digest`]).
+    pub async fn state_digest(&self) -> Result<crate::state_machine::StateDigest, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(RaftMsg::Digest(tx)).is_err() {
+            return Err(RaftError::ShuttingDown);
+        }
+        rx.await.map_err(|_| RaftError::ShuttingDown)
+    }
+
     /// Role, term and leader as last published by the raft thread.
     pub fn view(&self) -> RoleView {
         self.inner.shared.view.read().clone()

@@ -21,6 +21,39 @@ fn raftkit(cluster: &str, args: &[&str]) -> Output {
         .expect("run raftkit")
 }
 
+/// Polls `raftkit digest` until all three members report one applied index
+/// above `after` for `group`; returns it and the members' digests.
+async fn agreed_digest(conf: &str, group: &str, after: u64) -> (u64, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = raftkit(conf, &["--output", "json", "digest"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            let mut rows = Vec::new();
+            for member in v.as_array().unwrap() {
+                for g in member["groups"].as_array().into_iter().flatten() {
+                    if g["group"] == group {
+                        rows.push((
+                            g["applied_index"].as_u64().unwrap(),
+                            g["digest"].as_str().unwrap_or_default().to_string(),
+                        ));
+                    }
+                }
+            }
+            if rows.len() == 3 && rows.iter().all(|r| r.0 == rows[0].0) && rows[0].0 > after {
+                return (rows[0].0, rows.into_iter().map(|r| r.1).collect());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not reach one applied index: {} {}",
+            stdout(&o),
+            stderr(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -246,6 +279,19 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["floor_ms"].as_f64().unwrap() > 0.0, "{v}");
+
+    // Replicas agree: one digest at one applied index, and it moves with the state.
+    let (i1, d1) = agreed_digest(&conf, "kv", 0).await;
+    assert!(d1.iter().all(|d| d == &d1[0] && d.len() == 16), "{d1:?}");
+    assert!(raftkit(&conf, &["kv", "put", "user/3", "hopper"])
+        .status
+        .success());
+    let (_, d2) = agreed_digest(&conf, "kv", i1).await;
+    assert!(d2.iter().all(|d| d == &d2[0]), "{d2:?}");
+    assert_ne!(d1[0], d2[0], "the digest did not change with the state");
+    let o = raftkit(&conf, &["digest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&d2[0]), "{}", stdout(&o));
 
     // Bad input: one clear line and a non-zero exit.
     let o = raftkit(one, &["kv", "put", "", "x"]);

@@ -165,7 +165,24 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         }
         let first = applied[0];
         if first.is_some() && applied.iter().all(|x| *x == first) {
-            break;
+            // Same applied index on every member: the same state.
+            let mut digests = Vec::new();
+            for a in &addrs {
+                let g = client.member_digest(a).await.expect("digest");
+                digests.push(g.first().map(|g| (g.applied_index, g.has_digest, g.digest)));
+            }
+            if digests
+                .iter()
+                .all(|d| d.is_some_and(|d| Some(d.0) == first.map(|f| f.0)))
+            {
+                assert!(
+                    digests
+                        .iter()
+                        .all(|d| *d == digests[0] && d.is_some_and(|d| d.1)),
+                    "replicas at one applied index disagree: {digests:?}"
+                );
+                break;
+            }
         }
         assert!(
             Instant::now() < deadline,

@@ -72,6 +72,10 @@ pub enum Output {
 pub enum Command {
     /// One line per member and group: role, term, leader, indexes.
     Status,
+    /// Each member's state-machine digest per group and the applied index it
+    /// was taken at; members at the same index must agree (like etcd's
+    /// `endpoint hashkv`). Exits 1 if two members at one index differ.
+    Digest,
     /// Add an empty replica: learner, catch up, promote to voter.
     AddPeer {
         addr: String,
@@ -325,6 +329,7 @@ fn emit(cli: &Cli, text_out: String, json_out: serde_json::Value) {
 pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Status => status(cli).await,
+        Command::Digest => digest(cli).await,
         Command::Snapshot { peer } => snapshot(cli, peer).await,
         Command::AddPeer {
             addr,
@@ -695,6 +700,83 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Groups and applied indexes at which members reported different digests.
+fn digest_disagreements<'a>(
+    digests: impl Iterator<Item = &'a crate::pb::GroupDigest>,
+) -> Vec<String> {
+    // (group, applied index) -> digests seen there.
+    let mut seen: std::collections::BTreeMap<(&str, u64), std::collections::BTreeSet<u64>> =
+        Default::default();
+    for g in digests.filter(|g| g.has_digest) {
+        seen.entry((&g.group, g.applied_index))
+            .or_default()
+            .insert(g.digest);
+    }
+    seen.iter()
+        .filter(|(_, d)| d.len() > 1)
+        .map(|((group, index), _)| format!("{group} at index {index}"))
+        .collect()
+}
+
+async fn digest(cli: &Cli) -> Result<(), CliError> {
+    let c = client(cli, "")?;
+    let mut rows = Vec::new();
+    for addr in c.addrs() {
+        rows.push((addr.clone(), c.member_digest(&addr).await));
+    }
+    let disagree = digest_disagreements(rows.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten());
+    match cli.output {
+        Output::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(addr, r)| match r {
+                    Ok(groups) => json!({ "addr": addr, "groups": groups.iter().map(|g| json!({
+                        "group": g.group,
+                        "applied_index": g.applied_index,
+                        "digest": g.has_digest.then(|| format!("{:016x}", g.digest)),
+                    })).collect::<Vec<_>>() }),
+                    Err(e) => json!({ "addr": addr, "error": e.to_string() }),
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        Output::Text => {
+            println!("{:<22} {:<8} {:>10} DIGEST", "ADDRESS", "GROUP", "APPLIED");
+            for (addr, r) in &rows {
+                match r {
+                    Ok(groups) => {
+                        for g in groups {
+                            let d = if g.has_digest {
+                                format!("{:016x}", g.digest)
+                            } else {
+                                "-".to_string()
+                            };
+                            println!("{addr:<22} {:<8} {:>10} {d}", g.group, g.applied_index);
+                        }
+                    }
+                    Err(e) => println!("{addr:<22} error: {e}"),
+                }
+            }
+        }
+    }
+    if rows.iter().all(|(_, r)| r.is_err()) {
+        return Err(CliError {
+            message: format!("no member of {} answered", cli.cluster.join(",")),
+            code: 1,
+        });
+    }
+    if !disagree.is_empty() {
+        return Err(CliError {
+            message: format!(
+                "replicas disagree: {} (members at the same applied index have different digests)",
+                disagree.join(", ")
+            ),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
 /// One line per member and group; match index and lag come from the
 /// group's leader's view of each member.
 fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) {
@@ -793,4 +875,36 @@ fn status_json(g: &NodeStatusReply) -> serde_json::Value {
         "learners": g.learners.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
         "error": g.error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest_disagreements;
+    use crate::pb::GroupDigest;
+
+    fn d(group: &str, applied_index: u64, digest: u64) -> GroupDigest {
+        GroupDigest {
+            group: group.into(),
+            applied_index,
+            digest,
+            has_digest: true,
+        }
+    }
+
+    #[test]
+    fn digests_are_compared_only_at_equal_indexes_of_one_group() {
+        let agree = [
+            d("kv", 7, 1),
+            d("kv", 7, 1),
+            d("kv", 8, 2),
+            d("counter", 7, 3),
+        ];
+        assert!(digest_disagreements(agree.iter()).is_empty());
+        let differ = [d("kv", 7, 1), d("kv", 7, 2), d("counter", 7, 3)];
+        assert_eq!(digest_disagreements(differ.iter()), vec!["kv at index 7"]);
+        // Members without a digest are not compared.
+        let mut none = d("kv", 7, 9);
+        none.has_digest = false;
+        assert!(digest_disagreements([d("kv", 7, 1), none].iter()).is_empty());
+    }
 }

@@ -25,8 +25,8 @@ use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::{
     CasRequest, ChangePeersRequest, ConfigurationReply, CounterGetRequest, DeleteRequest,
-    FetchAddRequest, GetRequest, GroupRequest, MembershipRequest, NodeStatusReply, PutRequest,
-    ScanRequest, TransferRequest,
+    FetchAddRequest, GetRequest, GroupDigest, GroupRequest, MembershipRequest, NodeStatusReply,
+    PutRequest, ScanRequest, TransferRequest,
 };
 use crate::pb::{ClientSession, ReadConsistency};
 use crate::services::from_status;
@@ -780,6 +780,16 @@ impl ClusterClient {
             group: self.group.clone(),
         };
         self.single(addr, admin.status(req)).await.map(|r| r.groups)
+    }
+
+    /// The state-machine digest of this client's group on one member, with
+    /// the applied index it was taken at (compare members at equal indexes).
+    pub async fn member_digest(&self, addr: &str) -> Result<Vec<GroupDigest>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.digest(req)).await.map(|r| r.groups)
     }
 
     async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {

@@ -48,6 +48,8 @@ pub(crate) enum RaftMsg {
     /// The apply thread applied up to this index.
     Applied(u64),
     Status(oneshot::Sender<NodeStatus>),
+    /// Forwarded to the apply thread.
+    Digest(oneshot::Sender<crate::state_machine::StateDigest>),
     Campaign,
     SnapshotNow(Option<oneshot::Sender<Result<SnapshotMeta, RaftError>>>),
     /// The apply thread published (or failed to publish) a snapshot.
@@ -286,6 +288,9 @@ impl RaftLoop {
             }
             RaftMsg::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            RaftMsg::Digest(reply) => {
+                let _ = self.apply_tx.send(ApplyMsg::Digest(reply));
             }
             RaftMsg::Campaign => {
                 if let Err(e) = self.raw.campaign() {

@@ -13,9 +13,9 @@ use crate::node::NodeStatus;
 use crate::node_manager::NodeManager;
 use crate::pb::admin_server::Admin;
 use crate::pb::{
-    BootstrapReply, ChangePeersRequest, ConfigurationReply, GroupRequest, IdentityReply, Member,
-    MembershipRequest, NodeStatusReply, PeerStatus, SnapshotReply, SnapshotResult, StatusReply,
-    TransferReply, TransferRequest,
+    BootstrapReply, ChangePeersRequest, ConfigurationReply, DigestReply, GroupDigest, GroupRequest,
+    IdentityReply, Member, MembershipRequest, NodeStatusReply, PeerStatus, SnapshotReply,
+    SnapshotResult, StatusReply, TransferReply, TransferRequest,
 };
 use crate::state_machine::Configuration;
 
@@ -108,6 +108,31 @@ impl Admin for AdminService {
             groups.push(n.status().await.map_err(to_status)?.into());
         }
         Ok(Response::new(StatusReply { groups }))
+    }
+
+    async fn digest(
+        &self,
+        request: Request<GroupRequest>,
+    ) -> Result<Response<DigestReply>, Status> {
+        let group = request.into_inner().group;
+        let nodes = if group.is_empty() {
+            self.manager.all()
+        } else {
+            vec![self.manager.get(&group).ok_or_else(|| {
+                Status::not_found(format!("no group named {group:?} is hosted here"))
+            })?]
+        };
+        let mut groups = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let d = n.state_digest().await.map_err(to_status)?;
+            groups.push(GroupDigest {
+                group: n.group().to_string(),
+                applied_index: d.applied_index,
+                digest: d.digest.unwrap_or(0),
+                has_digest: d.digest.is_some(),
+            });
+        }
+        Ok(Response::new(DigestReply { groups }))
     }
 
     async fn snapshot(

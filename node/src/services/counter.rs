@@ -16,7 +16,7 @@ use crate::pb::{
     CounterCommand, CounterGetReply, CounterGetRequest, CounterResult, FetchAddReply,
     FetchAddRequest,
 };
-use crate::state_machine::{ApplyIter, SnapshotDone, StateMachine};
+use crate::state_machine::{ApplyIter, Digest, SnapshotDone, StateMachine};
 use crate::storage::{SnapshotReader, SnapshotWriter};
 
 const SNAPSHOT_FILE: &str = "counter";
@@ -108,6 +108,13 @@ impl StateMachine for CounterFsm {
             Ok(()) => done.run(Ok(writer)),
             Err(e) => done.run(Err(e.to_string())),
         }
+    }
+
+    fn state_digest(&self) -> Option<u64> {
+        let mut d = Digest::default();
+        d.field(&self.state.get().to_le_bytes())
+            .field(&self.sessions.encode());
+        Some(d.value())
     }
 
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {

@@ -21,7 +21,7 @@ use crate::pb::{
     CasReply, CasRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, KeyValue, KvCas,
     KvCommand, KvDelete, KvPut, KvResult, PutReply, PutRequest, ScanReply, ScanRequest,
 };
-use crate::state_machine::{ApplyIter, SnapshotDone, StateMachine};
+use crate::state_machine::{ApplyIter, Digest, SnapshotDone, StateMachine};
 use crate::storage::{SnapshotReader, SnapshotWriter};
 
 /// Longest key, in bytes.
@@ -235,6 +235,15 @@ impl StateMachine for KvFsm {
                 Err(e) => done.run(Err(e)),
             }
         });
+    }
+
+    fn state_digest(&self) -> Option<u64> {
+        let mut d = Digest::default();
+        for (k, v) in self.state.map.read().iter() {
+            d.field(k).field(v);
+        }
+        d.field(&self.sessions.encode());
+        Some(d.value())
     }
 
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
