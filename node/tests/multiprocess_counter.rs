@@ -150,46 +150,9 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         h.unknown, h.rejected
     );
 
-    // The restarted node caught up: every member applies the same index.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut applied = Vec::new();
-        for a in &addrs {
-            applied.push(
-                client
-                    .member_status(a)
-                    .await
-                    .ok()
-                    .and_then(|g| g.first().map(|g| (g.applied_index, g.commit_index))),
-            );
-        }
-        let first = applied[0];
-        if first.is_some() && applied.iter().all(|x| *x == first) {
-            // Same applied index on every member: the same state.
-            let mut digests = Vec::new();
-            for a in &addrs {
-                let g = client.member_digest(a).await.expect("digest");
-                digests.push(g.first().map(|g| (g.applied_index, g.has_digest, g.digest)));
-            }
-            if digests
-                .iter()
-                .all(|d| d.is_some_and(|d| Some(d.0) == first.map(|f| f.0)))
-            {
-                assert!(
-                    digests
-                        .iter()
-                        .all(|d| *d == digests[0] && d.is_some_and(|d| d.1)),
-                    "replicas at one applied index disagree: {digests:?}"
-                );
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members did not converge: {applied:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The restarted node caught up: every member applies the same index,
+    // with the same state there.
+    common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
 
     // SIGTERM stops a node cleanly.
     for p in procs.iter_mut() {

@@ -241,6 +241,9 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         w.await.unwrap();
     }
     check_final(&client, &tally).await;
+    // The three remaining members (two of them added during the run) hold
+    // the same state.
+    common::assert_replicas_agree(&client, &expected, Duration::from_secs(30)).await;
     for p in procs.iter_mut() {
         p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
     }

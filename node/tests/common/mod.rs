@@ -446,3 +446,42 @@ pub fn counter_real_time_violation(timed: &[(Instant, Instant, i64)]) -> Option<
     }
     None
 }
+
+/// Waits until every member in `addrs` reports one applied index for the
+/// client's group, then asserts they report one state digest there
+/// (testing.md: replicas hold equal state at equal applied indexes).
+/// Returns that index.
+pub async fn assert_replicas_agree(
+    client: &raftkit_node::client::ClusterClient,
+    addrs: &[String],
+    timeout: Duration,
+) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut seen = Vec::new();
+        for a in addrs {
+            seen.push(
+                client
+                    .member_digest(a)
+                    .await
+                    .ok()
+                    .and_then(|g| g.first().map(|g| (g.applied_index, g.has_digest, g.digest))),
+            );
+        }
+        if let Some(Some(first)) = seen.first().copied() {
+            if seen.iter().all(|s| s.is_some_and(|s| s.0 == first.0)) {
+                assert!(
+                    seen.iter().all(|s| *s == Some(first)) && first.1,
+                    "replicas at applied index {} disagree: {seen:?}",
+                    first.0
+                );
+                return first.0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not reach one applied index: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
