@@ -24,6 +24,18 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// The named group's replica, or every hosted one when `group` is empty.
+    fn nodes(&self, group: &str) -> Result<Vec<crate::node::Node>, Status> {
+        if group.is_empty() {
+            return Ok(self.manager.all());
+        }
+        let node = self
+            .manager
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("no group named {group:?} is hosted here")))?;
+        Ok(vec![node])
+    }
+
     pub fn new(manager: NodeManager) -> Self {
         AdminService { manager }
     }
@@ -96,13 +108,7 @@ impl Admin for AdminService {
         request: Request<GroupRequest>,
     ) -> Result<Response<StatusReply>, Status> {
         let group = request.into_inner().group;
-        let nodes = if group.is_empty() {
-            self.manager.all()
-        } else {
-            vec![self.manager.get(&group).ok_or_else(|| {
-                Status::not_found(format!("no group named {group:?} is hosted here"))
-            })?]
-        };
+        let nodes = self.nodes(&group)?;
         let mut groups = Vec::with_capacity(nodes.len());
         for n in nodes {
             groups.push(n.status().await.map_err(to_status)?.into());
@@ -115,13 +121,7 @@ impl Admin for AdminService {
         request: Request<GroupRequest>,
     ) -> Result<Response<DigestReply>, Status> {
         let group = request.into_inner().group;
-        let nodes = if group.is_empty() {
-            self.manager.all()
-        } else {
-            vec![self.manager.get(&group).ok_or_else(|| {
-                Status::not_found(format!("no group named {group:?} is hosted here"))
-            })?]
-        };
+        let nodes = self.nodes(&group)?;
         let mut groups = Vec::with_capacity(nodes.len());
         for n in nodes {
             let d = n.state_digest().await.map_err(to_status)?;
@@ -140,13 +140,7 @@ impl Admin for AdminService {
         request: Request<GroupRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
         let group = request.into_inner().group;
-        let nodes = if group.is_empty() {
-            self.manager.all()
-        } else {
-            vec![self.manager.get(&group).ok_or_else(|| {
-                Status::not_found(format!("no group named {group:?} is hosted here"))
-            })?]
-        };
+        let nodes = self.nodes(&group)?;
         let mut groups = Vec::with_capacity(nodes.len());
         for n in nodes {
             groups.push(match n.snapshot().await {
