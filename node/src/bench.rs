@@ -361,43 +361,36 @@ pub fn render_text(s: &BenchSummary) -> String {
 #[derive(Clone, Debug, Serialize)]
 pub struct Floor {
     pub fsync_p50_ms: f64,
+    /// Round trip between two threads placed by the scheduler (on this
+    /// development VM: on different CPUs, where each wake-up is costly).
     pub rtt_p50_ms: f64,
     /// `fsync_p50_ms + 2 * rtt_p50_ms`.
     pub floor_ms: f64,
+    /// The same round trip with both threads pinned to one CPU (`None` where
+    /// pinning is refused), and the floor computed with it.
+    pub rtt_same_cpu_p50_ms: Option<f64>,
+    pub floor_same_cpu_ms: Option<f64>,
 }
 
-fn median_ms(mut v: Vec<Duration>) -> f64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
-}
-
-/// Measures the median `fdatasync` of a 300-byte append in `dir` and the
-/// median round trip of 32 bytes over a loopback TCP connection
-/// (TCP_NODELAY), `samples` times each. Blocking.
-pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, String> {
+/// Median round trip of 32 bytes over loopback TCP (TCP_NODELAY) between
+/// two threads, `samples` times; with `pin`, both threads run on that CPU.
+fn loopback_rtts(samples: usize, pin: Option<usize>) -> std::io::Result<Vec<Duration>> {
     use std::io::{Read, Write};
-    let path = dir.join(format!(".raftkit-floor-{}", std::process::id()));
-    let fsyncs = (|| -> std::io::Result<Vec<Duration>> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        let record = [b'r'; 300];
-        let mut out = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            f.write_all(&record)?;
-            let t = std::time::Instant::now();
-            f.sync_data()?;
-            out.push(t.elapsed());
+    let pin_here = move || -> std::io::Result<()> {
+        if let Some(cpu) = pin {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            rustix::thread::sched_setaffinity(None, &set)?;
         }
-        Ok(out)
-    })();
-    let _ = std::fs::remove_file(&path);
-    let fsyncs = fsyncs.map_err(|e| format!("fsync in {}: {e}", dir.display()))?;
-    let rtts = (|| -> std::io::Result<Vec<Duration>> {
+        Ok(())
+    };
+    // A thread of its own, so pinning never leaks into a runtime's threads.
+    std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
+        pin_here()?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            pin_here()?;
             let (mut s, _) = listener.accept()?;
             s.set_nodelay(true)?;
             let mut buf = [0u8; 32];
@@ -417,15 +410,53 @@ pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, Str
             out.push(t.elapsed());
         }
         drop(c);
-        let _ = echo.join();
+        echo.join()
+            .map_err(|_| std::io::Error::other("echo thread panicked"))??;
         Ok(out)
-    })()
-    .map_err(|e| format!("loopback round trip: {e}"))?;
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("round-trip thread panicked"))?
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Measures the median `fdatasync` of a 300-byte append in `dir` and the
+/// median round trip of 32 bytes over a loopback TCP connection
+/// (TCP_NODELAY), `samples` times each. Blocking.
+pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, String> {
+    use std::io::Write;
+    let path = dir.join(format!(".raftkit-floor-{}", std::process::id()));
+    let fsyncs = (|| -> std::io::Result<Vec<Duration>> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let record = [b'r'; 300];
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            f.write_all(&record)?;
+            let t = std::time::Instant::now();
+            f.sync_data()?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    })();
+    let _ = std::fs::remove_file(&path);
+    let fsyncs = fsyncs.map_err(|e| format!("fsync in {}: {e}", dir.display()))?;
+    let rtts = loopback_rtts(samples, None).map_err(|e| format!("loopback round trip: {e}"))?;
     let (fsync_p50_ms, rtt_p50_ms) = (median_ms(fsyncs), median_ms(rtts));
+    let rtt_same_cpu_p50_ms = loopback_rtts(samples, Some(rustix::thread::sched_getcpu()))
+        .ok()
+        .map(median_ms);
     Ok(Floor {
         fsync_p50_ms,
         rtt_p50_ms,
         floor_ms: fsync_p50_ms + 2.0 * rtt_p50_ms,
+        rtt_same_cpu_p50_ms,
+        floor_same_cpu_ms: rtt_same_cpu_p50_ms.map(|r| fsync_p50_ms + 2.0 * r),
     })
 }
 
@@ -536,6 +567,10 @@ mod tests {
         let f = measure_floor(dir.path(), 20).unwrap();
         assert!(f.fsync_p50_ms > 0.0 && f.rtt_p50_ms > 0.0, "{f:?}");
         assert!((f.floor_ms - (f.fsync_p50_ms + 2.0 * f.rtt_p50_ms)).abs() < 1e-9);
+        let same = f.rtt_same_cpu_p50_ms.expect("pinning works here");
+        assert!(same > 0.0, "{f:?}");
+        let floor_same = f.floor_same_cpu_ms.unwrap();
+        assert!((floor_same - (f.fsync_p50_ms + 2.0 * same)).abs() < 1e-9);
         // Its scratch file is gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let e = measure_floor(&dir.path().join("missing"), 5).unwrap_err();

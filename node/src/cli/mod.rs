@@ -526,13 +526,22 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                 })?;
             emit(
                 cli,
-                format!(
-                    "fsync p50 {:.3} ms + 2 x loopback rtt p50 {:.3} ms = floor {:.3} ms (twice: {:.3} ms)",
-                    f.fsync_p50_ms,
-                    f.rtt_p50_ms,
-                    f.floor_ms,
-                    2.0 * f.floor_ms
-                ),
+                {
+                    let mut line = format!(
+                        "fsync p50 {:.3} ms + 2 x loopback rtt p50 {:.3} ms = floor {:.3} ms (twice: {:.3} ms)",
+                        f.fsync_p50_ms,
+                        f.rtt_p50_ms,
+                        f.floor_ms,
+                        2.0 * f.floor_ms
+                    );
+                    if let (Some(r), Some(fl)) = (f.rtt_same_cpu_p50_ms, f.floor_same_cpu_ms) {
+                        line += &format!(
+                            "\nwith both ends of the round trip on one CPU: rtt p50 {r:.3} ms, floor {fl:.3} ms (twice: {:.3} ms)",
+                            2.0 * fl
+                        );
+                    }
+                    line
+                },
                 serde_json::to_value(&f).unwrap_or_default(),
             );
             Ok(())
