@@ -255,6 +255,32 @@ async fn the_client_finds_a_new_leader_within_its_deadline_after_the_old_one_die
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_costs_a_call_one_attempt_not_its_deadline() {
+    let mut c = start(&["--election-timeout-ms", "500"], &[]).await;
+    let client = ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(4))
+        .unwrap()
+        .with_attempt_timeout(Duration::from_millis(500));
+    client.fetch_add(1).await.unwrap();
+    let l = leader(&c).await;
+    assert_eq!(client.cached_leader().as_deref(), Some(c.addrs[l].as_str()));
+    // The process keeps its sockets open but answers nothing (as a leader
+    // behind a one-way partition would): only a per-attempt timeout gets
+    // the client off it.
+    let pid = c.procs[l].pid().unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let write = client.fetch_add(1).await;
+    let read = client.counter_get().await;
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    write.expect("the write is retried on the new leader within its deadline");
+    assert_eq!(read.expect("the read finds the new leader"), 2);
+    assert_ne!(client.cached_leader().as_deref(), Some(c.addrs[l].as_str()));
+    // The paused write may have reached the old leader's log too; the
+    // session applied it once.
+    assert_eq!(client.counter_get().await.unwrap(), 2);
+    c.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_sharing_one_connection_each_get_their_own_reply() {
     let mut c = start(&["--groups", "kv:kv,counter:counter"], &[]).await;
     // One client, so every task's calls share one stream to the leader and

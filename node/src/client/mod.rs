@@ -3,11 +3,18 @@
 //! retries what is safe to retry within a deadline:
 //! - any request whose error proves it was not applied (a redirect, a
 //!   refused connection, "transferring", "busy");
-//! - reads, after any retryable error.
+//! - reads, and writes through a [`Session`] (the state machine applies a
+//!   retried session write once), after any retryable error.
 //!
-//! A write whose outcome is unknown (the leader stepped down, a timeout, a
-//! connection lost mid-call) is not retried: the error goes back to the
-//! caller, who must treat the write as possibly applied.
+//! A member that does not answer one of those within the attempt timeout
+//! ([`DEFAULT_ATTEMPT_TIMEOUT`], see [`ClusterClient::with_attempt_timeout`])
+//! is given up on for that call and the next member is tried, so a leader
+//! that hangs (a paused process, a one-way partition) costs a call one
+//! attempt, not its whole deadline.
+//!
+//! Any other write whose outcome is unknown (the leader stepped down, a
+//! timeout, a connection lost mid-call) is not retried: the error goes back
+//! to the caller, who must treat the write as possibly applied.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +39,16 @@ use crate::pb::{ClientSession, ReadConsistency};
 use crate::services::from_status;
 
 mod mux;
+
+/// How long a retryable call waits for one member before trying the next
+/// (bounded by the call's own deadline). Longer than a write or read takes
+/// under heavy load here (p99 well under 100 ms at 256 clients), shorter
+/// than a caller's usual deadline.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a member that let an attempt time out is asked last (after
+/// every other member), unless it answers in the meantime.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 pub use conn::Conn;
 mod conn;
@@ -114,7 +131,11 @@ pub struct ClusterClient {
     addrs: Mutex<Vec<String>>,
     group: String,
     timeout: Duration,
+    /// Per-member wait of a retryable call (see [`DEFAULT_ATTEMPT_TIMEOUT`]).
+    attempt_timeout: Duration,
     leader: Mutex<Option<String>>,
+    /// Members that let an attempt time out, until when they are avoided.
+    suspects: Mutex<HashMap<String, Instant>>,
     conns: Mutex<HashMap<String, Conn>>,
     /// One unary gRPC call per request instead of the member's mux stream.
     unary: bool,
@@ -144,7 +165,9 @@ impl ClusterClient {
             addrs: Mutex::new(addrs),
             group: group.into(),
             timeout,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             leader: Mutex::new(None),
+            suspects: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             unary: false,
             next: AtomicUsize::new(0),
@@ -161,6 +184,15 @@ impl ClusterClient {
     /// comparison and for servers that predate the mux service.
     pub fn with_unary_calls(mut self, unary: bool) -> Self {
         self.unary = unary;
+        self
+    }
+
+    /// How long a retryable call (a read, a session write) waits for one
+    /// member before it gives up on that member and tries the next, within
+    /// the call's deadline. Calls that cannot be retried (writes outside a
+    /// session, membership changes) always wait for the whole deadline.
+    pub fn with_attempt_timeout(mut self, attempt: Duration) -> Self {
+        self.attempt_timeout = attempt.max(Duration::from_millis(1));
         self
     }
 
@@ -252,9 +284,49 @@ impl ClusterClient {
         if let Some(l) = self.leader.lock().clone() {
             return l;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let addrs = self.addrs.lock();
-        addrs[i % addrs.len()].clone()
+        self.next_member()
+    }
+
+    /// The next member in turn, passing over suspects while any other
+    /// member is left.
+    fn next_member(&self) -> String {
+        let addrs = self.addrs();
+        let now = Instant::now();
+        let suspects = {
+            let mut s = self.suspects.lock();
+            s.retain(|_, until| *until > now);
+            s.clone()
+        };
+        for _ in 0..addrs.len() {
+            let a = &addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
+            if !suspects.contains_key(a) {
+                return a.clone();
+            }
+        }
+        addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()].clone()
+    }
+
+    fn is_suspect(&self, addr: &str) -> bool {
+        self.suspects
+            .lock()
+            .get(addr)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// `addr` let an attempt time out: drop its connection and cached
+    /// leadership, and ask it last for a while.
+    fn suspect(&self, addr: &str) {
+        self.forget(addr);
+        self.suspects
+            .lock()
+            .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
+    fn answered(&self, addr: &str) {
+        let mut s = self.suspects.lock();
+        if !s.is_empty() {
+            s.remove(addr);
+        }
     }
 
     /// Sends `call` to the leader, following redirects and retrying per `retry`.
@@ -287,24 +359,45 @@ impl ClusterClient {
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = match tokio::time::timeout(remaining, call(ch, self.group.clone())).await
-            {
+            let attempt = match retry {
+                Retry::Idempotent => remaining.min(self.attempt_timeout),
+                Retry::NotIdempotent => remaining,
+            };
+            let outcome = match tokio::time::timeout(attempt, call(ch, self.group.clone())).await {
                 Ok(r) => r,
                 Err(_) => {
-                    return Err(ClientError::Unavailable(format!(
-                        "{addr}: no answer within {:?}",
-                        self.timeout
-                    )));
+                    // A member that hangs is asked last for a while: the next
+                    // attempt, and the next calls, try the others first.
+                    self.suspect(&addr);
+                    if retry == Retry::NotIdempotent || attempt >= remaining {
+                        return Err(ClientError::Unavailable(format!(
+                            "{addr}: no answer within {attempt:?}"
+                        )));
+                    }
+                    last = format!("{addr}: no answer within {attempt:?}");
+                    continue;
                 }
             };
             let status = match outcome {
                 Ok(v) => {
+                    self.answered(&addr);
                     *self.leader.lock() = Some(addr);
                     return Ok(v);
                 }
                 Err(s) => s,
             };
             match from_status(&status) {
+                Some(RaftError::NotLeader { leader: Some(l) })
+                    if l.addr != addr && self.is_suspect(&l.addr) =>
+                {
+                    // Stale news: the members have not yet noticed that
+                    // leader hang. Ask the others until they elect another.
+                    last = format!(
+                        "{addr}: not leader; redirected to {}, which did not answer",
+                        l.addr
+                    );
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(RaftError::NotLeader { leader: Some(l) }) if l.addr != addr => {
                     last = format!("{addr}: not leader; redirected to {}", l.addr);
                     *self.leader.lock() = Some(l.addr);
@@ -571,8 +664,7 @@ impl ClusterClient {
                     self.timeout
                 )));
             }
-            let addrs = self.addrs();
-            let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()].clone();
+            let addr = self.next_member();
             let ch = match self.conn(&addr).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -583,8 +675,12 @@ impl ClusterClient {
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, call(ch, self.group.clone())).await {
-                Ok(Ok(v)) => return Ok(v),
+            let attempt = remaining.min(self.attempt_timeout);
+            match tokio::time::timeout(attempt, call(ch, self.group.clone())).await {
+                Ok(Ok(v)) => {
+                    self.answered(&addr);
+                    return Ok(v);
+                }
                 Ok(Err(status)) => match from_status(&status) {
                     Some(e) if !e.is_retryable() => return Err(ClientError::Raft(e)),
                     Some(e) => last = format!("{addr}: {e}"),
@@ -601,10 +697,14 @@ impl ClusterClient {
                     }
                 },
                 Err(_) => {
-                    return Err(ClientError::Unavailable(format!(
-                        "{addr}: no answer within {:?}",
-                        self.timeout
-                    )))
+                    self.suspect(&addr);
+                    if attempt >= remaining {
+                        return Err(ClientError::Unavailable(format!(
+                            "{addr}: no answer within {attempt:?}"
+                        )));
+                    }
+                    last = format!("{addr}: no answer within {attempt:?}");
+                    continue;
                 }
             }
             sleep_until_or(deadline, Duration::from_millis(20)).await;
@@ -815,5 +915,50 @@ async fn sleep_until_or(deadline: Instant, d: Duration) {
     if now < deadline {
         let jitter = 0.5 + rand::random::<f64>();
         tokio::time::sleep(d.mul_f64(jitter).min(deadline - now)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashSet;
+
+    fn client() -> ClusterClient {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        ClusterClient::new(
+            addrs.iter().map(|a| a.to_string()).collect(),
+            "g",
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_suspect_member_is_passed_over_until_it_answers() {
+        let c = client();
+        *c.leader.lock() = Some("127.0.0.1:2".into());
+        c.suspect("127.0.0.1:2");
+        // Suspecting the cached leader drops it, and turns skip it.
+        assert_eq!(c.cached_leader(), None);
+        assert!(c.is_suspect("127.0.0.1:2"));
+        for _ in 0..6 {
+            assert_ne!(c.pick(), "127.0.0.1:2");
+        }
+        // When every member is suspect, turns go on anyway.
+        c.suspect("127.0.0.1:1");
+        c.suspect("127.0.0.1:3");
+        let picked: HashSet<String> = (0..3).map(|_| c.next_member()).collect();
+        assert_eq!(picked.len(), 3);
+        // An answer clears it.
+        c.answered("127.0.0.1:2");
+        assert!(!c.is_suspect("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn the_attempt_timeout_has_a_floor() {
+        let c = client().with_attempt_timeout(Duration::ZERO);
+        assert_eq!(c.attempt_timeout, Duration::from_millis(1));
+        assert_eq!(client().attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT);
     }
 }
