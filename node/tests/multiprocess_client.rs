@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
+use common::procs::{free_ports, raft_stat, start_cluster, wait_http_ok, Proc, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::{ClusterClient, Session};
 use raftkit_node::pb::ReadConsistency;
@@ -277,6 +277,50 @@ async fn a_paused_leader_costs_a_call_one_attempt_not_its_deadline() {
     // The paused write may have reached the old leader's log too; the
     // session applied it once.
     assert_eq!(client.counter_get().await.unwrap(), 2);
+    c.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_group_sends_the_client_to_the_others() {
+    let mut c = start(&["--groups", "kv:kv"], &[]).await;
+    // A lone node that hosts only a counter group (as a member still
+    // loading its groups, or one removed from this group, would answer),
+    // listed first.
+    let lone = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let _lone = Proc::start(
+        &lone,
+        &c.tmp.path().join("lone"),
+        c.tmp.path(),
+        &["--initial-conf".to_string(), lone.clone()],
+    );
+    assert!(wait_http_ok(&lone, "/readyz", Duration::from_secs(30)).await);
+    let mut addrs = vec![lone.clone()];
+    addrs.extend(c.addrs.iter().cloned());
+    let client = ClusterClient::new(addrs.clone(), "kv", Duration::from_secs(10)).unwrap();
+    let (k, v) = (bytes::Bytes::from("k"), bytes::Bytes::from("v"));
+    client
+        .put(k.clone(), v.clone())
+        .await
+        .expect("the put goes to a member hosting the group");
+    assert_eq!(
+        client
+            .get_with(k.clone(), ReadConsistency::Follower)
+            .await
+            .unwrap(),
+        Some(v)
+    );
+    // A group no member hosts: the error comes back once every member said
+    // so, well before the deadline, and the write certainly did not happen.
+    let nowhere = ClusterClient::new(addrs, "nope", Duration::from_secs(30)).unwrap();
+    let started = Instant::now();
+    let err = nowhere.put(k, bytes::Bytes::from("x")).await.unwrap_err();
+    assert!(err.is_definitely_not_applied(), "{err}");
+    assert!(err.to_string().contains("\"nope\" is hosted here"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
     c.stop_all();
 }
 

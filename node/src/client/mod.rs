@@ -111,6 +111,11 @@ impl ClientError {
         match self {
             ClientError::Raft(e) => e.is_definitely_not_applied(),
             ClientError::InvalidArgument(_) => true,
+            // Only "no such group here" uses this code: it reached no group.
+            ClientError::Rpc {
+                code: tonic::Code::NotFound,
+                ..
+            } => true,
             ClientError::Unavailable(_) | ClientError::Rpc { .. } => false,
         }
     }
@@ -322,6 +327,23 @@ impl ClusterClient {
             .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
+    /// `addr` said it does not host the group: records it in `absent` (the
+    /// members that said so during this call), stops treating it as the
+    /// leader, and tells whether every known member has now said so.
+    fn not_hosted_everywhere(&self, absent: &mut Vec<String>, addr: &str) -> bool {
+        if !absent.iter().any(|a| a == addr) {
+            absent.push(addr.to_string());
+        }
+        {
+            let mut l = self.leader.lock();
+            if l.as_deref() == Some(addr) {
+                *l = None;
+            }
+        }
+        let known = self.addrs();
+        known.iter().all(|a| absent.contains(a))
+    }
+
     fn answered(&self, addr: &str) {
         let mut s = self.suspects.lock();
         if !s.is_empty() {
@@ -338,6 +360,7 @@ impl ClusterClient {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(20);
         let mut last = String::from("no member answered");
+        let mut absent = Vec::new();
         loop {
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
@@ -352,7 +375,6 @@ impl ClusterClient {
                     // Not connected: the request was certainly not sent.
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
-                    self.next.fetch_add(1, Ordering::Relaxed);
                     sleep_until_or(deadline, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     continue;
@@ -392,11 +414,11 @@ impl ClusterClient {
                 {
                     // Stale news: the members have not yet noticed that
                     // leader hang. Ask the others until they elect another.
+                    *self.leader.lock() = None;
                     last = format!(
                         "{addr}: not leader; redirected to {}, which did not answer",
                         l.addr
                     );
-                    self.next.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(RaftError::NotLeader { leader: Some(l) }) if l.addr != addr => {
                     last = format!("{addr}: not leader; redirected to {}", l.addr);
@@ -409,7 +431,6 @@ impl ClusterClient {
                 ) => {
                     last = format!("{addr}: {e}");
                     *self.leader.lock() = None;
-                    self.next.fetch_add(1, Ordering::Relaxed);
                     if matches!(e, RaftError::NotLeader { leader: None }) {
                         self.refresh_members().await;
                     }
@@ -417,14 +438,24 @@ impl ClusterClient {
                 Some(e) if e.is_retryable() && retry == Retry::Idempotent => {
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
-                    self.next.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(e) => return Err(ClientError::Raft(e)),
                 None if is_transport_failure(&status) && retry == Retry::Idempotent => {
                     last = format!("{addr}: {}", status.message());
                     self.forget(&addr);
-                    self.next.fetch_add(1, Ordering::Relaxed);
                     self.refresh_members().await;
+                }
+                None if status.code() == tonic::Code::NotFound => {
+                    // This member does not host the group (still starting,
+                    // or removed): the request went nowhere; ask the others.
+                    if self.not_hosted_everywhere(&mut absent, &addr) {
+                        return Err(ClientError::Rpc {
+                            addr,
+                            code: status.code(),
+                            message: status.message().to_string(),
+                        });
+                    }
+                    last = format!("{addr}: {}", status.message());
                 }
                 None => {
                     self.forget(&addr);
@@ -657,6 +688,7 @@ impl ClusterClient {
     {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no member answered");
+        let mut absent = Vec::new();
         loop {
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
@@ -687,6 +719,11 @@ impl ClusterClient {
                     None if is_transport_failure(&status) => {
                         last = format!("{addr}: {}", status.message());
                         self.forget(&addr);
+                    }
+                    None if status.code() == tonic::Code::NotFound
+                        && !self.not_hosted_everywhere(&mut absent, &addr) =>
+                    {
+                        last = format!("{addr}: {}", status.message());
                     }
                     None => {
                         return Err(ClientError::Rpc {
@@ -953,6 +990,14 @@ mod tests {
         // An answer clears it.
         c.answered("127.0.0.1:2");
         assert!(!c.is_suspect("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn turns_visit_every_member_of_an_even_sized_list() {
+        let addrs: Vec<String> = (1..=4).map(|p| format!("127.0.0.1:{p}")).collect();
+        let c = ClusterClient::new(addrs.clone(), "g", Duration::from_secs(1)).unwrap();
+        let picked: HashSet<String> = (0..4).map(|_| c.pick()).collect();
+        assert_eq!(picked.len(), 4, "{picked:?}");
     }
 
     #[test]
