@@ -10,6 +10,13 @@
 //! directory not yet renamed into place), `snapshot_after_publish`,
 //! `reply_after_apply` (a write was applied but its reply is lost, as if the
 //! connection broke).
+//!
+//! A network partition can also be set while the node runs, when it was
+//! started with `RAFTKIT_FAULT_INJECTION=1`: `POST /debug/partition?peers=A,B`
+//! on its HTTP port drops every raft message and snapshot this node sends to
+//! or receives from those peer addresses (clients can still reach it, as in
+//! Jepsen's "isolated leader"); `peers=` empty heals. Without the variable the
+//! endpoint answers 404 and nothing is ever dropped.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -88,6 +95,46 @@ pub fn hit(name: &str) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Whether run-time fault injection (the partition endpoint) is enabled.
+pub fn injection_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RAFTKIT_FAULT_INJECTION").is_ok_and(|v| v == "1"))
+}
+
+static ANY_CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn cut_set() -> &'static std::sync::RwLock<std::collections::BTreeSet<String>> {
+    static CUT: OnceLock<std::sync::RwLock<std::collections::BTreeSet<String>>> = OnceLock::new();
+    CUT.get_or_init(Default::default)
+}
+
+/// Makes `peers` the addresses this node is cut off from (empty: healed).
+/// Refused unless [`injection_enabled`].
+pub fn set_partition(peers: std::collections::BTreeSet<String>) -> Result<(), String> {
+    if !injection_enabled() {
+        return Err("fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1".into());
+    }
+    let mut set = cut_set().write().unwrap_or_else(|p| p.into_inner());
+    ANY_CUT.store(!peers.is_empty(), std::sync::atomic::Ordering::Release);
+    *set = peers;
+    Ok(())
+}
+
+/// The addresses this node is cut off from.
+pub fn partition() -> std::collections::BTreeSet<String> {
+    cut_set().read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Whether traffic with the peer at `addr` is being dropped. One atomic
+/// load when no partition is set.
+pub fn is_cut(addr: &str) -> bool {
+    ANY_CUT.load(std::sync::atomic::Ordering::Acquire)
+        && cut_set()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(addr)
 }
 
 #[cfg(test)]

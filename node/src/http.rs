@@ -3,7 +3,8 @@
 //! serves and no group has stopped on an error), `/readyz` (every group
 //! knows a leader and has applied what it had before starting), `/metrics`
 //! (Prometheus text) and `/flags` (list with GET; change the live ones with
-//! `POST /flags?name=value`).
+//! `POST /flags?name=value`). `/debug/partition` sets an injected network
+//! partition when fault injection is on (see [`crate::failpoint`]).
 
 use std::fmt::Write as _;
 
@@ -45,7 +46,45 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/flags", get(list_flags))
         .route("/flags", post(set_flags))
+        .route("/debug/partition", get(show_partition))
+        .route("/debug/partition", post(set_partition))
         .with_state(state)
+}
+
+/// `GET /debug/partition`: the peer addresses this node is cut off from.
+async fn show_partition() -> Response {
+    if !crate::failpoint::injection_enabled() {
+        return (
+            StatusCode::NOT_FOUND,
+            "fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1\n",
+        )
+            .into_response();
+    }
+    let peers: Vec<String> = crate::failpoint::partition().into_iter().collect();
+    format!("{}\n", peers.join(",")).into_response()
+}
+
+/// `POST /debug/partition?peers=ADDR,ADDR`: drop all raft traffic with
+/// those peers from now on (`peers=` empty heals).
+async fn set_partition(Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let Some(list) = q.get("peers") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing peers=ADDR,ADDR (empty to heal)\n",
+        )
+            .into_response();
+    };
+    let mut peers = std::collections::BTreeSet::new();
+    for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Err(e) = crate::options::validate_addr(p) {
+            return (StatusCode::BAD_REQUEST, format!("peer address {e}\n")).into_response();
+        }
+        peers.insert(p.to_string());
+    }
+    match crate::failpoint::set_partition(peers) {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -398,10 +437,18 @@ async fn readyz(State(manager): State<NodeManager>) -> Response {
 /// A minimal HTTP/1.0 GET for probes (`/readyz`, `/healthz`) from tools and
 /// tests: returns the status code and body.
 pub async fn probe(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path).await
+}
+
+/// One HTTP/1.0 request without a body (`GET`, or `POST` with the query
+/// string carrying the arguments); returns the status code and body.
+pub async fn request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);

@@ -177,6 +177,14 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert!(v[0]["index"].as_u64().unwrap() > 0, "{v}");
 
+    // The fault-injection endpoint is off unless the node was started for it.
+    let (code, body) =
+        raftkit_node::http::request(one, "POST", "/debug/partition?peers=127.0.0.1:1")
+            .await
+            .unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("RAFTKIT_FAULT_INJECTION=1"), "{body}");
+
     // Observability: metrics and runtime flags over HTTP on the same port.
     let (code, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();
     assert_eq!(code, 200);

@@ -2,7 +2,8 @@
 //! get (linearizable and follower reads), compare-and-swap and delete on a
 //! few keys of three real `raftkit-node` processes while the leader is
 //! SIGKILLed and restarted, then SIGSTOPped past the election timeout and
-//! resumed. Every operation is recorded with its invocation and completion
+//! resumed, then cut off from the other members (clients can still reach it)
+//! and reconnected. Every operation is recorded with its invocation and completion
 //! time (unknown outcomes complete at +infinity), and each key's history
 //! must be linearizable. Afterwards the replicas must hold equal state.
 
@@ -336,8 +337,9 @@ async fn worker(
     client: ClusterClient,
     done: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-) -> Vec<(usize, Event)> {
+) -> (Vec<(usize, Event)>, Vec<String>) {
     let mut history = Vec::new();
+    let mut unknown_errors = Vec::new();
     let mut rng = Rng(seed ^ (w << 48));
     let mut seq = 0u64;
     let mut last_seen: Vec<Val> = vec![None; KEYS];
@@ -363,8 +365,8 @@ async fn worker(
                     ))
                 }
                 Err(e) if e.is_definitely_not_applied() => None,
-                Err(_) => Some((
-                    None,
+                Err(e) => Some((
+                    note(&mut unknown_errors, e),
                     RegOp::Put {
                         value: id,
                         prev: None,
@@ -411,8 +413,8 @@ async fn worker(
                         ))
                     }
                     Err(e) if e.is_definitely_not_applied() => None,
-                    Err(_) => Some((
-                        None,
+                    Err(e) => Some((
+                        note(&mut unknown_errors, e),
                         RegOp::Cas {
                             expected,
                             value: id,
@@ -432,7 +434,10 @@ async fn worker(
                     ))
                 }
                 Err(e) if e.is_definitely_not_applied() => None,
-                Err(_) => Some((None, RegOp::Delete { existed: None })),
+                Err(e) => Some((
+                    note(&mut unknown_errors, e),
+                    RegOp::Delete { existed: None },
+                )),
             },
         };
         if let Some((completed, op)) = recorded {
@@ -449,7 +454,14 @@ async fn worker(
             }
         }
     }
-    history
+    (history, unknown_errors)
+}
+
+/// Keeps the error of a write with unknown outcome (digits dropped, so equal
+/// causes count together) and returns its time: none.
+fn note(errors: &mut Vec<String>, e: raftkit_node::client::ClientError) -> Option<Instant> {
+    errors.push(e.to_string().replace(|c: char| c.is_ascii_digit(), ""));
+    None
 }
 
 fn is_write(op: &RegOp) -> bool {
@@ -497,6 +509,22 @@ async fn leader(c: &ProcCluster) -> usize {
     }
 }
 
+/// Cuts `node` off from `peers` (empty: heals), through the fault-injection
+/// endpoint.
+async fn partition(node: &str, peers: &[String]) {
+    let path = format!("/debug/partition?peers={}", peers.join(","));
+    let (code, body) = raftkit_node::http::request(node, "POST", &path)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{path} on {node}: {body}");
+    let (_, now) = raftkit_node::http::probe(node, "/debug/partition")
+        .await
+        .unwrap();
+    let mut sorted = peers.to_vec();
+    sorted.sort();
+    assert_eq!(now.trim(), sorted.join(","));
+}
+
 async fn wait_for_ops(done: &AtomicUsize, more: usize, what: &str) {
     let target = done.load(Ordering::Relaxed) + more;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -535,7 +563,7 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
             "--snapshot-log-gap",
             "300",
         ],
-        &[],
+        &[("RAFTKIT_FAULT_INJECTION", "1")],
     )
     .await;
     let done = Arc::new(AtomicUsize::new(0));
@@ -596,11 +624,60 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
     );
     wait_for_ops(&done, 150, "after the old leader resumed").await;
 
+    // The leader loses the other members but not its clients: it must not
+    // answer from its old view while the others elect a new leader.
+    let l = leader(&c).await;
+    let others: Vec<String> = (0..c.addrs.len())
+        .filter(|i| *i != l)
+        .map(|i| c.addrs[i].clone())
+        .collect();
+    let (code, body) =
+        raftkit_node::http::request(&c.addrs[l], "POST", "/debug/partition?peers=nonsense")
+            .await
+            .unwrap();
+    assert_eq!(code, 400, "a bad peer address is refused: {body}");
+    partition(&c.addrs[l], &others).await;
+    let isolated = Instant::now();
+    let progressed = tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_for_ops(&done, 100, "while the leader is isolated"),
+    )
+    .await;
+    eprintln!(
+        "100 operations completed {:?} after the leader was isolated",
+        isolated.elapsed()
+    );
+    tokio::time::sleep(min_pause.saturating_sub(isolated.elapsed())).await;
+    // The cut is real: the others elected a leader among themselves.
+    let mut new_leader = None;
+    for a in &others {
+        if let Some(v) = raft_stat(a).await {
+            if v[0]["role"] == "leader" {
+                new_leader = Some(a.clone());
+            }
+        }
+    }
+    partition(&c.addrs[l], &[]).await;
+    assert!(
+        new_leader.is_some(),
+        "no new leader among {others:?} while {} was cut off",
+        c.addrs[l]
+    );
+    assert!(
+        progressed.is_ok(),
+        "no progress while the leader was isolated"
+    );
+    wait_for_ops(&done, 150, "after the partition healed").await;
+
     stop.store(true, Ordering::Relaxed);
     let mut histories: Vec<Vec<Event>> = vec![Vec::new(); KEYS];
     let mut unknown = 0;
+    let mut causes = std::collections::BTreeMap::new();
     for w in workers {
-        let mut ops = w.await.unwrap();
+        let (mut ops, errors) = w.await.unwrap();
+        for e in errors {
+            *causes.entry(e).or_insert(0usize) += 1;
+        }
         unknown += ops.iter().filter(|(_, e)| e.completed.is_none()).count();
         bound_unknown_writes(&mut ops);
         for (k, e) in ops {
@@ -614,7 +691,9 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
             panic!("key-{k} (seed {seed}): {e}");
         }
     }
-    eprintln!("{total} operations on {KEYS} keys, {unknown} with unknown outcome: linearizable");
+    eprintln!(
+        "{total} operations on {KEYS} keys, {unknown} with unknown outcome ({causes:?}): linearizable"
+    );
     let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(5)).unwrap();
     common::assert_replicas_agree(&client, &c.addrs, Duration::from_secs(20)).await;
     c.stop_all();

@@ -98,6 +98,11 @@ impl GrpcTransport {
 
 impl Transport for GrpcTransport {
     fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable> {
+        if crate::failpoint::is_cut(to_addr) {
+            // An injected partition loses the message, as a network would,
+            // without telling the sender.
+            return Ok(());
+        }
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if links.get(to_addr).is_none_or(|l| l.tx.is_closed()) {
             let link = self.spawn_link(to_addr);
@@ -115,6 +120,13 @@ impl Transport for GrpcTransport {
     }
 
     fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent) {
+        if crate::failpoint::is_cut(&job.to.addr) {
+            done(Err(format!(
+                "{}: partitioned (fault injection)",
+                job.to.addr
+            )));
+            return;
+        }
         let mut client = GrpcInstallClient {
             addr: job.to.addr.clone(),
             group: job.group.clone(),
@@ -428,6 +440,9 @@ impl SnapshotInstall for SnapshotInstallService {
         let node = self.node(&r.group, r.to)?;
         let msg = Message::parse_from_bytes(&r.raft_message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if crate::failpoint::is_cut(&r.from_addr) {
+            return Err(Status::unavailable("partitioned (fault injection)"));
+        }
         let from = (!r.from_addr.is_empty()).then_some(r.from_addr);
         blocking(move || node.install_commit(r.index, r.term, msg, from)).await?;
         Ok(Response::new(InstallCommitReply {}))
@@ -458,6 +473,9 @@ impl RaftTransport for RaftTransportService {
                 &batch.from_addr,
                 batch.messages.iter().map(|m| m.len()).sum(),
             );
+            if crate::failpoint::is_cut(&batch.from_addr) {
+                continue;
+            }
             let Some(node) = self.manager.get(&batch.group) else {
                 tracing::debug!(group = %batch.group, from = %batch.from_addr, "raft messages for a group not hosted here");
                 continue;
