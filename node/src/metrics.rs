@@ -80,6 +80,10 @@ pub struct NodeMetrics {
     /// committed (replicated to a majority, durable) and handed to apply.
     pub commit_seconds: Histogram,
     pub leader_changes: AtomicU64,
+    /// Read requests answered under the leader's lease, and by a ReadIndex
+    /// round (each round serves every read of its batch).
+    pub lease_reads: AtomicU64,
+    pub read_index_rounds: AtomicU64,
     pub snapshots_saved: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
@@ -189,7 +193,7 @@ pub fn render(
             );
         }
     }
-    let counters: [Metric<NodeMetrics>; 5] = [
+    let counters: [Metric<NodeMetrics>; 7] = [
         (
             "raftkit_proposals_total",
             "Tasks submitted to this node.",
@@ -199,6 +203,16 @@ pub fn render(
             "raftkit_leader_changes_total",
             "Times this replica saw the leader change.",
             |m| m.leader_changes.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_lease_reads_total",
+            "Reads this leader answered under its lease (read mode lease).",
+            |m| m.lease_reads.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_read_index_rounds_total",
+            "ReadIndex rounds this replica issued (a heartbeat round on the leader).",
+            |m| m.read_index_rounds.load(Ordering::Relaxed),
         ),
         (
             "raftkit_snapshots_saved_total",

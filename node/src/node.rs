@@ -27,7 +27,7 @@ use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::FsmCaller;
 use crate::io_worker::IoWorker;
 use crate::membership::{ConfChangeRequest, Membership, PeerIdentity};
-use crate::options::{NodeOptions, ReadMode, ELECTION_TICKS};
+use crate::options::{NodeOptions, ELECTION_TICKS};
 use crate::raft_loop::{RaftLoop, RaftMsg};
 use crate::raft_store::RaftStore;
 use crate::snapshot_install::{Chunk, PeerInstall, ReceiveStats, Throttle};
@@ -342,10 +342,9 @@ impl Node {
             max_inflight_msgs: opts.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: match opts.read_mode {
-                ReadMode::ReadIndex => raft::ReadOnlyOption::Safe,
-                ReadMode::Lease => raft::ReadOnlyOption::LeaseBased,
-            },
+            // Lease reads are the engine's own (raft_loop::Lease), on top of
+            // raft-rs's safe ReadIndex; its LeaseBased mode is not safe.
+            read_only_option: raft::ReadOnlyOption::Safe,
             max_uncommitted_size: opts.max_uncommitted_bytes,
             max_committed_size_per_ready: opts.max_apply_batch_bytes,
             batch_append: true,

@@ -12,8 +12,11 @@ pub enum ReadMode {
     /// batch. Safe whatever the clocks do. Default.
     #[default]
     ReadIndex,
-    /// Lease: the leader answers from its lease without a round trip; relies
-    /// on bounded clock drift (check-quorum keeps the lease honest).
+    /// Lease: the leader answers from a lease without a round trip. A lease
+    /// starts when a ReadIndex round is issued and ends before any member
+    /// that confirmed the round could vote for another leader (check-quorum);
+    /// it assumes the members' clocks run at rates within 10% and the same
+    /// election timeout on every member.
     Lease,
 }
 

@@ -438,6 +438,62 @@ async fn lease_reads_are_served_and_stop_on_an_isolated_leader() {
     c.shutdown().await;
 }
 
+/// The lease must end before any other member can lead: once a write on a
+/// new leader was acknowledged, a read begun afterwards on the cut-off old
+/// leader must not succeed. (raft-rs's own LeaseBased mode fails this: a
+/// cut-off leader keeps answering until check-quorum deposes it, up to two
+/// election timeouts, while the others elect after one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lease_read_on_an_old_leader_after_a_new_leader_acknowledged_a_write() {
+    let mut c = Cluster::with(3, |o| o.read_mode = raftkit_node::options::ReadMode::Lease);
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    for _ in 0..20 {
+        c.node(l).read_index().await.unwrap();
+    }
+    let served = c.node(l).metrics().lease_reads.load(Ordering::Relaxed);
+    assert!(served > 0, "no read was answered under the lease");
+
+    c.net.isolate(&c.addrs[l]);
+    let old = c.node(l).clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let successes = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (stop, successes) = (stop.clone(), successes.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let invoked = std::time::Instant::now();
+                match tokio::time::timeout(Duration::from_millis(100), old.read_index()).await {
+                    Ok(Ok(index)) => successes.lock().unwrap().push((invoked, index)),
+                    _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        })
+    };
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let nl = c.wait_leader_among(&others, T).await;
+    c.node(nl).propose(payload(1)).await.unwrap();
+    let acknowledged = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(3 * ELECTION_MS)).await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let successes = std::mem::take(&mut *successes.lock().unwrap());
+    assert!(
+        !successes.is_empty(),
+        "the old leader answered no read at all after being cut off (the lease should have covered some)"
+    );
+    let late: Vec<_> = successes
+        .iter()
+        .filter(|(invoked, _)| *invoked > acknowledged)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the cut-off old leader answered {} reads begun after the new leader acknowledged a write",
+        late.len()
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
     let mut c = Cluster::new(3);

@@ -539,7 +539,18 @@ async fn wait_for_ops(done: &AtomicUsize, more: usize, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
+async fn kv_stays_linearizable_when_the_leader_is_killed_paused_and_cut_off() {
+    kv_under_faults("read-index").await;
+}
+
+/// The same with lease reads, which answer from the leader without a round
+/// of heartbeats: the lease must end before another member can lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_stay_linearizable_when_the_leader_is_killed_paused_and_cut_off() {
+    kv_under_faults("lease").await;
+}
+
+async fn kv_under_faults(read_mode: &str) {
     let seed = std::env::var("RAFTKIT_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -549,7 +560,7 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("seed {seed} (replay with RAFTKIT_TEST_SEED={seed})");
+    eprintln!("read mode {read_mode}, seed {seed} (replay with RAFTKIT_TEST_SEED={seed})");
     let election_ms = 500u64;
     // Frequent snapshots, so the killed node may catch up from one and
     // compaction runs under the load.
@@ -562,6 +573,8 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
             &election_ms.to_string(),
             "--snapshot-log-gap",
             "300",
+            "--read-mode",
+            read_mode,
         ],
         &[("RAFTKIT_FAULT_INJECTION", "1")],
     )
@@ -688,11 +701,28 @@ async fn kv_stays_linearizable_when_the_leader_is_killed_and_paused() {
     for (k, h) in histories.iter().enumerate() {
         total += h.len();
         if let Err(e) = check_register(h) {
-            panic!("key-{k} (seed {seed}): {e}");
+            panic!("key-{k} ({read_mode}, seed {seed}): {e}");
         }
     }
+    // Lease reads happened in lease mode (so the check above covered them),
+    // and only there. Counters restart with a process: the killed node's
+    // early ones are lost, which only lowers the sum.
+    let mut lease_reads = 0;
+    for a in &c.addrs {
+        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        lease_reads += body
+            .lines()
+            .find_map(|l| l.strip_prefix("raftkit_lease_reads_total{group=\"kv\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("raftkit_lease_reads_total in /metrics");
+    }
+    assert_eq!(
+        lease_reads > 0,
+        read_mode == "lease",
+        "{lease_reads} lease reads"
+    );
     eprintln!(
-        "{total} operations on {KEYS} keys, {unknown} with unknown outcome ({causes:?}): linearizable"
+        "{total} operations on {KEYS} keys ({lease_reads} reads under a lease), {unknown} with unknown outcome ({causes:?}): linearizable"
     );
     let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(5)).unwrap();
     common::assert_replicas_agree(&client, &c.addrs, Duration::from_secs(20)).await;

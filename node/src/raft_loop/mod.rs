@@ -100,7 +100,29 @@ const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 struct PendingRead {
     waiters: Vec<ReadWaiter>,
+    /// When the request was last (re)issued, for retries.
     issued_at: Instant,
+    /// When it was first issued, in which term: every heartbeat that can
+    /// confirm it left after this, which is what a lease may count from.
+    first_issued: Instant,
+    term: u64,
+}
+
+/// A leader's read lease (`ReadMode::Lease`): until `until`, no other
+/// member can have become leader, so reads are answered from the committed
+/// index without a round of heartbeats.
+///
+/// It is our own, not raft-rs's `LeaseBased` mode, which answers whenever
+/// the node believes it leads: with check-quorum a cut-off leader keeps
+/// believing so for up to two election timeouts, while the others can elect
+/// a new leader after one (the KV linearizability test caught stale reads).
+/// Here a lease starts when a ReadIndex round is issued and lasts less than
+/// the time a member that acknowledged that round refuses to vote for anyone
+/// else (check-quorum: one election timeout after it last heard from us).
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    term: u64,
+    until: Instant,
 }
 
 pub(crate) struct RaftLoop {
@@ -141,6 +163,13 @@ pub(crate) struct RaftLoop {
     last_view: (StateRole, u64, u64),
     new_reads: Vec<ReadWaiter>,
     pending_reads: BTreeMap<u64, PendingRead>,
+    lease: Option<Lease>,
+    /// No lease may start from a round issued before this (after a
+    /// leadership transfer, which lets the target campaign without waiting,
+    /// or a change of the election timeout).
+    no_lease_before: Instant,
+    /// A ReadIndex round that only renews the lease is in flight.
+    renewing: bool,
     next_read_ctx: u64,
     applied: u64,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, RaftError>>>,
@@ -204,6 +233,9 @@ impl RaftLoop {
             last_view: (StateRole::Follower, 0, 0),
             new_reads: Vec::new(),
             pending_reads: BTreeMap::new(),
+            lease: None,
+            no_lease_before: Instant::now(),
+            renewing: false,
             next_read_ctx: 1,
             applied,
             snapshot_waiters: Vec::new(),
@@ -250,6 +282,7 @@ impl RaftLoop {
                 let _ = self.apply_tx.send(ApplyMsg::Pending(batch));
             }
             if self.failed.is_none() {
+                self.watch_transfer(now);
                 self.issue_new_reads();
                 if let Err(e) = self.handle_ready() {
                     self.fail(e);
@@ -429,6 +462,7 @@ impl RaftLoop {
 
     fn on_tick(&mut self, now: Instant) {
         self.raw.tick();
+        self.watch_transfer(now);
         self.observe_role();
         self.check_transfer(now);
         self.step_down_if_removed();
@@ -456,6 +490,10 @@ impl RaftLoop {
     fn set_live(&mut self, live: crate::options::LiveOptions) {
         let now = Instant::now();
         if live.election_timeout_ms != self.opts.election_timeout_ms {
+            // Members switch at different moments: no lease until both the
+            // old and the new timeout have passed twice.
+            let longest = live.election_timeout_ms.max(self.opts.election_timeout_ms);
+            self.revoke_lease(now + Duration::from_millis(2 * longest));
             // The raft clock is a tenth of the election timeout: changing the
             // tick changes the election timeout and the heartbeat interval.
             self.tick = Duration::from_millis(
@@ -473,22 +511,91 @@ impl RaftLoop {
         *self.shared.live.write() = live;
     }
 
-    /// One ReadIndex request serves every read that arrived in this batch.
+    /// One ReadIndex request serves every read that arrived in this batch;
+    /// under a valid lease they are answered from the committed index, and
+    /// the lease is renewed in the background once half of it is used.
     fn issue_new_reads(&mut self) {
         if self.new_reads.is_empty() {
             return;
         }
+        let now = Instant::now();
+        if let Some(until) = self.valid_lease(now) {
+            let index = self.raw.raft.raft_log.committed;
+            let waiters = std::mem::take(&mut self.new_reads);
+            self.shared
+                .metrics
+                .lease_reads
+                .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.apply_tx.send(ApplyMsg::Read { index, waiters });
+            if !self.renewing && until.saturating_duration_since(now) < self.lease_len() / 2 {
+                self.renewing = true;
+                self.issue_read(Vec::new(), now);
+            }
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new_reads);
+        self.issue_read(waiters, now);
+    }
+
+    fn issue_read(&mut self, waiters: Vec<ReadWaiter>, now: Instant) {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        let waiters = std::mem::take(&mut self.new_reads);
+        self.shared
+            .metrics
+            .read_index_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.raw.read_index(ctx.to_be_bytes().to_vec());
         self.pending_reads.insert(
             ctx,
             PendingRead {
                 waiters,
-                issued_at: Instant::now(),
+                issued_at: now,
+                first_issued: now,
+                term: self.raw.raft.term,
             },
         );
+    }
+
+    /// How long a lease lasts: two ticks less than the election timeout
+    /// (a member's check-quorum window, counted in its own ticks, can close
+    /// up to a tick early), and 10% less again for clock-rate differences.
+    fn lease_len(&self) -> Duration {
+        self.tick
+            .mul_f64((crate::options::ELECTION_TICKS as f64 - 2.0) * 0.9)
+    }
+
+    /// The end of the lease if reads may be answered under it now.
+    fn valid_lease(&mut self, now: Instant) -> Option<Instant> {
+        if self.opts.read_mode != crate::options::ReadMode::Lease {
+            return None;
+        }
+        self.watch_transfer(now);
+        let raft = &self.raw.raft;
+        match self.lease {
+            Some(l)
+                if now < l.until
+                    && l.term == raft.term
+                    && raft.state == StateRole::Leader
+                    && raft.lead_transferee.is_none() =>
+            {
+                Some(l.until)
+            }
+            _ => None,
+        }
+    }
+
+    /// A leadership transfer lets its target campaign at once, ignoring the
+    /// other members' check-quorum: drop the lease, and start none from a
+    /// round issued before the transfer is well over.
+    fn watch_transfer(&mut self, now: Instant) {
+        if self.raw.raft.lead_transferee.is_some() {
+            self.revoke_lease(now + self.tick * (2 * crate::options::ELECTION_TICKS as u32));
+        }
+    }
+
+    fn revoke_lease(&mut self, no_new_before: Instant) {
+        self.lease = None;
+        self.no_lease_before = self.no_lease_before.max(no_new_before);
     }
 
     /// raft-rs drops read requests silently when there is no leader or the
@@ -503,11 +610,16 @@ impl RaftLoop {
             p.waiters = keep;
             expired.extend(gone);
             if !p.waiters.is_empty() && now.duration_since(p.issued_at) >= retry_after {
+                // (A retry reuses the request: its lease still counts from
+                // `first_issued`, since an answer may confirm the first round.)
                 p.issued_at = now;
                 self.raw.read_index(ctx.to_be_bytes().to_vec());
             }
         }
-        self.pending_reads.retain(|_, p| !p.waiters.is_empty());
+        // A lease renewal (no waiters) is given up after one retry period.
+        self.pending_reads
+            .retain(|_, p| !p.waiters.is_empty() || now.duration_since(p.issued_at) < retry_after);
+        self.renewing = self.pending_reads.values().any(|p| p.waiters.is_empty());
         for w in expired {
             let _ = w.reply.send(Err(RaftError::Timeout(
                 "a quorum did not confirm the read in time".into(),
@@ -520,6 +632,30 @@ impl RaftLoop {
             return;
         };
         if let Some(p) = self.pending_reads.remove(&u64::from_be_bytes(bytes)) {
+            if p.waiters.is_empty() {
+                self.renewing = false;
+            }
+            let raft = &self.raw.raft;
+            if self.opts.read_mode == crate::options::ReadMode::Lease
+                && raft.state == StateRole::Leader
+                && raft.term == p.term
+                && raft.lead_transferee.is_none()
+                && p.first_issued >= self.no_lease_before
+            {
+                let until = p.first_issued + self.lease_len();
+                if self
+                    .lease
+                    .is_none_or(|l| l.term != p.term || l.until < until)
+                {
+                    self.lease = Some(Lease {
+                        term: p.term,
+                        until,
+                    });
+                }
+            }
+            if p.waiters.is_empty() {
+                return;
+            }
             let _ = self.apply_tx.send(ApplyMsg::Read {
                 index,
                 waiters: p.waiters,
@@ -730,6 +866,8 @@ impl RaftLoop {
     }
 
     fn apply_conf_entry(&mut self, e: &Entry) -> Option<(Configuration, ConfState)> {
+        // The quorum that granted the lease may no longer be one.
+        self.revoke_lease(Instant::now());
         if !e.context.is_empty() {
             match serde_json::from_slice::<Vec<PeerId>>(&e.context) {
                 Ok(ps) => {
