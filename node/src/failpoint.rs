@@ -15,11 +15,13 @@
 //! started with `RAFTKIT_FAULT_INJECTION=1`: `POST /debug/partition?peers=A,B`
 //! on its HTTP port drops every raft message and snapshot this node sends to
 //! or receives from those peer addresses (clients can still reach it, as in
-//! Jepsen's "isolated leader"); `peers=` empty heals. Without the variable the
+//! Jepsen's "isolated leader"); `&direction=out` or `in` drops only what it
+//! sends or only what it receives (a one-way partition); `peers=` heals. Without the variable the
 //! endpoint answers 404 and nothing is ever dropped.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 /// What a failpoint does when reached.
@@ -103,38 +105,57 @@ pub fn injection_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("RAFTKIT_FAULT_INJECTION").is_ok_and(|v| v == "1"))
 }
 
-static ANY_CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Which way an injected partition drops traffic, seen from this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// What this node sends to the peer.
+    Out,
+    /// What this node receives from the peer.
+    In,
+}
 
-fn cut_set() -> &'static std::sync::RwLock<std::collections::BTreeSet<String>> {
-    static CUT: OnceLock<std::sync::RwLock<std::collections::BTreeSet<String>>> = OnceLock::new();
+/// The peers this node drops traffic to (`out`) and from (`in`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Partition {
+    pub out: BTreeSet<String>,
+    pub r#in: BTreeSet<String>,
+}
+
+static ANY_CUT: AtomicBool = AtomicBool::new(false);
+
+fn cut() -> &'static RwLock<Partition> {
+    static CUT: OnceLock<RwLock<Partition>> = OnceLock::new();
     CUT.get_or_init(Default::default)
 }
 
-/// Makes `peers` the addresses this node is cut off from (empty: healed).
-/// Refused unless [`injection_enabled`].
-pub fn set_partition(peers: std::collections::BTreeSet<String>) -> Result<(), String> {
+/// Sets the injected partition (both sets empty: healed). Refused unless
+/// [`injection_enabled`].
+pub fn set_partition(p: Partition) -> Result<(), String> {
     if !injection_enabled() {
         return Err("fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1".into());
     }
-    let mut set = cut_set().write().unwrap_or_else(|p| p.into_inner());
-    ANY_CUT.store(!peers.is_empty(), std::sync::atomic::Ordering::Release);
-    *set = peers;
+    let mut cur = cut().write().unwrap_or_else(|e| e.into_inner());
+    ANY_CUT.store(!p.out.is_empty() || !p.r#in.is_empty(), Ordering::Release);
+    *cur = p;
     Ok(())
 }
 
-/// The addresses this node is cut off from.
-pub fn partition() -> std::collections::BTreeSet<String> {
-    cut_set().read().unwrap_or_else(|p| p.into_inner()).clone()
+/// The injected partition now.
+pub fn partition() -> Partition {
+    cut().read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Whether traffic with the peer at `addr` is being dropped. One atomic
-/// load when no partition is set.
-pub fn is_cut(addr: &str) -> bool {
-    ANY_CUT.load(std::sync::atomic::Ordering::Acquire)
-        && cut_set()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(addr)
+/// Whether traffic with the peer at `addr` in direction `dir` is being
+/// dropped. One atomic load when no partition is set.
+pub fn is_cut(addr: &str, dir: Direction) -> bool {
+    if !ANY_CUT.load(Ordering::Acquire) {
+        return false;
+    }
+    let p = cut().read().unwrap_or_else(|e| e.into_inner());
+    match dir {
+        Direction::Out => p.out.contains(addr),
+        Direction::In => p.r#in.contains(addr),
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,8 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// `GET /debug/partition`: the peer addresses this node is cut off from.
+/// `GET /debug/partition`: the peers this node drops traffic to and from,
+/// as two lines `out=A,B` and `in=A,B`.
 async fn show_partition() -> Response {
     if !crate::failpoint::injection_enabled() {
         return (
@@ -60,12 +61,15 @@ async fn show_partition() -> Response {
         )
             .into_response();
     }
-    let peers: Vec<String> = crate::failpoint::partition().into_iter().collect();
-    format!("{}\n", peers.join(",")).into_response()
+    let p = crate::failpoint::partition();
+    let join =
+        |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+    format!("out={}\nin={}\n", join(&p.out), join(&p.r#in)).into_response()
 }
 
-/// `POST /debug/partition?peers=ADDR,ADDR`: drop all raft traffic with
-/// those peers from now on (`peers=` empty heals).
+/// `POST /debug/partition?peers=ADDR,ADDR[&direction=both|out|in]`: drop
+/// raft traffic with those peers from now on, both ways (default), only
+/// what this node sends, or only what it receives (`peers=` empty heals).
 async fn set_partition(Query(q): Query<BTreeMap<String, String>>) -> Response {
     let Some(list) = q.get("peers") else {
         return (
@@ -81,7 +85,27 @@ async fn set_partition(Query(q): Query<BTreeMap<String, String>>) -> Response {
         }
         peers.insert(p.to_string());
     }
-    match crate::failpoint::set_partition(peers) {
+    let (out, into) = match q.get("direction").map(String::as_str) {
+        None | Some("both") => (true, true),
+        Some("out") => (true, false),
+        Some("in") => (false, true),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown direction {other:?}; expected both, out or in\n"),
+            )
+                .into_response()
+        }
+    };
+    let partition = crate::failpoint::Partition {
+        out: if out {
+            peers.clone()
+        } else {
+            Default::default()
+        },
+        r#in: if into { peers } else { Default::default() },
+    };
+    match crate::failpoint::set_partition(partition) {
         Ok(()) => "ok\n".into_response(),
         Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
     }

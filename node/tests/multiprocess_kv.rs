@@ -510,10 +510,13 @@ async fn leader(c: &ProcCluster) -> usize {
     }
 }
 
-/// Cuts `node` off from `peers` (empty: heals), through the fault-injection
-/// endpoint.
-async fn partition(node: &str, peers: &[String]) {
-    let path = format!("/debug/partition?peers={}", peers.join(","));
+/// Cuts `node` off from `peers` in `direction` (both, out, in; no peers:
+/// heals), through the fault-injection endpoint.
+async fn partition(node: &str, peers: &[String], direction: &str) {
+    let path = format!(
+        "/debug/partition?peers={}&direction={direction}",
+        peers.join(",")
+    );
     let (code, body) = raftkit_node::http::request(node, "POST", &path)
         .await
         .unwrap();
@@ -523,7 +526,13 @@ async fn partition(node: &str, peers: &[String]) {
         .unwrap();
     let mut sorted = peers.to_vec();
     sorted.sort();
-    assert_eq!(now.trim(), sorted.join(","));
+    let sorted = sorted.join(",");
+    let (out, into) = match direction {
+        "out" => (sorted.as_str(), ""),
+        "in" => ("", sorted.as_str()),
+        _ => (sorted.as_str(), sorted.as_str()),
+    };
+    assert_eq!(now, format!("out={out}\nin={into}\n"));
 }
 
 async fn wait_for_ops(done: &AtomicUsize, more: usize, what: &str) {
@@ -638,50 +647,51 @@ async fn kv_under_faults(read_mode: &str) {
     );
     wait_for_ops(&done, 150, "after the old leader resumed").await;
 
-    // The leader loses the other members but not its clients: it must not
-    // answer from its old view while the others elect a new leader.
     let l = leader(&c).await;
-    let others: Vec<String> = (0..c.addrs.len())
-        .filter(|i| *i != l)
-        .map(|i| c.addrs[i].clone())
-        .collect();
     let (code, body) =
         raftkit_node::http::request(&c.addrs[l], "POST", "/debug/partition?peers=nonsense")
             .await
             .unwrap();
     assert_eq!(code, 400, "a bad peer address is refused: {body}");
-    partition(&c.addrs[l], &others).await;
-    let isolated = Instant::now();
-    let progressed = tokio::time::timeout(
-        Duration::from_secs(30),
-        wait_for_ops(&done, 100, "while the leader is isolated"),
-    )
-    .await;
-    eprintln!(
-        "100 operations completed {:?} after the leader was isolated",
-        isolated.elapsed()
-    );
-    tokio::time::sleep(min_pause.saturating_sub(isolated.elapsed())).await;
-    // The cut is real: the others elected a leader among themselves.
-    let mut new_leader = None;
-    for a in &others {
-        if let Some(v) = raft_stat(a).await {
-            if v[0]["role"] == "leader" {
-                new_leader = Some(a.clone());
+    // The leader loses the other members but not its clients: it must not
+    // answer from its old view while the others elect a new leader. Then
+    // one way only: the leader still sends (its heartbeats keep the others
+    // from electing anyone) but hears nothing back, so it must notice and
+    // step down (check-quorum) for the cluster to go on.
+    for direction in ["both", "in"] {
+        let l = leader(&c).await;
+        let others: Vec<String> = (0..c.addrs.len())
+            .filter(|i| *i != l)
+            .map(|i| c.addrs[i].clone())
+            .collect();
+        partition(&c.addrs[l], &others, direction).await;
+        let isolated = Instant::now();
+        let what = format!("while the leader is cut off ({direction})");
+        let progressed =
+            tokio::time::timeout(Duration::from_secs(30), wait_for_ops(&done, 100, &what)).await;
+        eprintln!(
+            "100 operations completed {:?} after the leader was cut off ({direction})",
+            isolated.elapsed()
+        );
+        tokio::time::sleep(min_pause.saturating_sub(isolated.elapsed())).await;
+        // The cut is real: the others elected a leader among themselves.
+        let mut new_leader = None;
+        for a in &others {
+            if let Some(v) = raft_stat(a).await {
+                if v[0]["role"] == "leader" {
+                    new_leader = Some(a.clone());
+                }
             }
         }
+        partition(&c.addrs[l], &[], "both").await;
+        assert!(
+            new_leader.is_some(),
+            "no new leader among {others:?} while {} was cut off ({direction})",
+            c.addrs[l]
+        );
+        assert!(progressed.is_ok(), "no progress {what}");
+        wait_for_ops(&done, 150, "after the partition healed").await;
     }
-    partition(&c.addrs[l], &[]).await;
-    assert!(
-        new_leader.is_some(),
-        "no new leader among {others:?} while {} was cut off",
-        c.addrs[l]
-    );
-    assert!(
-        progressed.is_ok(),
-        "no progress while the leader was isolated"
-    );
-    wait_for_ops(&done, 150, "after the partition healed").await;
 
     stop.store(true, Ordering::Relaxed);
     let mut histories: Vec<Vec<Event>> = vec![Vec::new(); KEYS];

@@ -98,7 +98,7 @@ impl GrpcTransport {
 
 impl Transport for GrpcTransport {
     fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable> {
-        if crate::failpoint::is_cut(to_addr) {
+        if crate::failpoint::is_cut(to_addr, crate::failpoint::Direction::Out) {
             // An injected partition loses the message, as a network would,
             // without telling the sender.
             return Ok(());
@@ -120,7 +120,7 @@ impl Transport for GrpcTransport {
     }
 
     fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent) {
-        if crate::failpoint::is_cut(&job.to.addr) {
+        if crate::failpoint::is_cut(&job.to.addr, crate::failpoint::Direction::Out) {
             done(Err(format!(
                 "{}: partitioned (fault injection)",
                 job.to.addr
@@ -440,7 +440,7 @@ impl SnapshotInstall for SnapshotInstallService {
         let node = self.node(&r.group, r.to)?;
         let msg = Message::parse_from_bytes(&r.raft_message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-        if crate::failpoint::is_cut(&r.from_addr) {
+        if crate::failpoint::is_cut(&r.from_addr, crate::failpoint::Direction::In) {
             return Err(Status::unavailable("partitioned (fault injection)"));
         }
         let from = (!r.from_addr.is_empty()).then_some(r.from_addr);
@@ -473,7 +473,7 @@ impl RaftTransport for RaftTransportService {
                 &batch.from_addr,
                 batch.messages.iter().map(|m| m.len()).sum(),
             );
-            if crate::failpoint::is_cut(&batch.from_addr) {
+            if crate::failpoint::is_cut(&batch.from_addr, crate::failpoint::Direction::In) {
                 continue;
             }
             let Some(node) = self.manager.get(&batch.group) else {
