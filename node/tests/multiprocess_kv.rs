@@ -653,6 +653,12 @@ async fn kv_under_faults(read_mode: &str) {
             .await
             .unwrap();
     assert_eq!(code, 400, "a bad peer address is refused: {body}");
+    let bad_direction = format!("/debug/partition?peers={}&direction=sideways", c.addrs[0]);
+    let (code, body) = raftkit_node::http::request(&c.addrs[l], "POST", &bad_direction)
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "an unknown direction is refused: {body}");
+    assert!(body.contains("sideways"), "{body}");
     // The leader loses the other members but not its clients: it must not
     // answer from its old view while the others elect a new leader. Then
     // one way only: the leader still sends (its heartbeats keep the others
