@@ -3,8 +3,8 @@
 //! few keys of three real `raftkit-node` processes while the leader is
 //! SIGKILLed and restarted, then SIGSTOPped past the election timeout and
 //! resumed, then cut off from the other members (clients can still reach it)
-//! and reconnected, and finally all members are killed at once and
-//! restarted. Every operation is recorded with its invocation and completion
+//! and reconnected (both ways, then one way), leadership is transferred
+//! four times, and finally all members are killed at once and restarted. Every operation is recorded with its invocation and completion
 //! time (unknown outcomes complete at +infinity), and each key's history
 //! must be linearizable. Afterwards the replicas must hold equal state.
 
@@ -697,6 +697,19 @@ async fn kv_under_faults(read_mode: &str) {
         );
         assert!(progressed.is_ok(), "no progress {what}");
         wait_for_ops(&done, 150, "after the partition healed").await;
+    }
+
+    // Leadership handed around under load, several times in a row: a
+    // transfer lets its target campaign at once, so the old leader's lease
+    // must already be gone.
+    let admin = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(10)).unwrap();
+    for round in 0..4 {
+        let before = leader(&c).await;
+        match admin.transfer_leader("any").await {
+            Ok(m) => assert_ne!(m.addr, c.addrs[before], "transfer round {round}"),
+            Err(e) => panic!("transfer round {round} failed: {e}"),
+        }
+        wait_for_ops(&done, 50, "after a leadership transfer").await;
     }
 
     stop.store(true, Ordering::Relaxed);
