@@ -494,6 +494,41 @@ async fn no_lease_read_on_an_old_leader_after_a_new_leader_acknowledged_a_write(
     c.shutdown().await;
 }
 
+/// A member that restarts forgets that it heard from the leader, so
+/// check-quorum no longer stops it from voting. If it voted at once, another
+/// member could be elected while the lease it had just confirmed still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_does_not_vote_while_a_lease_it_confirmed_may_run() {
+    let mut c = Cluster::with(3, |o| {
+        o.read_mode = raftkit_node::options::ReadMode::Lease;
+        // A 720 ms lease, long enough for the steps below to fit inside.
+        o.election_timeout_ms = 1000;
+    });
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    // The lease rests on f1 alone: f2 no longer hears from the leader.
+    c.net.cut(&c.addrs[l], &c.addrs[f2]);
+    for _ in 0..5 {
+        c.node(l).read_index().await.unwrap();
+    }
+    // The leader loses f1 too, and f1 crashes and comes back at once.
+    c.net.isolate(&c.addrs[l]);
+    c.stop_node(f1).await;
+    c.start_node(f1);
+    c.node(f2).campaign();
+    let nl = c.wait_leader_among(&[f1, f2], T).await;
+    c.node(nl).propose(payload(1)).await.unwrap();
+    let acknowledged = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_millis(300), c.node(l).read_index()).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the old leader answered a read begun {:?} after a new leader acknowledged a write",
+        acknowledged.elapsed()
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
     let mut c = Cluster::new(3);

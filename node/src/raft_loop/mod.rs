@@ -118,7 +118,9 @@ struct PendingRead {
 /// a new leader after one (the KV linearizability test caught stale reads).
 /// Here a lease starts when a ReadIndex round is issued and lasts less than
 /// the time a member that acknowledged that round refuses to vote for anyone
-/// else (check-quorum: one election timeout after it last heard from us).
+/// else (check-quorum: one election timeout after it last heard from us; a
+/// member that restarted in between keeps refusing for one election timeout
+/// after its start, see `refuses_vote_after_start`).
 #[derive(Clone, Copy, Debug)]
 struct Lease {
     term: u64,
@@ -163,6 +165,8 @@ pub(crate) struct RaftLoop {
     last_view: (StateRole, u64, u64),
     new_reads: Vec<ReadWaiter>,
     pending_reads: BTreeMap<u64, PendingRead>,
+    /// When this replica started (see `refuses_vote_after_start`).
+    started: Instant,
     lease: Option<Lease>,
     /// No lease may start from a round issued before this (after a
     /// leadership transfer, which lets the target campaign without waiting,
@@ -233,6 +237,7 @@ impl RaftLoop {
             last_view: (StateRole::Follower, 0, 0),
             new_reads: Vec::new(),
             pending_reads: BTreeMap::new(),
+            started: Instant::now(),
             lease: None,
             no_lease_before: Instant::now(),
             renewing: false,
@@ -453,11 +458,32 @@ impl RaftLoop {
             }
         }
         crate::stage_trace::message("step", &m);
+        if self.refuses_vote_after_start(&m) {
+            tracing::debug!(group = %self.opts.group, from = %format!("{:016x}", m.from), "ignoring a vote request within an election timeout of starting");
+            return;
+        }
         match self.raw.step(m) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => {}
             Err(e) => tracing::debug!(group = %self.opts.group, error = %e, "step failed"),
         }
         self.observe_role();
+    }
+
+    /// Check-quorum keeps a member that heard from the leader within an
+    /// election timeout from voting for anyone else, which is what a leader's
+    /// read lease counts on; a restarted member has forgotten it heard. So
+    /// for one election timeout after starting, a member ignores vote and
+    /// pre-vote requests for a newer term, as if it had just heard from a
+    /// leader (a leadership transfer's forced campaign is exempt, as in
+    /// raft-rs). Costs at most one election timeout of delay for an election
+    /// right after a restart.
+    fn refuses_vote_after_start(&self, m: &Message) -> bool {
+        matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && m.term > self.raw.raft.term
+            && m.context.as_ref() != raft::CAMPAIGN_TRANSFER
+            && self.started.elapsed() < Duration::from_millis(self.opts.election_timeout_ms)
     }
 
     fn on_tick(&mut self, now: Instant) {
