@@ -9,7 +9,8 @@
 //! Failpoints: `snapshot_before_publish` (snapshot files and meta written,
 //! directory not yet renamed into place), `snapshot_after_publish`,
 //! `reply_after_apply` (a write was applied but its reply is lost, as if the
-//! connection broke).
+//! connection broke), `log_sync` (the `local://` log's fsync fails, as with
+//! EIO: the group stops on the error, see `multiprocess_counter`).
 //!
 //! A network partition can also be set while the node runs, when it was
 //! started with `RAFTKIT_FAULT_INJECTION=1`: `POST /debug/partition?peers=A,B`

@@ -165,3 +165,123 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         );
     }
 }
+
+/// Starts `n` workers doing fetch_add(1) until `stop`, recording `history`.
+fn start_increments(
+    client: &Arc<ClusterClient>,
+    n: usize,
+    history: &Arc<Mutex<History>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let invoked = Instant::now();
+                    match client.fetch_add(1).await {
+                        Ok(prev) => {
+                            let mut h = history.lock().unwrap();
+                            h.acked.push(prev);
+                            h.timed.push((invoked, Instant::now(), prev));
+                        }
+                        Err(e) if e.is_definitely_not_applied() => {
+                            history.lock().unwrap().rejected += 1
+                        }
+                        Err(_) => history.lock().unwrap().unknown += 1,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_for_acks(history: &Arc<Mutex<History>>, more: usize, what: &str) {
+    let target = history.lock().unwrap().acked.len() + more;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while history.lock().unwrap().acked.len() < target {
+        assert!(Instant::now() < deadline, "no progress {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// testing.md: fsync EIO. A member whose log fsync fails must stop (never
+/// acknowledge what it could not make durable, never carry on as if the
+/// write were there: after a failed fsync the kernel may already have
+/// dropped the dirty pages), report it on /healthz, and leave the others
+/// serving. Restarted with a working disk, it catches up; no acknowledged
+/// increment is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
+    let mut cluster = start_cluster(3, &["--election-timeout-ms", "500"], &[]).await;
+    let addrs = cluster.addrs.clone();
+    let client =
+        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = start_increments(&client, 6, &history, &stop);
+    wait_for_acks(&history, 200, "before the fault").await;
+
+    // The leader's disk starts failing fsyncs: restart it with the failpoint.
+    let leader = leader_of(&client).await.expect("a leader");
+    let victim = cluster.procs.iter().position(|p| p.addr == leader).unwrap();
+    let p = &mut cluster.procs[victim];
+    p.kill9();
+    p.env = vec![("RAFTKIT_FAILPOINTS".into(), "log_sync=error(0.02)".into())];
+    p.restart();
+    // Its group stops on the first failed fsync, and says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = raftkit_node::http::probe(&p.addr, "/healthz")
+            .await
+            .unwrap_or((0, String::new()));
+        if code == 500 {
+            assert!(body.contains("fsync"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member with a failing disk still reports healthy:\n{}",
+            p.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The others go on without it.
+    wait_for_acks(&history, 200, "with one member stopped by its disk").await;
+
+    // A working disk again: it recovers from what its log holds and catches up.
+    let p = &mut cluster.procs[victim];
+    p.kill9();
+    p.env.clear();
+    p.restart();
+    assert!(
+        wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+        "{}",
+        p.log_tail(20)
+    );
+    wait_for_acks(&history, 100, "after the disk was fixed").await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let final_value = client.counter_get().await.expect("final read");
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let acked = h.acked.len() as i64;
+    let distinct: HashSet<i64> = h.acked.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        h.acked.len(),
+        "two increments saw one value"
+    );
+    if let Some(v) = common::counter_real_time_violation(&h.timed) {
+        panic!("not linearizable: {v}");
+    }
+    assert!(
+        final_value >= acked && final_value <= acked + h.unknown as i64,
+        "final counter {final_value} outside [{acked}, {}]",
+        acked + h.unknown as i64
+    );
+    common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
+    cluster.stop_all();
+}

@@ -280,7 +280,11 @@ impl RaftLoop {
                 if self.next_tick < now {
                     self.next_tick = now + self.tick;
                 }
-                self.on_tick(now);
+                // A group stopped on an error no longer runs raft: ticking
+                // would only pile up elections it never sends.
+                if self.failed.is_none() {
+                    self.on_tick(now);
+                }
             }
             if !self.new_pending.is_empty() {
                 let batch = std::mem::take(&mut self.new_pending);

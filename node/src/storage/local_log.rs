@@ -723,6 +723,10 @@ impl LogStorage for LocalLog {
     fn sync(&mut self) -> Result<(), StorageError> {
         if self.unsynced {
             if self.opts.sync {
+                crate::failpoint::hit("log_sync").map_err(|e| StorageError::Io {
+                    context: format!("fsync {}", self.open.path.display()),
+                    source: std::io::Error::other(e),
+                })?;
                 self.open_file
                     .sync_data()
                     .ctx(|| format!("fsync {}", self.open.path.display()))?;
