@@ -64,91 +64,27 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_increment() {
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5)).unwrap());
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let invoked = Instant::now();
-                match client.fetch_add(1).await {
-                    Ok(prev) => {
-                        let mut h = history.lock().unwrap();
-                        h.acked.push(prev);
-                        h.timed.push((invoked, Instant::now(), prev));
-                    }
-                    Err(e) if e.is_definitely_not_applied() => {
-                        history.lock().unwrap().rejected += 1
-                    }
-                    Err(_) => history.lock().unwrap().unknown += 1,
-                }
-            }
-        }));
-    }
+    let workers = start_increments(&client, 8, &history, &stop);
 
-    let acked_count = |h: &Arc<Mutex<History>>| h.lock().unwrap().acked.len();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_count(&history) < 200 {
-        assert!(Instant::now() < deadline, "no progress before the kill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_acks(&history, 200, "before the kill").await;
     let leader = leader_of(&client).await.expect("a leader");
     let victim = procs.iter().position(|p| p.addr == leader).unwrap();
     procs[victim].kill9();
-    let at_kill = acked_count(&history);
-
     // Load continues on the survivors once they elect a new leader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_count(&history) < at_kill + 200 {
-        assert!(
-            Instant::now() < deadline,
-            "no progress after killing the leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_acks(&history, 200, "after killing the leader").await;
     procs[victim].restart();
     assert!(
         wait_http_ok(&procs[victim].addr, "/readyz", Duration::from_secs(30)).await,
         "restarted node not ready:\n{}",
         procs[victim].log_tail(20)
     );
-    let at_restart = acked_count(&history);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_count(&history) < at_restart + 100 {
-        assert!(Instant::now() < deadline, "no progress after the restart");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_acks(&history, 100, "after the restart").await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
 
-    let final_value = client.counter_get().await.expect("final read");
-    let h = std::mem::take(&mut *history.lock().unwrap());
-    let acked = h.acked.len() as i64;
-    // Each acknowledged fetch_add(1) saw a distinct previous value.
-    let distinct: HashSet<i64> = h.acked.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        h.acked.len(),
-        "two increments returned the same previous value"
-    );
-    assert!(
-        h.acked.iter().all(|p| *p < final_value),
-        "an acknowledged increment is missing from the final value"
-    );
-    if let Some(v) = common::counter_real_time_violation(&h.timed) {
-        panic!("not linearizable: {v}");
-    }
-    assert!(
-        final_value >= acked && final_value <= acked + h.unknown as i64,
-        "final counter {final_value} outside [{acked}, {}] (unknown outcomes: {})",
-        acked + h.unknown as i64,
-        h.unknown
-    );
-    eprintln!(
-        "acked {acked}, unknown {}, rejected {}, final {final_value}",
-        h.unknown, h.rejected
-    );
+    check_increments(&client, &history).await;
 
     // The restarted node caught up: every member applies the same index,
     // with the same state there.
@@ -203,6 +139,40 @@ async fn wait_for_acks(history: &Arc<Mutex<History>>, more: usize, what: &str) {
         assert!(Instant::now() < deadline, "no progress {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The counter checks (testing.md) on the increments recorded in
+/// `history`, against a final linearizable read: every acknowledged
+/// fetch_add(1) saw a distinct previous value below the final one, in
+/// real-time order, and the final value lies between the acknowledged and
+/// the attempted totals.
+async fn check_increments(client: &ClusterClient, history: &Arc<Mutex<History>>) {
+    let final_value = client.counter_get().await.expect("final read");
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let acked = h.acked.len() as i64;
+    let distinct: HashSet<i64> = h.acked.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        h.acked.len(),
+        "two increments returned the same previous value"
+    );
+    assert!(
+        h.acked.iter().all(|p| *p < final_value),
+        "an acknowledged increment is missing from the final value"
+    );
+    if let Some(v) = common::counter_real_time_violation(&h.timed) {
+        panic!("not linearizable: {v}");
+    }
+    assert!(
+        final_value >= acked && final_value <= acked + h.unknown as i64,
+        "final counter {final_value} outside [{acked}, {}] (unknown outcomes: {})",
+        acked + h.unknown as i64,
+        h.unknown
+    );
+    eprintln!(
+        "acked {acked}, unknown {}, rejected {}, final {final_value}",
+        h.unknown, h.rejected
+    );
 }
 
 /// testing.md: fsync EIO. A member whose log fsync fails must stop (never
@@ -265,23 +235,7 @@ async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
         w.await.unwrap();
     }
 
-    let final_value = client.counter_get().await.expect("final read");
-    let h = std::mem::take(&mut *history.lock().unwrap());
-    let acked = h.acked.len() as i64;
-    let distinct: HashSet<i64> = h.acked.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        h.acked.len(),
-        "two increments saw one value"
-    );
-    if let Some(v) = common::counter_real_time_violation(&h.timed) {
-        panic!("not linearizable: {v}");
-    }
-    assert!(
-        final_value >= acked && final_value <= acked + h.unknown as i64,
-        "final counter {final_value} outside [{acked}, {}]",
-        acked + h.unknown as i64
-    );
+    check_increments(&client, &history).await;
     common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
     cluster.stop_all();
 }
