@@ -529,6 +529,42 @@ async fn a_restarted_member_does_not_vote_while_a_lease_it_confirmed_may_run() {
     c.shutdown().await;
 }
 
+/// A leadership transfer lets its target campaign at once, past the other
+/// members' check-quorum, so a leader that starts one must stop answering
+/// from its lease. Here the old leader hears nothing back (its messages,
+/// the transfer's among them, still go out), so only dropping the lease
+/// keeps it from answering after the new leader acknowledged a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_starts_a_transfer_stops_answering_from_its_lease() {
+    let mut c = Cluster::with(3, |o| {
+        o.read_mode = raftkit_node::options::ReadMode::Lease;
+        o.election_timeout_ms = 1000;
+    });
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    for _ in 0..5 {
+        c.node(l).read_index().await.unwrap();
+    }
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    c.net.cut_one_way(&c.addrs[f1], &c.addrs[l]);
+    c.net.cut_one_way(&c.addrs[f2], &c.addrs[l]);
+    let old = c.node(l).clone();
+    let target = raftkit_node::membership::PeerRef::Addr(c.addrs[f1].clone());
+    // It cannot see the transfer complete; its outcome does not matter.
+    let transfer = tokio::spawn(async move { old.transfer_leadership(Some(&target)).await });
+    let nl = c.wait_leader_among(&[f1, f2], T).await;
+    c.node(nl).propose(payload(1)).await.unwrap();
+    let acknowledged = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_millis(300), c.node(l).read_index()).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the old leader answered a read begun {:?} after the transfer's target acknowledged a write",
+        acknowledged.elapsed()
+    );
+    transfer.abort();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
     let mut c = Cluster::new(3);
