@@ -101,7 +101,10 @@ async fn follower_killed_under_load_catches_up_by_snapshot_and_the_total_is_exac
                 match client.fetch_add(1).await {
                     Ok(_) => tally.lock().unwrap().acked += 1,
                     Err(e) if e.is_definitely_not_applied() => {}
-                    Err(_) => tally.lock().unwrap().unknown += 1,
+                    Err(e) => {
+                        eprintln!("fetch_add with unknown outcome: {e}");
+                        tally.lock().unwrap().unknown += 1
+                    }
                 }
             }
         }));

@@ -8,9 +8,11 @@
 //!
 //! A member that does not answer one of those within the attempt timeout
 //! ([`DEFAULT_ATTEMPT_TIMEOUT`], see [`ClusterClient::with_attempt_timeout`])
-//! is given up on for that call and the next member is tried, so a leader
-//! that hangs (a paused process, a one-way partition) costs a call one
-//! attempt, not its whole deadline.
+//! is given up on for that attempt and the other members are asked; if
+//! they still name it as the leader, it is asked again after a pause. So a
+//! leader that hangs (a paused process, a one-way partition) costs a call
+//! about one attempt per election it takes the others to replace it, not
+//! the whole deadline, and a leader that is only slow is not abandoned.
 //!
 //! Any other write whose outcome is unknown (the leader stepped down, a
 //! timeout, a connection lost mid-call) is not retried: the error goes back
@@ -412,11 +414,16 @@ impl ClusterClient {
                 Some(RaftError::NotLeader { leader: Some(l) })
                     if l.addr != addr && self.is_suspect(&l.addr) =>
                 {
-                    // Stale news: the members have not yet noticed that
-                    // leader hang. Ask the others until they elect another.
-                    *self.leader.lock() = None;
+                    // The leader that let an attempt time out is still the
+                    // one the members name: it hangs (they will elect
+                    // another soon) or it is only slow (a write that took
+                    // longer than the attempt timeout). Ask it again after
+                    // a pause rather than give up on the cluster: a session
+                    // write sent twice is applied once.
+                    self.answered(&l.addr);
+                    *self.leader.lock() = Some(l.addr.clone());
                     last = format!(
-                        "{addr}: not leader; redirected to {}, which did not answer",
+                        "{addr}: not leader; redirected to {}, which did not answer in time",
                         l.addr
                     );
                 }
