@@ -492,18 +492,37 @@ async fn no_lease_read_on_an_old_leader_after_a_new_leader_acknowledged_a_write(
     c.shutdown().await;
 }
 
+/// Three members in lease mode with a 1 s election timeout (a 720 ms
+/// lease, long enough for a test's steps to fit inside it), and its leader.
+async fn long_lease_cluster() -> (Cluster, usize) {
+    let c = Cluster::with(3, |o| {
+        o.read_mode = raftkit_node::options::ReadMode::Lease;
+        o.election_timeout_ms = 1000;
+    });
+    let l = c.wait_leader(T).await;
+    c.node(l).propose(payload(0)).await.unwrap();
+    (c, l)
+}
+
+/// Once new leader `nl` has acknowledged a write, a read begun on the old
+/// leader `l` must not succeed.
+async fn assert_old_leader_answers_no_read_after_a_new_write(c: &Cluster, l: usize, nl: usize) {
+    c.node(nl).propose(payload(1)).await.unwrap();
+    let acknowledged = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_millis(300), c.node(l).read_index()).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the old leader answered a read begun {:?} after a new leader acknowledged a write",
+        acknowledged.elapsed()
+    );
+}
+
 /// A member that restarts forgets that it heard from the leader, so
 /// check-quorum no longer stops it from voting. If it voted at once, another
 /// member could be elected while the lease it had just confirmed still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_does_not_vote_while_a_lease_it_confirmed_may_run() {
-    let mut c = Cluster::with(3, |o| {
-        o.read_mode = raftkit_node::options::ReadMode::Lease;
-        // A 720 ms lease, long enough for the steps below to fit inside.
-        o.election_timeout_ms = 1000;
-    });
-    let l = c.wait_leader(T).await;
-    c.node(l).propose(payload(0)).await.unwrap();
+    let (mut c, l) = long_lease_cluster().await;
     let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
     // The lease rests on f1 alone: f2 no longer hears from the leader.
     c.net.cut(&c.addrs[l], &c.addrs[f2]);
@@ -516,14 +535,7 @@ async fn a_restarted_member_does_not_vote_while_a_lease_it_confirmed_may_run() {
     c.start_node(f1);
     c.node(f2).campaign();
     let nl = c.wait_leader_among(&[f1, f2], T).await;
-    c.node(nl).propose(payload(1)).await.unwrap();
-    let acknowledged = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_millis(300), c.node(l).read_index()).await;
-    assert!(
-        !matches!(r, Ok(Ok(_))),
-        "the old leader answered a read begun {:?} after a new leader acknowledged a write",
-        acknowledged.elapsed()
-    );
+    assert_old_leader_answers_no_read_after_a_new_write(&c, l, nl).await;
     c.shutdown().await;
 }
 
@@ -534,12 +546,7 @@ async fn a_restarted_member_does_not_vote_while_a_lease_it_confirmed_may_run() {
 /// keeps it from answering after the new leader acknowledged a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_starts_a_transfer_stops_answering_from_its_lease() {
-    let mut c = Cluster::with(3, |o| {
-        o.read_mode = raftkit_node::options::ReadMode::Lease;
-        o.election_timeout_ms = 1000;
-    });
-    let l = c.wait_leader(T).await;
-    c.node(l).propose(payload(0)).await.unwrap();
+    let (mut c, l) = long_lease_cluster().await;
     for _ in 0..5 {
         c.node(l).read_index().await.unwrap();
     }
@@ -551,14 +558,7 @@ async fn a_leader_that_starts_a_transfer_stops_answering_from_its_lease() {
     // It cannot see the transfer complete; its outcome does not matter.
     let transfer = tokio::spawn(async move { old.transfer_leadership(Some(&target)).await });
     let nl = c.wait_leader_among(&[f1, f2], T).await;
-    c.node(nl).propose(payload(1)).await.unwrap();
-    let acknowledged = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_millis(300), c.node(l).read_index()).await;
-    assert!(
-        !matches!(r, Ok(Ok(_))),
-        "the old leader answered a read begun {:?} after the transfer's target acknowledged a write",
-        acknowledged.elapsed()
-    );
+    assert_old_leader_answers_no_read_after_a_new_write(&c, l, nl).await;
     transfer.abort();
     c.shutdown().await;
 }
