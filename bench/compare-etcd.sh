@@ -124,5 +124,9 @@ if k:
     if floor.get("floor_same_cpu_ms"):
         print(f"   with the round trips measured on one CPU ({floor['rtt_same_cpu_p50_ms']:.3f} ms each): "
               f"floor {floor['floor_same_cpu_ms']:.3f} ms, target p50 <= {2 * floor['floor_same_cpu_ms']:.3f} ms")
+    if floor.get("minimal_replicated_p50_ms"):
+        m = floor["minimal_replicated_p50_ms"]
+        print(f"   minimal replicated write (3 single-thread nodes, fsync inline): p50 {m:.3f} ms; "
+              f"RaftKit's p50 is {k['p50_ms'] / m:.2f}x that")
 print(f"\nrows written to {sys.argv[2]}; floor in {sys.argv[3]}")
 PY

@@ -370,6 +370,129 @@ pub struct Floor {
     /// pinning is refused), and the floor computed with it.
     pub rtt_same_cpu_p50_ms: Option<f64>,
     pub floor_same_cpu_ms: Option<f64>,
+    /// Median latency of the same write done the simplest way possible
+    /// (see [`minimal_replication`]): what any engine can reach here at best.
+    pub minimal_replicated_p50_ms: f64,
+}
+
+/// Size of each record [`minimal_replication`] replicates.
+const MINIMAL_RECORD: usize = 300;
+
+/// One replicated write with nothing but the unavoidable work, `samples`
+/// times: three "nodes" (one thread each, like three single-threaded
+/// processes) on loopback TCP. A client sends a 300-byte record to the
+/// leader, which forwards it to both followers, appends and fdatasyncs it
+/// itself, and answers once it and one follower have it on disk; each
+/// follower appends, fdatasyncs and acknowledges. No consensus logic, no
+/// encoding, no hand-offs between threads. Returns the client's latencies
+/// and the bytes each node's file held at the end (leader, followers).
+pub fn minimal_replication(
+    dir: &std::path::Path,
+    samples: usize,
+) -> std::io::Result<(Vec<Duration>, [u64; 3])> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let paths: Vec<_> = (0..3)
+        .map(|i| dir.join(format!(".raftkit-floor-{}-node{i}", std::process::id())))
+        .collect();
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(p)
+    };
+    let result = (|| {
+        let mut followers = Vec::new();
+        let mut follower_addrs = Vec::new();
+        for path in &paths[1..] {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            follower_addrs.push(listener.local_addr()?);
+            let mut file = open(path)?;
+            followers.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let (mut s, _) = listener.accept()?;
+                s.set_nodelay(true)?;
+                let mut rec = [0u8; MINIMAL_RECORD];
+                while s.read_exact(&mut rec).is_ok() {
+                    file.write_all(&rec)?;
+                    file.sync_data()?;
+                    s.write_all(&rec[..8])?;
+                }
+                Ok(())
+            }));
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let leader_addr = listener.local_addr()?;
+        let mut file = open(&paths[0])?;
+        let leader = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut peers = Vec::new();
+            for a in follower_addrs {
+                let s = TcpStream::connect(a)?;
+                s.set_nodelay(true)?;
+                peers.push(s);
+            }
+            let (mut client, _) = listener.accept()?;
+            client.set_nodelay(true)?;
+            // Records each follower has not acknowledged yet.
+            let mut unacked = [0usize; 2];
+            let mut rec = [0u8; MINIMAL_RECORD];
+            while client.read_exact(&mut rec).is_ok() {
+                for (p, n) in peers.iter_mut().zip(unacked.iter_mut()) {
+                    p.write_all(&rec)?;
+                    *n += 1;
+                }
+                file.write_all(&rec)?;
+                file.sync_data()?;
+                // A majority (this node and one follower) has it.
+                while unacked.iter().all(|n| *n > 0) {
+                    let mut fds = [
+                        rustix::event::PollFd::new(&peers[0], rustix::event::PollFlags::IN),
+                        rustix::event::PollFd::new(&peers[1], rustix::event::PollFlags::IN),
+                    ];
+                    rustix::event::poll(&mut fds, None)?;
+                    let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
+                    for i in 0..2 {
+                        if ready[i] {
+                            let mut ack = [0u8; 8];
+                            peers[i].read_exact(&mut ack)?;
+                            unacked[i] -= 1;
+                        }
+                    }
+                }
+                client.write_all(&rec[..8])?;
+            }
+            Ok(())
+        });
+        let mut c = TcpStream::connect(leader_addr)?;
+        c.set_nodelay(true)?;
+        let mut rec = [b'm'; MINIMAL_RECORD];
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = std::time::Instant::now();
+            c.write_all(&rec)?;
+            c.read_exact(&mut rec[..8])?;
+            out.push(t.elapsed());
+        }
+        drop(c);
+        let joined = |h: std::thread::JoinHandle<std::io::Result<()>>| {
+            h.join()
+                .map_err(|_| std::io::Error::other("a node thread panicked"))?
+        };
+        // The leader closes its follower connections when it returns.
+        joined(leader)?;
+        for f in followers {
+            joined(f)?;
+        }
+        let mut sizes = [0u64; 3];
+        for (s, p) in sizes.iter_mut().zip(&paths) {
+            *s = std::fs::metadata(p)?.len();
+        }
+        Ok((out, sizes))
+    })();
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    result
 }
 
 /// Median round trip of 32 bytes over loopback TCP (TCP_NODELAY) between
@@ -451,12 +574,15 @@ pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, Str
     let rtt_same_cpu_p50_ms = loopback_rtts(samples, Some(rustix::thread::sched_getcpu()))
         .ok()
         .map(median_ms);
+    let (minimal, _) = minimal_replication(dir, samples)
+        .map_err(|e| format!("minimal replicated write in {}: {e}", dir.display()))?;
     Ok(Floor {
         fsync_p50_ms,
         rtt_p50_ms,
         floor_ms: fsync_p50_ms + 2.0 * rtt_p50_ms,
         rtt_same_cpu_p50_ms,
         floor_same_cpu_ms: rtt_same_cpu_p50_ms.map(|r| fsync_p50_ms + 2.0 * r),
+        minimal_replicated_p50_ms: median_ms(minimal),
     })
 }
 
@@ -562,6 +688,18 @@ mod tests {
     }
 
     #[test]
+    fn the_minimal_replicated_write_reaches_every_nodes_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lat, sizes) = minimal_replication(dir.path(), 50).unwrap();
+        assert_eq!(lat.len(), 50);
+        assert!(lat.iter().all(|d| *d > Duration::ZERO));
+        // The leader and both followers each appended all 50 records (a
+        // follower reads what was sent before the leader hung up).
+        assert_eq!(sizes, [50 * MINIMAL_RECORD as u64; 3]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn the_floor_is_one_fsync_plus_two_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let f = measure_floor(dir.path(), 20).unwrap();
@@ -571,7 +709,8 @@ mod tests {
         assert!(same > 0.0, "{f:?}");
         let floor_same = f.floor_same_cpu_ms.unwrap();
         assert!((floor_same - (f.fsync_p50_ms + 2.0 * same)).abs() < 1e-9);
-        // Its scratch file is gone.
+        assert!(f.minimal_replicated_p50_ms > 0.0, "{f:?}");
+        // Its scratch files are gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let e = measure_floor(&dir.path().join("missing"), 5).unwrap_err();
         assert!(e.contains("missing"), "{e}");

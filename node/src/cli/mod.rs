@@ -143,7 +143,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Measure this machine's latency floor for one replicated write: the
     /// median fsync of an appended 300-byte record plus two loopback TCP
-    /// round trips (the one-client target in docs/benchmarks.md).
+    /// round trips (the one-client target in docs/benchmarks.md), and the
+    /// median of a minimal replicated write (three single-thread nodes on
+    /// loopback, each fsyncing inline, no consensus logic).
     BenchFloor {
         /// Directory to fsync in (the disk the nodes write to).
         #[arg(long, default_value = ".")]
@@ -540,6 +542,10 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                             2.0 * fl
                         );
                     }
+                    line += &format!(
+                        "\nminimal replicated write (3 single-thread nodes, fsync inline, no consensus logic): p50 {:.3} ms",
+                        f.minimal_replicated_p50_ms
+                    );
                     line
                 },
                 serde_json::to_value(&f).unwrap_or_default(),
