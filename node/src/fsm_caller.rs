@@ -23,7 +23,7 @@ use crate::state_machine::StateDigest;
 use crate::closure::Done;
 use crate::error::{PeerId, RaftError};
 use crate::node::NodeShared;
-use crate::raft_loop::RaftMsg;
+use crate::raft_loop::{RaftInbox, RaftMsg};
 use crate::state_machine::{
     ApplyIter, CommittedEntry, Configuration, LeaderChangeContext, SnapshotDone, StateMachine,
 };
@@ -91,7 +91,7 @@ pub(crate) enum ApplyMsg {
 pub(crate) struct FsmCaller {
     fsm: Box<dyn StateMachine>,
     rx: chan::Receiver<ApplyMsg>,
-    raft_tx: chan::Sender<RaftMsg>,
+    raft_tx: Arc<RaftInbox>,
     shared: Arc<NodeShared>,
     snapshots: Arc<dyn SnapshotStorage>,
     pending: VecDeque<(u64, u64, Done)>,
@@ -113,7 +113,7 @@ impl FsmCaller {
     pub fn new(
         fsm: Box<dyn StateMachine>,
         rx: chan::Receiver<ApplyMsg>,
-        raft_tx: chan::Sender<RaftMsg>,
+        raft_tx: Arc<RaftInbox>,
         shared: Arc<NodeShared>,
         snapshots: Arc<dyn SnapshotStorage>,
         applied_index: u64,

@@ -15,11 +15,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel as chan;
+use parking_lot::Mutex;
 use raft::eraftpb::{Entry, Message};
 
 use crate::error::{RaftError, StorageError};
 use crate::metrics::NodeMetrics;
-use crate::raft_loop::RaftMsg;
+use crate::raft_loop::{RaftInbox, RaftMsg};
 use crate::storage::LogStorage;
 
 /// Work for the I/O thread, applied in the order sent.
@@ -45,6 +46,11 @@ pub(crate) enum IoTask {
 /// Handle to the I/O thread.
 pub(crate) struct IoWorker {
     tx: Option<chan::Sender<IoTask>>,
+    /// Tasks are only taken from the queue under the log's lock, so a write
+    /// made directly (`write_now`) never overtakes a queued one.
+    rx: chan::Receiver<IoTask>,
+    log: Arc<Mutex<Box<dyn LogStorage>>>,
+    metrics: Arc<NodeMetrics>,
     thread: Option<JoinHandle<()>>,
     /// Bytes the log occupies, updated after each batch.
     pub disk_bytes: Arc<AtomicU64>,
@@ -54,36 +60,80 @@ impl IoWorker {
     /// Starts the thread; completions go to the raft thread through `raft_tx`.
     pub fn start(
         group: &str,
-        mut log: Box<dyn LogStorage>,
-        raft_tx: chan::Sender<RaftMsg>,
+        log: Box<dyn LogStorage>,
+        raft_tx: Arc<RaftInbox>,
         metrics: Arc<NodeMetrics>,
     ) -> Result<IoWorker, RaftError> {
         let (tx, rx) = chan::unbounded::<IoTask>();
         let disk_bytes = Arc::new(AtomicU64::new(log.disk_bytes()));
+        let log = Arc::new(Mutex::new(log));
         let bytes = disk_bytes.clone();
+        let (thread_rx, thread_log, thread_metrics) = (rx.clone(), log.clone(), metrics.clone());
         let thread = std::thread::Builder::new()
             .name(format!("io-{group}"))
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(t) = rx.try_recv() {
-                        batch.push(t);
+                let (rx, log, metrics) = (thread_rx, thread_log, thread_metrics);
+                loop {
+                    // Wait without taking: tasks are taken under the lock.
+                    let mut sel = chan::Select::new();
+                    sel.recv(&rx);
+                    sel.ready();
+                    let mut log = log.lock();
+                    let mut batch = Vec::new();
+                    loop {
+                        match rx.try_recv() {
+                            Ok(t) => batch.push(t),
+                            Err(chan::TryRecvError::Empty) => break,
+                            Err(chan::TryRecvError::Disconnected) => {
+                                // The raft loop is gone: make what was written durable.
+                                let _ = log.sync();
+                                return;
+                            }
+                        }
                     }
-                    if let Err(e) = run_batch(log.as_mut(), batch, &raft_tx, &metrics) {
-                        let _ = raft_tx.send(RaftMsg::Fatal(e.into()));
-                        return;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    match run_batch(log.as_mut(), batch, &metrics) {
+                        Ok(Some((number, messages))) => {
+                            let _ = raft_tx.send(RaftMsg::Persisted { number, messages });
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let _ = raft_tx.send(RaftMsg::Fatal(e.into()));
+                            return;
+                        }
                     }
                     bytes.store(log.disk_bytes(), Ordering::Relaxed);
                 }
-                // The raft thread is gone: make what was written durable.
-                let _ = log.sync();
             })
             .map_err(|e| RaftError::Storage(format!("spawning the I/O thread: {e}")))?;
         Ok(IoWorker {
             tx: Some(tx),
+            rx,
+            log,
+            metrics,
             thread: Some(thread),
             disk_bytes,
         })
+    }
+
+    /// Writes (and fsyncs) `task` on the calling thread if the I/O thread
+    /// is idle and nothing is queued, returning the Ready number and the
+    /// messages that waited for it; otherwise hands the task back.
+    pub fn write_now(&self, task: IoTask) -> Result<Option<(u64, Vec<Message>)>, IoNow> {
+        if !self.rx.is_empty() {
+            return Err(IoNow::Busy(task));
+        }
+        let Some(mut log) = self.log.try_lock() else {
+            return Err(IoNow::Busy(task));
+        };
+        if !self.rx.is_empty() {
+            return Err(IoNow::Busy(task));
+        }
+        let r = run_batch(log.as_mut(), vec![task], &self.metrics).map_err(IoNow::Failed)?;
+        self.disk_bytes.store(log.disk_bytes(), Ordering::Relaxed);
+        Ok(r)
     }
 
     pub fn send(&self, task: IoTask) {
@@ -116,12 +166,20 @@ impl Drop for IoWorker {
     }
 }
 
+/// Why [`IoWorker::write_now`] did not write.
+pub(crate) enum IoNow {
+    /// The I/O thread is working or has work queued: queue the task.
+    Busy(IoTask),
+    Failed(StorageError),
+}
+
+/// Writes a batch of tasks and fsyncs once; returns the highest Ready
+/// number made durable and the messages that waited for it.
 fn run_batch(
     log: &mut dyn LogStorage,
     batch: Vec<IoTask>,
-    raft_tx: &chan::Sender<RaftMsg>,
     metrics: &NodeMetrics,
-) -> Result<(), StorageError> {
+) -> Result<Option<(u64, Vec<Message>)>, StorageError> {
     let mut need_sync = false;
     let mut done_number = None;
     let mut messages = Vec::new();
@@ -158,11 +216,8 @@ fn run_batch(
         log.sync()?;
         metrics.fsync_seconds.observe(started.elapsed());
     }
-    if let Some(number) = done_number {
-        let _ = raft_tx.send(RaftMsg::Persisted { number, messages });
-    }
     for f in flushes {
         let _ = f.send(Ok(()));
     }
-    Ok(())
+    Ok(done_number.map(|n| (n, messages)))
 }

@@ -84,6 +84,10 @@ pub struct NodeMetrics {
     /// round (each round serves every read of its batch).
     pub lease_reads: AtomicU64,
     pub read_index_rounds: AtomicU64,
+    /// Raft inputs run by the thread that delivered them (the loop was
+    /// idle), and inputs queued for the raft thread.
+    pub raft_inputs_inline: AtomicU64,
+    pub raft_inputs_queued: AtomicU64,
     pub snapshots_saved: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
@@ -193,7 +197,7 @@ pub fn render(
             );
         }
     }
-    let counters: [Metric<NodeMetrics>; 7] = [
+    let counters: [Metric<NodeMetrics>; 9] = [
         (
             "raftkit_proposals_total",
             "Tasks submitted to this node.",
@@ -213,6 +217,16 @@ pub fn render(
             "raftkit_read_index_rounds_total",
             "ReadIndex rounds this replica issued (a heartbeat round on the leader).",
             |m| m.read_index_rounds.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_raft_inputs_inline_total",
+            "Raft inputs (proposals, messages, completions) run by the thread that delivered them because the raft loop was idle.",
+            |m| m.raft_inputs_inline.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_raft_inputs_queued_total",
+            "Raft inputs queued for the raft thread (it was busy, or the input is not run inline).",
+            |m| m.raft_inputs_queued.load(Ordering::Relaxed),
         ),
         (
             "raftkit_snapshots_saved_total",

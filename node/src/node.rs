@@ -28,7 +28,7 @@ use crate::fsm_caller::FsmCaller;
 use crate::io_worker::IoWorker;
 use crate::membership::{ConfChangeRequest, Membership, PeerIdentity};
 use crate::options::{NodeOptions, ELECTION_TICKS};
-use crate::raft_loop::{RaftLoop, RaftMsg};
+use crate::raft_loop::{RaftInbox, RaftLoop, RaftMsg};
 use crate::raft_store::RaftStore;
 use crate::snapshot_install::{Chunk, PeerInstall, ReceiveStats, Throttle};
 use crate::state_machine::{Configuration, StateMachine};
@@ -37,7 +37,7 @@ use crate::storage::snapshot::IncomingSnapshot;
 use crate::storage::{self, SnapshotMeta, SnapshotStorage};
 use crate::transport::Transport;
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -193,7 +193,7 @@ impl NodeShared {
 
 struct NodeInner {
     shared: Arc<NodeShared>,
-    tx: chan::Sender<RaftMsg>,
+    tx: Arc<RaftInbox>,
     read_timeout: Duration,
     /// Flips to `true` (or is dropped) when both threads have exited.
     stopped: watch::Receiver<bool>,
@@ -323,7 +323,7 @@ impl Node {
             cache.push(&log.entries(log.first_index(), last_index + 1, None)?);
         }
         let metrics = Arc::new(crate::metrics::NodeMetrics::default());
-        let (raft_tx, raft_rx) = chan::unbounded();
+        let raft_tx = RaftInbox::new();
         let io = IoWorker::start(&opts.group, log, raft_tx.clone(), metrics.clone())?;
         let store = RaftStore {
             log: cache,
@@ -429,7 +429,7 @@ impl Node {
             conf_state.clone(),
         );
         let apply_guard = stopped_tx.clone();
-        let fatal_tx = raft_tx.clone();
+        let fatal_tx = raft_tx.queue();
         std::thread::Builder::new()
             .name(format!("apply-{}", opts.group))
             .spawn(move || {
@@ -438,7 +438,7 @@ impl Node {
                 if let Err(p) =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || caller.run()))
                 {
-                    let msg = format!("the apply thread panicked: {}", panic_text(&p));
+                    let msg = format!("the apply thread panicked: {}", panic_text(&*p));
                     tracing::error!("{msg}");
                     let _ = fatal_tx.send(RaftMsg::Fatal(RaftError::Stopped(msg)));
                 }
@@ -451,8 +451,8 @@ impl Node {
         let raft_loop = RaftLoop::new(
             raw,
             opts.clone(),
-            raft_rx,
-            raft_tx.clone(),
+            raft_tx.receiver(),
+            raft_tx.queue(),
             apply_tx,
             transport.clone(),
             shared.clone(),
@@ -467,18 +467,14 @@ impl Node {
             io,
         );
         let raft_guard = stopped_tx;
-        let raft_shared = shared.clone();
+        raft_tx.install(raft_loop);
+        let inbox = raft_tx.clone();
         std::thread::Builder::new()
             .name(format!("raft-{}", opts.group))
             .spawn(move || {
-                if let Err(p) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || raft_loop.run()))
-                {
-                    let msg = format!("the raft thread panicked: {}", panic_text(&p));
-                    tracing::error!("{msg}");
-                    *raft_shared.error.write() = Some(RaftError::Stopped(msg));
-                    raft_shared.view.write().role = Role::Error;
-                }
+                // Panics in the loop are caught inside (the loop may also
+                // run on a sender's thread).
+                inbox.run();
                 drop(raft_guard);
             })
             .map_err(|e| RaftError::Storage(format!("spawning the raft thread: {e}")))?;

@@ -67,6 +67,63 @@ async fn replicates_every_entry_in_order_to_every_member() {
     c.shutdown().await;
 }
 
+/// With one write in flight, the thread that delivers an input runs the raft
+/// loop itself (raft_loop::inbox); with many, inputs queue and batch.
+/// Either way every member applies every entry in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let inline = |i: usize| {
+        c.node(i)
+            .metrics()
+            .raft_inputs_inline
+            .load(Ordering::Relaxed)
+    };
+    let queued = |i: usize| {
+        c.node(i)
+            .metrics()
+            .raft_inputs_queued
+            .load(Ordering::Relaxed)
+    };
+    let before: Vec<u64> = (0..3).map(inline).collect();
+    for i in 0..50 {
+        c.node(l).propose(payload(i)).await.expect("write succeeds");
+    }
+    for (i, b) in before.iter().enumerate() {
+        let ran = inline(i) - b;
+        eprintln!("member {i}: {ran} inputs run inline over 50 lone writes");
+        assert!(
+            ran >= 25,
+            "member {i} ran only {ran} inputs inline over 50 lone writes"
+        );
+    }
+    let queued_before = queued(l);
+    let dones: Vec<_> = (50..2050)
+        .map(|i| {
+            let (done, rx) = Done::channel();
+            c.node(l).apply(Task::new(payload(i), done));
+            rx
+        })
+        .collect();
+    for rx in dones {
+        rx.await.expect("done runs").expect("write succeeds");
+    }
+    let burst_queued = queued(l) - queued_before;
+    assert!(
+        burst_queued >= 1000,
+        "a burst of 2000 proposals queued only {burst_queued} inputs on the leader"
+    );
+    let expected: Vec<Bytes> = (0..2050).map(payload).collect();
+    for i in 0..3 {
+        wait_until(T, "every member applies every entry in order", || {
+            c.applied_data(i) == expected
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_leader_after_the_old_one_dies_keeps_every_acknowledged_write() {
     let mut c = Cluster::new(3);

@@ -1,7 +1,10 @@
-//! The raft thread of one group: the only owner of the `RawNode`.
+//! The raft loop of one group: the only owner of the `RawNode`, behind a
+//! lock in its [`RaftInbox`].
 //!
-//! It drains its input channel in batches (proposals, peer messages, reads,
-//! ticks), then handles one `Ready` in raft-rs's documented order: send
+//! The raft thread drains the input queue in batches (proposals, peer
+//! messages, reads, ticks); with at most one write in flight the thread
+//! that delivers an input runs it instead (see `inbox`). Either way one
+//! `Ready` is then handled in raft-rs's documented order: send
 //! messages, hand committed entries to the apply thread, append entries and
 //! persist the hard state, fsync once for the whole batch (group commit),
 //! release read states, send the messages that needed persistence, advance.
@@ -21,12 +24,15 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+mod inbox;
 mod membership;
+
+pub(crate) use inbox::RaftInbox;
 
 use crate::closure::{Done, Task};
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
-use crate::io_worker::{IoTask, IoWorker};
+use crate::io_worker::{IoNow, IoTask, IoWorker};
 use crate::membership::{ConfChangeRequest, PeerIdentity};
 use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
 use crate::options::NodeOptions;
@@ -90,8 +96,6 @@ pub(crate) enum RaftMsg {
     Shutdown,
 }
 
-/// Most inputs handled before looking at `Ready` again.
-const MAX_BATCH: usize = 4096;
 /// Proposals timed for `raftkit_commit_seconds` at once (the rest are not
 /// timed; bounds the queue if commits stall).
 const MAX_TIMED_PROPOSALS: usize = 65_536;
@@ -181,6 +185,12 @@ pub(crate) struct RaftLoop {
     next_snapshot_at: Option<Instant>,
     failed: Option<RaftError>,
     shutting_down: bool,
+    /// Set while a sender's thread runs the loop (`takes_inline`): a
+    /// follower may then write its Ready there (see `handle_ready`).
+    write_inline: bool,
+    /// Shared with the inbox: whether `takes_inline` can be true for any
+    /// input (updated after each batch).
+    inline_hint: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftLoop {
@@ -248,57 +258,72 @@ impl RaftLoop {
             next_snapshot_at,
             failed: None,
             shutting_down: false,
+            write_inline: false,
+            inline_hint: Arc::default(),
         }
     }
 
-    pub fn run(mut self) {
-        self.publish_view();
-        loop {
-            let first = match self.rx.recv_deadline(self.next_tick) {
-                Ok(m) => Some(m),
-                Err(chan::RecvTimeoutError::Timeout) => None,
-                Err(chan::RecvTimeoutError::Disconnected) => {
-                    self.shutting_down = true;
-                    None
-                }
-            };
-            if let Some(m) = first {
-                self.handle(m);
-                for _ in 0..MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(m) => self.handle(m),
-                        Err(_) => break,
-                    }
-                }
+    /// Whether the sender of `msg` may run it itself (see `inbox`): only
+    /// with at most one write in flight, so that inputs under load still
+    /// queue and batch. A leader runs proposals, answers and its own
+    /// write's completion; a follower runs an append of at most one entry
+    /// (and writes it there, see `handle_ready`).
+    fn takes_inline(&self, msg: &RaftMsg) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        let log = &self.raw.raft.raft_log;
+        match msg {
+            RaftMsg::Propose(_) | RaftMsg::Step(..) | RaftMsg::Persisted { .. }
+                if self.raw.raft.state == StateRole::Leader =>
+            {
+                log.last_index() <= log.committed + 1
             }
-            if self.shutting_down {
-                break;
+            // The leader had nothing but this entry in flight: everything
+            // before it was committed when it sent it.
+            RaftMsg::Step(m, _) => {
+                m.get_msg_type() == MessageType::MsgAppend
+                    && m.entries.len() <= 1
+                    && m.commit >= m.index
             }
-            let now = Instant::now();
-            if now >= self.next_tick {
-                self.next_tick += self.tick;
-                if self.next_tick < now {
-                    self.next_tick = now + self.tick;
-                }
-                // A group stopped on an error no longer runs raft: ticking
-                // would only pile up elections it never sends.
-                if self.failed.is_none() {
-                    self.on_tick(now);
-                }
+            _ => false,
+        }
+    }
+
+    /// Ticks raft if a tick is due (the raft thread calls this).
+    fn tick_if_due(&mut self, now: Instant) {
+        if now >= self.next_tick {
+            self.next_tick += self.tick;
+            if self.next_tick < now {
+                self.next_tick = now + self.tick;
             }
-            if !self.new_pending.is_empty() {
-                let batch = std::mem::take(&mut self.new_pending);
-                let _ = self.apply_tx.send(ApplyMsg::Pending(batch));
-            }
+            // A group stopped on an error no longer runs raft: ticking
+            // would only pile up elections it never sends.
             if self.failed.is_none() {
-                self.watch_transfer(now);
-                self.issue_new_reads();
-                if let Err(e) = self.handle_ready() {
-                    self.fail(e);
-                }
+                self.on_tick(now);
             }
         }
-        self.stop();
+    }
+
+    /// After a batch of inputs: registers new proposals with the apply
+    /// thread and handles the `Ready`.
+    fn end_batch(&mut self, now: Instant) {
+        if !self.new_pending.is_empty() {
+            let batch = std::mem::take(&mut self.new_pending);
+            let _ = self.apply_tx.send(ApplyMsg::Pending(batch));
+        }
+        if self.failed.is_none() {
+            self.watch_transfer(now);
+            self.issue_new_reads();
+            if let Err(e) = self.handle_ready() {
+                self.fail(e);
+            }
+        }
+        let log = &self.raw.raft.raft_log;
+        let could = self.failed.is_none()
+            && (self.raw.raft.state != StateRole::Leader || log.last_index() <= log.committed + 1);
+        self.inline_hint
+            .store(could, std::sync::atomic::Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------ inputs
@@ -740,8 +765,28 @@ impl RaftLoop {
             sync: rd.must_sync(),
             messages: rd.take_persisted_messages(),
         };
-        self.io.send(task);
+        // A follower's answer waits for this write. When the loop runs on
+        // the thread that received the message and nothing else is queued,
+        // writing here lets that thread send the answer too (no hand-off
+        // to the I/O thread and back).
+        let waited_for = matches!(&task, IoTask::Persist { messages, .. } if !messages.is_empty());
+        let written = if self.write_inline && waited_for {
+            match self.io.write_now(task) {
+                Ok(done) => done,
+                Err(IoNow::Busy(task)) => {
+                    self.io.send(task);
+                    None
+                }
+                Err(IoNow::Failed(e)) => return Err(e.into()),
+            }
+        } else {
+            self.io.send(task);
+            None
+        };
         self.raw.advance_append_async(rd);
+        if let Some((number, messages)) = written {
+            self.on_persisted(number, messages);
+        }
         self.step_down_if_removed();
         if self.raw.store().wanted.replace(false) {
             // raft-rs needs a snapshot for a follower and ours is missing or too old.
