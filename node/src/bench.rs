@@ -461,6 +461,14 @@ pub fn minimal_replication(
                 }
                 client.write_all(&rec[..8])?;
             }
+            // Collect the slower follower's last acknowledgements before
+            // hanging up, so that no follower writes to a closed socket.
+            for (p, n) in peers.iter_mut().zip(unacked) {
+                for _ in 0..n {
+                    let mut ack = [0u8; 8];
+                    p.read_exact(&mut ack)?;
+                }
+            }
             Ok(())
         });
         let mut c = TcpStream::connect(leader_addr)?;
