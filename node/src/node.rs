@@ -511,8 +511,9 @@ impl Node {
         self.inner.shared.peer()
     }
 
-    /// Submits a task (braft's `apply`). Never blocks; `task.done` runs
-    /// exactly once. See [`Task`].
+    /// Submits a task (braft's `apply`). Never blocks (on an idle leader it
+    /// may run the raft step itself, which takes microseconds and never
+    /// waits for the disk); `task.done` runs exactly once. See [`Task`].
     pub fn apply(&self, mut task: Task) {
         let metrics = self.inner.shared.metrics.clone();
         metrics.proposals.fetch_add(1, Ordering::Relaxed);
