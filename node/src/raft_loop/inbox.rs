@@ -87,7 +87,13 @@ impl RaftInbox {
     pub fn send(&self, msg: RaftMsg) -> Result<(), chan::SendError<RaftMsg>> {
         if self.inline && self.hint.load(Ordering::Relaxed) {
             if let Some(mut core) = self.core.try_lock() {
-                if !self.closed.load(Ordering::Acquire) && self.rx.len() <= MAX_INLINE_BACKLOG {
+                // The I/O thread (Persisted) never runs queued inputs: one of
+                // them could wait for the I/O thread itself (a flush).
+                let backlog = match msg {
+                    RaftMsg::Persisted { .. } => 0,
+                    _ => MAX_INLINE_BACKLOG,
+                };
+                if !self.closed.load(Ordering::Acquire) && self.rx.len() <= backlog {
                     if let Some(lp) = core.as_mut().filter(|lp| lp.takes_inline(&msg)) {
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                             // What was queued before this input goes first.
