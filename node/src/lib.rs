@@ -3,14 +3,14 @@
 //! ```text
 //!            raftkit (CLI) ── client ──┐            raftkit-node (server)
 //!                                      ▼                    │
-//!   ┌───────────────── server: one port, gRPC + HTTP ───────┘
+//!   ┌──────── server: one port, raft streams + gRPC + HTTP ──┘
 //!   │  services (counter, kv, admin)   http (/raft_stat, /healthz, /readyz)
 //!   │        │ propose / read_index           │ status
 //!   │        ▼                                ▼
 //!   │  node_manager ── Node (one per group) ──────────────────────┐
 //!   │                   │ raft_loop: RawNode, Ready handling       │
 //!   │                   │   ├── raft_store → storage (log, meta)   │
-//!   │                   │   └── transport (grpc / local)           │
+//!   │                   │   └── transport (net: stream+grpc / local)│
 //!   │                   └ fsm_caller: StateMachine callbacks ──────┘
 //!   │                                  └── storage::snapshot
 //! ```

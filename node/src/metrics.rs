@@ -108,11 +108,21 @@ pub struct TransportMetrics {
 
 impl TransportMetrics {
     pub fn add_sent(&self, peer: &str, n: usize) {
-        *self.sent.lock().entry(peer.to_string()).or_default() += n as u64;
+        add(&mut self.sent.lock(), peer, n);
     }
 
     pub fn add_received(&self, peer: &str, n: usize) {
-        *self.received.lock().entry(peer.to_string()).or_default() += n as u64;
+        add(&mut self.received.lock(), peer, n);
+    }
+}
+
+/// Adds `n` to `peer`'s count; allocates only for a new peer.
+fn add(counts: &mut BTreeMap<String, u64>, peer: &str, n: usize) {
+    match counts.get_mut(peer) {
+        Some(c) => *c += n as u64,
+        None => {
+            counts.insert(peer.to_string(), n as u64);
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The node server: one port serving gRPC (raft transport, admin, Counter,
-//! KV) and HTTP (`/raft_stat`, `/healthz`, `/readyz`), hosting any number of
-//! groups. As braft requires, the port is bound and served before any raft
+//! The node server: one port serving raft streams between nodes
+//! ([`crate::transport::stream`]), gRPC (snapshot install, admin, Counter,
+//! KV, Mux) and HTTP (`/raft_stat`, `/healthz`, `/readyz`, `/metrics`),
+//! hosting any number of groups. [`accept`] tells a raft stream from HTTP by
+//! the connection's first byte. As braft requires, the port is bound and served before any raft
 //! node starts, so peers' first messages and replies always have somewhere
 //! to go.
 //!
@@ -25,7 +27,6 @@ use crate::pb::admin_server::AdminServer;
 use crate::pb::counter_server::CounterServer;
 use crate::pb::kv_server::KvServer;
 use crate::pb::mux_server::MuxServer;
-use crate::pb::raft_transport_server::RaftTransportServer;
 use crate::pb::snapshot_install_server::SnapshotInstallServer;
 use crate::services::admin::AdminService;
 use crate::services::counter::{CounterFsm, CounterService, CounterState};
@@ -33,12 +34,14 @@ use crate::services::kv::{KvFsm, KvService, KvState};
 use crate::services::mux::MuxService;
 use crate::services::GroupTable;
 use crate::storage::StorageOptions;
-use crate::transport::grpc::{
-    GrpcTransport, RaftTransportService, SnapshotInstallService, MAX_GRPC_MESSAGE,
-};
+use crate::transport::net::{NetTransport, SnapshotInstallService, MAX_GRPC_MESSAGE};
+use crate::transport::stream::{RaftStreamServer, PREFACE};
 
 /// How long in-flight connections get to finish after shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a new connection may stay silent before it is dropped (its
+/// first byte says which protocol it speaks).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which application a group runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -248,10 +251,12 @@ pub struct Server {
     manager: NodeManager,
     counters: GroupTable<CounterState>,
     kvs: GroupTable<KvState>,
-    transport: Arc<GrpcTransport>,
+    transport: Arc<NetTransport>,
+    raft_streams: RaftStreamServer,
     local_addr: SocketAddr,
     stop_serving: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), std::io::Error>>>,
+    accepting: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -273,47 +278,43 @@ impl Server {
         let manager = NodeManager::new();
         let counters = GroupTable::new("counter");
         let kvs = GroupTable::new("kv");
-        let transport = GrpcTransport::new(advertise, tokio::runtime::Handle::current());
+        let transport = NetTransport::new(advertise, tokio::runtime::Handle::current());
+        let raft_streams = RaftStreamServer::new(manager.clone(), transport.metrics());
         let counter_service = Arc::new(CounterService::new(counters.clone(), session_idle_ms));
         let kv_service = Arc::new(KvService::new(kvs.clone(), session_idle_ms));
-        let grpc = tonic::service::Routes::new(
-            RaftTransportServer::new(RaftTransportService::new(
-                manager.clone(),
-                transport.metrics(),
-            ))
-            .max_decoding_message_size(MAX_GRPC_MESSAGE),
-        )
-        .add_service(AdminServer::new(AdminService::new(manager.clone())))
-        .add_service(
-            SnapshotInstallServer::new(SnapshotInstallService::new(manager.clone()))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE),
-        )
-        .add_service(CounterServer::from_arc(counter_service.clone()))
-        .add_service(KvServer::from_arc(kv_service.clone()))
-        .add_service(
-            MuxServer::new(MuxService::new(kv_service, counter_service))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE),
-        )
-        .into_axum_router();
+        let grpc =
+            tonic::service::Routes::new(AdminServer::new(AdminService::new(manager.clone())))
+                .add_service(
+                    SnapshotInstallServer::new(SnapshotInstallService::new(manager.clone()))
+                        .max_decoding_message_size(MAX_GRPC_MESSAGE),
+                )
+                .add_service(CounterServer::from_arc(counter_service.clone()))
+                .add_service(KvServer::from_arc(kv_service.clone()))
+                .add_service(
+                    MuxServer::new(MuxService::new(kv_service, counter_service))
+                        .max_decoding_message_size(MAX_GRPC_MESSAGE),
+                )
+                .into_axum_router();
         let app = grpc.merge(crate::http::router(crate::http::HttpState {
             manager: manager.clone(),
             transport: Some(transport.metrics()),
             fixed_flags: Arc::new(fixed_flags),
         }));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (http_tx, http_rx) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(accept(listener, http_tx, raft_streams.clone()));
+        let http = HttpConnections {
+            rx: http_rx,
+            local_addr,
+        };
         let serving = tokio::spawn(async move {
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            // Raft streams from peers never end on their own: give
-            // connections a grace period, then stop regardless.
+            // Streaming calls (the client mux) need not end on their own:
+            // give connections a grace period, then stop regardless.
             let (grace_tx, grace_rx) = oneshot::channel::<()>();
-            // Small replies must not wait for Nagle's algorithm.
-            let listener =
-                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                    let _ = tcp.set_nodelay(true);
-                });
-            let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let graceful = axum::serve(http, app).with_graceful_shutdown(async move {
                 stop.await;
                 let _ = grace_tx.send(());
             });
@@ -327,9 +328,11 @@ impl Server {
             counters,
             kvs,
             transport,
+            raft_streams,
             local_addr,
             stop_serving: Some(stop_tx),
             serving: Some(serving),
+            accepting: Some(accepting),
         })
     }
 
@@ -390,9 +393,16 @@ impl Server {
         if let Some(tx) = self.stop_serving.take() {
             let _ = tx.send(());
         }
+        if let Some(h) = self.accepting.take() {
+            h.abort();
+            let _ = h.await;
+        }
         if let Some(h) = self.serving.take() {
             let _ = h.await;
         }
+        let streams = self.raft_streams.clone();
+        let _ = tokio::task::spawn_blocking(move || streams.shutdown()).await;
+        self.transport.close();
         for node in nodes {
             self.manager.remove(node.group());
             self.counters.remove(node.group());
@@ -404,6 +414,66 @@ impl Server {
 enum App {
     Counter(CounterState),
     Kv(KvState),
+}
+
+/// Accepts connections on the server's port and sorts them by their first
+/// byte: raft streams go to `raft`, everything else (HTTP/1, HTTP/2) to
+/// `http`. No HTTP request starts with the raft preface's first byte.
+async fn accept(
+    listener: TcpListener,
+    http: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+    raft: RaftStreamServer,
+) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small replies must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        let (http, raft) = (http.clone(), raft.clone());
+        tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == PREFACE[0] => match tcp.into_std() {
+                    Ok(std) if std.set_nonblocking(false).is_ok() => raft.serve(std),
+                    _ => tracing::warn!(remote = %addr, "cannot take over a raft stream"),
+                },
+                Ok(Ok(n)) if n > 0 => {
+                    let _ = http.send((tcp, addr)).await;
+                }
+                _ => {} // closed, failed or silent: drop it
+            }
+        });
+    }
+}
+
+/// The HTTP and gRPC connections [`accept`] sorted out, as axum's listener.
+struct HttpConnections {
+    rx: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl axum::serve::Listener for HttpConnections {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accepting task stopped (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
 }
 
 /// Runs a node server until `shutdown` resolves.

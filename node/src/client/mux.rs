@@ -17,7 +17,7 @@ use crate::pb::mux_reply::Result as Reply;
 use crate::pb::mux_request::Call;
 use crate::pb::{MuxReply, MuxRequest};
 use crate::services::mux::into_result;
-use crate::transport::grpc::MAX_GRPC_MESSAGE;
+use crate::transport::net::MAX_GRPC_MESSAGE;
 
 type Waiter = oneshot::Sender<MuxReply>;
 

@@ -3,8 +3,8 @@
 //! Normally an input is queued and the raft thread handles it with whatever
 //! else is queued (one `Ready` per batch). With one write in flight, though,
 //! queuing costs thread wake-ups on the write path: the sender wakes the
-//! raft thread, the raft thread wakes the I/O thread and back, then wakes
-//! the network thread to send what the input produced. Each is ~40 µs on a
+//! raft thread, and the raft thread wakes the I/O thread and back (sending
+//! then costs no wake-up: see `transport::stream`). Each is ~40 µs on a
 //! VM whose idle CPUs halt (docs/benchmarks.md, "Where the time goes"). So
 //! when the loop is free and has at most one write in flight
 //! (`RaftLoop::takes_inline`), the sender runs the input and the `Ready`

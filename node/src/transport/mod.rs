@@ -2,12 +2,13 @@
 //!
 //! The raft thread hands each outgoing message to a [`Transport`] with the
 //! destination's address; the call never blocks. Implementations:
-//! [`grpc::GrpcTransport`] (tonic, one long-lived batched stream per peer
-//! process) and [`local::LocalNetwork`] (in-process, with link faults, for
-//! tests).
+//! [`net::NetTransport`] (between processes: raft messages on framed TCP
+//! streams, [`stream`]; snapshots on gRPC) and [`local::LocalNetwork`]
+//! (in-process, with link faults, for tests).
 
-pub mod grpc;
 pub mod local;
+pub mod net;
+pub mod stream;
 
 use raft::eraftpb::Message;
 

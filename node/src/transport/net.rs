@@ -1,78 +1,61 @@
-//! The production transport: tonic gRPC between processes.
+//! The production transport between processes: [`NetTransport`].
 //!
-//! Sending: one [`Link`] per destination address, a tokio task holding one
-//! long-lived client stream (`RaftTransport.Stream`). It drains its queue
-//! into batches (per group) and writes them to the stream; on failure it
-//! marks the peer down (sends then fail fast and raft-rs is told the peer is
-//! unreachable), drops what was queued (raft retransmits), and reconnects
-//! with exponential backoff and jitter. HTTP/2 keepalive detects dead peers.
-//!
-//! Receiving: [`RaftTransportService`] decodes each batch and steps the
-//! messages into the group's node found in the [`NodeManager`].
+//! Raft messages travel on the framed TCP streams of [`super::stream`]
+//! (one [`Link`] per destination address). Snapshots travel out of band on
+//! gRPC (`SnapshotInstall`, one unary call per chunk), and a new member's
+//! identity is asked for on gRPC (`Admin.Identity`). This file holds the
+//! gRPC client and service for snapshot installs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
+use super::stream::{encode_frame, Link};
 use super::{SnapshotSent, Transport, Unreachable};
 use crate::error::RaftError;
 use crate::membership::PeerIdentity;
 use crate::node::Node;
 use crate::node_manager::NodeManager;
 use crate::pb::admin_client::AdminClient;
-use crate::pb::raft_transport_client::RaftTransportClient;
-use crate::pb::raft_transport_server::RaftTransport;
 use crate::pb::snapshot_install_client::SnapshotInstallClient;
 use crate::pb::snapshot_install_server::SnapshotInstall;
 use crate::pb::GroupRequest;
 use crate::pb::{
     FileHeld, InstallBeginReply, InstallBeginRequest, InstallChunkReply, InstallChunkRequest,
-    InstallCommitReply, InstallCommitRequest, RaftBatch, RaftStreamAck,
+    InstallCommitReply, InstallCommitRequest,
 };
 use crate::services::to_status;
 use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
 use crate::storage::SnapshotMeta;
 
-const CONNECTING: u8 = 0;
-const UP: u8 = 1;
-const DOWN: u8 = 2;
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Most messages per write to a stream.
-const MAX_BATCH_MSGS: usize = 512;
-/// Most bytes per write to a stream (beyond one message).
-const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Largest gRPC message either side accepts.
 pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
-struct Link {
-    tx: mpsc::UnboundedSender<(Arc<str>, Message)>,
-    state: Arc<AtomicU8>,
-}
-
-/// Sends raft messages over gRPC. See the module documentation.
-pub struct GrpcTransport {
+/// Sends raft messages and snapshots to other processes. See the module
+/// documentation.
+pub struct NetTransport {
     me: String,
     metrics: Arc<crate::metrics::TransportMetrics>,
-    links: Mutex<HashMap<String, Link>>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    closed: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
 
-impl GrpcTransport {
-    /// `me` is this process's advertised address; link tasks run on `runtime`.
+impl NetTransport {
+    /// `me` is this process's advertised address; snapshot transfers run on
+    /// `runtime`.
     pub fn new(me: impl Into<String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        Arc::new(GrpcTransport {
+        Arc::new(NetTransport {
             me: me.into(),
             metrics: Arc::default(),
             links: Mutex::default(),
+            closed: AtomicBool::new(false),
             runtime,
         })
     }
@@ -82,41 +65,54 @@ impl GrpcTransport {
         self.metrics.clone()
     }
 
-    fn spawn_link(&self, addr: &str) -> Link {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(AtomicU8::new(CONNECTING));
-        self.runtime.spawn(run_link(
-            self.me.clone(),
-            addr.to_string(),
-            rx,
-            state.clone(),
-            self.metrics.clone(),
-        ));
-        Link { tx, state }
+    /// Closes every link and refuses later sends (server shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let links: Vec<Arc<Link>> = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            links.drain().map(|(_, l)| l).collect()
+        };
+        for l in links {
+            l.close();
+        }
+    }
+
+    fn link(&self, addr: &str) -> Result<Arc<Link>, Unreachable> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Unreachable);
+        }
+        if let Some(l) = links.get(addr).filter(|l| !l.is_closed()) {
+            return Ok(l.clone());
+        }
+        let l = Link::start(&self.me, addr, self.metrics.clone());
+        links.insert(addr.to_string(), l.clone());
+        Ok(l)
     }
 }
 
-impl Transport for GrpcTransport {
+impl Drop for NetTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Transport for NetTransport {
     fn send(&self, group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable> {
         if crate::failpoint::is_cut(to_addr, crate::failpoint::Direction::Out) {
             // An injected partition loses the message, as a network would,
             // without telling the sender.
             return Ok(());
         }
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if links.get(to_addr).is_none_or(|l| l.tx.is_closed()) {
-            let link = self.spawn_link(to_addr);
-            links.insert(to_addr.to_string(), link);
+        crate::stage_trace::message("netsend", &msg);
+        let mut frame = Vec::with_capacity(
+            64 + group.len() + msg.entries.iter().map(|e| e.data.len() + 32).sum::<usize>(),
+        );
+        if let Err(e) = encode_frame(&mut frame, group, &msg) {
+            tracing::warn!(group = %group, peer = %to_addr, error = %e, "raft message not sent");
+            return Ok(());
         }
-        let Some(link) = links.get(to_addr) else {
-            return Err(Unreachable);
-        };
-        if link.state.load(Ordering::Acquire) == DOWN {
-            return Err(Unreachable);
-        }
-        link.tx
-            .send((Arc::from(group), msg))
-            .map_err(|_| Unreachable)
+        self.link(to_addr)?.send(&frame)
     }
 
     fn install_snapshot(&self, job: SnapshotJob, done: SnapshotSent) {
@@ -275,91 +271,6 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-async fn run_link(
-    me: String,
-    addr: String,
-    mut rx: mpsc::UnboundedReceiver<(Arc<str>, Message)>,
-    state: Arc<AtomicU8>,
-    metrics: Arc<crate::metrics::TransportMetrics>,
-) {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        match endpoint(&addr) {
-            Err(e) => tracing::warn!(peer = %addr, error = %e, "invalid peer address"),
-            Ok(ep) => match ep.connect().await {
-                Err(e) => tracing::debug!(peer = %addr, error = %e, "connect failed"),
-                Ok(channel) => {
-                    let mut client = RaftTransportClient::new(channel)
-                        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-                    let (btx, brx) = mpsc::channel::<RaftBatch>(16);
-                    let call =
-                        tokio::spawn(async move { client.stream(ReceiverStream::new(brx)).await });
-                    state.store(UP, Ordering::Release);
-                    backoff = MIN_BACKOFF;
-                    tracing::debug!(peer = %addr, "raft stream connected");
-                    'stream: loop {
-                        let Some(first) = rx.recv().await else {
-                            call.abort();
-                            return; // the transport was dropped
-                        };
-                        if call.is_finished() {
-                            break 'stream;
-                        }
-                        for batch in collect_batches(first, &mut rx, &me) {
-                            metrics.add_sent(&addr, batch.messages.iter().map(|m| m.len()).sum());
-                            if btx.send(batch).await.is_err() {
-                                break 'stream;
-                            }
-                        }
-                    }
-                    call.abort();
-                    tracing::debug!(peer = %addr, "raft stream lost");
-                }
-            },
-        }
-        state.store(DOWN, Ordering::Release);
-        while rx.try_recv().is_ok() {}
-        let jitter = rand::random::<f64>() * 0.4 + 0.8;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        if rx.is_closed() {
-            return;
-        }
-    }
-}
-
-/// Groups `first` and whatever else is queued into per-group batches,
-/// keeping each group's order.
-fn collect_batches(
-    first: (Arc<str>, Message),
-    rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Message)>,
-    me: &str,
-) -> Vec<RaftBatch> {
-    let mut batches: Vec<RaftBatch> = Vec::new();
-    let mut bytes = 0usize;
-    let mut count = 0usize;
-    let mut next = Some(first);
-    while let Some((group, msg)) = next.take() {
-        crate::stage_trace::message("netsend", &msg);
-        let data = msg.write_to_bytes().unwrap_or_default();
-        bytes += data.len();
-        count += 1;
-        match batches.iter_mut().find(|b| *b.group == *group) {
-            Some(b) => b.messages.push(data.into()),
-            None => batches.push(RaftBatch {
-                group: group.to_string(),
-                messages: vec![data.into()],
-                from_addr: me.to_string(),
-            }),
-        }
-        if count >= MAX_BATCH_MSGS || bytes >= MAX_BATCH_BYTES {
-            break;
-        }
-        next = rx.try_recv().ok();
-    }
-    batches
-}
-
 /// Receives snapshot transfers for local nodes.
 pub struct SnapshotInstallService {
     manager: NodeManager,
@@ -446,53 +357,5 @@ impl SnapshotInstall for SnapshotInstallService {
         let from = (!r.from_addr.is_empty()).then_some(r.from_addr);
         blocking(move || node.install_commit(r.index, r.term, msg, from)).await?;
         Ok(Response::new(InstallCommitReply {}))
-    }
-}
-
-/// Receives raft message streams and hands the messages to local nodes.
-pub struct RaftTransportService {
-    manager: NodeManager,
-    metrics: Arc<crate::metrics::TransportMetrics>,
-}
-
-impl RaftTransportService {
-    pub fn new(manager: NodeManager, metrics: Arc<crate::metrics::TransportMetrics>) -> Self {
-        RaftTransportService { manager, metrics }
-    }
-}
-
-#[tonic::async_trait]
-impl RaftTransport for RaftTransportService {
-    async fn stream(
-        &self,
-        request: Request<Streaming<RaftBatch>>,
-    ) -> Result<Response<RaftStreamAck>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.metrics.add_received(
-                &batch.from_addr,
-                batch.messages.iter().map(|m| m.len()).sum(),
-            );
-            if crate::failpoint::is_cut(&batch.from_addr, crate::failpoint::Direction::In) {
-                continue;
-            }
-            let Some(node) = self.manager.get(&batch.group) else {
-                tracing::debug!(group = %batch.group, from = %batch.from_addr, "raft messages for a group not hosted here");
-                continue;
-            };
-            let from = (!batch.from_addr.is_empty()).then_some(batch.from_addr);
-            for data in batch.messages {
-                match Message::parse_from_bytes(&data) {
-                    Ok(m) => {
-                        crate::stage_trace::message("netrecv", &m);
-                        node.step(m, from.clone())
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %node.group(), error = %e, "undecodable raft message")
-                    }
-                }
-            }
-        }
-        Ok(Response::new(RaftStreamAck {}))
     }
 }

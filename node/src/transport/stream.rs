@@ -1,0 +1,688 @@
+//! Raft messages between processes on a plain framed TCP stream that shares
+//! the server's port with gRPC and HTTP. Owns the wire format, the sending
+//! [`Link`]s (one per destination address) and the receiving threads
+//! ([`RaftStreamServer`]); touches nodes only through the [`NodeManager`].
+//!
+//! Why not a gRPC stream: on the replication path a message passed through
+//! the raft thread → the link's task → tonic's stream task → the HTTP/2
+//! connection task before reaching the socket, and through the connection
+//! task and the service's task on the other side. Each hop is a thread
+//! wake-up that costs ~45 µs on these VMs (docs/benchmarks.md, "Where the
+//! time goes"). Here the thread that produced a message writes it to the
+//! socket itself when nothing is queued ahead of it, and the thread that
+//! reads the socket steps the message.
+//!
+//! Wire format. A connection opens with [`PREFACE`] (8 bytes; it starts with
+//! `R`, which no HTTP request does, so the server tells the protocols apart
+//! from the first byte), then the sender's advertised address (u16
+//! big-endian length, UTF-8). Then frames, each: u32 big-endian length of
+//! the rest, u16 big-endian group length, the group, and one raft-rs
+//! `eraftpb.Message` in its protobuf encoding. Traffic is one-way: each
+//! process answers on its own connection.
+//!
+//! Sending. [`Link::send`] runs on the caller's thread (the raft loop): with
+//! the connection up and nothing queued, it writes the frame with a
+//! non-blocking `send`; what does not fit is queued, and the link's writer
+//! thread writes the queue. The writer thread also connects, and reconnects
+//! with backoff and jitter after a failure. While a link is down, sends fail
+//! fast (raft-rs is told the peer is unreachable) and queued bytes are
+//! dropped; raft retransmits. Dead peers: TCP keepalive and
+//! `TCP_USER_TIMEOUT` break a connection whose peer stopped acknowledging
+//! within [`DEAD_PEER_TIMEOUT`], and a write that makes no progress for as
+//! long counts as failed.
+//!
+//! Receiving. One thread per incoming connection reads frames and steps them
+//! into the group's node. A follower's inline write (see
+//! `raft_loop::inbox`) runs on that thread, so its fsync delays only that
+//! peer's stream, not other connections.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::Unreachable;
+use crate::metrics::TransportMetrics;
+use crate::node_manager::NodeManager;
+
+/// Opens every raft stream. The first byte, `R`, starts no HTTP request.
+pub const PREFACE: &[u8; 8] = b"RKRAFT\x00\x01";
+/// Largest frame either side accepts (the rest after the length field).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Longest advertised address a preface may carry.
+const MAX_ADDR: usize = 1024;
+/// Bytes queued for one destination beyond which new messages are dropped
+/// (the peer is not reading; raft retransmits once it does).
+const MAX_QUEUED: usize = 32 << 20;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer that acknowledges nothing for this long is taken for dead.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A link that is down and has not been asked to send for this long stops
+/// (its peer was most likely removed); a later send starts a new one.
+const IDLE_LINK: Duration = Duration::from_secs(30);
+/// How long a new connection may take to send its preface.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------- wire format
+
+/// Appends one frame carrying `msg` for `group` to `buf`.
+pub fn encode_frame(buf: &mut Vec<u8>, group: &str, msg: &Message) -> Result<(), String> {
+    let group_len = u16::try_from(group.len())
+        .map_err(|_| format!("group name of {} bytes is too long", group.len()))?;
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&group_len.to_be_bytes());
+    buf.extend_from_slice(group.as_bytes());
+    msg.write_to_vec(buf)
+        .map_err(|e| format!("encoding a raft message: {e}"))?;
+    let len = buf.len() - start - 4;
+    if len > MAX_FRAME {
+        buf.truncate(start);
+        return Err(format!(
+            "a raft message of {len} bytes exceeds the {MAX_FRAME}-byte frame limit"
+        ));
+    }
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// The bytes that open a stream from the process advertised as `from`.
+pub fn encode_preface(from: &str) -> Result<Vec<u8>, String> {
+    if from.len() > MAX_ADDR {
+        return Err(format!(
+            "advertised address of {} bytes is too long",
+            from.len()
+        ));
+    }
+    let mut b = PREFACE.to_vec();
+    b.extend_from_slice(&(from.len() as u16).to_be_bytes());
+    b.extend_from_slice(from.as_bytes());
+    Ok(b)
+}
+
+/// Reads a preface; returns the sender's advertised address.
+pub fn read_preface(r: &mut impl Read) -> Result<String, String> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|e| format!("reading the preface: {e}"))?;
+    if &magic != PREFACE {
+        return Err(format!("not a raft stream (preface {magic:?})"));
+    }
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len)
+        .map_err(|e| format!("reading the preface: {e}"))?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > MAX_ADDR {
+        return Err(format!("advertised address of {len} bytes is too long"));
+    }
+    let mut addr = vec![0u8; len];
+    r.read_exact(&mut addr)
+        .map_err(|e| format!("reading the preface: {e}"))?;
+    String::from_utf8(addr).map_err(|_| "advertised address is not UTF-8".to_string())
+}
+
+/// One decoded frame.
+#[derive(Debug)]
+pub struct Frame {
+    pub group: String,
+    pub msg: Message,
+    /// Frame size on the wire, for metrics.
+    pub wire_bytes: usize,
+}
+
+/// Reads the next frame into `buf` (reused between calls). `Ok(None)` is a
+/// clean end of stream between frames; anything malformed is an error that
+/// names what was wrong (the connection is then closed).
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Frame>, String> {
+    let mut len = [0u8; 4];
+    match r.read(&mut len[..1]) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(format!("reading a frame: {e}")),
+    }
+    r.read_exact(&mut len[1..])
+        .map_err(|e| format!("reading a frame: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+        ));
+    }
+    if len < 2 {
+        return Err(format!("frame of {len} bytes is too short for its header"));
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)
+        .map_err(|e| format!("reading a frame of {len} bytes: {e}"))?;
+    let group_len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    let Some(group) = buf.get(2..2 + group_len) else {
+        return Err(format!(
+            "group name of {group_len} bytes does not fit a {len}-byte frame"
+        ));
+    };
+    let group = std::str::from_utf8(group)
+        .map_err(|_| "group name is not UTF-8".to_string())?
+        .to_string();
+    let msg = Message::parse_from_bytes(&buf[2 + group_len..])
+        .map_err(|e| format!("undecodable raft message for group {group:?}: {e}"))?;
+    Ok(Some(Frame {
+        group,
+        msg,
+        wire_bytes: len + 4,
+    }))
+}
+
+// ----------------------------------------------------------------- sending
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkStatus {
+    /// First connection attempt: messages queue.
+    Connecting,
+    Up,
+    /// Lost or refused; sends fail until a reconnect succeeds.
+    Down,
+}
+
+struct LinkState {
+    status: LinkStatus,
+    /// The connection, while it is usable.
+    conn: Option<Arc<TcpStream>>,
+    /// Bytes waiting for the writer thread, in order.
+    queued: Vec<u8>,
+    /// The writer thread is writing bytes taken from `queued`.
+    writing: bool,
+    closed: bool,
+    /// When a send was last asked for.
+    last_send: std::time::Instant,
+}
+
+/// The sending side of the stream to one destination address.
+pub struct Link {
+    addr: String,
+    state: Mutex<LinkState>,
+    wake: Condvar,
+    metrics: Arc<TransportMetrics>,
+}
+
+impl Link {
+    /// Starts a link to `addr` (connecting in the background) on behalf of
+    /// the process advertised as `me`.
+    pub fn start(me: &str, addr: &str, metrics: Arc<TransportMetrics>) -> Arc<Link> {
+        let link = Arc::new(Link {
+            addr: addr.to_string(),
+            state: Mutex::new(LinkState {
+                status: LinkStatus::Connecting,
+                conn: None,
+                queued: Vec::new(),
+                writing: false,
+                closed: false,
+                last_send: std::time::Instant::now(),
+            }),
+            wake: Condvar::new(),
+            metrics,
+        });
+        let (writer, me) = (link.clone(), me.to_string());
+        let spawned = std::thread::Builder::new()
+            .name(format!("raftkit-link-{addr}"))
+            .spawn(move || writer.run_writer(&me));
+        if let Err(e) = spawned {
+            tracing::error!(peer = %addr, error = %e, "cannot start a link thread");
+            link.lock().status = LinkStatus::Down;
+        }
+        link
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the link was closed (it then refuses every message).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Sends one frame (see [`encode_frame`]). Never blocks on the network.
+    pub fn send(&self, frame: &[u8]) -> Result<(), Unreachable> {
+        let mut s = self.lock();
+        s.last_send = std::time::Instant::now();
+        if s.closed || s.status == LinkStatus::Down {
+            return Err(Unreachable);
+        }
+        if s.queued.len() + frame.len() > MAX_QUEUED {
+            // The peer has stopped reading; raft retransmits later.
+            return Ok(());
+        }
+        self.metrics.add_sent(&self.addr, frame.len());
+        let direct = match &s.conn {
+            Some(conn) if s.queued.is_empty() && !s.writing => Some(conn.clone()),
+            _ => None,
+        };
+        let Some(conn) = direct else {
+            s.queued.extend_from_slice(frame);
+            self.wake.notify_all();
+            return Ok(());
+        };
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        match rustix::net::send(&*conn, frame, flags) {
+            Ok(n) if n == frame.len() => Ok(()),
+            Ok(n) => {
+                s.queued.extend_from_slice(&frame[n..]);
+                self.wake.notify_all();
+                Ok(())
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                s.queued.extend_from_slice(frame);
+                self.wake.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.addr, error = %e, "raft stream write failed");
+                s.conn = None;
+                s.status = LinkStatus::Down;
+                s.queued.clear();
+                self.wake.notify_all();
+                Err(Unreachable)
+            }
+        }
+    }
+
+    /// Closes the link: its thread stops, a blocked write is interrupted.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        if let Some(c) = s.conn.take() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        self.wake.notify_all();
+    }
+
+    /// The writer thread: connect, write what is queued, reconnect after a
+    /// failure, until closed.
+    fn run_writer(&self, me: &str) {
+        let preface = match encode_preface(me) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(peer = %self.addr, error = %e, "cannot open raft streams");
+                self.lock().status = LinkStatus::Down;
+                return;
+            }
+        };
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match connect(&self.addr, &preface) {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    {
+                        let mut s = self.lock();
+                        if s.closed {
+                            let _ = conn.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        s.conn = Some(conn.clone());
+                        s.status = LinkStatus::Up;
+                    }
+                    backoff = MIN_BACKOFF;
+                    tracing::debug!(peer = %self.addr, "raft stream connected");
+                    if self.write_queued(&conn) {
+                        return;
+                    }
+                    let _ = conn.shutdown(Shutdown::Both);
+                    tracing::debug!(peer = %self.addr, "raft stream lost");
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.addr, error = %e, "raft stream connect failed")
+                }
+            }
+            let mut s = self.lock();
+            s.conn = None;
+            s.status = LinkStatus::Down;
+            s.queued = Vec::new();
+            let pause = backoff.mul_f64(rand::random::<f64>() * 0.4 + 0.8);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let deadline = std::time::Instant::now() + pause;
+            while !s.closed {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                s = self
+                    .wake
+                    .wait_timeout(s, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if s.closed {
+                return;
+            }
+            if s.last_send.elapsed() >= IDLE_LINK {
+                tracing::debug!(peer = %self.addr, "idle link to an unreachable peer stopped");
+                s.closed = true;
+                return;
+            }
+        }
+    }
+
+    /// Writes queued bytes to `conn` until the link is closed (returns
+    /// true) or the connection fails (returns false).
+    fn write_queued(&self, conn: &TcpStream) -> bool {
+        let mut spare = Vec::new();
+        loop {
+            let mut batch = {
+                let mut s = self.lock();
+                loop {
+                    if s.closed {
+                        return true;
+                    }
+                    if s.conn.is_none() {
+                        return false; // a direct send failed
+                    }
+                    if !s.queued.is_empty() {
+                        break;
+                    }
+                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                s.writing = true;
+                std::mem::replace(&mut s.queued, std::mem::take(&mut spare))
+            };
+            let written = (&*conn).write_all(&batch);
+            let mut s = self.lock();
+            s.writing = false;
+            if let Err(e) = written {
+                tracing::debug!(peer = %self.addr, error = %e, "raft stream write failed");
+                return s.closed;
+            }
+            batch.clear();
+            spare = batch;
+        }
+    }
+}
+
+/// Connects to `addr` and sends the preface.
+fn connect(addr: &str, preface: &[u8]) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for sa in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+            Ok(mut conn) => {
+                tune(&conn)?;
+                conn.set_write_timeout(Some(DEAD_PEER_TIMEOUT))?;
+                conn.write_all(preface)?;
+                return Ok(conn);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+/// No Nagle delay; keepalive and a user timeout so a dead peer breaks the
+/// connection within about [`DEAD_PEER_TIMEOUT`].
+fn tune(conn: &TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    conn.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(conn, true)?;
+    sockopt::set_tcp_keepidle(conn, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepintvl(conn, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepcnt(conn, 3)?;
+    sockopt::set_tcp_user_timeout(conn, DEAD_PEER_TIMEOUT.as_millis() as u32)?;
+    Ok(())
+}
+
+// --------------------------------------------------------------- receiving
+
+struct Reader {
+    conn: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The receiving side: one thread per incoming raft stream.
+#[derive(Clone)]
+pub struct RaftStreamServer {
+    manager: NodeManager,
+    metrics: Arc<TransportMetrics>,
+    readers: Arc<Mutex<HashMap<u64, Reader>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl RaftStreamServer {
+    pub fn new(manager: NodeManager, metrics: Arc<TransportMetrics>) -> Self {
+        RaftStreamServer {
+            manager,
+            metrics,
+            readers: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    fn readers(&self) -> MutexGuard<'_, HashMap<u64, Reader>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves an accepted connection whose first byte is a raft preface's.
+    pub fn serve(&self, conn: TcpStream) {
+        let Ok(handle) = conn.try_clone() else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut readers = self.readers();
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raftkit-stream-in".into())
+            .spawn(move || {
+                this.read_stream(conn);
+                this.readers().remove(&id);
+            });
+        match spawned {
+            Ok(thread) => {
+                readers.insert(
+                    id,
+                    Reader {
+                        conn: handle,
+                        thread: Some(thread),
+                    },
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start a raft stream thread"),
+        }
+    }
+
+    fn read_stream(&self, conn: TcpStream) {
+        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let _ = tune(&conn);
+        let _ = conn.set_read_timeout(Some(PREFACE_TIMEOUT));
+        let mut r = BufReader::with_capacity(256 << 10, &conn);
+        let from = match read_preface(&mut r) {
+            Ok(from) => from,
+            Err(e) => {
+                tracing::warn!(remote = %peer, error = %e, "refused a connection");
+                return;
+            }
+        };
+        let _ = conn.set_read_timeout(None);
+        tracing::debug!(from = %from, "raft stream accepted");
+        let from_addr = (!from.is_empty()).then(|| from.clone());
+        let mut buf = Vec::new();
+        loop {
+            let frame = match read_frame(&mut r, &mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(from = %from, error = %e, "closing a raft stream");
+                    break;
+                }
+            };
+            self.metrics.add_received(&from, frame.wire_bytes);
+            if crate::failpoint::is_cut(&from, crate::failpoint::Direction::In) {
+                continue;
+            }
+            crate::stage_trace::message("netrecv", &frame.msg);
+            match self.manager.get(&frame.group) {
+                Some(node) => node.step(frame.msg, from_addr.clone()),
+                None => {
+                    tracing::debug!(group = %frame.group, from = %from, "raft messages for a group not hosted here")
+                }
+            }
+        }
+        let _ = conn.shutdown(Shutdown::Both);
+    }
+
+    /// Closes every incoming stream and waits for the reading threads.
+    pub fn shutdown(&self) {
+        let readers: Vec<Reader> = self.readers().drain().map(|(_, r)| r).collect();
+        for r in &readers {
+            let _ = r.conn.shutdown(Shutdown::Both);
+        }
+        for mut r in readers {
+            if let Some(t) = r.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(index: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.index = index;
+        m.to = 2;
+        m.from = 1;
+        m
+    }
+
+    #[test]
+    fn frames_round_trip_and_a_clean_end_is_none() {
+        let mut wire = encode_preface("10.0.0.1:7000").unwrap();
+        encode_frame(&mut wire, "g1", &msg(5)).unwrap();
+        encode_frame(&mut wire, "", &msg(6)).unwrap();
+        let mut r = &wire[..];
+        assert_eq!(read_preface(&mut r).unwrap(), "10.0.0.1:7000");
+        let mut buf = Vec::new();
+        let f = read_frame(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!((f.group.as_str(), f.msg.index), ("g1", 5));
+        let f = read_frame(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!((f.group.as_str(), f.msg.index), ("", 6));
+        assert!(read_frame(&mut r, &mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_that_says_what_was_wrong() {
+        let mut buf = Vec::new();
+        let e = read_preface(&mut &b"GET / HTTP/1.1\r\n"[..]).unwrap_err();
+        assert!(e.contains("not a raft stream"), "{e}");
+
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, "g", &msg(1)).unwrap();
+        let e = read_frame(&mut &wire[..wire.len() - 1], &mut buf).unwrap_err();
+        assert!(e.contains("reading a frame"), "{e}");
+
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        let e = read_frame(&mut &huge[..], &mut buf).unwrap_err();
+        assert!(e.contains("exceeds"), "{e}");
+
+        // A group length that runs past the frame.
+        let bad = [0, 0, 0, 3, 0, 9, b'g'];
+        let e = read_frame(&mut &bad[..], &mut buf).unwrap_err();
+        assert!(e.contains("does not fit"), "{e}");
+
+        // Garbage where the raft message should be.
+        let bad = [0, 0, 0, 5, 0, 1, b'g', 0xff, 0xff];
+        let e = read_frame(&mut &bad[..], &mut buf).unwrap_err();
+        assert!(e.contains("undecodable raft message"), "{e}");
+
+        let e = encode_frame(&mut wire, &"x".repeat(70_000), &msg(1)).unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+    }
+
+    fn frame(index: u64, payload: usize) -> Vec<u8> {
+        let mut m = msg(index);
+        m.entries.push(raft::eraftpb::Entry {
+            index,
+            data: vec![index as u8; payload].into(),
+            ..Default::default()
+        });
+        let mut b = Vec::new();
+        encode_frame(&mut b, "g", &m).unwrap();
+        b
+    }
+
+    fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let link = Link::start("me:1", &addr, Arc::default());
+        let (mut conn, _) = listener.accept().unwrap();
+        wait_until("the link is up", || link.lock().status == LinkStatus::Up);
+        // The reader drains while the sender fills: frames go directly,
+        // through the queue and the writer thread, and directly again.
+        let n = 1000u64;
+        let reader = std::thread::spawn(move || {
+            assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
+            let mut r = BufReader::new(conn);
+            let mut buf = Vec::new();
+            for i in 0..n {
+                let f = read_frame(&mut r, &mut buf).unwrap().unwrap();
+                assert_eq!(f.msg.index, i, "frames out of order");
+                assert_eq!(f.msg.entries[0].data.len(), (i as usize % 7 + 1) << 12);
+            }
+        });
+        let mut queued_at_some_point = false;
+        for i in 0..n {
+            link.send(&frame(i, (i as usize % 7 + 1) << 12)).unwrap();
+            queued_at_some_point |= !link.lock().queued.is_empty();
+        }
+        reader.join().unwrap();
+        assert!(queued_at_some_point, "the burst never filled the socket");
+        link.close();
+        assert_eq!(link.send(&frame(0, 1)), Err(Unreachable));
+    }
+
+    #[test]
+    fn a_peer_that_is_down_is_unreachable_until_it_listens_again() {
+        // Reserve a port, then free it so that connecting is refused.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let link = Link::start("me:1", &addr.to_string(), Arc::default());
+        wait_until("sends fail fast", || link.send(&frame(1, 10)).is_err());
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        wait_until("sends succeed after a reconnect", || {
+            link.send(&frame(2, 10)).is_ok()
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
+        // The peer restarts: the old connection breaks, a new one is made.
+        drop(conn);
+        wait_until("a new connection after the peer closed the old one", || {
+            let _ = link.send(&frame(3, 10));
+            listener.set_nonblocking(true).unwrap();
+            listener.accept().is_ok()
+        });
+        link.close();
+    }
+}
