@@ -88,6 +88,10 @@ pub struct NodeMetrics {
     /// idle), and inputs queued for the raft thread.
     pub raft_inputs_inline: AtomicU64,
     pub raft_inputs_queued: AtomicU64,
+    /// Apply inputs (a lone write's registration and commit) run on the
+    /// raft loop's thread, and inputs queued for the apply thread.
+    pub apply_inputs_inline: AtomicU64,
+    pub apply_inputs_queued: AtomicU64,
     pub snapshots_saved: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
@@ -207,7 +211,7 @@ pub fn render(
             );
         }
     }
-    let counters: [Metric<NodeMetrics>; 9] = [
+    let counters: [Metric<NodeMetrics>; 11] = [
         (
             "raftkit_proposals_total",
             "Tasks submitted to this node.",
@@ -237,6 +241,16 @@ pub fn render(
             "raftkit_raft_inputs_queued_total",
             "Raft inputs queued for the raft thread (it was busy, or the input is not run inline).",
             |m| m.raft_inputs_queued.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_apply_inputs_inline_total",
+            "Apply inputs (a lone write's registration and commit) run on the raft loop's thread because the apply stage was idle.",
+            |m| m.apply_inputs_inline.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_apply_inputs_queued_total",
+            "Apply inputs queued for the apply thread.",
+            |m| m.apply_inputs_queued.load(Ordering::Relaxed),
         ),
         (
             "raftkit_snapshots_saved_total",

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::closure::{ApplyResult, Done, Task};
 use crate::error::{PeerId, RaftError};
-use crate::fsm_caller::FsmCaller;
+use crate::fsm_caller::{apply_inbox, FsmCaller};
 use crate::io_worker::IoWorker;
 use crate::membership::{ConfChangeRequest, Membership, PeerIdentity};
 use crate::options::{NodeOptions, ELECTION_TICKS};
@@ -387,7 +387,6 @@ impl Node {
             }),
         });
 
-        let (apply_tx, apply_rx) = chan::unbounded();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let stopped_tx = Arc::new(stopped_tx);
 
@@ -419,7 +418,6 @@ impl Node {
         };
         let caller = FsmCaller::new(
             fsm,
-            apply_rx,
             raft_tx.clone(),
             shared.clone(),
             snapshots.clone(),
@@ -429,19 +427,14 @@ impl Node {
             conf_state.clone(),
         );
         let apply_guard = stopped_tx.clone();
-        let fatal_tx = raft_tx.queue();
+        let (apply_tx, apply_inbox) = apply_inbox(caller, raft_tx.queue(), shared.metrics.clone());
         std::thread::Builder::new()
             .name(format!("apply-{}", opts.group))
             .spawn(move || {
-                // A panicking state machine stops the node instead of
-                // leaving it replicating with nothing applying.
-                if let Err(p) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || caller.run()))
-                {
-                    let msg = format!("the apply thread panicked: {}", panic_text(&*p));
-                    tracing::error!("{msg}");
-                    let _ = fatal_tx.send(RaftMsg::Fatal(RaftError::Stopped(msg)));
-                }
+                // A panicking state machine stops the node (the inbox
+                // reports it) instead of leaving it replicating with
+                // nothing applying.
+                apply_inbox.run();
                 drop(apply_guard);
             })
             .map_err(|e| RaftError::Storage(format!("spawning the apply thread: {e}")))?;

@@ -68,7 +68,8 @@ async fn replicates_every_entry_in_order_to_every_member() {
 }
 
 /// With one write in flight, the thread that delivers an input runs the raft
-/// loop itself (raft_loop::inbox); with many, inputs queue and batch.
+/// loop itself (raft_loop::inbox) and applies the commit (fsm_caller::inbox);
+/// with many, inputs queue and batch.
 /// Either way every member applies every entry in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
@@ -86,7 +87,14 @@ async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
             .raft_inputs_queued
             .load(Ordering::Relaxed)
     };
+    let applied_inline = |i: usize| {
+        c.node(i)
+            .metrics()
+            .apply_inputs_inline
+            .load(Ordering::Relaxed)
+    };
     let before: Vec<u64> = (0..3).map(inline).collect();
+    let applied_before: Vec<u64> = (0..3).map(applied_inline).collect();
     for i in 0..50 {
         c.node(l).propose(payload(i)).await.expect("write succeeds");
     }
@@ -97,8 +105,25 @@ async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
             ran >= 25,
             "member {i} ran only {ran} inputs inline over 50 lone writes"
         );
+        // The commits of lone writes are applied by the same thread
+        // (fsm_caller::inbox), not handed to the apply thread.
+        let applied = applied_inline(i) - applied_before[i];
+        assert!(
+            applied >= 25,
+            "member {i} applied only {applied} inputs inline over 50 lone writes"
+        );
     }
     let queued_before = queued(l);
+    // A slow state machine on the leader: commits arrive while it applies,
+    // so they queue and batch for the apply thread; lone commits after the
+    // burst run inline again only once the queue is empty.
+    c.set_apply_delay(l, 1);
+    let applied_inline_before_burst = applied_inline(l);
+    let apply_queued_before = c
+        .node(l)
+        .metrics()
+        .apply_inputs_queued
+        .load(Ordering::Relaxed);
     let dones: Vec<_> = (50..2050)
         .map(|i| {
             let (done, rx) = Done::channel();
@@ -109,12 +134,31 @@ async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
     for rx in dones {
         rx.await.expect("done runs").expect("write succeeds");
     }
+    c.set_apply_delay(l, 0);
     let burst_queued = queued(l) - queued_before;
     assert!(
         burst_queued >= 1000,
         "a burst of 2000 proposals queued only {burst_queued} inputs on the leader"
     );
-    let expected: Vec<Bytes> = (0..2050).map(payload).collect();
+    let apply_queued = c
+        .node(l)
+        .metrics()
+        .apply_inputs_queued
+        .load(Ordering::Relaxed)
+        - apply_queued_before;
+    let applied_inline_in_burst = applied_inline(l) - applied_inline_before_burst;
+    eprintln!(
+        "leader: the burst's commits took {apply_queued} queued and {applied_inline_in_burst} inline apply inputs"
+    );
+    assert!(
+        apply_queued >= 1 && applied_inline_in_burst < 200,
+        "a burst of 2000 commits should reach the apply thread in a few batches \
+         ({apply_queued} queued, {applied_inline_in_burst} run inline)"
+    );
+    for i in 2050..2060 {
+        c.node(l).propose(payload(i)).await.expect("write succeeds");
+    }
+    let expected: Vec<Bytes> = (0..2060).map(payload).collect();
     for i in 0..3 {
         wait_until(T, "every member applies every entry in order", || {
             c.applied_data(i) == expected
@@ -665,7 +709,7 @@ async fn a_panicking_state_machine_stops_the_node_instead_of_hanging_it() {
             .error()
             .unwrap()
             .to_string()
-            .contains("apply thread panicked"));
+            .contains("state machine panicked"));
         assert_eq!(c.node(i).view().role, Role::Error);
     }
     // Further requests fail at once instead of hanging.

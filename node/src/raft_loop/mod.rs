@@ -31,7 +31,7 @@ pub(crate) use inbox::RaftInbox;
 
 use crate::closure::{Done, Task};
 use crate::error::{PeerId, RaftError};
-use crate::fsm_caller::{ApplyMsg, Committed, ReadWaiter};
+use crate::fsm_caller::{ApplyMsg, ApplySender, Committed, ReadWaiter};
 use crate::io_worker::{IoNow, IoTask, IoWorker};
 use crate::membership::{ConfChangeRequest, PeerIdentity};
 use crate::node::{NodeShared, NodeStatus, PeerProgress, Role, RoleView};
@@ -136,7 +136,7 @@ pub(crate) struct RaftLoop {
     opts: NodeOptions,
     rx: chan::Receiver<RaftMsg>,
     self_tx: chan::Sender<RaftMsg>,
-    apply_tx: chan::Sender<ApplyMsg>,
+    apply_tx: ApplySender,
     transport: Arc<dyn Transport>,
     shared: Arc<NodeShared>,
     meta_store: Box<dyn RaftMetaStorage>,
@@ -180,6 +180,9 @@ pub(crate) struct RaftLoop {
     renewing: bool,
     next_read_ctx: u64,
     applied: u64,
+    /// Applied index reported by an input the apply stage ran on this
+    /// thread; taken in at the end of the batch, as `RaftMsg::Applied`.
+    applied_inline: Option<u64>,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, RaftError>>>,
     snapshot_in_progress: bool,
     next_snapshot_at: Option<Instant>,
@@ -200,7 +203,7 @@ impl RaftLoop {
         opts: NodeOptions,
         rx: chan::Receiver<RaftMsg>,
         self_tx: chan::Sender<RaftMsg>,
-        apply_tx: chan::Sender<ApplyMsg>,
+        apply_tx: ApplySender,
         transport: Arc<dyn Transport>,
         shared: Arc<NodeShared>,
         meta_store: Box<dyn RaftMetaStorage>,
@@ -253,6 +256,7 @@ impl RaftLoop {
             renewing: false,
             next_read_ctx: 1,
             applied,
+            applied_inline: None,
             snapshot_waiters: Vec::new(),
             snapshot_in_progress: false,
             next_snapshot_at,
@@ -310,7 +314,7 @@ impl RaftLoop {
     fn end_batch(&mut self, now: Instant) {
         if !self.new_pending.is_empty() {
             let batch = std::mem::take(&mut self.new_pending);
-            let _ = self.apply_tx.send(ApplyMsg::Pending(batch));
+            self.send_to_apply(ApplyMsg::Pending(batch));
         }
         if self.failed.is_none() {
             self.watch_transfer(now);
@@ -318,6 +322,9 @@ impl RaftLoop {
             if let Err(e) = self.handle_ready() {
                 self.fail(e);
             }
+        }
+        if let Some(index) = self.applied_inline.take() {
+            self.on_applied(index);
         }
         let log = &self.raw.raft.raft_log;
         let could = self.failed.is_none()
@@ -327,6 +334,31 @@ impl RaftLoop {
     }
 
     // ------------------------------------------------------------ inputs
+
+    /// The apply stage reached `index`.
+    fn on_applied(&mut self, index: u64) {
+        // Never past what is committed and durable here (raft-rs would
+        // panic); the apply stage only reports such indexes.
+        let log = &self.raw.raft.raft_log;
+        let index = index.min(log.committed).min(log.persisted);
+        if index > self.applied {
+            self.applied = index;
+            self.raw.advance_apply_to(index);
+            self.mark_meta_dirty();
+            let gap = self.opts.snapshot_log_gap;
+            if gap > 0 && index >= self.last_snapshot_index + gap {
+                self.start_snapshot();
+            }
+        }
+    }
+
+    /// Sends `msg` to the apply stage; if it ran on this thread and moved
+    /// the applied index, the index is taken in at the end of the batch.
+    fn send_to_apply(&mut self, msg: ApplyMsg) {
+        if let Some(index) = self.apply_tx.send(msg) {
+            self.applied_inline = Some(self.applied_inline.map_or(index, |i| i.max(index)));
+        }
+    }
 
     fn handle(&mut self, msg: RaftMsg) {
         if let Some(err) = self.failed.clone() {
@@ -338,21 +370,7 @@ impl RaftLoop {
             RaftMsg::ReadIndex { reply, deadline } => {
                 self.new_reads.push(ReadWaiter { reply, deadline })
             }
-            RaftMsg::Applied(index) => {
-                // Never past what is committed and durable here (raft-rs
-                // would panic); the apply thread only reports such indexes.
-                let log = &self.raw.raft.raft_log;
-                let index = index.min(log.committed).min(log.persisted);
-                if index > self.applied {
-                    self.applied = index;
-                    self.raw.advance_apply_to(index);
-                    self.mark_meta_dirty();
-                    let gap = self.opts.snapshot_log_gap;
-                    if gap > 0 && index >= self.last_snapshot_index + gap {
-                        self.start_snapshot();
-                    }
-                }
-            }
+            RaftMsg::Applied(index) => self.on_applied(index),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -934,7 +952,7 @@ impl RaftLoop {
             }
         }
         let has_conf = batch.iter().any(|c| matches!(c, Committed::Conf { .. }));
-        let _ = self.apply_tx.send(ApplyMsg::Committed(batch));
+        self.send_to_apply(ApplyMsg::Committed(batch));
         if has_conf {
             self.after_conf_applied(Instant::now());
         }

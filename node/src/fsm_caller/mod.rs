@@ -6,7 +6,11 @@
 //! matches entries to `done`s by (index, term), fails the stale ones, calls
 //! `on_apply` in batches, publishes the applied index, answers reads whose
 //! index is applied, and fires `on_leader_start` only once the leader's first
-//! entry of its term is applied.
+//! entry of its term is applied. Its inputs arrive through [`inbox`]: the
+//! apply thread runs them, or, for a lone write, the raft loop's thread.
+
+mod inbox;
+pub(crate) use inbox::{apply_inbox, ApplySender};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -14,7 +18,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel as chan;
 use raft::eraftpb::ConfState;
 use tokio::sync::oneshot;
 
@@ -90,7 +93,6 @@ pub(crate) enum ApplyMsg {
 
 pub(crate) struct FsmCaller {
     fsm: Box<dyn StateMachine>,
-    rx: chan::Receiver<ApplyMsg>,
     raft_tx: Arc<RaftInbox>,
     shared: Arc<NodeShared>,
     snapshots: Arc<dyn SnapshotStorage>,
@@ -112,7 +114,6 @@ impl FsmCaller {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         fsm: Box<dyn StateMachine>,
-        rx: chan::Receiver<ApplyMsg>,
         raft_tx: Arc<RaftInbox>,
         shared: Arc<NodeShared>,
         snapshots: Arc<dyn SnapshotStorage>,
@@ -123,7 +124,6 @@ impl FsmCaller {
     ) -> Self {
         FsmCaller {
             fsm,
-            rx,
             raft_tx,
             shared,
             snapshots,
@@ -140,23 +140,6 @@ impl FsmCaller {
             reads: BTreeMap::new(),
             failed: None,
         }
-    }
-
-    pub fn run(mut self) {
-        while let Ok(msg) = self.rx.recv() {
-            if !self.handle(msg) {
-                return;
-            }
-            // Drain what is queued before publishing progress once.
-            while let Ok(msg) = self.rx.try_recv() {
-                if !self.handle(msg) {
-                    return;
-                }
-            }
-            self.publish_applied();
-        }
-        // The raft thread is gone without a shutdown message: treat it as one.
-        self.shutdown();
     }
 
     /// Returns false when the thread must exit.
@@ -347,18 +330,27 @@ impl FsmCaller {
         self.applied_term = term;
     }
 
+    /// Publishes progress and tells the raft loop the applied index.
     fn publish_applied(&mut self) {
+        if let Some(index) = self.publish() {
+            let _ = self.raft_tx.send(RaftMsg::Applied(index));
+        }
+    }
+
+    /// Publishes progress: the applied index, reads it unblocks, a leader
+    /// start it completes. Returns the applied index if it advanced (the
+    /// raft loop must learn it).
+    fn publish(&mut self) -> Option<u64> {
         self.shared
             .pending_proposals
             .store(self.pending.len(), Ordering::Relaxed);
         if self.applied_index == self.reported_applied {
-            return;
+            return None;
         }
         self.reported_applied = self.applied_index;
         self.shared
             .applied
             .store(self.applied_index, Ordering::Release);
-        let _ = self.raft_tx.send(RaftMsg::Applied(self.applied_index));
         let later = self.reads.split_off(&(self.applied_index + 1));
         for (index, ws) in std::mem::replace(&mut self.reads, later) {
             for w in ws {
@@ -366,6 +358,7 @@ impl FsmCaller {
             }
         }
         self.check_leader_start();
+        Some(self.applied_index)
     }
 
     fn check_leader_start(&mut self) {
