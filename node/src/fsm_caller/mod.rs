@@ -1,5 +1,5 @@
-//! The apply thread of one group (braft's `FSMCaller`): the only caller of
-//! the [`StateMachine`].
+//! The apply stage of one group (braft's `FSMCaller`): the only caller of
+//! the [`StateMachine`], one input at a time.
 //!
 //! It receives, in log order, the `done`s of entries this node proposed,
 //! committed entries, role changes, read barriers and snapshot requests. It
