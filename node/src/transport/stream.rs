@@ -68,6 +68,9 @@ pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// A link that is down and has not been asked to send for this long stops
 /// (its peer was most likely removed); a later send starts a new one.
 const IDLE_LINK: Duration = Duration::from_secs(30);
+/// Most incoming raft streams served at once (each has a thread); more are
+/// refused. Peers open one each, so this only stops a flood.
+const MAX_INCOMING_STREAMS: usize = 512;
 /// How long a new connection may take to send its preface.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -478,6 +481,13 @@ impl RaftStreamServer {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut readers = self.readers();
+        if readers.len() >= MAX_INCOMING_STREAMS {
+            tracing::warn!(
+                remote = ?conn.peer_addr().ok(),
+                "refused a raft stream: {MAX_INCOMING_STREAMS} are open already"
+            );
+            return;
+        }
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name("raftkit-stream-in".into())
@@ -659,6 +669,35 @@ mod tests {
         assert!(queued_at_some_point, "the burst never filled the socket");
         link.close();
         assert_eq!(link.send(&frame(0, 1)), Err(Unreachable));
+    }
+
+    #[test]
+    fn a_flood_of_incoming_streams_is_refused_past_the_limit_and_shutdown_ends_them() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = RaftStreamServer::new(NodeManager::new(), Arc::default());
+        let mut clients = Vec::new();
+        for _ in 0..=MAX_INCOMING_STREAMS {
+            clients.push(TcpStream::connect(addr).unwrap());
+            let (conn, _) = listener.accept().unwrap();
+            server.serve(conn);
+        }
+        let closed = |c: &mut TcpStream| {
+            c.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!(c.read(&mut [0u8; 1]), Ok(0))
+        };
+        assert!(
+            closed(clients.last_mut().unwrap()),
+            "the stream past the limit is refused"
+        );
+        assert!(
+            !closed(&mut clients[0]),
+            "streams within the limit stay open"
+        );
+        server.shutdown();
+        assert!(server.readers().is_empty());
+        assert!(closed(&mut clients[0]), "shutdown closes every stream");
     }
 
     #[test]
