@@ -29,7 +29,8 @@
 //! dropped; raft retransmits. Dead peers: TCP keepalive and
 //! `TCP_USER_TIMEOUT` break a connection whose peer stopped acknowledging
 //! within [`DEAD_PEER_TIMEOUT`], and a write that makes no progress for as
-//! long counts as failed.
+//! long counts as failed. A link with nothing to send for 30 s (its peer
+//! left the group) closes and stops; the next send starts a new one.
 //!
 //! Receiving. One thread per incoming connection reads frames and steps them
 //! into the group's node. A follower's inline write (see
@@ -65,8 +66,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer that acknowledges nothing for this long is taken for dead.
 pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(3);
-/// A link that is down and has not been asked to send for this long stops
-/// (its peer was most likely removed); a later send starts a new one.
+/// A link that has not been asked to send for this long stops and closes
+/// its connection (its peer was most likely removed: raft heartbeats keep
+/// every live link busy); a later send starts a new one.
 const IDLE_LINK: Duration = Duration::from_secs(30);
 /// Most incoming raft streams served at once (each has a thread); more are
 /// refused. Peers open one each, so this only stops a flood.
@@ -214,12 +216,23 @@ pub struct Link {
     state: Mutex<LinkState>,
     wake: Condvar,
     metrics: Arc<TransportMetrics>,
+    /// How long the link may go without a send before it stops.
+    idle: Duration,
 }
 
 impl Link {
     /// Starts a link to `addr` (connecting in the background) on behalf of
     /// the process advertised as `me`.
     pub fn start(me: &str, addr: &str, metrics: Arc<TransportMetrics>) -> Arc<Link> {
+        Link::start_with_idle(me, addr, metrics, IDLE_LINK)
+    }
+
+    fn start_with_idle(
+        me: &str,
+        addr: &str,
+        metrics: Arc<TransportMetrics>,
+        idle: Duration,
+    ) -> Arc<Link> {
         let link = Arc::new(Link {
             addr: addr.to_string(),
             state: Mutex::new(LinkState {
@@ -232,6 +245,7 @@ impl Link {
             }),
             wake: Condvar::new(),
             metrics,
+            idle,
         });
         let (writer, me) = (link.clone(), me.to_string());
         let spawned = std::thread::Builder::new()
@@ -366,12 +380,23 @@ impl Link {
             if s.closed {
                 return;
             }
-            if s.last_send.elapsed() >= IDLE_LINK {
-                tracing::debug!(peer = %self.addr, "idle link to an unreachable peer stopped");
-                s.closed = true;
+            if self.stop_if_idle(&mut s) {
                 return;
             }
         }
+    }
+
+    /// Closes the link if nothing was sent on it for `idle`.
+    fn stop_if_idle(&self, s: &mut LinkState) -> bool {
+        if s.last_send.elapsed() < self.idle {
+            return false;
+        }
+        tracing::debug!(peer = %self.addr, "idle link stopped");
+        s.closed = true;
+        if let Some(c) = s.conn.take() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        true
     }
 
     /// Writes queued bytes to `conn` until the link is closed (returns
@@ -391,7 +416,14 @@ impl Link {
                     if !s.queued.is_empty() {
                         break;
                     }
-                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                    if self.stop_if_idle(&mut s) {
+                        return true;
+                    }
+                    s = self
+                        .wake
+                        .wait_timeout(s, self.idle)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
                 s.writing = true;
                 std::mem::replace(&mut s.queued, std::mem::take(&mut spare))
@@ -698,6 +730,31 @@ mod tests {
         server.shutdown();
         assert!(server.readers().is_empty());
         assert!(closed(&mut clients[0]), "shutdown closes every stream");
+    }
+
+    #[test]
+    fn an_unused_link_closes_its_connection_and_stops() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let idle = Duration::from_millis(300);
+        let link = Link::start_with_idle("me:1", &addr, Arc::default(), idle);
+        let (mut conn, _) = listener.accept().unwrap();
+        assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
+        // Kept open while used.
+        let used_until = std::time::Instant::now() + idle * 2;
+        while std::time::Instant::now() < used_until {
+            link.send(&frame(1, 10)).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!link.is_closed(), "a link in use stays open");
+        wait_until("the unused link stops", || link.is_closed());
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(conn);
+        let mut buf = Vec::new();
+        while let Some(f) = read_frame(&mut r, &mut buf).unwrap() {
+            assert_eq!(f.msg.index, 1);
+        }
+        assert_eq!(link.send(&frame(2, 10)), Err(Unreachable));
     }
 
     #[test]
