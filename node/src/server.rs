@@ -1,6 +1,7 @@
 //! The node server: one port serving raft streams between nodes
-//! ([`crate::transport::stream`]), gRPC (snapshot install, admin, Counter,
-//! KV, Mux) and HTTP (`/raft_stat`, `/healthz`, `/readyz`, `/metrics`),
+//! ([`crate::transport::stream`]), clients' mux streams
+//! ([`crate::services::mux`]), gRPC (snapshot install, admin, Counter, KV)
+//! and HTTP (`/raft_stat`, `/healthz`, `/readyz`, `/metrics`),
 //! hosting any number of groups. [`accept`] tells a raft stream from HTTP by
 //! the connection's first byte. As braft requires, the port is bound and served before any raft
 //! node starts, so peers' first messages and replies always have somewhere
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,12 +28,11 @@ use crate::options::{validate_addr, validate_group_name, NodeOptions, ReadMode};
 use crate::pb::admin_server::AdminServer;
 use crate::pb::counter_server::CounterServer;
 use crate::pb::kv_server::KvServer;
-use crate::pb::mux_server::MuxServer;
 use crate::pb::snapshot_install_server::SnapshotInstallServer;
 use crate::services::admin::AdminService;
 use crate::services::counter::{CounterFsm, CounterService, CounterState};
 use crate::services::kv::{KvFsm, KvService, KvState};
-use crate::services::mux::MuxService;
+use crate::services::mux::MUX_PREFACE;
 use crate::services::GroupTable;
 use crate::storage::StorageOptions;
 use crate::transport::net::{NetTransport, SnapshotInstallService, MAX_GRPC_MESSAGE};
@@ -282,6 +283,7 @@ impl Server {
         let raft_streams = RaftStreamServer::new(manager.clone(), transport.metrics());
         let counter_service = Arc::new(CounterService::new(counters.clone(), session_idle_ms));
         let kv_service = Arc::new(KvService::new(kvs.clone(), session_idle_ms));
+        let (kv_mux, counter_mux) = (kv_service.clone(), counter_service.clone());
         let grpc =
             tonic::service::Routes::new(AdminServer::new(AdminService::new(manager.clone())))
                 .add_service(
@@ -290,10 +292,6 @@ impl Server {
                 )
                 .add_service(CounterServer::from_arc(counter_service.clone()))
                 .add_service(KvServer::from_arc(kv_service.clone()))
-                .add_service(
-                    MuxServer::new(MuxService::new(kv_service, counter_service))
-                        .max_decoding_message_size(MAX_GRPC_MESSAGE),
-                )
                 .into_axum_router();
         let app = grpc.merge(crate::http::router(crate::http::HttpState {
             manager: manager.clone(),
@@ -302,7 +300,12 @@ impl Server {
         }));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (http_tx, http_rx) = tokio::sync::mpsc::channel(64);
-        let accepting = tokio::spawn(accept(listener, http_tx, raft_streams.clone()));
+        let accepting = tokio::spawn(accept(
+            listener,
+            http_tx,
+            raft_streams.clone(),
+            (kv_mux.clone(), counter_mux.clone()),
+        ));
         let http = HttpConnections {
             rx: http_rx,
             local_addr,
@@ -417,12 +420,14 @@ enum App {
 }
 
 /// Accepts connections on the server's port and sorts them by their first
-/// byte: raft streams go to `raft`, everything else (HTTP/1, HTTP/2) to
-/// `http`. No HTTP request starts with the raft preface's first byte.
+/// bytes: raft streams go to `raft`, mux streams to `mux`, everything else
+/// (HTTP/1, HTTP/2) to `http`. No HTTP request starts with `R`, the first
+/// byte of both prefaces.
 async fn accept(
     listener: TcpListener,
     http: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
     raft: RaftStreamServer,
+    mux: (Arc<KvService>, Arc<CounterService>),
 ) {
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -437,9 +442,17 @@ async fn accept(
         // Small replies must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
         let (http, raft) = (http.clone(), raft.clone());
+        let (kv, counter) = mux.clone();
         tokio::spawn(async move {
             let mut first = [0u8; 1];
             match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == PREFACE[0] && opens_mux_stream(&tcp).await => {
+                    let mut tcp = tcp;
+                    let mut preface = [0u8; 8];
+                    if tcp.read_exact(&mut preface).await.is_ok() {
+                        crate::services::mux::serve(tcp, kv, counter).await;
+                    }
+                }
                 Ok(Ok(1)) if first[0] == PREFACE[0] => match tcp.into_std() {
                     Ok(std) if std.set_nonblocking(false).is_ok() => raft.serve(std),
                     _ => tracing::warn!(remote = %addr, "cannot take over a raft stream"),
@@ -451,6 +464,22 @@ async fn accept(
             }
         });
     }
+}
+
+/// Whether a connection whose first byte is `R` opens a mux stream (the
+/// rest open raft streams). Waits for 8 bytes; a client sends its preface
+/// in one write, so they come together.
+async fn opens_mux_stream(tcp: &tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 8];
+    for _ in 0..1000 {
+        match tcp.peek(&mut b).await {
+            Ok(n) if n >= 8 => return &b == MUX_PREFACE,
+            Ok(n) if n > 0 && b[..n] != MUX_PREFACE[..n] => return false,
+            Ok(0) | Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    false
 }
 
 /// The HTTP and gRPC connections [`accept`] sorted out, as axum's listener.

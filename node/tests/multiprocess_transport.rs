@@ -1,5 +1,5 @@
-//! The raft stream between real processes: the port it shares with gRPC
-//! and HTTP turns away junk without harm, and a follower that stops reading
+//! The raft and mux streams between real processes: the port they share
+//! with gRPC and HTTP turns away junk without harm, and a follower that stops reading
 //! (SIGSTOP, its sockets left open) catches up once it resumes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::ClusterClient;
+use raftkit_node::services::mux::MUX_PREFACE;
 use raftkit_node::transport::stream::{encode_preface, PREFACE};
 
 async fn leader(c: &ProcCluster) -> usize {
@@ -77,14 +78,19 @@ async fn the_shared_port_turns_away_junk_and_keeps_serving() {
         garbage.extend_from_slice(&[0, 0, 0, 11, 0, 7, b'c', b'o', b'u', b'n', b't', b'e', b'r']);
         garbage.extend_from_slice(&[0xff, 0xff]);
         let undecodable = closed_by_server(&t, &garbage);
-        (wrong_preface, oversized, undecodable)
+        // A client mux stream, then a request frame claiming 1 GiB.
+        let mut mux = MUX_PREFACE.to_vec();
+        mux.extend_from_slice(&(1u32 << 30).to_be_bytes());
+        let oversized_call = closed_by_server(&t, &mux);
+        (wrong_preface, oversized, undecodable, oversized_call)
     })
     .await
     .unwrap();
     assert_eq!(
         junk,
-        (true, true, true),
-        "the server closes (wrong preface, oversized frame, undecodable message)"
+        (true, true, true, true),
+        "the server closes (wrong preface, oversized frame, undecodable message, \
+         oversized mux request)"
     );
     assert_eq!(PREFACE[0], b'R');
 

@@ -7,6 +7,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::mux::MuxStream;
+
+/// How long opening a mux stream may take (connect, preface, answer).
+const MUX_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::pb::counter_client::CounterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::mux_reply::Result as Reply;
@@ -19,11 +22,13 @@ use crate::pb::{
 /// A connection to one member: its channel (admin and unary calls) and,
 /// unless the client asked for unary calls, the multiplexed call stream,
 /// opened on first use and reopened after it ends. A member that does not
-/// serve the `Mux` service (an older server) gets unary calls from then on.
+/// speak the mux stream (an older server) gets unary calls from then on.
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Conn {
     channel: Channel,
+    /// The member's address, for the mux stream.
+    addr: String,
     mux: Option<Arc<MuxSlot>>,
 }
 
@@ -61,7 +66,7 @@ macro_rules! calls {
                         // Nothing was sent: the stream never opened.
                         Err(s) if s.code() == Code::Unimplemented => {
                             slot.unsupported.store(true, Ordering::Relaxed);
-                            tracing::info!(error = %s.message(), "member has no Mux service; using one call per operation");
+                            tracing::info!(error = %s.message(), "member does not speak the mux stream; using one call per operation");
                         }
                         Err(s) => return Err(s),
                     }
@@ -76,9 +81,10 @@ macro_rules! calls {
 }
 
 impl Conn {
-    pub(crate) fn new(channel: Channel, mux: bool) -> Conn {
+    pub(crate) fn new(channel: Channel, addr: &str, mux: bool) -> Conn {
         Conn {
             channel,
+            addr: addr.to_string(),
             mux: mux.then(Arc::default),
         }
     }
@@ -96,7 +102,7 @@ impl Conn {
     }
 
     /// Whether calls travel on the mux stream (false for unary clients and
-    /// for members without the `Mux` service).
+    /// for members that do not speak the mux stream).
     pub fn uses_mux(&self) -> bool {
         self.mux_slot().is_some()
     }
@@ -109,7 +115,7 @@ impl Conn {
         if let Some(s) = slot.current() {
             return Ok(s);
         }
-        let s = Arc::new(MuxStream::open(self.channel.clone()).await?);
+        let s = Arc::new(MuxStream::open(&self.addr, MUX_OPEN_TIMEOUT).await?);
         *slot.open.lock() = Some(s.clone());
         Ok(s)
     }
@@ -137,7 +143,7 @@ mod tests {
     use std::sync::atomic::AtomicI64;
     use tonic::{Request, Response};
 
-    /// A member from before the `Mux` service: Counter calls only.
+    /// A member from before the mux stream: Counter calls over gRPC only.
     #[derive(Default)]
     struct OldCounter(Arc<AtomicI64>);
 
@@ -174,7 +180,7 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        let conn = Conn::new(channel, true);
+        let conn = Conn::new(channel, &addr.to_string(), true);
         assert!(conn.uses_mux());
         let add = |delta| FetchAddRequest {
             group: "counter".into(),

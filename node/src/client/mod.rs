@@ -274,7 +274,7 @@ impl ClusterClient {
                     .unwrap_or_default()
             )
         })?;
-        let conn = Conn::new(ch, !self.unary);
+        let conn = Conn::new(ch, addr, !self.unary);
         self.conns.lock().insert(addr.to_string(), conn.clone());
         Ok(conn)
     }

@@ -1,23 +1,22 @@
-//! The client end of the `Mux` service (see `services::mux`): one stream
-//! per member carries the calls of every task using the connection, each
-//! call waiting for the reply with its id.
+//! The client end of the mux stream (see `services::mux`): one stream per
+//! member carries the calls of every task using the connection, each call
+//! waiting for the reply with its id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::pb::mux_client::MuxClient;
 use crate::pb::mux_reply::Result as Reply;
 use crate::pb::mux_request::Call;
 use crate::pb::{MuxReply, MuxRequest};
-use crate::services::mux::into_result;
-use crate::transport::net::MAX_GRPC_MESSAGE;
+use crate::services::mux::{into_result, read_frame, FrameWriter, MUX_PREFACE};
 
 type Waiter = oneshot::Sender<MuxReply>;
 
@@ -30,33 +29,52 @@ struct Waiting {
 
 /// One open mux stream to one member.
 pub(crate) struct MuxStream {
-    tx: mpsc::UnboundedSender<MuxRequest>,
+    out: Arc<FrameWriter>,
     waiting: Arc<Mutex<Waiting>>,
     next_id: AtomicU64,
 }
 
 impl MuxStream {
-    /// Opens the stream on `channel` and starts the task that hands replies
-    /// to their callers.
-    pub(crate) async fn open(channel: Channel) -> Result<MuxStream, Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut replies = MuxClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .calls(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
+    /// Connects to `addr`, opens the stream and starts the task that hands
+    /// replies to their callers. A member that does not acknowledge the
+    /// preface (it does not speak the mux stream) gives `Unimplemented`:
+    /// nothing was sent, unary calls are the way to reach it.
+    pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<MuxStream, Status> {
+        let unavailable = |e: std::io::Error| Status::unavailable(format!("{addr}: {e}"));
+        let opened = tokio::time::timeout(timeout, async {
+            let mut tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(unavailable)?;
+            let _ = tcp.set_nodelay(true);
+            tcp.write_all(MUX_PREFACE).await.map_err(unavailable)?;
+            let mut ack = [0u8; 8];
+            match tcp.read_exact(&mut ack).await {
+                Ok(_) if &ack == MUX_PREFACE => Ok(tcp),
+                Ok(_) | Err(_) => Err(Status::unimplemented(format!(
+                    "{addr} does not speak the mux stream"
+                ))),
+            }
+        })
+        .await
+        .map_err(|_| Status::unavailable(format!("{addr}: no mux stream within {timeout:?}")))??;
+        let (rd, wr) = opened.into_split();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let w = waiting.clone();
         tokio::spawn(async move {
+            let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
+            let mut buf = Vec::new();
             let why = loop {
-                match replies.message().await {
-                    Ok(Some(reply)) => {
-                        if let Some(waiter) = w.lock().calls.remove(&reply.id) {
-                            let _ = waiter.send(reply);
+                match read_frame(&mut rd, &mut buf).await {
+                    Ok(true) => match MuxReply::decode(&buf[..]) {
+                        Ok(reply) => {
+                            if let Some(waiter) = w.lock().calls.remove(&reply.id) {
+                                let _ = waiter.send(reply);
+                            }
                         }
-                    }
-                    Ok(None) => break "the member ended the stream".to_string(),
-                    Err(s) => break s.message().to_string(),
+                        Err(e) => break format!("undecodable reply: {e}"),
+                    },
+                    Ok(false) => break "the member ended the stream".to_string(),
+                    Err(e) => break e.to_string(),
                 }
             };
             let mut w = w.lock();
@@ -65,7 +83,7 @@ impl MuxStream {
             w.calls.clear();
         });
         Ok(MuxStream {
-            tx,
+            out: FrameWriter::new(wr, tokio::runtime::Handle::current()),
             waiting,
             next_id: AtomicU64::new(1),
         })
@@ -94,16 +112,10 @@ impl MuxStream {
             waiting: &self.waiting,
             id,
         };
-        if self
-            .tx
-            .send(MuxRequest {
-                id,
-                call: Some(call),
-            })
-            .is_err()
-        {
-            return Err(Status::unavailable("mux stream closed"));
-        }
+        self.out.send(&MuxRequest {
+            id,
+            call: Some(call),
+        });
         match wrx.await {
             Ok(reply) => into_result(reply),
             Err(_) => {

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::sessions::{command_meta, rejection, Sessions};
-use super::{lose_reply, read_barrier, require_leader, to_status, GroupTable};
+use super::sessions::{command_meta, Sessions};
+use super::{propose_then, read_barrier, require_leader, wait_for, GroupTable};
 use crate::pb::counter_server::Counter;
 use crate::pb::{
     CounterCommand, CounterGetReply, CounterGetRequest, CounterResult, FetchAddReply,
@@ -148,6 +148,35 @@ impl CounterService {
             session_idle_ms,
         }
     }
+
+    /// Counter fetch-add; `reply` runs from the write's done (see
+    /// [`propose_then`]).
+    pub fn fetch_add_then(
+        &self,
+        req: FetchAddRequest,
+        reply: impl FnOnce(Result<FetchAddReply, Status>) + Send + 'static,
+    ) {
+        let node = match self.groups.get(&req.group).and_then(|(node, _)| {
+            require_leader(&node)?;
+            Ok(node)
+        }) {
+            Ok(node) => node,
+            Err(s) => return reply(Err(s)),
+        };
+        let cmd = CounterCommand {
+            delta: req.delta,
+            meta: Some(command_meta(req.session, self.session_idle_ms)),
+        };
+        propose_then(
+            &node,
+            cmd.encode_to_vec(),
+            move |out: Result<CounterResult, Status>| {
+                reply(out.map(|r| FetchAddReply {
+                    previous: r.previous,
+                }))
+            },
+        );
+    }
 }
 
 #[tonic::async_trait]
@@ -157,23 +186,9 @@ impl Counter for CounterService {
         &self,
         request: Request<FetchAddRequest>,
     ) -> Result<Response<FetchAddReply>, Status> {
-        let req = request.into_inner();
-        let (node, _) = self.groups.get(&req.group)?;
-        require_leader(&node)?;
-        let cmd = CounterCommand {
-            delta: req.delta,
-            meta: Some(command_meta(req.session, self.session_idle_ms)),
-        };
-        let out = node.propose(cmd.encode_to_vec()).await.map_err(to_status)?;
-        let result = CounterResult::decode(out.as_ref())
-            .map_err(|e| Status::internal(format!("undecodable counter result: {e}")))?;
-        if !result.error.is_empty() {
-            return Err(to_status(rejection(&result.error_kind, result.error)));
-        }
-        lose_reply()?;
-        Ok(Response::new(FetchAddReply {
-            previous: result.previous,
-        }))
+        wait_for(|reply| self.fetch_add_then(request.into_inner(), reply))
+            .await
+            .map(Response::new)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]

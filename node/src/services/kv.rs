@@ -12,8 +12,8 @@ use parking_lot::RwLock;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::sessions::{command_meta, rejection, Sessions};
-use super::{read_barrier, require_leader, to_status, GroupTable};
+use super::sessions::{command_meta, Sessions};
+use super::{propose_then, read_barrier, require_leader, to_status, wait_for, GroupTable};
 use crate::error::RaftError;
 use crate::pb::kv_command::Op;
 use crate::pb::kv_server::Kv;
@@ -299,26 +299,87 @@ impl KvService {
         }
     }
 
-    async fn write(
+    /// Proposes a write on the group's leader; `reply` gets the state
+    /// machine's result from the write's done.
+    fn write_then(
         &self,
         group: &str,
         op: Op,
         session: Option<crate::pb::ClientSession>,
-    ) -> Result<KvResult, Status> {
-        let (node, _) = self.groups.get(group)?;
-        require_leader(&node)?;
+        reply: impl FnOnce(Result<KvResult, Status>) + Send + 'static,
+    ) {
+        let node = match self.groups.get(group).and_then(|(node, _)| {
+            require_leader(&node)?;
+            Ok(node)
+        }) {
+            Ok(node) => node,
+            Err(s) => return reply(Err(s)),
+        };
         let cmd = KvCommand {
             op: Some(op),
             meta: Some(command_meta(session, self.session_idle_ms)),
         };
-        let out = node.propose(cmd.encode_to_vec()).await.map_err(to_status)?;
-        let result = KvResult::decode(out.as_ref())
-            .map_err(|e| Status::internal(format!("undecodable kv result: {e}")))?;
-        if !result.error.is_empty() {
-            return Err(to_status(rejection(&result.error_kind, result.error)));
+        propose_then(&node, cmd.encode_to_vec(), reply);
+    }
+
+    /// KV put; `reply` runs from the write's done (see [`propose_then`]).
+    pub fn put_then(
+        &self,
+        r: PutRequest,
+        reply: impl FnOnce(Result<PutReply, Status>) + Send + 'static,
+    ) {
+        if let Err(e) = check_key(&r.key).and_then(|_| check_value(&r.value)) {
+            return reply(Err(invalid(e)));
         }
-        super::lose_reply()?;
-        Ok(result)
+        let op = Op::Put(KvPut {
+            key: r.key,
+            value: r.value,
+        });
+        self.write_then(&r.group, op, r.session, move |out| {
+            reply(out.map(|o| PutReply {
+                previous: o.previous,
+            }))
+        });
+    }
+
+    /// KV delete; `reply` runs from the write's done.
+    pub fn delete_then(
+        &self,
+        r: DeleteRequest,
+        reply: impl FnOnce(Result<DeleteReply, Status>) + Send + 'static,
+    ) {
+        if let Err(e) = check_key(&r.key) {
+            return reply(Err(invalid(e)));
+        }
+        let op = Op::Delete(KvDelete { key: r.key });
+        self.write_then(&r.group, op, r.session, move |out| {
+            reply(out.map(|o| DeleteReply { deleted: o.ok }))
+        });
+    }
+
+    /// KV compare-and-swap; `reply` runs from the write's done.
+    pub fn cas_then(
+        &self,
+        r: CasRequest,
+        reply: impl FnOnce(Result<CasReply, Status>) + Send + 'static,
+    ) {
+        let checked = check_key(&r.key)
+            .and_then(|_| check_value(&r.value))
+            .and_then(|_| r.expected.as_deref().map_or(Ok(()), check_value));
+        if let Err(e) = checked {
+            return reply(Err(invalid(e)));
+        }
+        let op = Op::Cas(KvCas {
+            key: r.key,
+            expected: r.expected,
+            value: r.value,
+        });
+        self.write_then(&r.group, op, r.session, move |out| {
+            reply(out.map(|o| CasReply {
+                swapped: o.ok,
+                current: if o.ok { None } else { o.previous },
+            }))
+        });
     }
 
     async fn read(
@@ -340,23 +401,9 @@ fn invalid(e: RaftError) -> Status {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
-        let r = request.into_inner();
-        check_key(&r.key)
-            .and_then(|_| check_value(&r.value))
-            .map_err(invalid)?;
-        let out = self
-            .write(
-                &r.group,
-                Op::Put(KvPut {
-                    key: r.key,
-                    value: r.value,
-                }),
-                r.session,
-            )
-            .await?;
-        Ok(Response::new(PutReply {
-            previous: out.previous,
-        }))
+        wait_for(|reply| self.put_then(request.into_inner(), reply))
+            .await
+            .map(Response::new)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
@@ -374,38 +421,16 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteReply>, Status> {
-        let r = request.into_inner();
-        check_key(&r.key).map_err(invalid)?;
-        let out = self
-            .write(&r.group, Op::Delete(KvDelete { key: r.key }), r.session)
-            .await?;
-        Ok(Response::new(DeleteReply { deleted: out.ok }))
+        wait_for(|reply| self.delete_then(request.into_inner(), reply))
+            .await
+            .map(Response::new)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]
     async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasReply>, Status> {
-        let r = request.into_inner();
-        check_key(&r.key)
-            .and_then(|_| check_value(&r.value))
-            .map_err(invalid)?;
-        if let Some(e) = &r.expected {
-            check_value(e).map_err(invalid)?;
-        }
-        let out = self
-            .write(
-                &r.group,
-                Op::Cas(KvCas {
-                    key: r.key,
-                    expected: r.expected,
-                    value: r.value,
-                }),
-                r.session,
-            )
-            .await?;
-        Ok(Response::new(CasReply {
-            swapped: out.ok,
-            current: if out.ok { None } else { out.previous },
-        }))
+        wait_for(|reply| self.cas_then(request.into_inner(), reply))
+            .await
+            .map(Response::new)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group))]

@@ -248,6 +248,71 @@ pub async fn read_barrier(
     }
 }
 
+/// A state machine's answer to a write: decodes from the done's bytes and
+/// may carry a rejection (a session that expired, a bad sequence number).
+pub trait WriteResult: prost::Message + Default + 'static {
+    /// (kind, message) when the state machine refused the write.
+    fn rejected(&mut self) -> Option<(String, String)>;
+}
+
+impl WriteResult for crate::pb::KvResult {
+    fn rejected(&mut self) -> Option<(String, String)> {
+        (!self.error.is_empty()).then(|| {
+            (
+                std::mem::take(&mut self.error_kind),
+                std::mem::take(&mut self.error),
+            )
+        })
+    }
+}
+
+impl WriteResult for crate::pb::CounterResult {
+    fn rejected(&mut self) -> Option<(String, String)> {
+        (!self.error.is_empty()).then(|| {
+            (
+                std::mem::take(&mut self.error_kind),
+                std::mem::take(&mut self.error),
+            )
+        })
+    }
+}
+
+/// Proposes `cmd` on `node` and calls `reply` with the decoded result from
+/// the write's done: on the thread that applied the entry, with no task to
+/// wake in between (the framed mux stream answers from there, see
+/// [`mux`]). The async handlers wait for the same call through a oneshot.
+pub fn propose_then<R: WriteResult>(
+    node: &Node,
+    cmd: Vec<u8>,
+    reply: impl FnOnce(Result<R, Status>) + Send + 'static,
+) {
+    let done = crate::closure::Done::new(move |out| {
+        reply((|| {
+            let out = out.map_err(to_status)?;
+            let mut result = R::decode(out.as_ref())
+                .map_err(|e| Status::internal(format!("undecodable write result: {e}")))?;
+            if let Some((kind, message)) = result.rejected() {
+                return Err(to_status(sessions::rejection(&kind, message)));
+            }
+            lose_reply()?;
+            Ok(result)
+        })())
+    });
+    node.apply(crate::closure::Task::new(cmd, done));
+}
+
+/// Runs a `*_then` call and waits for its reply.
+pub async fn wait_for<T: Send + 'static>(
+    call: impl FnOnce(Box<dyn FnOnce(Result<T, Status>) + Send>),
+) -> Result<T, Status> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    call(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await
+        .unwrap_or_else(|_| Err(to_status(RaftError::ShuttingDown)))
+}
+
 /// The `reply_after_apply` failpoint: the write was applied, but the reply
 /// is lost the way a broken connection loses it (no RaftKit error metadata).
 pub fn lose_reply() -> Result<(), Status> {

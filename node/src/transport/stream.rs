@@ -288,16 +288,10 @@ impl Link {
             self.wake.notify_all();
             return Ok(());
         };
-        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-        match rustix::net::send(&*conn, frame, flags) {
+        match send_now(&*conn, frame) {
             Ok(n) if n == frame.len() => Ok(()),
             Ok(n) => {
                 s.queued.extend_from_slice(&frame[n..]);
-                self.wake.notify_all();
-                Ok(())
-            }
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
-                s.queued.extend_from_slice(frame);
                 self.wake.notify_all();
                 Ok(())
             }
@@ -438,6 +432,18 @@ impl Link {
             batch.clear();
             spare = batch;
         }
+    }
+}
+
+/// Writes what fits of `bytes` to `socket` at once, without blocking (a
+/// non-blocking `send`, whatever the socket's mode); returns how many bytes
+/// went, 0 when the socket buffer is full.
+pub fn send_now(socket: &impl std::os::fd::AsFd, bytes: &[u8]) -> std::io::Result<usize> {
+    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    match rustix::net::send(socket, bytes, flags) {
+        Ok(n) => Ok(n),
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 

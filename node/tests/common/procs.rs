@@ -9,13 +9,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Ports free right now on 127.0.0.1.
+/// Ports free right now on 127.0.0.1, below the kernel's ephemeral range
+/// (32768 and up here): a port taken from that range and released until
+/// the node binds it could meanwhile become the local port of any outgoing
+/// connection, and the node would fail to start.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
+    let mut held = Vec::new();
+    while held.len() < n {
+        let port = rand::random_range(20_000..32_700u16);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
