@@ -9,7 +9,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::procs::{free_ports, raft_stat, start_cluster, wait_http_ok, Proc, ProcCluster};
+use common::procs::{
+    first_group_leader, free_ports, raft_stat, start_cluster, wait_http_ok, Proc, ProcCluster,
+};
 use nix::sys::signal::Signal;
 use raftkit_node::client::{ClusterClient, Session};
 use raftkit_node::pb::ReadConsistency;
@@ -21,18 +23,7 @@ async fn start(extra: &[&str], env: &[(&str, &str)]) -> Cluster {
 }
 
 async fn leader(c: &Cluster) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        for (i, a) in c.addrs.iter().enumerate() {
-            if let Some(v) = raft_stat(a).await {
-                if v[0]["role"] == "leader" {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_group_leader(c).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

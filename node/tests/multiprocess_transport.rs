@@ -12,25 +12,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
+use common::procs::{first_group_leader, raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::ClusterClient;
 use raftkit_node::services::mux::MUX_PREFACE;
 use raftkit_node::transport::stream::{encode_preface, PREFACE};
 
 async fn leader(c: &ProcCluster) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        for (i, a) in c.addrs.iter().enumerate() {
-            if let Some(v) = raft_stat(a).await {
-                if v[0]["role"] == "leader" {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_group_leader(c).await
 }
 
 async fn applied(addr: &str) -> Option<u64> {

@@ -106,11 +106,7 @@ impl ApplySender {
                             Err(p) => {
                                 // The state machine's state is unknown: stop
                                 // applying, as a panic on the apply thread does.
-                                inbox.closed.store(true, Ordering::Release);
-                                let caller = core.take();
-                                drop(core);
-                                inbox.report_panic(&*p);
-                                drop(caller);
+                                inbox.stop_after_panic(core, &*p);
                                 return None;
                             }
                         }
@@ -133,10 +129,21 @@ impl ApplySender {
 }
 
 impl ApplyInbox {
-    fn report_panic(&self, p: &(dyn std::any::Any + Send)) {
+    /// Stops the apply stage after the state machine panicked: inputs are
+    /// refused from now on, the caller is dropped (its dones report
+    /// shutdown) and the raft loop learns the node must stop.
+    fn stop_after_panic(
+        &self,
+        mut core: parking_lot::MutexGuard<'_, Option<FsmCaller>>,
+        p: &(dyn std::any::Any + Send),
+    ) {
+        self.closed.store(true, Ordering::Release);
+        let caller = core.take();
+        drop(core);
         let msg = format!("the state machine panicked: {}", crate::node::panic_text(p));
         tracing::error!("{msg}");
         let _ = self.fatal.send(RaftMsg::Fatal(RaftError::Stopped(msg)));
+        drop(caller);
     }
 
     /// The apply thread: waits for inputs, handles what is queued in one
@@ -179,11 +186,7 @@ impl ApplyInbox {
                     return;
                 }
                 Err(p) => {
-                    self.closed.store(true, Ordering::Release);
-                    let caller = core.take();
-                    drop(core);
-                    self.report_panic(&*p);
-                    drop(caller);
+                    self.stop_after_panic(core, &*p);
                     return;
                 }
             }

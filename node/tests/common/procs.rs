@@ -233,3 +233,20 @@ impl ProcCluster {
         }
     }
 }
+
+/// The index of the member whose first group (by name) has a leader role,
+/// waiting up to 20 s for one.
+pub async fn first_group_leader(c: &ProcCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, a) in c.addrs.iter().enumerate() {
+            if let Some(v) = raft_stat(a).await {
+                if v[0]["role"] == "leader" {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
