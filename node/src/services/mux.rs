@@ -48,22 +48,39 @@ pub const MAX_IN_FLIGHT_PER_STREAM: usize = 4096;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = crate::transport::net::MAX_GRPC_MESSAGE;
 
+/// Bytes a [`FrameWriter`] queues for a peer that does not read before it
+/// gives the connection up (a client that sends calls and never reads
+/// their replies must not grow the server's memory without bound).
+pub const MAX_QUEUED_BYTES: usize = 2 * MAX_FRAME;
+
 /// Frames written to one connection: directly from the calling thread (any
 /// thread: a done's) when nothing is queued ahead, otherwise queued and
-/// written by a task on `runtime`. A connection that failed drops frames.
+/// written by a task on `runtime`. A connection that failed drops frames;
+/// one whose peer lets more than `max_queued` bytes pile up is shut down
+/// (the peer's reader then ends the stream).
 pub struct FrameWriter {
     wr: OwnedWriteHalf,
     /// Bytes waiting, and whether a flushing task is running.
     queued: parking_lot::Mutex<(Vec<u8>, bool)>,
     runtime: tokio::runtime::Handle,
+    max_queued: usize,
 }
 
 impl FrameWriter {
     pub fn new(wr: OwnedWriteHalf, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        FrameWriter::with_limit(wr, runtime, MAX_QUEUED_BYTES)
+    }
+
+    fn with_limit(
+        wr: OwnedWriteHalf,
+        runtime: tokio::runtime::Handle,
+        max_queued: usize,
+    ) -> Arc<Self> {
         Arc::new(FrameWriter {
             wr,
             queued: parking_lot::Mutex::new((Vec::new(), false)),
             runtime,
+            max_queued,
         })
     }
 
@@ -84,6 +101,15 @@ impl FrameWriter {
                 Ok(n) => queued.extend_from_slice(&frame[n..]),
                 Err(_) => return, // the connection failed; its reader ends the stream
             }
+        } else if queued.len() + frame.len() > self.max_queued {
+            tracing::warn!(
+                queued = queued.len(),
+                "closing a mux stream whose peer does not read"
+            );
+            let socket: &tokio::net::TcpStream = self.wr.as_ref();
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+            queued.clear();
+            return;
         } else {
             queued.extend_from_slice(&frame);
         }
@@ -280,6 +306,48 @@ mod tests {
             }
         }
         sender.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_reads_is_cut_off_not_buffered_without_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_rd, wr) = client.into_split();
+        let limit = 1 << 20;
+        let out = FrameWriter::with_limit(wr, tokio::runtime::Handle::current(), limit);
+        let frame = MuxRequest {
+            id: 1,
+            call: Some(Call::Put(PutRequest {
+                value: vec![1; 64 << 10].into(),
+                ..Default::default()
+            })),
+        };
+        // The server side reads nothing: socket buffers fill, then the queue.
+        for _ in 0..2000 {
+            out.send(&frame);
+        }
+        assert!(
+            out.queued.lock().0.len() <= limit,
+            "queued beyond the limit"
+        );
+        // The peer finds the connection closed once it reads what was sent.
+        let mut sink = vec![0u8; 1 << 20];
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match server.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the stream of a peer that never read was not closed"
+        );
     }
 
     #[tokio::test]
