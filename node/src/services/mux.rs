@@ -263,13 +263,19 @@ mod tests {
     use super::*;
     use crate::pb::PutRequest;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn frames_sent_from_a_plain_thread_arrive_whole_and_in_order() {
+    /// Two ends of a loopback TCP connection.
+    async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_sent_from_a_plain_thread_arrive_whole_and_in_order() {
+        let (client, server) = connected_pair().await;
         let (_rd, wr) = client.into_split();
         let out = FrameWriter::new(wr, tokio::runtime::Handle::current());
         // Sent from a thread outside the runtime, as a done runs; far more
@@ -310,11 +316,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_never_reads_is_cut_off_not_buffered_without_bound() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = connected_pair().await;
         let (_rd, wr) = client.into_split();
         let limit = 1 << 20;
         let out = FrameWriter::with_limit(wr, tokio::runtime::Handle::current(), limit);
