@@ -118,6 +118,23 @@ async fn check_final(client: &ClusterClient, tally: &Arc<Mutex<Tally>>) {
     );
 }
 
+/// Waits until `addr` reports `expected` as the voters.
+async fn wait_for_voters(addr: &str, expected: &[String], after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = voters(addr).await;
+        if now == sorted(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "configuration at {addr} after {after}: {now:?}, expected {:?}",
+            sorted(expected)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn voters(addr: &str) -> Vec<String> {
     let v = raft_stat(addr).await.unwrap();
     let g = v
@@ -189,11 +206,8 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         assert!(ok, "add-peer {new}: {err}");
         assert!(out.starts_with(&format!("added {new}")), "{out}");
         expected.push(new.clone());
-        assert_eq!(
-            voters(&addrs[0]).await,
-            sorted(&expected),
-            "configuration after adding {new}"
-        );
+        // The leader applied it; addrs[0] may be a follower a heartbeat behind.
+        wait_for_voters(&addrs[0], &expected, &format!("adding {new}")).await;
     }
     wait_for_progress(&tally, 100, "after scaling out to five").await;
     for gone in [&addrs[1], &addrs[2]] {
@@ -217,15 +231,7 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         }
         assert!(out.starts_with(&format!("removed {gone}")), "{out}");
         expected.retain(|a| a != gone);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while voters(&addrs[0]).await != sorted(&expected) {
-            assert!(
-                Instant::now() < deadline,
-                "configuration after removing {gone}: {:?}",
-                voters(&addrs[0]).await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_voters(&addrs[0], &expected, &format!("removing {gone}")).await;
     }
     // The CLI status table shows the final members.
     let (ok, out, _) = raftkit(&expected, &["status"]);

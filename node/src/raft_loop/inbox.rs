@@ -108,6 +108,26 @@ impl RaftInbox {
                             }
                             lp.write_inline = true;
                             lp.end_batch(Instant::now());
+                            // What arrived while this thread wrote to disk
+                            // (a leader: the answers to the appends it sent)
+                            // is handled here too; the raft thread, woken
+                            // for it, then finds nothing to do.
+                            for _ in 0..MAX_INLINE_BACKLOG {
+                                if self.rx.is_empty() {
+                                    break;
+                                }
+                                for _ in 0..MAX_BATCH {
+                                    match self.rx.try_recv() {
+                                        Ok(m) => lp.handle(m),
+                                        Err(_) => break,
+                                    }
+                                }
+                                if lp.shutting_down {
+                                    let _ = self.tx.send(RaftMsg::Shutdown);
+                                    break;
+                                }
+                                lp.end_batch(Instant::now());
+                            }
                             lp.write_inline = false;
                         }));
                         if let Some(m) = self.metrics.get() {

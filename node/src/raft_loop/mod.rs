@@ -191,6 +191,16 @@ pub(crate) struct RaftLoop {
     /// Set while a sender's thread runs the loop (`takes_inline`): a
     /// follower may then write its Ready there (see `handle_ready`).
     write_inline: bool,
+    /// A leader running an input inline also writes its new entries there,
+    /// after sending them (`RAFTKIT_INLINE_LEADER_WRITE=0` turns it off,
+    /// for comparisons).
+    leader_write_inline: bool,
+    /// Highest Ready number handed to the I/O thread (or written inline).
+    io_sent: u64,
+    /// Highest Ready number the I/O thread reported durable.
+    io_done: u64,
+    /// Highest Ready number with nothing to write that waits for `io_sent`.
+    unrecorded: u64,
     /// Shared with the inbox: whether `takes_inline` can be true for any
     /// input (updated after each batch).
     inline_hint: Arc<std::sync::atomic::AtomicBool>,
@@ -263,6 +273,11 @@ impl RaftLoop {
             failed: None,
             shutting_down: false,
             write_inline: false,
+            leader_write_inline: std::env::var("RAFTKIT_INLINE_LEADER_WRITE")
+                .map_or(true, |v| v != "0"),
+            io_sent: 0,
+            io_done: 0,
+            unrecorded: 0,
             inline_hint: Arc::default(),
         }
     }
@@ -776,34 +791,72 @@ impl RaftLoop {
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
         }
-        let task = IoTask::Persist {
-            number: rd.number(),
-            reset,
-            entries,
-            sync: rd.must_sync(),
-            messages: rd.take_persisted_messages(),
-        };
-        // A follower's answer waits for this write. When the loop runs on
-        // the thread that received the message and nothing else is queued,
-        // writing here lets that thread send the answer too (no hand-off
-        // to the I/O thread and back).
-        let waited_for = matches!(&task, IoTask::Persist { messages, .. } if !messages.is_empty());
-        let written = if self.write_inline && waited_for {
-            match self.io.write_now(task) {
-                Ok(done) => done,
-                Err(IoNow::Busy(task)) => {
-                    self.io.send(task);
-                    None
-                }
-                Err(IoNow::Failed(e)) => return Err(e.into()),
-            }
+        let number = rd.number();
+        let messages = rd.take_persisted_messages();
+        if reset.is_none() && entries.is_empty() && self.io_done >= self.io_sent {
+            // Nothing to write, and every earlier Ready is durable: no
+            // reason to wake the I/O thread (a leader's commit advancing,
+            // a follower's heartbeat answer).
+            self.raw.advance_append_async(rd);
+            self.send_messages(messages);
+            self.raw.on_persist_ready(number);
+            self.io_done = number;
+            self.io_sent = number;
+        } else if reset.is_none() && entries.is_empty() && messages.is_empty() {
+            // Nothing to write or send; its record is released with the
+            // writes queued before it (`on_persisted`).
+            self.raw.advance_append_async(rd);
+            self.unrecorded = number;
         } else {
-            self.io.send(task);
-            None
-        };
-        self.raw.advance_append_async(rd);
-        if let Some((number, messages)) = written {
-            self.on_persisted(number, messages);
+            let task = IoTask::Persist {
+                number,
+                reset,
+                entries,
+                sync: rd.must_sync(),
+                messages,
+            };
+            self.io_sent = number;
+            // A follower's answer waits for this write. When the loop runs on
+            // the thread that received the message and nothing else is queued,
+            // writing here lets that thread send the answer too (no hand-off
+            // to the I/O thread and back). A leader's appends already left
+            // (top of this function): writing its own copy here spares the
+            // wake-up of the I/O thread, whose write raced the followers'.
+            let waited_for =
+                matches!(&task, IoTask::Persist { messages, .. } if !messages.is_empty());
+            let leader_write = self.leader_write_inline
+                && self.raw.raft.state == StateRole::Leader
+                && matches!(&task, IoTask::Persist { entries, .. } if !entries.is_empty());
+            let how = if self.write_inline && (waited_for || leader_write) {
+                may_block()
+            } else {
+                MayBlock::No
+            };
+            let written = if how != MayBlock::No {
+                let r = if how == MayBlock::InPlace {
+                    // A runtime worker: let the runtime hand its other
+                    // tasks to another thread while this one waits for
+                    // the disk.
+                    tokio::task::block_in_place(|| self.io.write_now(task))
+                } else {
+                    self.io.write_now(task)
+                };
+                match r {
+                    Ok(done) => done,
+                    Err(IoNow::Busy(task)) => {
+                        self.io.send(task);
+                        None
+                    }
+                    Err(IoNow::Failed(e)) => return Err(e.into()),
+                }
+            } else {
+                self.io.send(task);
+                None
+            };
+            self.raw.advance_append_async(rd);
+            if let Some((number, messages)) = written {
+                self.on_persisted(number, messages);
+            }
         }
         self.step_down_if_removed();
         if self.raw.store().wanted.replace(false) {
@@ -827,6 +880,12 @@ impl RaftLoop {
         }
         self.send_messages(messages);
         self.raw.on_persist_ready(number);
+        self.io_done = self.io_done.max(number);
+        if self.io_done >= self.io_sent && self.unrecorded > number {
+            self.raw.on_persist_ready(self.unrecorded);
+            self.io_done = self.unrecorded;
+            self.io_sent = self.unrecorded;
+        }
         self.observe_role();
     }
 
@@ -1329,5 +1388,26 @@ impl RaftLoop {
         };
         let _ = self.apply_tx.send(ApplyMsg::Shutdown);
         tracing::info!(group = %self.opts.group, "raft node stopped");
+    }
+}
+
+/// Whether the calling thread may wait for a disk write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum MayBlock {
+    /// A plain thread (a stream reader, the raft thread).
+    Yes,
+    /// A worker of a multi-thread runtime: through `block_in_place`.
+    InPlace,
+    /// A single-thread runtime: blocking would stall everything on it.
+    No,
+}
+
+fn may_block() -> MayBlock {
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => MayBlock::Yes,
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            MayBlock::InPlace
+        }
+        Ok(_) => MayBlock::No,
     }
 }
