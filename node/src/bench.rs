@@ -476,6 +476,7 @@ pub fn minimal_replication(
         let mut rec = [b'm'; MINIMAL_RECORD];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
+            crate::idle_poll::touch();
             let t = std::time::Instant::now();
             c.write_all(&rec)?;
             c.read_exact(&mut rec[..8])?;
@@ -535,6 +536,7 @@ fn loopback_rtts(samples: usize, pin: Option<usize>) -> std::io::Result<Vec<Dura
         let mut buf = [b'p'; 32];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
+            crate::idle_poll::touch();
             let t = std::time::Instant::now();
             c.write_all(&buf)?;
             c.read_exact(&mut buf)?;
@@ -568,6 +570,7 @@ pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, Str
         let record = [b'r'; 300];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
+            crate::idle_poll::touch();
             f.write_all(&record)?;
             let t = std::time::Instant::now();
             f.sync_data()?;

@@ -95,6 +95,13 @@ pub struct NodeArgs {
     /// How linearizable reads are confirmed: read-index or lease.
     #[arg(long, env = "RAFTKIT_READ_MODE", default_value = "read-index", value_parser = parse_read_mode)]
     pub read_mode: ReadMode,
+    /// Keep idle CPUs awake (spinning at the lowest priority) for this
+    /// many µs after each raft input at light load, so the next wake-up
+    /// does not pay for a halted CPU (0: off). Trades idle CPU time for
+    /// latency; see docs/architecture.md, "Idle polling". Changeable at
+    /// run time: POST /flags?idle_poll_us=N.
+    #[arg(long, env = "RAFTKIT_IDLE_POLL_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=crate::idle_poll::MAX_WINDOW_US))]
+    pub idle_poll_us: u64,
     /// Threads serving the network (gRPC and HTTP); 0: one per four CPUs,
     /// at least one. Each group also runs its own raft, I/O and apply
     /// threads, so networking needs fewer than the CPU count.
@@ -176,6 +183,7 @@ impl NodeArgs {
             sync: self.sync,
             read_mode: self.read_mode,
             session_idle_ms: self.session_idle_ms,
+            idle_poll_us: self.idle_poll_us,
         };
         config.validate()?;
         Ok(config)

@@ -174,6 +174,11 @@ fn flag_views(s: &HttpState) -> Vec<FlagView> {
         });
     }
     out.push(FlagView {
+        name: "idle_poll_us".into(),
+        value: crate::idle_poll::window_us().to_string(),
+        mutable: true,
+    });
+    out.push(FlagView {
         name: "log_level".into(),
         value: crate::logging::log_filter().unwrap_or_default(),
         mutable: true,
@@ -246,6 +251,16 @@ async fn set_flags(
             }
             continue;
         }
+        if name == "idle_poll_us" {
+            let parsed = value
+                .parse::<u64>()
+                .map_err(|_| format!("idle_poll_us: {value:?} is not a whole number of µs"))
+                .and_then(|us| crate::idle_poll::check_window_us(us).map(|_| us));
+            if let Err(e) = parsed {
+                return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            }
+            continue;
+        }
         if s.fixed_flags.iter().any(|(n, _)| n == name) {
             return (
                 StatusCode::BAD_REQUEST,
@@ -271,6 +286,14 @@ async fn set_flags(
     for (name, value) in &q {
         if name == "log_level" {
             if let Err(e) = crate::logging::set_log_filter(value) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+            }
+            continue;
+        }
+        if name == "idle_poll_us" {
+            // Checked above.
+            let us = value.parse::<u64>().unwrap_or_default();
+            if let Err(e) = crate::idle_poll::set_window_us(us) {
                 return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
             }
             continue;

@@ -27,6 +27,7 @@ pub mod error;
 pub mod failpoint;
 pub(crate) mod fsm_caller;
 pub mod http;
+pub mod idle_poll;
 pub(crate) mod io_worker;
 pub mod logging;
 pub mod membership;

@@ -329,6 +329,11 @@ pub fn render(
             );
         }
     }
+    let _ = writeln!(
+        o,
+        "# HELP raftkit_idle_poll_spin_seconds_total CPU time the idle pollers spent spinning (--idle-poll-us).\n# TYPE raftkit_idle_poll_spin_seconds_total counter\nraftkit_idle_poll_spin_seconds_total {}",
+        crate::idle_poll::spun_seconds()
+    );
     if let Some(t) = transport {
         let _ = writeln!(o, "# HELP raftkit_transport_bytes_sent_total Raft message bytes sent, per peer.\n# TYPE raftkit_transport_bytes_sent_total counter");
         for (peer, n) in t.sent.lock().iter() {

@@ -114,6 +114,8 @@ pub struct ServerConfig {
     pub read_mode: ReadMode,
     /// How long the state machines remember an idle client session (ms).
     pub session_idle_ms: u64,
+    /// Idle polling window after each light-load raft input (µs; 0: off).
+    pub idle_poll_us: u64,
 }
 
 impl ServerConfig {
@@ -185,6 +187,7 @@ impl ServerConfig {
     /// Checks the parts that do not depend on a group.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.advertised()?;
+        crate::idle_poll::check_window_us(self.idle_poll_us).map_err(ServerError::Config)?;
         if self.groups.is_empty() {
             return Err(ServerError::Config("no group to host".into()));
         }
@@ -511,6 +514,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    crate::idle_poll::set_window_us(config.idle_poll_us).map_err(ServerError::Config)?;
     let advertise = config.advertised()?;
     let server = Server::bind(
         config.listen,

@@ -246,6 +246,47 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         "{body}"
     );
 
+    // Idle polling: off by default, checked, changeable at run time; once
+    // on, writes at light load keep the pollers spinning on every member.
+    assert_eq!(flag(&flags, "idle_poll_us")["value"], "0");
+    assert_eq!(flag(&flags, "idle_poll_us")["mutable"], true);
+    let (code, body) = post(one, "/flags?idle_poll_us=soon").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a whole number"), "{body}");
+    let (code, body) = post(one, "/flags?idle_poll_us=5000000").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at most 1000000"), "{body}");
+    for a in &addrs {
+        let (code, body) = post(a, "/flags?idle_poll_us=100000").await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let spun = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("raftkit_idle_poll_spin_seconds_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spinning = std::collections::BTreeSet::new();
+    while spinning.len() < addrs.len() {
+        assert!(
+            Instant::now() < deadline,
+            "idle pollers never spun; spinning: {spinning:?}"
+        );
+        assert!(raftkit(&conf, &["kv", "put", "poll", "x"]).status.success());
+        for a in &addrs {
+            let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+            if spun(&body) > 0.0 {
+                spinning.insert(a.clone());
+            }
+        }
+    }
+    for a in &addrs {
+        let (code, body) = post(a, "/flags?idle_poll_us=0").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("idle_poll_us = 0"), "{body}");
+    }
+
     // The load generator against the cluster: every call path, JSON out.
     for extra in [&[][..], &["--conns", "2"], &["--unary", "--threads", "2"]] {
         let args: Vec<&str> = [

@@ -153,6 +153,10 @@ pub enum Command {
         /// Samples of each measurement.
         #[arg(long, default_value_t = 2000)]
         samples: usize,
+        /// Measure with idle polling on, as a node with this
+        /// `--idle-poll-us` would run (0: off).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=crate::idle_poll::MAX_WINDOW_US))]
+        idle_poll_us: u64,
     },
     /// Run a node server (same flags as raftkit-node).
     #[command(hide = true)]
@@ -508,13 +512,19 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(b) => bench(cli, b).await,
-        Command::BenchFloor { dir, samples } => {
+        Command::BenchFloor {
+            dir,
+            samples,
+            idle_poll_us,
+        } => {
             if *samples == 0 || *samples > 1_000_000 {
                 return Err(CliError {
                     message: format!("--samples {samples} is outside 1..=1000000"),
                     code: 2,
                 });
             }
+            crate::idle_poll::set_window_us(*idle_poll_us)
+                .map_err(|message| CliError { message, code: 1 })?;
             let (dir, samples) = (dir.clone(), *samples);
             let f = tokio::task::spawn_blocking(move || crate::bench::measure_floor(&dir, samples))
                 .await

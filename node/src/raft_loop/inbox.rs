@@ -95,6 +95,10 @@ impl RaftInbox {
                 };
                 if !self.closed.load(Ordering::Acquire) && self.rx.len() <= backlog {
                     if let Some(lp) = core.as_mut().filter(|lp| lp.takes_inline(&msg)) {
+                        if msg.is_write_path() {
+                            // Light load: worth keeping CPUs awake for what follows.
+                            crate::idle_poll::touch();
+                        }
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                             // What was queued before this input goes first.
                             while let Ok(m) = self.rx.try_recv() {

@@ -96,6 +96,21 @@ pub(crate) enum RaftMsg {
     Shutdown,
 }
 
+impl RaftMsg {
+    /// A write on its way through the group: a proposal, an append or its
+    /// answer, a finished write (not heartbeats, status queries or ticks).
+    pub(crate) fn is_write_path(&self) -> bool {
+        match self {
+            RaftMsg::Propose(_) | RaftMsg::Persisted { .. } => true,
+            RaftMsg::Step(m, _) => matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgAppendResponse
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Proposals timed for `raftkit_commit_seconds` at once (the rest are not
 /// timed; bounds the queue if commits stall).
 const MAX_TIMED_PROPOSALS: usize = 65_536;
