@@ -122,6 +122,7 @@ impl NodeArgs {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
+            .on_thread_start(crate::raft_loop::mark_server_runtime_thread)
             .build()
     }
 }

@@ -1411,18 +1411,73 @@ impl RaftLoop {
 enum MayBlock {
     /// A plain thread (a stream reader, the raft thread).
     Yes,
-    /// A worker of a multi-thread runtime: through `block_in_place`.
+    /// A worker of the node server's own multi-thread runtime: through
+    /// `block_in_place`.
     InPlace,
-    /// A single-thread runtime: blocking would stall everything on it.
+    /// Some other runtime's thread (a single-thread runtime, an embedding
+    /// application's): blocking could stall everything on it, and
+    /// `block_in_place` panics in some of them.
     No,
 }
 
+thread_local! {
+    static SERVER_RUNTIME_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the node server's runtime threads
+/// (`NodeArgs::runtime`'s `on_thread_start`), where `block_in_place` is safe.
+pub(crate) fn mark_server_runtime_thread() {
+    SERVER_RUNTIME_THREAD.with(|c| c.set(true));
+}
+
 fn may_block() -> MayBlock {
-    match tokio::runtime::Handle::try_current() {
-        Err(_) => MayBlock::Yes,
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            MayBlock::InPlace
+    if tokio::runtime::Handle::try_current().is_err() {
+        MayBlock::Yes
+    } else if SERVER_RUNTIME_THREAD.with(|c| c.get()) {
+        MayBlock::InPlace
+    } else {
+        MayBlock::No
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_threads_and_the_servers_workers_wait_for_the_disk() {
+        assert_eq!(may_block(), MayBlock::Yes, "a plain thread");
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { may_block() }), MayBlock::No);
+        // Another multi-thread runtime (an application embedding the
+        // engine): neither its workers nor its block_on thread block.
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(other.block_on(async { may_block() }), MayBlock::No);
+        let on_worker = other.block_on(async { tokio::spawn(async { may_block() }).await });
+        assert_eq!(on_worker.unwrap(), MayBlock::No);
+        // The server's runtime: its workers hand their tasks over first.
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            node: crate::config::NodeArgs,
         }
-        Ok(_) => MayBlock::No,
+        let args = <Args as clap::Parser>::try_parse_from([
+            "x",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+        ]);
+        let server = args.unwrap().node.runtime().unwrap();
+        let on_worker = server.block_on(async { tokio::spawn(async { may_block() }).await });
+        assert_eq!(on_worker.unwrap(), MayBlock::InPlace);
+        let done = server
+            .block_on(async { tokio::spawn(async { tokio::task::block_in_place(|| 7) }).await });
+        assert_eq!(done.unwrap(), 7);
     }
 }
