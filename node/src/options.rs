@@ -79,7 +79,11 @@ pub struct NodeOptions {
     pub snapshot_uri: String,
     /// fsync policy and segment size for the storages. Default: sync on, 8 MiB.
     pub storage: StorageOptions,
-    /// Largest append message to a follower, in bytes. Default 1 MiB.
+    /// Largest append message to a follower, in bytes (a larger entry
+    /// still goes alone). Default 128 KiB: with 256 messages in flight that
+    /// is a 32 MiB window, what a raft stream queues for a peer
+    /// (`transport::stream`); a larger window only builds messages that
+    /// the link has to refuse while a follower catches up.
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower. Default 256.
     pub max_inflight_msgs: usize,
@@ -116,7 +120,7 @@ impl NodeOptions {
             raft_meta_uri: "memory://".into(),
             snapshot_uri: "memory://".into(),
             storage: StorageOptions::default(),
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: 128 << 10,
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 64 << 20,
             max_apply_batch_bytes: 16 << 20,

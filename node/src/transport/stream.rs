@@ -275,8 +275,14 @@ impl Link {
             return Err(Unreachable);
         }
         if s.queued.len() + frame.len() > MAX_QUEUED {
-            // The peer has stopped reading; raft retransmits later.
-            return Ok(());
+            // The peer reads slower than raft sends (catching up after a
+            // pause, or stopped). The frame is dropped, and raft must know:
+            // as Unreachable, a replicating follower goes back to probing
+            // from its last acknowledged index. Dropped silently, the frame
+            // would stay counted in flight; with the window full of lost
+            // messages the leader then sends one append per heartbeat, and
+            // a follower behind by 200 MB took ~20 s to catch up.
+            return Err(Unreachable);
         }
         self.metrics.add_sent(&self.addr, frame.len());
         let direct = match &s.conn {
@@ -707,6 +713,45 @@ mod tests {
         assert!(queued_at_some_point, "the burst never filled the socket");
         link.close();
         assert_eq!(link.send(&frame(0, 1)), Err(Unreachable));
+    }
+
+    #[test]
+    fn a_frame_that_does_not_fit_the_queue_is_reported_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let link = Link::start("me:1", &addr, Arc::default());
+        // Accepted and never read: the socket buffers fill, then the queue.
+        let (conn, _) = listener.accept().unwrap();
+        wait_until("the link is up", || link.lock().status == LinkStatus::Up);
+        let big = frame(0, 1 << 20);
+        let mut accepted = 0usize;
+        let refused = loop {
+            match link.send(&big) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 1000, "1 GB accepted by a peer that never reads");
+        };
+        assert_eq!(refused, Unreachable);
+        assert!(
+            accepted * big.len() >= MAX_QUEUED,
+            "refused after only {accepted} frames"
+        );
+        assert!(link.lock().queued.len() <= MAX_QUEUED);
+        // Once the peer reads, the link takes frames again.
+        // Every accepted frame arrives, and one sent after the queue drained.
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(conn);
+            assert_eq!(read_preface(&mut r).unwrap(), "me:1");
+            let mut buf = Vec::new();
+            for _ in 0..=accepted {
+                read_frame(&mut r, &mut buf).unwrap().unwrap();
+            }
+        });
+        wait_until("the queue drains", || link.lock().queued.is_empty());
+        link.send(&big).unwrap();
+        reader.join().unwrap();
+        link.close();
     }
 
     #[test]
