@@ -62,6 +62,8 @@ pub struct BenchConfig {
     pub conns: usize,
     /// RaftKit: one unary call per operation instead of the mux stream.
     pub unary: bool,
+    /// RaftKit: every client writes through one session.
+    pub shared_session: bool,
 }
 
 /// The result of a run.
@@ -223,8 +225,9 @@ pub fn key(cfg: &BenchConfig, client: usize, n: u64) -> Bytes {
 pub struct RaftKitOp {
     cfg: BenchConfig,
     conns: Vec<ClusterClient>,
-    /// One session per client (each client has one write in flight).
-    sessions: Vec<tokio::sync::Mutex<crate::client::Session>>,
+    /// One session per client (in the open loop a client can have several
+    /// writes in flight, as a shared session allows).
+    sessions: Vec<crate::client::Session>,
     value: Bytes,
 }
 
@@ -240,8 +243,8 @@ impl RaftKitOp {
                 .with_unary_calls(cfg.unary);
             conns.push(c);
         }
-        let sessions = (0..cfg.clients)
-            .map(|i| tokio::sync::Mutex::new(conns[i % conns.len()].session()))
+        let sessions = (0..if cfg.shared_session { 1 } else { cfg.clients })
+            .map(|i| conns[i % conns.len()].session())
             .collect();
         Ok(RaftKitOp {
             cfg: cfg.clone(),
@@ -256,18 +259,12 @@ impl Op for RaftKitOp {
     async fn call(&self, client: usize, n: u64) -> Result<(), String> {
         let (c, session) = (
             &self.conns[client % self.conns.len()],
-            &self.sessions[client],
+            &self.sessions[client % self.sessions.len()],
         );
         let k = key(&self.cfg, client, n);
         let r = match self.cfg.op {
-            BenchOp::Put => {
-                let mut s = session.lock().await;
-                c.put_in(&mut s, k, self.value.clone()).await.map(|_| ())
-            }
-            BenchOp::FetchAdd => {
-                let mut s = session.lock().await;
-                c.fetch_add_in(&mut s, 1).await.map(|_| ())
-            }
+            BenchOp::Put => c.put_in(session, k, self.value.clone()).await.map(|_| ()),
+            BenchOp::FetchAdd => c.fetch_add_in(session, 1).await.map(|_| ()),
             BenchOp::Get => c
                 .get_with(k, ReadConsistency::Linearizable)
                 .await
@@ -614,6 +611,7 @@ mod tests {
             key_space: 1000,
             conns: clients,
             unary: false,
+            shared_session: false,
         }
     }
 

@@ -306,7 +306,12 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     }
 
     // The load generator against the cluster: every call path, JSON out.
-    for extra in [&[][..], &["--conns", "2"], &["--unary", "--threads", "2"]] {
+    for extra in [
+        &[][..],
+        &["--conns", "2"],
+        &["--unary", "--threads", "2"],
+        &["--shared-session", "--rate", "400"],
+    ] {
         let args: Vec<&str> = [
             "--output",
             "json",
@@ -334,6 +339,10 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     for (args, wanted) in [
         (&["bench", "--threads", "0"][..], "1..=256"),
         (&["bench", "--system", "etcd", "--unary"], "--unary"),
+        (
+            &["bench", "--system", "etcd", "--shared-session"],
+            "--shared-session",
+        ),
     ] {
         let o = raftkit(&conf, args);
         assert!(!o.status.success(), "{args:?} must be refused");

@@ -1,5 +1,6 @@
 //! The client library against real processes: exactly-once writes when
-//! replies are lost, sessions surviving snapshot install and restart,
+//! replies are lost (with many writes in flight per session), sessions
+//! surviving snapshot install and restart and renewed after expiry,
 //! follower reads, and finding a new leader after the old one dies.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -35,7 +36,10 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
     )
     .await;
     // Half the workers use the multiplexed stream, half unary calls: both
-    // paths must turn a lost reply into a retry.
+    // paths must turn a lost reply into a retry. The workers of each half
+    // share one session (the mux client's own, and one opened on the unary
+    // client), so each session has several writes in flight, answered and
+    // retried out of order.
     let mux = std::sync::Arc::new(
         ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(20)).unwrap(),
     );
@@ -44,23 +48,21 @@ async fn lost_replies_are_retried_and_every_increment_is_applied_once() {
             .unwrap()
             .with_unary_calls(true),
     );
-    let (workers, per_worker) = (4, 60);
+    let unary_session = std::sync::Arc::new(unary.session());
+    let (workers, per_worker) = (8, 30);
     let mut handles = Vec::new();
     for w in 0..workers {
-        let client = if w % 2 == 0 {
-            mux.clone()
-        } else {
-            unary.clone()
-        };
+        let (mux, unary, session) = (mux.clone(), unary.clone(), unary_session.clone());
         handles.push(tokio::spawn(async move {
-            let mut session = client.session();
             let mut answers = Vec::new();
             for _ in 0..per_worker {
                 let invoked = Instant::now();
-                let prev = client
-                    .fetch_add_in(&mut session, 1)
-                    .await
-                    .expect("a retried write succeeds");
+                let prev = if w % 2 == 0 {
+                    mux.fetch_add(1).await
+                } else {
+                    unary.fetch_add_in(&session, 1).await
+                }
+                .expect("a retried write succeeds");
                 answers.push((invoked, Instant::now(), prev));
             }
             answers
@@ -114,10 +116,10 @@ async fn sessions_survive_snapshot_install_and_restart() {
     c.procs[f]
         .signal_and_wait(Signal::SIGTERM, Duration::from_secs(10))
         .expect("stop follower");
-    let mut session = client.session();
+    let session = client.session();
     let mut last = 0;
     for _ in 0..20 {
-        last = client.fetch_add_in(&mut session, 10).await.unwrap();
+        last = client.fetch_add_in(&session, 10).await.unwrap();
     }
     // Snapshot and compact everything on the live members: the stopped
     // follower can only catch up by snapshot install.
@@ -162,9 +164,9 @@ async fn sessions_survive_snapshot_install_and_restart() {
         .transfer_leader(&c.addrs[f])
         .await
         .expect("transfer to the installed follower");
-    let mut retry = Session::resume(session.id(), session.next_seq() - 1);
+    let retry = Session::resume(session.id(), session.next_seq() - 1);
     assert_eq!(
-        client.fetch_add_in(&mut retry, 10).await.unwrap(),
+        client.fetch_add_in(&retry, 10).await.unwrap(),
         last,
         "retry was applied again after install"
     );
@@ -180,13 +182,108 @@ async fn sessions_survive_snapshot_install_and_restart() {
     for a in &c.addrs {
         assert!(wait_http_ok(a, "/readyz", Duration::from_secs(30)).await);
     }
-    let mut retry = Session::resume(session.id(), session.next_seq() - 1);
+    let retry = Session::resume(session.id(), session.next_seq() - 1);
     assert_eq!(
-        client.fetch_add_in(&mut retry, 10).await.unwrap(),
+        client.fetch_add_in(&retry, 10).await.unwrap(),
         last,
         "retry was applied again after restart"
     );
     assert_eq!(client.counter_get().await.unwrap(), 200);
+    c.stop_all();
+}
+
+/// Writes through one session do not wait for each other. With both
+/// followers paused no write can commit, yet five writes from tasks sharing
+/// one client all reach the leader's log; once the followers resume, each
+/// is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_session_are_in_flight_together() {
+    let mut c = start(&["--election-timeout-ms", "5000"], &[]).await;
+    // A long attempt timeout: no write is re-proposed while we watch.
+    let client = std::sync::Arc::new(
+        ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(40))
+            .unwrap()
+            .with_attempt_timeout(Duration::from_secs(20)),
+    );
+    client.fetch_add(1).await.unwrap();
+    let l = leader(&c).await;
+    let last_index = |v: serde_json::Value| v[0]["last_log_index"].as_u64().unwrap();
+    let before = last_index(raft_stat(&c.addrs[l]).await.unwrap());
+    let followers: Vec<_> = (0..3)
+        .filter(|i| *i != l)
+        .map(|i| c.procs[i].pid().unwrap())
+        .collect();
+    for pid in &followers {
+        nix::sys::signal::kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    let writes: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.fetch_add(1).await })
+        })
+        .collect();
+    // Well inside the election timeout, so the leader still leads.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut seen = before;
+    while seen < before + 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = last_index(raft_stat(&c.addrs[l]).await.unwrap());
+    }
+    for pid in &followers {
+        nix::sys::signal::kill(*pid, Signal::SIGCONT).unwrap();
+    }
+    assert!(
+        seen >= before + 5,
+        "only {} of 5 writes of one session reached the leader's log: they waited for each other",
+        seen - before
+    );
+    let mut answers = Vec::new();
+    for w in writes {
+        answers.push(w.await.unwrap().expect("the write succeeds"));
+    }
+    answers.sort_unstable();
+    assert_eq!(answers, vec![1, 2, 3, 4, 5], "each write applied once");
+    assert_eq!(client.counter_get().await.unwrap(), 6);
+    c.stop_all();
+}
+
+/// A client's own session that the cluster forgot (idle past
+/// `--session-idle-ms`) is replaced by a new one: the write that was refused
+/// as expired is sent again and applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_session_expired_starts_a_new_one() {
+    let mut c = start(&["--session-idle-ms", "300"], &[]).await;
+    let client = ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(10)).unwrap();
+    assert_eq!(client.fetch_add(1).await.unwrap(), 0);
+    // A probe session used after the client's: once the cluster refuses the
+    // probe as expired, it has forgotten the client's session too. Other
+    // sessions' writes move the state machine's clock.
+    let probe = client.session();
+    client.fetch_add_in(&probe, 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.fetch_add_in(&client.session(), 0).await.unwrap();
+        let again = Session::resume(probe.id(), probe.next_seq());
+        match client.fetch_add_in(&again, 0).await {
+            Err(e) if e.to_string().contains("expired") => break,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe session was never forgotten"
+        );
+    }
+    assert_eq!(
+        client
+            .fetch_add(1)
+            .await
+            .expect("the client renews its session"),
+        1
+    );
+    assert_eq!(client.fetch_add(1).await.unwrap(), 2);
+    assert_eq!(client.counter_get().await.unwrap(), 3);
     c.stop_all();
 }
 
@@ -330,9 +427,9 @@ async fn concurrent_calls_sharing_one_connection_each_get_their_own_reply() {
     for i in 0..tasks {
         let client = client.clone();
         handles.push(tokio::spawn(async move {
-            let mut s = client.session();
+            let s = client.session();
             for round in 0..20 {
-                let previous = client.put_in(&mut s, key(i), val(i, round)).await.unwrap();
+                let previous = client.put_in(&s, key(i), val(i, round)).await.unwrap();
                 // A reply handed to the wrong caller would show another
                 // task's key's value here.
                 let expected = (round > 0).then(|| val(i, round - 1));

@@ -197,6 +197,10 @@ pub struct BenchArgs {
     /// client library's multiplexed stream.
     #[arg(long)]
     pub unary: bool,
+    /// RaftKit only: every client writes through one client session (as
+    /// tasks sharing one `ClusterClient` do) instead of one each.
+    #[arg(long)]
+    pub shared_session: bool,
     /// Threads of the load generator. It usually shares the machine with
     /// the system under test; one thread takes the least from it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -607,10 +611,16 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
             b.conns.min(b.clients)
         },
         unary: b.unary,
+        shared_session: b.shared_session,
     };
     if b.unary && b.system == BenchSystem::Etcd {
         return Err(bad(
             "--unary applies to RaftKit only (etcd calls are always unary)".into(),
+        ));
+    }
+    if b.shared_session && b.system == BenchSystem::Etcd {
+        return Err(bad(
+            "--shared-session applies to RaftKit only (etcd has no client sessions)".into(),
         ));
     }
     let (summary, first_error) = match b.system {

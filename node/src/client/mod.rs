@@ -14,13 +14,19 @@
 //! about one attempt per election it takes the others to replace it, not
 //! the whole deadline, and a leader that is only slow is not abandoned.
 //!
+//! A session may have many writes in flight: tasks sharing one client (or
+//! one [`Session`]) write concurrently, up to
+//! [`MAX_IN_FLIGHT`](crate::services::sessions::MAX_IN_FLIGHT) sequence
+//! numbers past the oldest unanswered one, then wait for room.
+//!
 //! Any other write whose outcome is unknown (the leader stepped down, a
 //! timeout, a connection lost mid-call) is not retried: the error goes back
 //! to the caller, who must treat the write as possibly applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +45,7 @@ use crate::pb::{
 };
 use crate::pb::{ClientSession, ReadConsistency};
 use crate::services::from_status;
+use crate::services::sessions::MAX_IN_FLIGHT;
 
 mod mux;
 
@@ -56,33 +63,133 @@ pub use conn::Conn;
 mod conn;
 
 /// A client session (see [`ClusterClient::session`]): writes through it
-/// carry (client id, sequence number), so the state machine applies a
-/// retried write once and answers it with its first result. One write at a
-/// time per session.
+/// carry (client id, sequence number, lowest unanswered sequence number), so
+/// the state machine applies a retried write once and answers it with its
+/// first result. Shared by reference: many writes may be in flight at once
+/// (see the module documentation).
 #[derive(Debug)]
 pub struct Session {
     id: u64,
+    state: Mutex<SessionState>,
+    /// Woken when a write finishes, for writes waiting for room.
+    room: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct SessionState {
     next_seq: u64,
+    /// Writes sent and not yet finished (answered, failed or given up on).
+    unanswered: BTreeSet<u64>,
 }
 
 impl Session {
+    fn fresh() -> Session {
+        Session::resume(rand::random::<u64>() | 1, 1)
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// The sequence number the next write will carry.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.state.lock().next_seq
     }
 
     /// Continues a session saved elsewhere (for example by a client that
-    /// restarted): the next write carries `next_seq`.
+    /// restarted): the next write carries `next_seq`, and the writes before
+    /// it count as answered.
     pub fn resume(id: u64, next_seq: u64) -> Session {
         Session {
             id,
-            next_seq: next_seq.max(1),
+            state: Mutex::new(SessionState {
+                next_seq: next_seq.max(1),
+                unanswered: BTreeSet::new(),
+            }),
+            room: tokio::sync::Notify::new(),
         }
     }
+
+    /// Takes the next sequence number, waiting (until `deadline`) while the
+    /// oldest unanswered write is [`MAX_IN_FLIGHT`] behind it.
+    async fn begin(&self, deadline: Instant) -> Result<SessionWrite<'_>, ClientError> {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut st = self.state.lock();
+                let seq = st.next_seq;
+                let lowest = st.unanswered.first().copied().unwrap_or(seq);
+                if seq - lowest < MAX_IN_FLIGHT {
+                    st.next_seq += 1;
+                    st.unanswered.insert(seq);
+                    return Ok(SessionWrite {
+                        session: self,
+                        wire: ClientSession {
+                            client_id: self.id,
+                            seq,
+                            lowest_unanswered: lowest,
+                        },
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), room)
+                .await
+                .is_err()
+            {
+                return Err(ClientError::Unavailable(format!(
+                    "session {:016x} has {MAX_IN_FLIGHT} writes in flight and none finished in time",
+                    self.id
+                )));
+            }
+        }
+    }
+}
+
+/// One write of a session, from its sequence number until it finishes
+/// (dropped): then the client will not send it again, and later writes
+/// tell the state machine it may forget the answer.
+struct SessionWrite<'a> {
+    session: &'a Session,
+    wire: ClientSession,
+}
+
+impl Drop for SessionWrite<'_> {
+    fn drop(&mut self) {
+        self.session.state.lock().unanswered.remove(&self.wire.seq);
+        self.session.room.notify_waiters();
+    }
+}
+
+async fn fetch_add_call(
+    conn: Conn,
+    group: String,
+    s: ClientSession,
+    delta: i64,
+) -> Result<i64, Status> {
+    conn.fetch_add(FetchAddRequest {
+        group,
+        delta,
+        session: Some(s),
+    })
+    .await
+    .map(|r| r.previous)
+}
+
+async fn put_call(
+    conn: Conn,
+    group: String,
+    s: ClientSession,
+    key: Bytes,
+    value: Bytes,
+) -> Result<Option<Bytes>, Status> {
+    conn.put(PutRequest {
+        group,
+        key,
+        value,
+        session: Some(s),
+    })
+    .await
+    .map(|r| r.previous)
 }
 
 /// Why a client call failed.
@@ -147,8 +254,9 @@ pub struct ClusterClient {
     /// One unary gRPC call per request instead of the member's mux stream.
     unary: bool,
     next: AtomicUsize,
-    /// The session of the convenience write methods (one write at a time).
-    session: tokio::sync::Mutex<Session>,
+    /// The session of the convenience write methods; replaced by a new one
+    /// when the cluster has forgotten it (idle past its expiry).
+    session: Mutex<Arc<Session>>,
     last_refresh: Mutex<Option<Instant>>,
 }
 
@@ -178,10 +286,7 @@ impl ClusterClient {
             conns: Mutex::new(HashMap::new()),
             unary: false,
             next: AtomicUsize::new(0),
-            session: tokio::sync::Mutex::new(Session {
-                id: rand::random::<u64>() | 1,
-                next_seq: 1,
-            }),
+            session: Mutex::new(Arc::new(Session::fresh())),
             last_refresh: Mutex::new(None),
         })
     }
@@ -354,12 +459,26 @@ impl ClusterClient {
     }
 
     /// Sends `call` to the leader, following redirects and retrying per `retry`.
-    pub async fn call<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, ClientError>
+    pub async fn call<T, F, Fut>(&self, retry: Retry, call: F) -> Result<T, ClientError>
     where
         F: FnMut(Conn, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        self.call_until(Instant::now() + self.timeout, retry, call)
+            .await
+    }
+
+    /// [`ClusterClient::call`] with its own deadline.
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        retry: Retry,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Conn, String) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let mut backoff = Duration::from_millis(20);
         let mut last = String::from("no member answered");
         let mut absent = Vec::new();
@@ -479,47 +598,75 @@ impl ClusterClient {
     }
 
     /// Opens a client session: writes through it are applied at most once
-    /// even when retried, and are retried on any retryable error.
+    /// even when retried, and are retried on any retryable error. Share it
+    /// by reference to have several writes in flight.
     pub fn session(&self) -> Session {
-        Session {
-            id: rand::random::<u64>() | 1,
-            next_seq: 1,
+        Session::fresh()
+    }
+
+    /// A write through `session`: `call` gets the session's fields for this
+    /// write; retried on any retryable error until `deadline`.
+    async fn write_in<T, F, Fut>(
+        &self,
+        session: &Session,
+        deadline: Instant,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Conn, String, ClientSession) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let write = session.begin(deadline).await?;
+        let wire = write.wire;
+        let r = self
+            .call_until(deadline, Retry::Idempotent, |conn, group| {
+                call(conn, group, wire)
+            })
+            .await;
+        drop(write);
+        r
+    }
+
+    /// A write through this client's own session. If the cluster has
+    /// forgotten that session (idle past the members' `--session-idle-ms`,
+    /// or its first write never arrived), the write was refused, not
+    /// applied: it is sent again once in a new session.
+    async fn write_own<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Conn, String, ClientSession) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut renewed = false;
+        loop {
+            let session = self.session.lock().clone();
+            match self.write_in(&session, deadline, &mut call).await {
+                Err(ClientError::Raft(RaftError::SessionExpired(_))) if !renewed => {
+                    renewed = true;
+                    let mut current = self.session.lock();
+                    if current.id == session.id {
+                        *current = Arc::new(Session::fresh());
+                    }
+                }
+                r => return r,
+            }
         }
     }
 
-    fn next(session: &mut Session) -> Option<ClientSession> {
-        let seq = session.next_seq;
-        session.next_seq += 1;
-        Some(ClientSession {
-            client_id: session.id,
-            seq,
-        })
-    }
-
     /// Adds `delta` to the counter through `session`; returns the value before.
-    pub async fn fetch_add_in(
-        &self,
-        session: &mut Session,
-        delta: i64,
-    ) -> Result<i64, ClientError> {
-        let s = Self::next(session);
-        self.call(Retry::Idempotent, |conn, group| async move {
-            conn.fetch_add(FetchAddRequest {
-                group,
-                delta,
-                session: s,
-            })
-            .await
-            .map(|r| r.previous)
+    pub async fn fetch_add_in(&self, session: &Session, delta: i64) -> Result<i64, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        self.write_in(session, deadline, |conn, group, s| {
+            fetch_add_call(conn, group, s, delta)
         })
         .await
     }
 
-    /// Adds `delta` to the counter (through this client's own session, one
-    /// write at a time); returns the value before.
+    /// Adds `delta` to the counter (through this client's own session);
+    /// returns the value before.
     pub async fn fetch_add(&self, delta: i64) -> Result<i64, ClientError> {
-        let mut s = self.session.lock().await;
-        self.fetch_add_in(&mut s, delta).await
+        self.write_own(|conn, group, s| fetch_add_call(conn, group, s, delta))
+            .await
     }
 
     /// The counter's value (linearizable).
@@ -544,31 +691,21 @@ impl ClusterClient {
     /// Sets `key` through `session`; returns the previous value.
     pub async fn put_in(
         &self,
-        session: &mut Session,
+        session: &Session,
         key: Bytes,
         value: Bytes,
     ) -> Result<Option<Bytes>, ClientError> {
-        let s = Self::next(session);
-        self.call(Retry::Idempotent, |conn, group| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                conn.put(PutRequest {
-                    group,
-                    key,
-                    value,
-                    session: s,
-                })
-                .await
-                .map(|r| r.previous)
-            }
+        let deadline = Instant::now() + self.timeout;
+        self.write_in(session, deadline, |conn, group, s| {
+            put_call(conn, group, s, key.clone(), value.clone())
         })
         .await
     }
 
     /// Sets `key`; returns the previous value.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, ClientError> {
-        let mut s = self.session.lock().await;
-        self.put_in(&mut s, key, value).await
+        self.write_own(|conn, group, s| put_call(conn, group, s, key.clone(), value.clone()))
+            .await
     }
 
     /// The value of `key` (linearizable).
@@ -599,15 +736,13 @@ impl ClusterClient {
 
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
-        let mut session = self.session.lock().await;
-        let s = Self::next(&mut session);
-        self.call(Retry::Idempotent, |conn, group| {
+        self.write_own(|conn, group, s| {
             let key = key.clone();
             async move {
                 conn.delete(DeleteRequest {
                     group,
                     key,
-                    session: s,
+                    session: Some(s),
                 })
                 .await
                 .map(|r| r.deleted)
@@ -624,9 +759,7 @@ impl ClusterClient {
         expected: Option<Bytes>,
         value: Bytes,
     ) -> Result<(bool, Option<Bytes>), ClientError> {
-        let mut session = self.session.lock().await;
-        let s = Self::next(&mut session);
-        self.call(Retry::Idempotent, |conn, group| {
+        self.write_own(|conn, group, s| {
             let (key, expected, value) = (key.clone(), expected.clone(), value.clone());
             async move {
                 conn.cas(CasRequest {
@@ -634,7 +767,7 @@ impl ClusterClient {
                     key,
                     expected,
                     value,
-                    session: s,
+                    session: Some(s),
                 })
                 .await
                 .map(|r| (r.swapped, r.current))
