@@ -3,7 +3,7 @@
 //!
 //! Configured once from the environment variable `RAFTKIT_FAILPOINTS`, as
 //! `name=action;name=action`, where an action is `abort`, `error`,
-//! `error(P)` (with probability P) or `sleep(MS)`. Unset (the normal case),
+//! `error(P)` (with probability P), `error_once` or `sleep(MS)`. Unset (the normal case),
 //! a failpoint costs one atomic load.
 //!
 //! Failpoints: `snapshot_before_publish` (snapshot files and meta written,
@@ -11,6 +11,10 @@
 //! `reply_after_apply` (a write was applied but its reply is lost, as if the
 //! connection broke), `log_sync` (the `local://` log's fsync fails, as with
 //! EIO: the group stops on the error, see `multiprocess_counter`).
+//!
+//! Failpoints can also be set while the node runs, when it was started with
+//! `RAFTKIT_FAULT_INJECTION=1`: `POST /debug/failpoint?name=N&action=A` on its
+//! HTTP port (`action=off` clears it; `GET /debug/failpoint` lists them).
 //!
 //! A network partition can also be set while the node runs, when it was
 //! started with `RAFTKIT_FAULT_INJECTION=1`: `POST /debug/partition?peers=A,B`
@@ -33,8 +37,40 @@ pub enum Action {
     /// Make the operation fail with an injected error, every time or with
     /// the given probability.
     Error(f64),
+    /// Fail once, then clear the failpoint (as a disk whose error the
+    /// kernel reports to one fsync only, after which fsync succeeds though
+    /// the data may be gone).
+    ErrorOnce,
     /// Pause for this long, then continue.
     Sleep(Duration),
+}
+
+/// Reads one action: `abort`, `error`, `error(P)` with 0 <= P <= 1,
+/// `error_once` or `sleep(MS)`.
+pub fn parse_action(action: &str) -> Result<Action, String> {
+    let a = action.trim();
+    if a == "abort" {
+        return Ok(Action::Abort);
+    }
+    if a == "error" {
+        return Ok(Action::Error(1.0));
+    }
+    if a == "error_once" {
+        return Ok(Action::ErrorOnce);
+    }
+    let arg = |prefix: &str| a.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
+    if let Some(ms) = arg("sleep(").and_then(|ms| ms.parse().ok()) {
+        return Ok(Action::Sleep(Duration::from_millis(ms)));
+    }
+    if let Some(p) = arg("error(")
+        .and_then(|p| p.parse::<f64>().ok())
+        .filter(|p| (0.0..=1.0).contains(p))
+    {
+        return Ok(Action::Error(p));
+    }
+    Err(format!(
+        "unknown failpoint action {a:?}; expected abort, error, error(P) with 0 <= P <= 1, error_once, or sleep(MS)"
+    ))
 }
 
 fn parse(spec: &str) -> HashMap<String, Action> {
@@ -44,46 +80,73 @@ fn parse(spec: &str) -> HashMap<String, Action> {
             eprintln!("RAFTKIT_FAILPOINTS: ignoring {item:?} (expected name=action)");
             continue;
         };
-        let action = match action.trim() {
-            "abort" => Action::Abort,
-            "error" => Action::Error(1.0),
-            a => {
-                let arg = |prefix: &str| a.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
-                if let Some(ms) = arg("sleep(").and_then(|ms| ms.parse().ok()) {
-                    Action::Sleep(Duration::from_millis(ms))
-                } else if let Some(p) = arg("error(")
-                    .and_then(|p| p.parse::<f64>().ok())
-                    .filter(|p| (0.0..=1.0).contains(p))
-                {
-                    Action::Error(p)
-                } else {
-                    eprintln!("RAFTKIT_FAILPOINTS: unknown action {a:?} for {name}");
-                    continue;
-                }
+        match parse_action(action) {
+            Ok(a) => {
+                out.insert(name.trim().to_string(), a);
             }
-        };
-        out.insert(name.trim().to_string(), action);
+            Err(e) => eprintln!("RAFTKIT_FAILPOINTS: {name}: {e}"),
+        }
     }
     out
 }
 
-fn table() -> &'static HashMap<String, Action> {
-    static T: OnceLock<HashMap<String, Action>> = OnceLock::new();
+/// Whether any failpoint is set: `hit` costs one atomic load when not.
+static ANY_SET: AtomicBool = AtomicBool::new(false);
+
+fn table() -> &'static RwLock<HashMap<String, Action>> {
+    static T: OnceLock<RwLock<HashMap<String, Action>>> = OnceLock::new();
     T.get_or_init(|| {
-        std::env::var("RAFTKIT_FAILPOINTS")
+        let t = std::env::var("RAFTKIT_FAILPOINTS")
             .map(|s| parse(&s))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        ANY_SET.store(!t.is_empty(), Ordering::Release);
+        RwLock::new(t)
     })
+}
+
+/// Sets failpoint `name` to `action` (`None` clears it) while the node
+/// runs. Refused unless [`injection_enabled`].
+pub fn set(name: &str, action: Option<Action>) -> Result<(), String> {
+    if !injection_enabled() {
+        return Err("fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1".into());
+    }
+    if name.is_empty() {
+        return Err("missing failpoint name".into());
+    }
+    let mut t = table().write().unwrap_or_else(|e| e.into_inner());
+    match action {
+        Some(a) => {
+            t.insert(name.to_string(), a);
+        }
+        None => {
+            t.remove(name);
+        }
+    }
+    ANY_SET.store(!t.is_empty(), Ordering::Release);
+    Ok(())
+}
+
+/// The failpoints set now, by name.
+pub fn list() -> Vec<(String, Action)> {
+    let t = table().read().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<_> = t.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 /// Runs failpoint `name`. Returns `Err` when it is set to `error`; aborts
 /// the process when set to `abort`.
 pub fn hit(name: &str) -> Result<(), String> {
     let t = table();
-    if t.is_empty() {
+    if !ANY_SET.load(Ordering::Acquire) {
         return Ok(());
     }
-    match t.get(name) {
+    let action = t
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    match &action {
         None => Ok(()),
         Some(Action::Abort) => {
             eprintln!("failpoint {name}: aborting the process");
@@ -93,6 +156,14 @@ pub fn hit(name: &str) -> Result<(), String> {
             Err(format!("failpoint {name}: injected error"))
         }
         Some(Action::Error(_)) => Ok(()),
+        Some(Action::ErrorOnce) => {
+            let mut t = t.write().unwrap_or_else(|e| e.into_inner());
+            if t.remove(name).is_none() {
+                return Ok(()); // another thread took it
+            }
+            ANY_SET.store(!t.is_empty(), Ordering::Release);
+            Err(format!("failpoint {name}: injected error (once)"))
+        }
         Some(Action::Sleep(d)) => {
             std::thread::sleep(*d);
             Ok(())
@@ -171,5 +242,7 @@ mod tests {
         assert_eq!(t.get("c"), Some(&Action::Sleep(Duration::from_millis(25))));
         assert_eq!(t.get("e"), Some(&Action::Error(0.25)));
         assert_eq!(t.len(), 4);
+        let e = parse_action("error(2)").unwrap_err();
+        assert!(e.contains("0 <= P <= 1"), "{e}");
     }
 }

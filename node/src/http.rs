@@ -4,7 +4,8 @@
 //! knows a leader and has applied what it had before starting), `/metrics`
 //! (Prometheus text) and `/flags` (list with GET; change the live ones with
 //! `POST /flags?name=value`). `/debug/partition` sets an injected network
-//! partition when fault injection is on (see [`crate::failpoint`]).
+//! partition and `/debug/failpoint` a failpoint, when fault injection is on
+//! (see [`crate::failpoint`]).
 
 use std::fmt::Write as _;
 
@@ -48,7 +49,49 @@ pub fn router(state: HttpState) -> Router {
         .route("/flags", post(set_flags))
         .route("/debug/partition", get(show_partition))
         .route("/debug/partition", post(set_partition))
+        .route("/debug/failpoint", get(show_failpoints))
+        .route("/debug/failpoint", post(set_failpoint))
         .with_state(state)
+}
+
+/// `GET /debug/failpoint`: the failpoints set, one `name=action` per line.
+async fn show_failpoints() -> Response {
+    if !crate::failpoint::injection_enabled() {
+        return (
+            StatusCode::NOT_FOUND,
+            "fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1\n",
+        )
+            .into_response();
+    }
+    let mut out = String::new();
+    for (name, action) in crate::failpoint::list() {
+        let _ = writeln!(out, "{name}={action:?}");
+    }
+    out.into_response()
+}
+
+/// `POST /debug/failpoint?name=N&action=A`: set failpoint `N` (see
+/// [`crate::failpoint`] for the names and actions; `action=off` clears it).
+async fn set_failpoint(Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let (Some(name), Some(action)) = (q.get("name"), q.get("action")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected name=FAILPOINT&action=abort|error|error(P)|error_once|sleep(MS)|off\n",
+        )
+            .into_response();
+    };
+    let action = if action == "off" {
+        None
+    } else {
+        match crate::failpoint::parse_action(action) {
+            Ok(a) => Some(a),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        }
+    };
+    match crate::failpoint::set(name.trim(), action) {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
 }
 
 /// `GET /debug/partition`: the peers this node drops traffic to and from,

@@ -177,13 +177,24 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert!(v[0]["index"].as_u64().unwrap() > 0, "{v}");
 
-    // The fault-injection endpoint is off unless the node was started for it.
-    let (code, body) =
-        raftkit_node::http::request(one, "POST", "/debug/partition?peers=127.0.0.1:1")
+    // The fault-injection endpoints are off unless the node was started for
+    // them; a malformed request is refused with what was wrong either way.
+    for path in [
+        "/debug/partition?peers=127.0.0.1:1",
+        "/debug/failpoint?name=log_sync&action=error",
+    ] {
+        let (code, body) = raftkit_node::http::request(one, "POST", path)
             .await
             .unwrap();
-    assert_eq!(code, 404, "{body}");
-    assert!(body.contains("RAFTKIT_FAULT_INJECTION=1"), "{body}");
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(body.contains("RAFTKIT_FAULT_INJECTION=1"), "{body}");
+    }
+    let (code, body) =
+        raftkit_node::http::request(one, "POST", "/debug/failpoint?name=log_sync&action=boom")
+            .await
+            .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("unknown failpoint action \"boom\""), "{body}");
 
     // Observability: metrics and runtime flags over HTTP on the same port.
     let (code, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();

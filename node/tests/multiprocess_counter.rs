@@ -239,3 +239,78 @@ async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
     common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
     cluster.stop_all();
 }
+
+/// The same fault on the leader, set while it serves: with one writer the
+/// leader takes each write on the thread that received it and fsyncs its
+/// own entries there (after the appends have left for the followers). Its
+/// first failed fsync must stop its group without answering the write; the
+/// followers, which may already hold the entry, elect a new leader, and the
+/// client's retry is answered once from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_fsync_fails_stops_and_loses_no_acknowledged_increment() {
+    let mut cluster = start_cluster(
+        3,
+        &["--election-timeout-ms", "500"],
+        &[("RAFTKIT_FAULT_INJECTION", "1")],
+    )
+    .await;
+    let addrs = cluster.addrs.clone();
+    let client =
+        Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = start_increments(&client, 1, &history, &stop);
+    wait_for_acks(&history, 100, "before the fault").await;
+
+    let leader = leader_of(&client).await.expect("a leader");
+    let victim = cluster.procs.iter().position(|p| p.addr == leader).unwrap();
+    let (code, body) = raftkit_node::http::request(
+        &leader,
+        "POST",
+        "/debug/failpoint?name=log_sync&action=error_once",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = raftkit_node::http::probe(&leader, "/healthz")
+            .await
+            .unwrap_or((0, String::new()));
+        if code == 500 {
+            assert!(body.contains("fsync"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader with a failing disk still reports healthy:\n{}",
+            cluster.procs[victim].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_acks(&history, 100, "after the leader's disk failed").await;
+    assert_ne!(
+        leader_of(&client).await.as_deref(),
+        Some(leader.as_str()),
+        "the stopped member still leads"
+    );
+
+    // Restarted (the failpoint was set at run time, so it is gone), it
+    // recovers from its log and catches up.
+    let p = &mut cluster.procs[victim];
+    p.kill9();
+    p.restart();
+    assert!(
+        wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+        "{}",
+        p.log_tail(20)
+    );
+    wait_for_acks(&history, 50, "after the restart").await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    check_increments(&client, &history).await;
+    common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
+    cluster.stop_all();
+}
