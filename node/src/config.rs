@@ -88,8 +88,8 @@ pub struct NodeArgs {
     /// losing acknowledged writes on power loss).
     #[arg(long, env = "RAFTKIT_SYNC", default_value_t = true, action = ArgAction::Set, value_name = "true|false")]
     pub sync: bool,
-    /// How long an idle client session is remembered (ms); a client must not
-    /// retry one write for longer than this.
+    /// How long an idle client session is remembered (ms, at most 100
+    /// years); a client must not retry one write for longer than this.
     #[arg(long, env = "RAFTKIT_SESSION_IDLE_MS", default_value_t = crate::services::sessions::DEFAULT_IDLE_MS)]
     pub session_idle_ms: u64,
     /// How linearizable reads are confirmed: read-index or lease.
@@ -251,6 +251,14 @@ mod tests {
             (&["--log-uri", "nfs://x"], "log uri"),
             (&["--sync", "maybe"], "maybe"),
             (&["--worker-threads", "1000"], "0..=256"),
+            (
+                &["--session-idle-ms", "0"],
+                "--session-idle-ms 0 is out of range",
+            ),
+            (
+                &["--session-idle-ms", "18446744073709551615"],
+                "(100 years)",
+            ),
         ];
         for (extra, wanted) in cases {
             let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();

@@ -188,6 +188,13 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ServerError> {
         self.advertised()?;
         crate::idle_poll::check_window_us(self.idle_poll_us).map_err(ServerError::Config)?;
+        let max_idle = crate::services::sessions::MAX_IDLE_MS;
+        if !(1..=max_idle).contains(&self.session_idle_ms) {
+            return Err(ServerError::Config(format!(
+                "--session-idle-ms {} is out of range: 1..={max_idle} (100 years)",
+                self.session_idle_ms
+            )));
+        }
         if self.groups.is_empty() {
             return Err(ServerError::Config("no group to host".into()));
         }

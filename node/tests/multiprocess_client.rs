@@ -287,6 +287,50 @@ async fn a_client_whose_session_expired_starts_a_new_one() {
     c.stop_all();
 }
 
+/// A retried write whose session expires between its sends may have been
+/// applied by an earlier send: the client must say the outcome is unknown,
+/// and must not send it again in a new session (that would apply it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_as_expired_is_reported_unknown_not_resent() {
+    let mut c = start(
+        &["--session-idle-ms", "300"],
+        &[("RAFTKIT_FAULT_INJECTION", "1")],
+    )
+    .await;
+    let client = ClusterClient::new(c.addrs.clone(), "counter", Duration::from_secs(10)).unwrap();
+    assert_eq!(client.fetch_add(1).await.unwrap(), 0);
+    let set_everywhere = |action: &'static str| {
+        let addrs = c.addrs.clone();
+        async move {
+            for a in &addrs {
+                let path = format!("/debug/failpoint?name=reply_after_apply&action={action}");
+                let (code, body) = raftkit_node::http::request(a, "POST", &path).await.unwrap();
+                assert_eq!(code, 200, "{body}");
+            }
+        }
+    };
+    // Every reply is lost: the client resends, each resend is answered
+    // from the session (and lost), until the session has been idle longer
+    // than 300 ms of entry time and the resend is refused as expired.
+    set_everywhere("error").await;
+    let err = client
+        .fetch_add(1)
+        .await
+        .expect_err("no reply ever arrives");
+    set_everywhere("off").await;
+    assert!(!err.is_definitely_not_applied(), "{err}");
+    assert!(err.to_string().contains("may have been applied"), "{err}");
+    assert_eq!(
+        client.counter_get().await.unwrap(),
+        2,
+        "the write was applied once"
+    );
+    // The next write renews the expired session and is applied once.
+    assert_eq!(client.fetch_add(1).await.unwrap(), 2);
+    assert_eq!(client.counter_get().await.unwrap(), 3);
+    c.stop_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_reads_see_every_write_acknowledged_before_them() {
     let mut c = start(&[], &[]).await;

@@ -111,16 +111,24 @@ impl Session {
     }
 
     /// Takes the next sequence number, waiting (until `deadline`) while the
-    /// oldest unanswered write is [`MAX_IN_FLIGHT`] behind it.
+    /// oldest unanswered write is [`MAX_IN_FLIGHT`] behind it, or while the
+    /// session's first write is out (the cluster starts a session only from
+    /// its write 1, so the others follow it).
     async fn begin(&self, deadline: Instant) -> Result<SessionWrite<'_>, ClientError> {
         loop {
             let room = self.room.notified();
             {
                 let mut st = self.state.lock();
                 let seq = st.next_seq;
+                let Some(next) = seq.checked_add(1) else {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "session {:016x} has used every sequence number; open a new session",
+                        self.id
+                    )));
+                };
                 let lowest = st.unanswered.first().copied().unwrap_or(seq);
-                if seq - lowest < MAX_IN_FLIGHT {
-                    st.next_seq += 1;
+                if seq - lowest < MAX_IN_FLIGHT && (seq == 1 || lowest != 1) {
+                    st.next_seq = next;
                     st.unanswered.insert(seq);
                     return Ok(SessionWrite {
                         session: self,
@@ -606,6 +614,10 @@ impl ClusterClient {
 
     /// A write through `session`: `call` gets the session's fields for this
     /// write; retried on any retryable error until `deadline`.
+    ///
+    /// "Session expired" on the first send means the write was refused, not
+    /// applied. On a later send an earlier one may have been applied before
+    /// the session expired, so the outcome is unknown and the error says so.
     async fn write_in<T, F, Fut>(
         &self,
         session: &Session,
@@ -618,19 +630,32 @@ impl ClusterClient {
     {
         let write = session.begin(deadline).await?;
         let wire = write.wire;
+        let sends = AtomicUsize::new(0);
         let r = self
             .call_until(deadline, Retry::Idempotent, |conn, group| {
+                sends.fetch_add(1, Ordering::Relaxed);
                 call(conn, group, wire)
             })
             .await;
         drop(write);
-        r
+        match r {
+            Err(ClientError::Raft(RaftError::SessionExpired(e)))
+                if sends.load(Ordering::Relaxed) > 1 =>
+            {
+                Err(ClientError::Unavailable(format!(
+                    "write {} was sent again after no answer, and then its session had expired: it may have been applied ({e})",
+                    wire.seq
+                )))
+            }
+            r => r,
+        }
     }
 
-    /// A write through this client's own session. If the cluster has
-    /// forgotten that session (idle past the members' `--session-idle-ms`,
-    /// or its first write never arrived), the write was refused, not
-    /// applied: it is sent again once in a new session.
+    /// A write through this client's own session. If the cluster refused
+    /// the write's first send because it has forgotten that session (idle
+    /// past the members' `--session-idle-ms`, or its first write never
+    /// arrived), the write was not applied: it is sent again once in a new
+    /// session.
     async fn write_own<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Conn, String, ClientSession) -> Fut,

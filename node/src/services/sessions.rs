@@ -11,15 +11,19 @@
 //! write, whose outcome it then reports as unknown), so a write below it is
 //! refused as stale and never applied. At most [`MAX_IN_FLIGHT`] sequence
 //! numbers separate a write from the floor, which bounds the answers kept
-//! per session.
+//! per session. An answer can be large (a put's previous value), and the
+//! floor moves only with the session's next write: a session that sent a
+//! burst of big writes and went quiet keeps their answers until it writes
+//! again or expires.
 //!
 //! Everything here must be deterministic, because every replica runs it: time
-//! is the leader-stamped `proposed_at_ms` of the entries, never a local clock.
-//! A session idle for longer than the timeout is forgotten; a write from a
-//! forgotten session is refused as expired (the state machine can no longer
-//! tell whether it was applied), unless the write says the client has had no
-//! answer in that session yet (lowest unanswered 1): that is how a session
-//! starts.
+//! is the leader-stamped `proposed_at_ms` of the entries, never a local clock,
+//! and the sweep schedule travels in snapshots with the table. A session idle
+//! for longer than the timeout is expired (and later swept away); a write
+//! from an expired or unknown session is refused (the state machine can no
+//! longer tell whether it was applied), unless it is the session's first
+//! write (sequence 1): that is how a session starts. So the client sends a
+//! new session's first write alone, and its others once that one finished.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -70,9 +74,13 @@ pub struct Sessions {
 /// Default idle time after which a session is forgotten: 10 minutes.
 pub const DEFAULT_IDLE_MS: u64 = 10 * 60 * 1000;
 
-/// Marks the second encoding of the table (the first began with the idle
-/// time, which is never `u64::MAX`).
+/// Marks the second encoding of the table. The first began with the idle
+/// time, which is never `u64::MAX` (the node refuses an idle time above
+/// [`MAX_IDLE_MS`]).
 const V2_MARK: u64 = u64::MAX;
+
+/// The longest idle time a session may be given: 100 years.
+pub const MAX_IDLE_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 impl Default for Sessions {
     fn default() -> Self {
@@ -137,7 +145,10 @@ impl Sessions {
     ) -> SessionCheck {
         self.tick(entry_ms);
         let lowest = lowest_of(seq, lowest_unanswered);
+        let cutoff = self.now_ms.saturating_sub(self.idle_ms);
         let floor = match self.map.get(&client) {
+            // Idle too long, though not swept yet: expired all the same.
+            Some(e) if e.last_ms < cutoff => return SessionCheck::Expired,
             Some(e) => {
                 if let Some(r) = e.results.get(&seq) {
                     return SessionCheck::Replay(r.clone());
@@ -147,7 +158,7 @@ impl Sessions {
                 }
                 e.floor.max(lowest)
             }
-            None if lowest == 1 => 1,
+            None if seq == 1 => 1,
             None => return SessionCheck::Expired,
         };
         if seq - floor >= MAX_IN_FLIGHT {
@@ -230,7 +241,15 @@ impl Sessions {
     /// Serializes the table for a snapshot.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(40 + self.map.len() * 48);
-        for v in [V2_MARK, 2, self.idle_ms, self.now_ms, self.map.len() as u64] {
+        let head = [
+            V2_MARK,
+            2,
+            self.idle_ms,
+            self.now_ms,
+            self.next_sweep_ms,
+            self.map.len() as u64,
+        ];
+        for v in head {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let mut ids: Vec<&u64> = self.map.keys().collect();
@@ -267,6 +286,9 @@ impl Sessions {
             first
         };
         let now_ms = r.u64()?;
+        // The first encoding did not keep the sweep schedule: sweep at the
+        // next entry (replicas that load a v1 table all do the same).
+        let next_sweep_ms = if v2 { r.u64()? } else { 0 };
         let n = r.u64()?;
         let mut map = HashMap::new();
         for _ in 0..n {
@@ -304,7 +326,7 @@ impl Sessions {
             idle_ms,
             map,
             now_ms,
-            next_sweep_ms: 0,
+            next_sweep_ms,
         })
     }
 }
@@ -387,16 +409,22 @@ mod tests {
     #[test]
     fn writes_in_flight_together_apply_once_in_any_order() {
         let mut s = Sessions::new(1000);
-        // Writes 1, 2, 3 sent together (none answered yet); 3 and 1 reach
-        // the log first, 2 after a retry.
-        assert_eq!(s.check(9, 3, 1, 10), SessionCheck::Apply);
-        s.record(9, 3, 1, b("three"));
-        assert_eq!(s.check(9, 1, 1, 11), SessionCheck::Apply);
+        assert_eq!(
+            s.check(9, 3, 1, 10),
+            SessionCheck::Expired,
+            "a session starts with write 1"
+        );
+        assert_eq!(s.check(9, 1, 1, 10), SessionCheck::Apply);
         s.record(9, 1, 1, b("one"));
+        // Write 1 answered, writes 2 and 3 sent together; 3 reaches the log
+        // first, 2 after a retry.
+        assert_eq!(s.check(9, 3, 2, 10), SessionCheck::Apply);
+        s.record(9, 3, 2, b("three"));
+        assert_eq!(s.check(9, 1, 1, 11), SessionCheck::Stale { floor: 2 });
         assert_eq!(s.check(9, 3, 1, 12), SessionCheck::Replay(b("three")));
-        assert_eq!(s.check(9, 2, 1, 13), SessionCheck::Apply);
-        s.record(9, 2, 1, b("two"));
-        assert_eq!(s.answers(), 3);
+        assert_eq!(s.check(9, 2, 2, 13), SessionCheck::Apply);
+        s.record(9, 2, 2, b("two"));
+        assert_eq!(s.answers(), 2);
         // Write 5 says 1-3 were answered and 4 is still out: the answers
         // below 4 are dropped, 4 can still be applied (and only once).
         assert_eq!(s.check(9, 5, 4, 14), SessionCheck::Apply);
@@ -415,10 +443,6 @@ mod tests {
     #[test]
     fn a_session_keeps_at_most_max_in_flight_answers() {
         let mut s = Sessions::new(1000);
-        assert_eq!(
-            s.check(1, MAX_IN_FLIGHT + 1, 1, 0),
-            SessionCheck::TooFar { floor: 1 }
-        );
         for seq in 1..=MAX_IN_FLIGHT {
             assert_eq!(s.check(1, seq, 1, 0), SessionCheck::Apply);
             s.record(1, seq, 1, Bytes::new());
@@ -468,6 +492,34 @@ mod tests {
     }
 
     #[test]
+    fn expiry_does_not_depend_on_when_the_table_was_swept() {
+        // Replica a sweeps at 0 and then not before 1000; replica b is
+        // loaded from a snapshot of a taken at 500, and must sweep when a
+        // does. Session 1 (last active at 500) is idle from 1001.
+        let mut a = Sessions::new(500);
+        a.check(1, 1, 1, 0);
+        a.record(1, 1, 1, Bytes::new());
+        a.check(2, 1, 1, 500);
+        a.record(2, 1, 1, Bytes::new());
+        a.check(1, 2, 2, 500);
+        a.record(1, 2, 2, Bytes::new());
+        let mut b = Sessions::decode(&a.encode()).unwrap();
+        assert_eq!(b, a, "the sweep schedule travels with the table");
+        for s in [&mut a, &mut b] {
+            assert_eq!(s.check(2, 2, 2, 900), SessionCheck::Apply);
+            s.record(2, 2, 2, Bytes::new());
+            assert_eq!(s.check(1, 3, 3, 1001), SessionCheck::Expired);
+        }
+        assert_eq!(a.encode(), b.encode());
+        // Even a table whose sweep is late refuses an idle session.
+        let mut late = Sessions::new(500);
+        late.check(7, 1, 1, 0);
+        late.record(7, 1, 1, Bytes::new());
+        late.next_sweep_ms = u64::MAX;
+        assert_eq!(late.check(7, 2, 2, 501), SessionCheck::Expired);
+    }
+
+    #[test]
     fn encode_round_trips() {
         let mut s = Sessions::new(5000);
         for c in 0..50u64 {
@@ -491,7 +543,8 @@ mod tests {
 
     #[test]
     fn tables_in_the_first_encoding_still_load() {
-        // idle 5000, now 40, one session 7 whose write 2 answered "two".
+        // idle 5000, now 40, one session 7 (last active at 30) whose write 2
+        // answered "two".
         let mut v1 = Vec::new();
         for v in [5000u64, 40, 1, 7, 2, 30] {
             v1.extend_from_slice(&v.to_le_bytes());
