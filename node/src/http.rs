@@ -54,14 +54,21 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// `GET /debug/failpoint`: the failpoints set, one `name=action` per line.
-async fn show_failpoints() -> Response {
-    if !crate::failpoint::injection_enabled() {
-        return (
+/// The answer of the `/debug` endpoints when fault injection is off.
+fn injection_off() -> Option<Response> {
+    (!crate::failpoint::injection_enabled()).then(|| {
+        (
             StatusCode::NOT_FOUND,
             "fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1\n",
         )
-            .into_response();
+            .into_response()
+    })
+}
+
+/// `GET /debug/failpoint`: the failpoints set, one `name=action` per line.
+async fn show_failpoints() -> Response {
+    if let Some(off) = injection_off() {
+        return off;
     }
     let mut out = String::new();
     for (name, action) in crate::failpoint::list() {
@@ -97,12 +104,8 @@ async fn set_failpoint(Query(q): Query<BTreeMap<String, String>>) -> Response {
 /// `GET /debug/partition`: the peers this node drops traffic to and from,
 /// as two lines `out=A,B` and `in=A,B`.
 async fn show_partition() -> Response {
-    if !crate::failpoint::injection_enabled() {
-        return (
-            StatusCode::NOT_FOUND,
-            "fault injection is off; start the node with RAFTKIT_FAULT_INJECTION=1\n",
-        )
-            .into_response();
+    if let Some(off) = injection_off() {
+        return off;
     }
     let p = crate::failpoint::partition();
     let join =

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{start_cluster, wait_http_ok};
+use common::procs::{start_cluster, wait_http_ok, Proc, ProcCluster};
 use nix::sys::signal::Signal;
 use raftkit_node::client::ClusterClient;
 
@@ -200,6 +200,17 @@ async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
     p.env = vec![("RAFTKIT_FAILPOINTS".into(), "log_sync=error(0.02)".into())];
     p.restart();
     // Its group stops on the first failed fsync, and says so.
+    wait_until_stopped_by_its_disk(p).await;
+    // The others go on without it.
+    wait_for_acks(&history, 200, "with one member stopped by its disk").await;
+
+    // A working disk again: it recovers from what its log holds and catches up.
+    cluster.procs[victim].env.clear();
+    restart_and_check(&mut cluster, victim, &client, &history, &stop, workers).await;
+}
+
+/// Waits until `p` reports on /healthz that its disk stopped a group.
+async fn wait_until_stopped_by_its_disk(p: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, body) = raftkit_node::http::probe(&p.addr, "/healthz")
@@ -207,36 +218,44 @@ async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
             .unwrap_or((0, String::new()));
         if code == 500 {
             assert!(body.contains("fsync"), "{body}");
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
             "the member with a failing disk still reports healthy:\n{}",
             p.log_tail(20)
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The others go on without it.
-    wait_for_acks(&history, 200, "with one member stopped by its disk").await;
+}
 
-    // A working disk again: it recovers from what its log holds and catches up.
+/// Restarts member `victim` (SIGKILL first), waits until it is ready and
+/// more increments are acknowledged, stops the workers, and runs the
+/// counter checks and the replica comparison.
+async fn restart_and_check(
+    cluster: &mut ProcCluster,
+    victim: usize,
+    client: &ClusterClient,
+    history: &Arc<Mutex<History>>,
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+) {
     let p = &mut cluster.procs[victim];
     p.kill9();
-    p.env.clear();
     p.restart();
     assert!(
         wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
         "{}",
         p.log_tail(20)
     );
-    wait_for_acks(&history, 100, "after the disk was fixed").await;
+    wait_for_acks(history, 100, "after the restart").await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-
-    check_increments(&client, &history).await;
-    common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
+    check_increments(client, history).await;
+    let addrs = cluster.addrs.clone();
+    common::assert_replicas_agree(client, &addrs, Duration::from_secs(20)).await;
     cluster.stop_all();
 }
 
@@ -272,22 +291,7 @@ async fn a_leader_whose_fsync_fails_stops_and_loses_no_acknowledged_increment() 
     .await
     .unwrap();
     assert_eq!(code, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = raftkit_node::http::probe(&leader, "/healthz")
-            .await
-            .unwrap_or((0, String::new()));
-        if code == 500 {
-            assert!(body.contains("fsync"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader with a failing disk still reports healthy:\n{}",
-            cluster.procs[victim].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_stopped_by_its_disk(&cluster.procs[victim]).await;
     wait_for_acks(&history, 100, "after the leader's disk failed").await;
     assert_ne!(
         leader_of(&client).await.as_deref(),
@@ -297,20 +301,5 @@ async fn a_leader_whose_fsync_fails_stops_and_loses_no_acknowledged_increment() 
 
     // Restarted (the failpoint was set at run time, so it is gone), it
     // recovers from its log and catches up.
-    let p = &mut cluster.procs[victim];
-    p.kill9();
-    p.restart();
-    assert!(
-        wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
-        "{}",
-        p.log_tail(20)
-    );
-    wait_for_acks(&history, 50, "after the restart").await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    check_increments(&client, &history).await;
-    common::assert_replicas_agree(&client, &addrs, Duration::from_secs(20)).await;
-    cluster.stop_all();
+    restart_and_check(&mut cluster, victim, &client, &history, &stop, workers).await;
 }
