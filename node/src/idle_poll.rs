@@ -13,7 +13,8 @@
 //! the next input. The price is CPU time: a node that is busy now and then
 //! burns its idle CPUs for N µs after each burst, and a CPU quota (a
 //! Kubernetes limit) counts that time. Seastar's reactor
-//! (`--idle-poll-time-us`) makes the same trade. Off (0) by default.
+//! (`--idle-poll-time-us`) makes the same trade. Off (0) by default; a node
+//! whose cgroup has a CPU quota logs a warning when it is turned on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -111,8 +112,67 @@ pub fn set_window_us(us: u64) -> Result<(), String> {
         }
     }
     drop(threads);
+    if let Some(cpus) = cpu_quota() {
+        tracing::warn!(
+            idle_poll_us = us,
+            cpu_quota = cpus,
+            "idle polling is on in a cgroup with a CPU quota: the quota counts the pollers' spinning, so the node will be throttled sooner; keep --idle-poll-us 0 under a CPU limit"
+        );
+    }
     touch();
     Ok(())
+}
+
+/// The CPU quota of this process's cgroup, in CPUs (`None`: no quota, or
+/// none found). cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`.
+pub fn cpu_quota() -> Option<f64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            // v2: the unified hierarchy.
+            let f = std::path::Path::new("/sys/fs/cgroup")
+                .join(path)
+                .join("cpu.max");
+            if let Some(q) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| parse_cpu_max(&t))
+            {
+                return Some(q);
+            }
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            for mount in [controllers, "cpu", "cpu,cpuacct"] {
+                let dir = std::path::Path::new("/sys/fs/cgroup")
+                    .join(mount)
+                    .join(path);
+                let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+                if let (Some(q), Some(p)) = (read("cpu.cfs_quota_us"), read("cpu.cfs_period_us")) {
+                    if let Some(q) = parse_cfs(&q, &p) {
+                        return Some(q);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// cgroup v2 `cpu.max`: "QUOTA PERIOD" or "max PERIOD".
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut it = text.split_whitespace();
+    let quota: f64 = it.next()?.parse().ok()?;
+    let period: f64 = it.next()?.parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// cgroup v1 `cpu.cfs_quota_us` (-1: none) and `cpu.cfs_period_us`.
+fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
+    let quota: f64 = quota.trim().parse().ok()?;
+    let period: f64 = period.trim().parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 
 /// Marks an input: pollers spin for the window from now.
@@ -191,6 +251,17 @@ mod tests {
             assert!(Instant::now() < until, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn reads_cpu_quotas_of_both_cgroup_versions() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("200000 100000"), Some(2.0));
+        assert_eq!(parse_cpu_max(""), None);
+        assert_eq!(parse_cfs("-1\n", "100000\n"), None);
+        assert_eq!(parse_cfs("150000\n", "100000\n"), Some(1.5));
+        assert_eq!(parse_cfs("junk", "100000"), None);
     }
 
     // One test: the poller is process-wide, so its steps must not interleave.
