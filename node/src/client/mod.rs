@@ -144,10 +144,16 @@ impl Session {
                 .await
                 .is_err()
             {
-                return Err(ClientError::Unavailable(format!(
-                    "session {:016x} has {MAX_IN_FLIGHT} writes in flight and none finished in time",
+                // Never sent: certainly not applied.
+                let why = if self.state.lock().unanswered.contains(&1) {
+                    "its first write, which starts it, did not finish".to_string()
+                } else {
+                    format!("it has {MAX_IN_FLIGHT} writes in flight and none finished")
+                };
+                return Err(ClientError::Raft(RaftError::Busy(format!(
+                    "session {:016x}: not sent, because {why} within the deadline",
                     self.id
-                )));
+                ))));
             }
         }
     }
@@ -1125,6 +1131,40 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::collections::HashSet;
+
+    #[tokio::test]
+    async fn a_session_starts_with_one_write_and_keeps_its_window() {
+        let soon = || Instant::now() + Duration::from_millis(50);
+        let s = Arc::new(Session::resume(5, 1));
+        let first = s.begin(soon()).await.unwrap();
+        assert_eq!((first.wire.seq, first.wire.lowest_unanswered), (1, 1));
+        // Write 1 starts the session in the cluster: the next waits for it.
+        let e = s.begin(soon()).await.err().expect("waits for write 1");
+        assert!(e.is_definitely_not_applied(), "{e}");
+        assert!(e.to_string().contains("first write"), "{e}");
+        drop(first);
+        // Then up to MAX_IN_FLIGHT numbers past the oldest unanswered write.
+        let mut open = Vec::new();
+        for seq in 2..2 + MAX_IN_FLIGHT {
+            let w = s.begin(soon()).await.unwrap();
+            assert_eq!((w.wire.seq, w.wire.lowest_unanswered), (seq, 2));
+            open.push(w);
+        }
+        let e = s.begin(soon()).await.err().expect("the window is full");
+        assert!(e.to_string().contains("writes in flight"), "{e}");
+        // A write finishing (here the oldest) wakes one that waits for room.
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let w = s.begin(Instant::now() + Duration::from_secs(10)).await?;
+                Ok::<_, ClientError>((w.wire.seq, w.wire.lowest_unanswered))
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no room yet");
+        open.remove(0);
+        assert_eq!(waiter.await.unwrap().unwrap(), (2 + MAX_IN_FLIGHT, 3));
+    }
 
     fn client() -> ClusterClient {
         let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
