@@ -97,11 +97,12 @@ pub struct NodeArgs {
     pub read_mode: ReadMode,
     /// Keep idle CPUs awake (spinning at the lowest priority) for this
     /// many µs after each raft input at light load, so the next wake-up
-    /// does not pay for a halted CPU (0: off). Trades idle CPU time for
-    /// latency; see docs/architecture.md, "Idle polling". Changeable at
-    /// run time: POST /flags?idle_poll_us=N.
-    #[arg(long, env = "RAFTKIT_IDLE_POLL_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=crate::idle_poll::MAX_WINDOW_US))]
-    pub idle_poll_us: u64,
+    /// does not pay for a halted CPU (0: off). `auto`: 1000 µs unless the
+    /// cgroup has a CPU quota or only one CPU is usable, then off. Trades
+    /// idle CPU time for latency; see docs/architecture.md, "Idle
+    /// polling". Changeable at run time: POST /flags?idle_poll_us=N|auto.
+    #[arg(long, env = "RAFTKIT_IDLE_POLL_US", default_value = "auto", value_parser = parse_idle_poll)]
+    pub idle_poll_us: crate::idle_poll::IdlePoll,
     /// Threads serving the network (gRPC and HTTP); 0: one per four CPUs,
     /// at least one. Each group also runs its own raft, I/O and apply
     /// threads, so networking needs fewer than the CPU count.
@@ -128,6 +129,10 @@ impl NodeArgs {
 }
 
 fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
+    s.parse()
+}
+
+fn parse_idle_poll(s: &str) -> Result<crate::idle_poll::IdlePoll, String> {
     s.parse()
 }
 

@@ -221,7 +221,7 @@ fn flag_views(s: &HttpState) -> Vec<FlagView> {
     }
     out.push(FlagView {
         name: "idle_poll_us".into(),
-        value: crate::idle_poll::window_us().to_string(),
+        value: crate::idle_poll::setting().to_string(),
         mutable: true,
     });
     out.push(FlagView {
@@ -298,11 +298,7 @@ async fn set_flags(
             continue;
         }
         if name == "idle_poll_us" {
-            let parsed = value
-                .parse::<u64>()
-                .map_err(|_| format!("idle_poll_us: {value:?} is not a whole number of µs"))
-                .and_then(|us| crate::idle_poll::check_window_us(us).map(|_| us));
-            if let Err(e) = parsed {
+            if let Err(e) = value.parse::<crate::idle_poll::IdlePoll>() {
                 return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
             }
             continue;
@@ -338,8 +334,10 @@ async fn set_flags(
         }
         if name == "idle_poll_us" {
             // Checked above.
-            let us = value.parse::<u64>().unwrap_or_default();
-            if let Err(e) = crate::idle_poll::set_window_us(us) {
+            let setting = value
+                .parse()
+                .unwrap_or(crate::idle_poll::IdlePoll::Window(0));
+            if let Err(e) = crate::idle_poll::apply(setting) {
                 return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
             }
             continue;

@@ -5,16 +5,23 @@
 //! halted CPU (a message arrived, a disk write completed) costs tens of
 //! microseconds: the hypervisor has to schedule the virtual CPU again. A
 //! replicated write passes about eight such wake-ups (docs/benchmarks.md,
-//! "Where the time goes"). With `--idle-poll-us N`, the node runs one
-//! polling thread per CPU at the lowest priority there is (`SCHED_IDLE`):
-//! for N µs after the node's last raft input it spins, so a CPU that would
+//! "Where the time goes"). With a window of N µs, the node runs one
+//! polling thread per CPU (at most [`MAX_POLLERS`]) at the lowest priority
+//! there is (`SCHED_IDLE`): for N µs after the node's last write-path raft
+//! input taken inline (light load) they spin, so a CPU that would
 //! otherwise halt stays awake; any real thread that becomes runnable
-//! preempts it at once. After N µs without input the pollers sleep until
-//! the next input. The price is CPU time: a node that is busy now and then
-//! burns its idle CPUs for N µs after each burst, and a CPU quota (a
-//! Kubernetes limit) counts that time. Seastar's reactor
-//! (`--idle-poll-time-us`) makes the same trade. Off (0) by default; a node
-//! whose cgroup has a CPU quota logs a warning when it is turned on.
+//! preempts them at once. After N µs without input the pollers sleep until
+//! the next input, so an idle node spends nothing. The price is CPU time:
+//! a node that is busy now and then burns its idle CPUs for N µs after
+//! each burst, and a CPU quota (a Kubernetes limit) counts that time.
+//!
+//! `--idle-poll-us auto` (the default) runs a window of
+//! [`AUTO_WINDOW_US`] unless the node's cgroup has a CPU quota or the
+//! process may use only one CPU; then it is off. Seastar's reactor polls
+//! idle CPUs by default too (`--idle-poll-time-us`), and so does the KVM
+//! guest kernel's `haltpoll` when its `guest_halt_poll_ns` is not 0. A
+//! number sets the window (0: off); a node whose cgroup has a CPU quota
+//! logs a warning when an explicit window turns polling on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -27,6 +34,90 @@ use parking_lot::Mutex;
 /// already far past any useful setting.
 pub const MAX_WINDOW_US: u64 = 1_000_000;
 
+/// The window `auto` chooses where polling is allowed (µs). At one client
+/// the gaps between a node's write-path inputs are 0.3–0.5 ms on the
+/// reference machine; 200 µs (Seastar's default) measured no better than
+/// off there, 500 µs most of the gain, 1 ms all of it (docs/benchmarks.md).
+pub const AUTO_WINDOW_US: u64 = 1_000;
+
+/// Most polling threads a process runs: one wake-up chain of a write has a
+/// few threads in it, and a large machine should not spin all its CPUs.
+pub const MAX_POLLERS: usize = 4;
+
+/// What `--idle-poll-us` asks for: `auto`, or a window in µs (0: off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdlePoll {
+    Auto,
+    Window(u64),
+}
+
+impl std::str::FromStr for IdlePoll {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(IdlePoll::Auto);
+        }
+        let us = s.parse::<u64>().map_err(|_| {
+            format!("idle_poll_us: {s:?} is neither `auto` nor a whole number of µs")
+        })?;
+        check_window_us(us)?;
+        Ok(IdlePoll::Window(us))
+    }
+}
+
+impl std::fmt::Display for IdlePoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdlePoll::Auto => f.write_str("auto"),
+            IdlePoll::Window(us) => write!(f, "{us}"),
+        }
+    }
+}
+
+/// The window `auto` runs with in a cgroup with CPU quota `quota` on
+/// `cpus` usable CPUs, and why.
+pub fn auto_window(quota: Option<f64>, cpus: usize) -> (u64, String) {
+    if let Some(q) = quota {
+        return (
+            0,
+            format!("off: the cgroup has a CPU quota ({q:.2} CPUs), which would count the pollers' spinning"),
+        );
+    }
+    if cpus < 2 {
+        return (0, "off: this process may use only one CPU".into());
+    }
+    (
+        AUTO_WINDOW_US,
+        format!("on: {cpus} CPUs and no CPU quota; --idle-poll-us 0 turns it off"),
+    )
+}
+
+/// Applies a setting: resolves `auto` on this machine, then sets the
+/// window. Returns the window now in force (µs).
+pub fn apply(setting: IdlePoll) -> Result<u64, String> {
+    let us = match setting {
+        IdlePoll::Window(us) => us,
+        IdlePoll::Auto => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (us, why) = auto_window(cpu_quota(), cpus);
+            tracing::info!(idle_poll_us = us, "idle polling auto: {why}");
+            us
+        }
+    };
+    set_window_us(us)?;
+    *poller().setting.lock() = setting;
+    Ok(us)
+}
+
+/// The setting last applied (a window of 0 until one is).
+pub fn setting() -> IdlePoll {
+    POLLER
+        .get()
+        .map_or(IdlePoll::Window(0), |p| *p.setting.lock())
+}
+
 /// A poller looks at the window again after spinning this long (µs).
 const SPIN_US: u64 = 20;
 
@@ -34,13 +125,44 @@ struct Poller {
     start: Instant,
     /// Last input, µs since `start`.
     last_us: AtomicU64,
+    /// Last sign of load (`busy`), µs since `start`.
+    busy_us: AtomicU64,
     /// Spin this long after an input (µs); 0: off.
     window_us: AtomicU64,
     /// Some poller is asleep waiting for an input.
     sleeping: AtomicBool,
     threads: Mutex<Vec<Thread>>,
-    /// Time spent spinning, all pollers together (µs).
-    spun_us: AtomicU64,
+    /// What was asked for (`window_us` is what it resolved to).
+    setting: Mutex<IdlePoll>,
+    /// CPU time spent spinning, all pollers together (ns).
+    spun_ns: AtomicU64,
+    /// Over budget: pollers do not spin (see [`BUDGET_RATIO`]).
+    throttled: AtomicBool,
+    /// Next budget check, µs since `start`.
+    next_check_us: AtomicU64,
+    budget: Mutex<Budget>,
+}
+
+/// Pollers may spin at most this much CPU time per unit of CPU time the
+/// rest of the process used: idle polling at most doubles what a node
+/// costs. At one client on the reference machine the pollers used ~0.8 of
+/// the nodes' own CPU time, so the budget leaves that case alone; at a
+/// trickle of writes (100/s) they would otherwise spin twice what the
+/// nodes work, and on a machine with many CPUs far more.
+pub const BUDGET_RATIO: f64 = 1.0;
+/// How often the budget is settled (µs).
+const BUDGET_PERIOD_US: u64 = 50_000;
+/// Most credit the budget keeps (ns): a burst after a quiet spell may
+/// spin this much before it has to be earned.
+const MAX_CREDIT_NS: i64 = 50_000_000;
+
+struct Budget {
+    /// The process's CPU time outside the pollers at the last check (ns).
+    work_ns: u64,
+    /// `spun_ns` at the last check.
+    spun_ns: u64,
+    /// Spin time still allowed (ns); below 0, the pollers are throttled.
+    credit_ns: i64,
 }
 
 static POLLER: OnceLock<Poller> = OnceLock::new();
@@ -49,10 +171,19 @@ fn poller() -> &'static Poller {
     POLLER.get_or_init(|| Poller {
         start: Instant::now(),
         last_us: AtomicU64::new(0),
+        busy_us: AtomicU64::new(0),
         window_us: AtomicU64::new(0),
         sleeping: AtomicBool::new(false),
         threads: Mutex::new(Vec::new()),
-        spun_us: AtomicU64::new(0),
+        setting: Mutex::new(IdlePoll::Window(0)),
+        spun_ns: AtomicU64::new(0),
+        throttled: AtomicBool::new(false),
+        next_check_us: AtomicU64::new(0),
+        budget: Mutex::new(Budget {
+            work_ns: process_cpu_ns().unwrap_or(0),
+            spun_ns: 0,
+            credit_ns: MAX_CREDIT_NS,
+        }),
     })
 }
 
@@ -60,6 +191,53 @@ impl Poller {
     fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
     }
+
+    /// Settles the budget once per period: what the process worked since
+    /// the last check earns credit, what the pollers spun spends it.
+    fn check_budget(&self) {
+        let now = self.now_us();
+        let next = self.next_check_us.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_check_us
+                .compare_exchange(
+                    next,
+                    now + BUDGET_PERIOD_US,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let Some(total) = process_cpu_ns() else {
+            return;
+        };
+        let spun = self.spun_ns.load(Ordering::Relaxed);
+        let mut b = self.budget.lock();
+        let work = total.saturating_sub(spun);
+        let earned = work.saturating_sub(b.work_ns) as f64 * BUDGET_RATIO;
+        let spent = spun.saturating_sub(b.spun_ns);
+        b.work_ns = work;
+        b.spun_ns = spun;
+        b.credit_ns = (b.credit_ns + earned as i64 - spent as i64).min(MAX_CREDIT_NS);
+        self.throttled.store(b.credit_ns < 0, Ordering::Relaxed);
+    }
+}
+
+/// CPU time this process used so far (ns), all threads.
+fn process_cpu_ns() -> Option<u64> {
+    cpu_clock_ns(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time the calling thread used so far (ns).
+fn thread_cpu_ns() -> Option<u64> {
+    cpu_clock_ns(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn cpu_clock_ns(clock: nix::time::ClockId) -> Option<u64> {
+    let t = nix::time::clock_gettime(clock).ok()?;
+    Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }
 
 /// The current window (µs; 0: off).
@@ -83,7 +261,14 @@ pub fn check_window_us(us: u64) -> Result<(), String> {
 pub fn spun_seconds() -> f64 {
     POLLER
         .get()
-        .map_or(0.0, |p| p.spun_us.load(Ordering::Relaxed) as f64 / 1e6)
+        .map_or(0.0, |p| p.spun_ns.load(Ordering::Relaxed) as f64 / 1e9)
+}
+
+/// Whether the pollers are over their CPU budget now ([`BUDGET_RATIO`]).
+pub fn throttled() -> bool {
+    POLLER
+        .get()
+        .is_some_and(|p| p.throttled.load(Ordering::Relaxed))
 }
 
 /// How many polling threads run (0 until a window was first set).
@@ -92,18 +277,21 @@ pub fn threads() -> usize {
 }
 
 /// Sets the window; starts the polling threads, one per CPU this process
-/// may use, the first time it is not 0.
-pub fn set_window_us(us: u64) -> Result<(), String> {
+/// may use (at most [`MAX_POLLERS`]), the first time it is not 0.
+fn set_window_us(us: u64) -> Result<(), String> {
     check_window_us(us)?;
     let p = poller();
     p.window_us.store(us, Ordering::SeqCst);
+    // A new setting starts with a fresh budget.
+    p.budget.lock().credit_ns = MAX_CREDIT_NS;
+    p.throttled.store(false, Ordering::Relaxed);
     if us == 0 {
         return Ok(());
     }
     let mut threads = p.threads.lock();
     if threads.is_empty() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..n {
+        for i in 0..n.min(MAX_POLLERS) {
             let t = std::thread::Builder::new()
                 .name(format!("idle-poll-{i}"))
                 .spawn(run)
@@ -116,7 +304,7 @@ pub fn set_window_us(us: u64) -> Result<(), String> {
         tracing::warn!(
             idle_poll_us = us,
             cpu_quota = cpus,
-            "idle polling is on in a cgroup with a CPU quota: the quota counts the pollers' spinning, so the node will be throttled sooner; keep --idle-poll-us 0 under a CPU limit"
+            "idle polling is on in a cgroup with a CPU quota: the quota counts the pollers' spinning, so the node will be throttled sooner; use --idle-poll-us 0 or auto (off under a quota) with a CPU limit"
         );
     }
     touch();
@@ -175,16 +363,21 @@ fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
     (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 
-/// Marks an input: pollers spin for the window from now.
+/// Marks an input: pollers spin for the window from now, unless the node
+/// was [`busy`] within the window.
 #[inline]
 pub fn touch() {
     let Some(p) = POLLER.get() else {
         return;
     };
-    if p.window_us.load(Ordering::Relaxed) == 0 {
+    let window = p.window_us.load(Ordering::Relaxed);
+    if window == 0 {
         return;
     }
     let now = p.now_us();
+    if now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) < window {
+        return;
+    }
     // Writes to the shared stamp are rare: at most one per 20 µs.
     if now.saturating_sub(p.last_us.load(Ordering::Relaxed)) >= 20 {
         p.last_us.store(now, Ordering::SeqCst);
@@ -193,6 +386,26 @@ pub fn touch() {
         for t in p.threads.lock().iter() {
             t.unpark();
         }
+    }
+}
+
+/// Marks load: a write-path input found the node with more than one write
+/// in flight. Its CPUs are then not about to idle, and spinning would only
+/// get in the way of the threads doing the work (measured: 64 clients lost
+/// ~13% of their throughput to pollers that spun in the short gaps), so
+/// pollers stay asleep until a window has passed without load.
+#[inline]
+pub fn busy() {
+    let Some(p) = POLLER.get() else {
+        return;
+    };
+    if p.window_us.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let now = p.now_us();
+    // As in `touch`: at most one store per 20 µs.
+    if now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) >= 20 {
+        p.busy_us.store(now, Ordering::Relaxed);
     }
 }
 
@@ -217,10 +430,26 @@ fn set_sched_idle() {
 fn run() {
     set_sched_idle();
     let p = poller();
+    // All of a poller's CPU time counts as spinning (the budget's "spent").
+    let mut cpu = thread_cpu_ns();
+    let mut account = |p: &Poller| {
+        if let Some(now) = thread_cpu_ns() {
+            if let Some(before) = cpu {
+                p.spun_ns
+                    .fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            }
+            cpu = Some(now);
+        }
+    };
     loop {
+        p.check_budget();
         let window = p.window_us.load(Ordering::SeqCst);
         let active = |p: &Poller| {
-            window > 0 && p.now_us().saturating_sub(p.last_us.load(Ordering::SeqCst)) < window
+            let now = p.now_us();
+            window > 0
+                && !p.throttled.load(Ordering::Relaxed)
+                && now.saturating_sub(p.last_us.load(Ordering::SeqCst)) < window
+                && now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) >= window
         };
         if active(p) {
             // A pause per turn (kinder to a sibling hyperthread); against
@@ -230,14 +459,23 @@ fn run() {
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
-            p.spun_us.fetch_add(SPIN_US, Ordering::Relaxed);
+            account(p);
             continue;
         }
         p.sleeping.store(true, Ordering::SeqCst);
         if active(p) {
             continue;
         }
-        std::thread::park_timeout(Duration::from_secs(1));
+        // Over budget with an input waiting: look at the budget again once
+        // this period is over (an input also wakes the pollers).
+        let waiting = p.now_us().saturating_sub(p.last_us.load(Ordering::SeqCst)) < window;
+        let nap = if p.throttled.load(Ordering::Relaxed) && waiting {
+            Duration::from_micros(BUDGET_PERIOD_US)
+        } else {
+            Duration::from_secs(1)
+        };
+        std::thread::park_timeout(nap);
+        account(p);
     }
 }
 
@@ -264,15 +502,50 @@ mod tests {
         assert_eq!(parse_cfs("junk", "100000"), None);
     }
 
+    #[test]
+    fn parses_auto_and_windows_and_says_what_was_wrong() {
+        assert_eq!("auto".parse::<IdlePoll>(), Ok(IdlePoll::Auto));
+        assert_eq!(" AUTO ".parse::<IdlePoll>(), Ok(IdlePoll::Auto));
+        assert_eq!("0".parse::<IdlePoll>(), Ok(IdlePoll::Window(0)));
+        assert_eq!("1000".parse::<IdlePoll>(), Ok(IdlePoll::Window(1000)));
+        let err = "soon".parse::<IdlePoll>().unwrap_err();
+        assert!(err.contains("neither `auto` nor a whole number"), "{err}");
+        let err = "-5".parse::<IdlePoll>().unwrap_err();
+        assert!(err.contains("neither `auto`"), "{err}");
+        let err = "1000001".parse::<IdlePoll>().unwrap_err();
+        assert!(err.contains("at most 1000000"), "{err}");
+        for s in [IdlePoll::Auto, IdlePoll::Window(0), IdlePoll::Window(750)] {
+            assert_eq!(s.to_string().parse::<IdlePoll>(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn auto_polls_only_with_two_cpus_and_no_quota() {
+        assert_eq!(auto_window(None, 2).0, AUTO_WINDOW_US);
+        assert_eq!(auto_window(None, 64).0, AUTO_WINDOW_US);
+        let (us, why) = auto_window(None, 1);
+        assert_eq!(us, 0);
+        assert!(why.contains("one CPU"), "{why}");
+        // Any quota, even a generous one, turns it off: the quota would
+        // count the spinning and throttle the node's real work.
+        let (us, why) = auto_window(Some(8.0), 16);
+        assert_eq!(us, 0);
+        assert!(why.contains("CPU quota (8.00 CPUs)"), "{why}");
+        assert_eq!(auto_window(Some(0.5), 2).0, 0);
+    }
+
     // One test: the poller is process-wide, so its steps must not interleave.
     #[test]
     fn pollers_spin_after_input_and_stop_when_it_ends() {
-        let err = set_window_us(MAX_WINDOW_US + 1).unwrap_err();
+        let err = apply(IdlePoll::Window(MAX_WINDOW_US + 1)).unwrap_err();
         assert!(err.contains("at most 1000000"), "{err}");
         assert_eq!(window_us(), 0, "a refused window must not be set");
+        assert_eq!(setting(), IdlePoll::Window(0));
 
-        set_window_us(50_000).unwrap();
+        assert_eq!(apply(IdlePoll::Window(50_000)), Ok(50_000));
         assert_eq!(window_us(), 50_000);
+        assert_eq!(setting(), IdlePoll::Window(50_000));
+        assert!((1..=MAX_POLLERS).contains(&threads()), "{}", threads());
         assert!(threads() >= 1);
         let asleep = || {
             wait_until("pollers to go to sleep", Duration::from_secs(10), || {
@@ -284,17 +557,50 @@ mod tests {
         // Setting the window counts as an input; once it has passed
         // without another, the pollers sleep.
         asleep();
-        // One input wakes them, and they spin.
+
+        // The budget: inputs keep coming for a second while this process
+        // does next to no work. Without a budget the pollers would spin
+        // about a second each; with it, they spin no more than the rest of
+        // the process worked, plus the credit and one period's overshoot
+        // per poller. (Other tests running in this process earn credit
+        // too, which is why the bound is stated against the work.)
+        let (cpu0, spun0) = (process_cpu_ns().unwrap(), spun_seconds());
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            touch();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let spun = spun_seconds() - spun0;
+        let work = (process_cpu_ns().unwrap() - cpu0) as f64 / 1e9 - spun;
+        let allowance = work * BUDGET_RATIO
+            + MAX_CREDIT_NS as f64 / 1e9
+            + threads() as f64 * BUDGET_PERIOD_US as f64 / 1e6
+            + 0.05;
+        assert!(
+            spun <= allowance,
+            "pollers spun {spun:.3} s while the process worked {work:.3} s (allowed {allowance:.3} s)"
+        );
+        asleep();
+
+        // Work earns credit back, and then one input wakes them and they
+        // spin.
+        let t0 = thread_cpu_ns().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while thread_cpu_ns().unwrap() - t0 < 300_000_000 && Instant::now() < deadline {
+            std::hint::black_box((0..1000u64).sum::<u64>());
+        }
         let before = spun_seconds();
-        touch();
         wait_until(
             "an input to wake the pollers",
             Duration::from_secs(10),
-            || spun_seconds() > before,
+            || {
+                touch();
+                spun_seconds() > before + 0.001
+            },
         );
         asleep();
         // Off: inputs no longer wake them.
-        set_window_us(0).unwrap();
+        apply(IdlePoll::Window(0)).unwrap();
         let a = spun_seconds();
         for _ in 0..20 {
             touch();

@@ -334,6 +334,11 @@ pub fn render(
         "# HELP raftkit_idle_poll_spin_seconds_total CPU time the idle pollers spent spinning (--idle-poll-us).\n# TYPE raftkit_idle_poll_spin_seconds_total counter\nraftkit_idle_poll_spin_seconds_total {}",
         crate::idle_poll::spun_seconds()
     );
+    let _ = writeln!(
+        o,
+        "# HELP raftkit_idle_poll_window_us The idle polling window in force (µs; 0: off), after `auto` was resolved.\n# TYPE raftkit_idle_poll_window_us gauge\nraftkit_idle_poll_window_us {}",
+        crate::idle_poll::window_us()
+    );
     if let Some(t) = transport {
         let _ = writeln!(o, "# HELP raftkit_transport_bytes_sent_total Raft message bytes sent, per peer.\n# TYPE raftkit_transport_bytes_sent_total counter");
         for (peer, n) in t.sent.lock().iter() {

@@ -114,8 +114,9 @@ pub struct ServerConfig {
     pub read_mode: ReadMode,
     /// How long the state machines remember an idle client session (ms).
     pub session_idle_ms: u64,
-    /// Idle polling window after each light-load raft input (µs; 0: off).
-    pub idle_poll_us: u64,
+    /// Idle polling window after each light-load raft input (µs; 0: off),
+    /// or `auto` (see `idle_poll`).
+    pub idle_poll_us: crate::idle_poll::IdlePoll,
 }
 
 impl ServerConfig {
@@ -187,7 +188,9 @@ impl ServerConfig {
     /// Checks the parts that do not depend on a group.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.advertised()?;
-        crate::idle_poll::check_window_us(self.idle_poll_us).map_err(ServerError::Config)?;
+        if let crate::idle_poll::IdlePoll::Window(us) = self.idle_poll_us {
+            crate::idle_poll::check_window_us(us).map_err(ServerError::Config)?;
+        }
         let max_idle = crate::services::sessions::MAX_IDLE_MS;
         if !(1..=max_idle).contains(&self.session_idle_ms) {
             return Err(ServerError::Config(format!(
@@ -521,7 +524,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    crate::idle_poll::set_window_us(config.idle_poll_us).map_err(ServerError::Config)?;
+    crate::idle_poll::apply(config.idle_poll_us).map_err(ServerError::Config)?;
     let advertise = config.advertised()?;
     let server = Server::bind(
         config.listen,

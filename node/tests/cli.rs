@@ -257,13 +257,28 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         "{body}"
     );
 
-    // Idle polling: off by default, checked, changeable at run time; once
-    // on, writes at light load keep the pollers spinning on every member.
-    assert_eq!(flag(&flags, "idle_poll_us")["value"], "0");
+    // Idle polling: `auto` by default, which polls unless this cgroup has
+    // a CPU quota or one CPU (the nodes run in the test's cgroup); checked,
+    // changeable at run time; once on, writes at light load keep the
+    // pollers spinning on every member.
+    assert_eq!(flag(&flags, "idle_poll_us")["value"], "auto");
     assert_eq!(flag(&flags, "idle_poll_us")["mutable"], true);
+    let window = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("raftkit_idle_poll_window_us "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (auto_us, why) =
+        raftkit_node::idle_poll::auto_window(raftkit_node::idle_poll::cpu_quota(), cpus);
+    eprintln!("idle polling auto here: {auto_us} µs ({why})");
+    for a in &addrs {
+        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        assert_eq!(window(&body), Some(auto_us), "{a}: {body}");
+    }
     let (code, body) = post(one, "/flags?idle_poll_us=soon").await;
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("not a whole number"), "{body}");
+    assert!(body.contains("neither `auto` nor a whole number"), "{body}");
     let (code, body) = post(one, "/flags?idle_poll_us=5000000").await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("at most 1000000"), "{body}");
@@ -314,7 +329,14 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         let (code, body) = post(a, "/flags?idle_poll_us=0").await;
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("idle_poll_us = 0"), "{body}");
+        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        assert_eq!(window(&body), Some(0), "{a}");
     }
+    let (code, body) = post(one, "/flags?idle_poll_us=auto").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("idle_poll_us = auto"), "{body}");
+    let (_, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();
+    assert_eq!(window(&body), Some(auto_us));
 
     // The load generator against the cluster: every call path, JSON out.
     for extra in [

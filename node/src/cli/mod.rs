@@ -154,9 +154,10 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         samples: usize,
         /// Measure with idle polling on, as a node with this
-        /// `--idle-poll-us` would run (0: off).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=crate::idle_poll::MAX_WINDOW_US))]
-        idle_poll_us: u64,
+        /// `--idle-poll-us` would run (0: off, the machine's own floor;
+        /// `auto`: as a node with the default would).
+        #[arg(long, default_value = "0", value_parser = |s: &str| s.parse::<crate::idle_poll::IdlePoll>())]
+        idle_poll_us: crate::idle_poll::IdlePoll,
     },
     /// Run a node server (same flags as raftkit-node).
     #[command(hide = true)]
@@ -527,7 +528,7 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                     code: 2,
                 });
             }
-            crate::idle_poll::set_window_us(*idle_poll_us)
+            crate::idle_poll::apply(*idle_poll_us)
                 .map_err(|message| CliError { message, code: 1 })?;
             let (dir, samples) = (dir.clone(), *samples);
             let f = tokio::task::spawn_blocking(move || crate::bench::measure_floor(&dir, samples))

@@ -94,7 +94,15 @@ impl RaftInbox {
                     _ => MAX_INLINE_BACKLOG,
                 };
                 if !self.closed.load(Ordering::Acquire) && self.rx.len() <= backlog {
-                    if let Some(lp) = core.as_mut().filter(|lp| lp.takes_inline(&msg)) {
+                    let lp = core.as_mut().filter(|lp| {
+                        let takes = lp.takes_inline(&msg);
+                        if !takes && msg.is_write_path() {
+                            // More than one write in flight.
+                            crate::idle_poll::busy();
+                        }
+                        takes
+                    });
+                    if let Some(lp) = lp {
                         if msg.is_write_path() {
                             // Light load: worth keeping CPUs awake for what follows.
                             crate::idle_poll::touch();
@@ -145,6 +153,9 @@ impl RaftInbox {
                     }
                 }
             }
+        } else if self.inline && msg.is_write_path() {
+            // The loop said it has more than one write in flight.
+            crate::idle_poll::busy();
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(chan::SendError(msg));
