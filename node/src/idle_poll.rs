@@ -7,13 +7,15 @@
 //! replicated write passes about eight such wake-ups (docs/benchmarks.md,
 //! "Where the time goes"). With a window of N µs, the node runs one
 //! polling thread per CPU (at most [`MAX_POLLERS`]) at the lowest priority
-//! there is (`SCHED_IDLE`): for N µs after the node's last write-path raft
-//! input taken inline (light load) they spin, so a CPU that would
+//! there is (`SCHED_IDLE`): after the node's last write-path raft input
+//! taken inline (light load) they spin for up to N µs, so a CPU that would
 //! otherwise halt stays awake; any real thread that becomes runnable
-//! preempts them at once. After N µs without input the pollers sleep until
-//! the next input, so an idle node spends nothing. The price is CPU time:
-//! a node that is busy now and then burns its idle CPUs for N µs after
-//! each burst, and a CPU quota (a Kubernetes limit) counts that time.
+//! preempts them at once. Then they sleep until the next input, so an idle
+//! node spends nothing. Three guards keep the price in CPU time down: the
+//! spin adapts to the gaps between inputs (`next_spin_us`), the pollers
+//! stay asleep while the node is [`busy`], and their CPU time may not
+//! exceed the rest of the process's ([`BUDGET_RATIO`]). A CPU quota (a
+//! Kubernetes limit) counts the spinning all the same.
 //!
 //! `--idle-poll-us auto` (the default) runs a window of
 //! [`AUTO_WINDOW_US`] unless the node's cgroup has a CPU quota or the
@@ -125,6 +127,9 @@ struct Poller {
     start: Instant,
     /// Last input, µs since `start`.
     last_us: AtomicU64,
+    /// How long the pollers spin after an input now (µs, at most the
+    /// window): adapts to the gaps between inputs (see [`next_spin_us`]).
+    spin_us: AtomicU64,
     /// Last sign of load (`busy`), µs since `start`.
     busy_us: AtomicU64,
     /// Spin this long after an input (µs); 0: off.
@@ -171,6 +176,7 @@ fn poller() -> &'static Poller {
     POLLER.get_or_init(|| Poller {
         start: Instant::now(),
         last_us: AtomicU64::new(0),
+        spin_us: AtomicU64::new(0),
         busy_us: AtomicU64::new(0),
         window_us: AtomicU64::new(0),
         sleeping: AtomicBool::new(false),
@@ -282,8 +288,9 @@ fn set_window_us(us: u64) -> Result<(), String> {
     check_window_us(us)?;
     let p = poller();
     p.window_us.store(us, Ordering::SeqCst);
-    // A new setting starts with a fresh budget.
+    // A new setting starts with a fresh budget and spins the whole window.
     p.budget.lock().credit_ns = MAX_CREDIT_NS;
+    p.spin_us.store(us, Ordering::Relaxed);
     p.throttled.store(false, Ordering::Relaxed);
     if us == 0 {
         return Ok(());
@@ -378,14 +385,45 @@ pub fn touch() {
     if now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) < window {
         return;
     }
-    // Writes to the shared stamp are rare: at most one per 20 µs.
-    if now.saturating_sub(p.last_us.load(Ordering::Relaxed)) >= 20 {
+    // Writes to the shared stamps are rare: at most one per 20 µs. (Two
+    // threads may race here; either's result is fine.)
+    let gap = now.saturating_sub(p.last_us.load(Ordering::Relaxed));
+    if gap >= 20 {
         p.last_us.store(now, Ordering::SeqCst);
+        let spin = p.spin_us.load(Ordering::Relaxed);
+        let next = next_spin_us(spin, gap, window);
+        if next != spin {
+            p.spin_us.store(next, Ordering::Relaxed);
+        }
     }
     if p.sleeping.load(Ordering::SeqCst) && p.sleeping.swap(false, Ordering::SeqCst) {
         for t in p.threads.lock().iter() {
             t.unpark();
         }
+    }
+}
+
+/// The shortest spin worth growing to (µs).
+const MIN_SPIN_US: u64 = 50;
+
+/// How long to spin after inputs, given the current spin and the gap (µs)
+/// between the last two inputs, as the guest kernel's `haltpoll` adapts its
+/// poll: a gap the spin bridged changes nothing; a gap a longer spin (up to
+/// the window) would have bridged doubles it; a gap longer than the window
+/// halves it, since spinning through it was wasted. A client that waits
+/// for each answer sends its next write within a few hundred µs, so the
+/// spin grows to the window and stays; writes that arrive far apart (open
+/// loop, a trickle) shrink it to about the gaps inside one write, which is
+/// all that spinning can bridge there.
+fn next_spin_us(spin: u64, gap: u64, window: u64) -> u64 {
+    if gap <= spin {
+        spin.min(window)
+    } else if gap <= window {
+        (spin * 2).clamp(MIN_SPIN_US, window)
+    } else if spin / 2 < MIN_SPIN_US {
+        0
+    } else {
+        spin / 2
     }
 }
 
@@ -448,7 +486,8 @@ fn run() {
             let now = p.now_us();
             window > 0
                 && !p.throttled.load(Ordering::Relaxed)
-                && now.saturating_sub(p.last_us.load(Ordering::SeqCst)) < window
+                && now.saturating_sub(p.last_us.load(Ordering::SeqCst))
+                    < p.spin_us.load(Ordering::Relaxed).min(window)
                 && now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) >= window
         };
         if active(p) {
@@ -468,7 +507,8 @@ fn run() {
         }
         // Over budget with an input waiting: look at the budget again once
         // this period is over (an input also wakes the pollers).
-        let waiting = p.now_us().saturating_sub(p.last_us.load(Ordering::SeqCst)) < window;
+        let waiting = p.now_us().saturating_sub(p.last_us.load(Ordering::SeqCst))
+            < p.spin_us.load(Ordering::Relaxed).min(window);
         let nap = if p.throttled.load(Ordering::Relaxed) && waiting {
             Duration::from_micros(BUDGET_PERIOD_US)
         } else {
@@ -517,6 +557,37 @@ mod tests {
         for s in [IdlePoll::Auto, IdlePoll::Window(0), IdlePoll::Window(750)] {
             assert_eq!(s.to_string().parse::<IdlePoll>(), Ok(s));
         }
+    }
+
+    #[test]
+    fn the_spin_grows_to_bridge_short_gaps_and_shrinks_after_long_ones() {
+        let w = 1000;
+        // Bridged: unchanged.
+        assert_eq!(next_spin_us(400, 300, w), 400);
+        // Too short for a gap the window covers: doubles, from at least 50.
+        assert_eq!(next_spin_us(200, 300, w), 400);
+        assert_eq!(next_spin_us(0, 300, w), MIN_SPIN_US);
+        assert_eq!(next_spin_us(800, 900, w), w);
+        // Longer than the window: halves, and stops below 50.
+        assert_eq!(next_spin_us(w, 10_000, w), 500);
+        assert_eq!(next_spin_us(90, 10_000, w), 0);
+        // A closed-loop client (gaps ~0.3-0.5 ms) grows it to cover them
+        // and keeps it; a trickle (inside-write gaps ~0.15 ms, 10 ms
+        // between writes) keeps it within twice the inside-write gaps.
+        let mut spin = 0;
+        for gap in [300, 450, 350, 500, 300, 480, 420, 310].repeat(4) {
+            spin = next_spin_us(spin, gap, w);
+        }
+        assert!(spin >= 500, "{spin}");
+        let mut most = 0;
+        let mut spin = w;
+        for (i, gap) in [10_000, 150, 120].repeat(20).into_iter().enumerate() {
+            spin = next_spin_us(spin, gap, w);
+            if i >= 30 {
+                most = most.max(spin);
+            }
+        }
+        assert!(most <= 300, "spin reached {most} µs on a trickle");
     }
 
     #[test]

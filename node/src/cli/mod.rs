@@ -179,8 +179,9 @@ pub struct BenchArgs {
     /// Unmeasured seconds first.
     #[arg(long, default_value_t = 2.0)]
     pub warmup_s: f64,
-    /// Target operations per second over all clients (open loop, latency
-    /// counted from each operation's due time); 0: closed loop.
+    /// Target operations per second over all clients (open loop: latency
+    /// counted from each operation's due time when the client was still
+    /// busy then, coordinated-omission correction); 0: closed loop.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
     #[arg(long, default_value_t = 16)]
