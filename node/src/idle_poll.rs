@@ -10,8 +10,8 @@
 //! there is (`SCHED_IDLE`): after the node's last write-path raft input
 //! taken inline (light load) they spin for up to N µs, so a CPU that would
 //! otherwise halt stays awake; any real thread that becomes runnable
-//! preempts them at once. Then they sleep until the next input, so an idle
-//! node spends nothing. Three guards keep the price in CPU time down: the
+//! preempts them at once. Then they sleep until the next input (an idle
+//! node wakes them once a second). Three guards keep the price down: the
 //! spin adapts to the gaps between inputs (`next_spin_us`), the pollers
 //! stay asleep while the node is [`busy`], and their CPU time may not
 //! exceed the rest of the process's ([`BUDGET_RATIO`]). A CPU quota (a
@@ -108,8 +108,11 @@ pub fn apply(setting: IdlePoll) -> Result<u64, String> {
             us
         }
     };
+    // Under the setting's lock, so that concurrent calls leave the
+    // setting and the window from the same call.
+    let mut current = poller().setting.lock();
     set_window_us(us)?;
-    *poller().setting.lock() = setting;
+    *current = setting;
     Ok(us)
 }
 
@@ -130,7 +133,7 @@ struct Poller {
     /// How long the pollers spin after an input now (µs, at most the
     /// window): adapts to the gaps between inputs (see [`next_spin_us`]).
     spin_us: AtomicU64,
-    /// Last sign of load (`busy`), µs since `start`.
+    /// Last sign of load (`busy`), µs since `start`; `NEVER`: none yet.
     busy_us: AtomicU64,
     /// Spin this long after an input (µs); 0: off.
     window_us: AtomicU64,
@@ -141,6 +144,9 @@ struct Poller {
     setting: Mutex<IdlePoll>,
     /// CPU time spent spinning, all pollers together (ns).
     spun_ns: AtomicU64,
+    /// The pollers' other CPU time: waking, checking, going back to sleep
+    /// (ns). Not spinning, but the budget counts it.
+    overhead_ns: AtomicU64,
     /// Over budget: pollers do not spin (see [`BUDGET_RATIO`]).
     throttled: AtomicBool,
     /// Next budget check, µs since `start`.
@@ -164,8 +170,8 @@ const MAX_CREDIT_NS: i64 = 50_000_000;
 struct Budget {
     /// The process's CPU time outside the pollers at the last check (ns).
     work_ns: u64,
-    /// `spun_ns` at the last check.
-    spun_ns: u64,
+    /// The pollers' CPU time (`spun_ns` + `overhead_ns`) at the last check.
+    pollers_ns: u64,
     /// Spin time still allowed (ns); below 0, the pollers are throttled.
     credit_ns: i64,
 }
@@ -177,17 +183,18 @@ fn poller() -> &'static Poller {
         start: Instant::now(),
         last_us: AtomicU64::new(0),
         spin_us: AtomicU64::new(0),
-        busy_us: AtomicU64::new(0),
+        busy_us: AtomicU64::new(NEVER),
         window_us: AtomicU64::new(0),
         sleeping: AtomicBool::new(false),
         threads: Mutex::new(Vec::new()),
         setting: Mutex::new(IdlePoll::Window(0)),
         spun_ns: AtomicU64::new(0),
+        overhead_ns: AtomicU64::new(0),
         throttled: AtomicBool::new(false),
         next_check_us: AtomicU64::new(0),
         budget: Mutex::new(Budget {
             work_ns: process_cpu_ns().unwrap_or(0),
-            spun_ns: 0,
+            pollers_ns: 0,
             credit_ns: MAX_CREDIT_NS,
         }),
     })
@@ -219,13 +226,17 @@ impl Poller {
         let Some(total) = process_cpu_ns() else {
             return;
         };
-        let spun = self.spun_ns.load(Ordering::Relaxed);
+        let pollers =
+            self.spun_ns.load(Ordering::Relaxed) + self.overhead_ns.load(Ordering::Relaxed);
         let mut b = self.budget.lock();
-        let work = total.saturating_sub(spun);
-        let earned = work.saturating_sub(b.work_ns) as f64 * BUDGET_RATIO;
-        let spent = spun.saturating_sub(b.spun_ns);
+        let work = total.saturating_sub(pollers);
+        // Signed: the process clock lags the pollers' own clocks by up to
+        // a tick, so `work` can step back a little; that must cost credit
+        // back, not be dropped as 0 (which would earn credit each period).
+        let earned = (work as i64 - b.work_ns as i64) as f64 * BUDGET_RATIO;
+        let spent = pollers.saturating_sub(b.pollers_ns);
         b.work_ns = work;
-        b.spun_ns = spun;
+        b.pollers_ns = pollers;
         b.credit_ns = (b.credit_ns + earned as i64 - spent as i64).min(MAX_CREDIT_NS);
         self.throttled.store(b.credit_ns < 0, Ordering::Relaxed);
     }
@@ -322,37 +333,59 @@ fn set_window_us(us: u64) -> Result<(), String> {
 /// none found). cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`.
 pub fn cpu_quota() -> Option<f64> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cpu_quota_in(std::path::Path::new("/sys/fs/cgroup"), &own)
+}
+
+/// The smallest CPU quota on the way from this process's cgroup (as
+/// `/proc/self/cgroup` names it) up to the hierarchy's root under `root`.
+/// Ancestors count because a quota there limits everything below it. A
+/// container without a cgroup namespace sees the host's path for its
+/// cgroup while its own cgroup is mounted as the root, so a path that does
+/// not exist is skipped and the root still read.
+fn cpu_quota_in(root: &std::path::Path, own: &str) -> Option<f64> {
+    let mut found: Option<f64> = None;
+    let mut keep = |q: Option<f64>| {
+        if let Some(q) = q {
+            found = Some(found.map_or(q, |f: f64| f.min(q)));
+        }
+    };
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let path = path.trim_start_matches('/');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = std::path::Path::new(path.trim_start_matches('/'));
+        let mut dirs: Vec<&std::path::Path> = path.ancestors().collect();
+        dirs.dedup();
         if controllers.is_empty() {
             // v2: the unified hierarchy.
-            let f = std::path::Path::new("/sys/fs/cgroup")
-                .join(path)
-                .join("cpu.max");
-            if let Some(q) = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|t| parse_cpu_max(&t))
-            {
-                return Some(q);
+            for d in &dirs {
+                let f = root.join(d).join("cpu.max");
+                keep(
+                    std::fs::read_to_string(f)
+                        .ok()
+                        .and_then(|t| parse_cpu_max(&t)),
+                );
             }
         } else if controllers.split(',').any(|c| c == "cpu") {
-            for mount in [controllers, "cpu", "cpu,cpuacct"] {
-                let dir = std::path::Path::new("/sys/fs/cgroup")
-                    .join(mount)
-                    .join(path);
+            let mount = [controllers, "cpu", "cpu,cpuacct"]
+                .into_iter()
+                .map(|m| root.join(m))
+                .find(|m| m.is_dir());
+            let Some(mount) = mount else {
+                continue;
+            };
+            for d in &dirs {
+                let dir = mount.join(d);
                 let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
                 if let (Some(q), Some(p)) = (read("cpu.cfs_quota_us"), read("cpu.cfs_period_us")) {
-                    if let Some(q) = parse_cfs(&q, &p) {
-                        return Some(q);
-                    }
-                    break;
+                    keep(parse_cfs(&q, &p));
                 }
             }
         }
     }
-    None
+    found
 }
 
 /// cgroup v2 `cpu.max`: "QUOTA PERIOD" or "max PERIOD".
@@ -382,24 +415,41 @@ pub fn touch() {
         return;
     }
     let now = p.now_us();
-    if now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) < window {
+    if p.loaded(now, window) {
         return;
     }
     // Writes to the shared stamps are rare: at most one per 20 µs. (Two
     // threads may race here; either's result is fine.)
     let gap = now.saturating_sub(p.last_us.load(Ordering::Relaxed));
     if gap >= 20 {
-        p.last_us.store(now, Ordering::SeqCst);
+        // The spin first: a poller that sees the new stamp must see it.
         let spin = p.spin_us.load(Ordering::Relaxed);
         let next = next_spin_us(spin, gap, window);
         if next != spin {
-            p.spin_us.store(next, Ordering::Relaxed);
+            p.spin_us.store(next, Ordering::SeqCst);
         }
+        p.last_us.store(now, Ordering::SeqCst);
+    }
+    // Throttled pollers look again when the period ends; waking them
+    // before would only put them back to sleep.
+    if p.throttled.load(Ordering::Relaxed) && now < p.next_check_us.load(Ordering::Relaxed) {
+        return;
     }
     if p.sleeping.load(Ordering::SeqCst) && p.sleeping.swap(false, Ordering::SeqCst) {
         for t in p.threads.lock().iter() {
             t.unpark();
         }
+    }
+}
+
+/// `busy_us` before the first sign of load.
+const NEVER: u64 = u64::MAX;
+
+impl Poller {
+    /// Whether the node showed load within `window` µs of `now`.
+    fn loaded(&self, now: u64, window: u64) -> bool {
+        let b = self.busy_us.load(Ordering::Relaxed);
+        b != NEVER && now.saturating_sub(b) < window
     }
 }
 
@@ -416,10 +466,14 @@ const MIN_SPIN_US: u64 = 50;
 /// loop, a trickle) shrink it to about the gaps inside one write, which is
 /// all that spinning can bridge there.
 fn next_spin_us(spin: u64, gap: u64, window: u64) -> u64 {
+    if window <= MIN_SPIN_US {
+        // Too short to adapt: always the whole window.
+        return window;
+    }
     if gap <= spin {
         spin.min(window)
     } else if gap <= window {
-        (spin * 2).clamp(MIN_SPIN_US, window)
+        (spin * 2).max(MIN_SPIN_US).min(window)
     } else if spin / 2 < MIN_SPIN_US {
         0
     } else {
@@ -442,7 +496,8 @@ pub fn busy() {
     }
     let now = p.now_us();
     // As in `touch`: at most one store per 20 µs.
-    if now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) >= 20 {
+    let b = p.busy_us.load(Ordering::Relaxed);
+    if b == NEVER || now.saturating_sub(b) >= 20 {
         p.busy_us.store(now, Ordering::Relaxed);
     }
 }
@@ -468,13 +523,13 @@ fn set_sched_idle() {
 fn run() {
     set_sched_idle();
     let p = poller();
-    // All of a poller's CPU time counts as spinning (the budget's "spent").
+    // All of a poller's CPU time is the budget's "spent": the spin chunks
+    // (also the spin metric) and the rest.
     let mut cpu = thread_cpu_ns();
-    let mut account = |p: &Poller| {
+    let mut account = |counter: &AtomicU64| {
         if let Some(now) = thread_cpu_ns() {
             if let Some(before) = cpu {
-                p.spun_ns
-                    .fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+                counter.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
             }
             cpu = Some(now);
         }
@@ -487,8 +542,8 @@ fn run() {
             window > 0
                 && !p.throttled.load(Ordering::Relaxed)
                 && now.saturating_sub(p.last_us.load(Ordering::SeqCst))
-                    < p.spin_us.load(Ordering::Relaxed).min(window)
-                && now.saturating_sub(p.busy_us.load(Ordering::Relaxed)) >= window
+                    < p.spin_us.load(Ordering::SeqCst).min(window)
+                && !p.loaded(now, window)
         };
         if active(p) {
             // A pause per turn (kinder to a sibling hyperthread); against
@@ -498,7 +553,7 @@ fn run() {
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
-            account(p);
+            account(&p.spun_ns);
             continue;
         }
         p.sleeping.store(true, Ordering::SeqCst);
@@ -515,7 +570,7 @@ fn run() {
             Duration::from_secs(1)
         };
         std::thread::park_timeout(nap);
-        account(p);
+        account(&p.overhead_ns);
     }
 }
 
@@ -540,6 +595,46 @@ mod tests {
         assert_eq!(parse_cfs("-1\n", "100000\n"), None);
         assert_eq!(parse_cfs("150000\n", "100000\n"), Some(1.5));
         assert_eq!(parse_cfs("junk", "100000"), None);
+    }
+
+    #[test]
+    fn finds_quotas_on_the_cgroup_its_ancestors_or_a_container_root() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |rel: &str, file: &str, text: &str| {
+            let d = root.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(file), text).unwrap();
+        };
+        // v2: no quota on the process's own cgroup, 1.5 CPUs on its parent,
+        // none at the root.
+        put("", "cpu.max", "max 100000\n");
+        put("kubepods/pod1", "cpu.max", "150000 100000\n");
+        put("kubepods/pod1/c1", "cpu.max", "max 100000\n");
+        assert_eq!(
+            cpu_quota_in(root.path(), "0::/kubepods/pod1/c1\n"),
+            Some(1.5)
+        );
+        assert_eq!(cpu_quota_in(root.path(), "0::/\n"), None);
+        // v1, a container without a cgroup namespace: the host's path does
+        // not exist inside, its own cgroup is the mount's root.
+        let v1 = tempfile::tempdir().unwrap();
+        let d = v1.path().join("cpu,cpuacct");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpu.cfs_quota_us"), "50000\n").unwrap();
+        std::fs::write(d.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        let own = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n";
+        assert_eq!(cpu_quota_in(v1.path(), own), Some(0.5));
+        // The smaller of two quotas on the way up wins.
+        let n = d.join("docker/abc");
+        std::fs::create_dir_all(&n).unwrap();
+        std::fs::write(n.join("cpu.cfs_quota_us"), "25000\n").unwrap();
+        std::fs::write(n.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        assert_eq!(cpu_quota_in(v1.path(), own), Some(0.25));
+        // No quota anywhere.
+        std::fs::write(d.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(n.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        assert_eq!(cpu_quota_in(v1.path(), own), None);
+        assert_eq!(cpu_quota_in(v1.path(), "garbage\n"), None);
     }
 
     #[test]
@@ -571,6 +666,12 @@ mod tests {
         // Longer than the window: halves, and stops below 50.
         assert_eq!(next_spin_us(w, 10_000, w), 500);
         assert_eq!(next_spin_us(90, 10_000, w), 0);
+        // Windows up to 50 µs do not adapt (and must not panic).
+        assert_eq!(next_spin_us(0, 25, 30), 30);
+        assert_eq!(next_spin_us(30, 10_000, 30), 30);
+        assert_eq!(next_spin_us(0, 25, 10), 10);
+        assert_eq!(next_spin_us(0, 40, 51), 50);
+        assert_eq!(next_spin_us(50, 51, 51), 51);
         // A closed-loop client (gaps ~0.3-0.5 ms) grows it to cover them
         // and keeps it; a trickle (inside-write gaps ~0.15 ms, 10 ms
         // between writes) keeps it within twice the inside-write gaps.
@@ -605,6 +706,11 @@ mod tests {
         assert_eq!(auto_window(Some(0.5), 2).0, 0);
     }
 
+    fn p_loaded_now() -> bool {
+        let p = poller();
+        p.loaded(p.now_us(), p.window_us.load(Ordering::Relaxed))
+    }
+
     // One test: the poller is process-wide, so its steps must not interleave.
     #[test]
     fn pollers_spin_after_input_and_stop_when_it_ends() {
@@ -618,15 +724,18 @@ mod tests {
         assert_eq!(setting(), IdlePoll::Window(50_000));
         assert!((1..=MAX_POLLERS).contains(&threads()), "{}", threads());
         assert!(threads() >= 1);
+        // Asleep: no spin accounted for 300 ms. (A poller starved in the
+        // middle of a chunk may still account that one chunk later.)
         let asleep = || {
             wait_until("pollers to go to sleep", Duration::from_secs(10), || {
                 let a = spun_seconds();
-                std::thread::sleep(Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(300));
                 spun_seconds() == a
             })
         };
-        // Setting the window counts as an input; once it has passed
-        // without another, the pollers sleep.
+        // Setting the window counts as an input (nothing showed load yet);
+        // once it has passed without another, the pollers sleep.
+        assert!(!p_loaded_now());
         asleep();
 
         // The budget: inputs keep coming for a second while this process
@@ -677,6 +786,11 @@ mod tests {
             touch();
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(spun_seconds(), a, "pollers spun while idle polling was off");
+        let after = spun_seconds();
+        assert!(
+            after - a < 0.001,
+            "pollers spun {:.4} s while idle polling was off",
+            after - a
+        );
     }
 }

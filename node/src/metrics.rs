@@ -339,6 +339,11 @@ pub fn render(
         "# HELP raftkit_idle_poll_window_us The idle polling window in force (µs; 0: off), after `auto` was resolved.\n# TYPE raftkit_idle_poll_window_us gauge\nraftkit_idle_poll_window_us {}",
         crate::idle_poll::window_us()
     );
+    let _ = writeln!(
+        o,
+        "# HELP raftkit_idle_poll_throttled Whether the idle pollers are over their CPU budget now (1) and do not spin.\n# TYPE raftkit_idle_poll_throttled gauge\nraftkit_idle_poll_throttled {}",
+        u8::from(crate::idle_poll::throttled())
+    );
     if let Some(t) = transport {
         let _ = writeln!(o, "# HELP raftkit_transport_bytes_sent_total Raft message bytes sent, per peer.\n# TYPE raftkit_transport_bytes_sent_total counter");
         for (peer, n) in t.sent.lock().iter() {

@@ -96,8 +96,13 @@ impl RaftInbox {
                 if !self.closed.load(Ordering::Acquire) && self.rx.len() <= backlog {
                     let lp = core.as_mut().filter(|lp| {
                         let takes = lp.takes_inline(&msg);
-                        if !takes && msg.is_write_path() {
-                            // More than one write in flight.
+                        if !takes
+                            && msg.is_write_path()
+                            && !matches!(msg, RaftMsg::Persisted { .. })
+                        {
+                            // More than one write in flight. (Not a
+                            // completed write: a follower's is never taken
+                            // inline, whatever the load.)
                             crate::idle_poll::busy();
                         }
                         takes
@@ -153,7 +158,7 @@ impl RaftInbox {
                     }
                 }
             }
-        } else if self.inline && msg.is_write_path() {
+        } else if self.inline && msg.is_write_path() && !matches!(msg, RaftMsg::Persisted { .. }) {
             // The loop said it has more than one write in flight.
             crate::idle_poll::busy();
         }
