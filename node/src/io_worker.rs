@@ -8,6 +8,15 @@
 //! for it (raft-rs's async Ready: `advance_append_async` /
 //! `on_persist_ready`). Meanwhile the raft thread keeps replicating and
 //! counting acknowledgements: a leader writes to disk while it replicates.
+//!
+//! An I/O error is permanent ([`FailedLog`]): after a failed write or fsync
+//! the log refuses every later write and sync, from this thread and from
+//! [`IoWorker::write_now`] alike, and [`IoWorker::flush`] answers with the
+//! error. Linux reports a writeback error to one fsync only: a later fsync
+//! that succeeds says nothing about the data the failed one covered, so
+//! nothing written after a failure may ever be reported durable (the
+//! "fsyncgate" lesson of PostgreSQL). The raft loop stops the group on the
+//! `Fatal` it is sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,13 +52,49 @@ pub(crate) enum IoTask {
     Flush(chan::Sender<Result<(), StorageError>>),
 }
 
+/// The log, and the first error it returned: once set, nothing more is
+/// written or synced (see the module docs).
+struct FailedLog {
+    log: Box<dyn LogStorage>,
+    failed: Option<String>,
+}
+
+impl FailedLog {
+    /// Runs a batch unless the log has failed before; a failure now is
+    /// remembered for good.
+    fn run(
+        &mut self,
+        batch: Vec<IoTask>,
+        metrics: &NodeMetrics,
+    ) -> Result<Option<(u64, Vec<Message>)>, StorageError> {
+        if let Some(e) = &self.failed {
+            let err = refused(e);
+            for task in batch {
+                if let IoTask::Flush(reply) = task {
+                    let _ = reply.send(Err(refused(e)));
+                }
+            }
+            return Err(err);
+        }
+        run_batch(self.log.as_mut(), batch, metrics).inspect_err(|e| {
+            self.failed = Some(e.to_string());
+        })
+    }
+}
+
+fn refused(first: &str) -> StorageError {
+    StorageError::Invalid(format!(
+        "the log failed earlier and refuses further writes: {first}"
+    ))
+}
+
 /// Handle to the I/O thread.
 pub(crate) struct IoWorker {
     tx: Option<chan::Sender<IoTask>>,
     /// Tasks are only taken from the queue under the log's lock, so a write
     /// made directly (`write_now`) never overtakes a queued one.
     rx: chan::Receiver<IoTask>,
-    log: Arc<Mutex<Box<dyn LogStorage>>>,
+    log: Arc<Mutex<FailedLog>>,
     metrics: Arc<NodeMetrics>,
     thread: Option<JoinHandle<()>>,
     /// Bytes the log occupies, updated after each batch.
@@ -66,7 +111,7 @@ impl IoWorker {
     ) -> Result<IoWorker, RaftError> {
         let (tx, rx) = chan::unbounded::<IoTask>();
         let disk_bytes = Arc::new(AtomicU64::new(log.disk_bytes()));
-        let log = Arc::new(Mutex::new(log));
+        let log = Arc::new(Mutex::new(FailedLog { log, failed: None }));
         let bytes = disk_bytes.clone();
         let (thread_rx, thread_log, thread_metrics) = (rx.clone(), log.clone(), metrics.clone());
         let thread = std::thread::Builder::new()
@@ -86,7 +131,9 @@ impl IoWorker {
                             Err(chan::TryRecvError::Empty) => break,
                             Err(chan::TryRecvError::Disconnected) => {
                                 // The raft loop is gone: make what was written durable.
-                                let _ = log.sync();
+                                if log.failed.is_none() {
+                                    let _ = log.log.sync();
+                                }
                                 return;
                             }
                         }
@@ -94,17 +141,20 @@ impl IoWorker {
                     if batch.is_empty() {
                         continue;
                     }
-                    match run_batch(log.as_mut(), batch, &metrics) {
+                    let failed_before = log.failed.is_some();
+                    match log.run(batch, &metrics) {
                         Ok(Some((number, messages))) => {
                             let _ = raft_tx.send(RaftMsg::Persisted { number, messages });
                         }
                         Ok(None) => {}
-                        Err(e) => {
+                        // Reported once; later tasks are refused (flushes
+                        // answered with the error) until the loop goes away.
+                        Err(e) if !failed_before => {
                             let _ = raft_tx.send(RaftMsg::Fatal(e.into()));
-                            return;
                         }
+                        Err(_) => {}
                     }
-                    bytes.store(log.disk_bytes(), Ordering::Relaxed);
+                    bytes.store(log.log.disk_bytes(), Ordering::Relaxed);
                 }
             })
             .map_err(|e| RaftError::Storage(format!("spawning the I/O thread: {e}")))?;
@@ -131,8 +181,9 @@ impl IoWorker {
         if !self.rx.is_empty() {
             return Err(IoNow::Busy(task));
         }
-        let r = run_batch(log.as_mut(), vec![task], &self.metrics).map_err(IoNow::Failed)?;
-        self.disk_bytes.store(log.disk_bytes(), Ordering::Relaxed);
+        let r = log.run(vec![task], &self.metrics).map_err(IoNow::Failed)?;
+        self.disk_bytes
+            .store(log.log.disk_bytes(), Ordering::Relaxed);
         Ok(r)
     }
 
@@ -142,8 +193,13 @@ impl IoWorker {
         }
     }
 
-    /// Waits until everything sent so far is durable.
+    /// Waits until everything sent so far is durable. Answers at once with
+    /// the error once the log has failed (the worker answers flushes it
+    /// cannot honour, so this never waits on a dead log).
     pub fn flush(&self) -> Result<(), RaftError> {
+        if let Some(e) = &self.log.lock().failed {
+            return Err(refused(e).into());
+        }
         let (tx, rx) = chan::bounded(1);
         self.send(IoTask::Flush(tx));
         rx.recv()
@@ -220,4 +276,122 @@ fn run_batch(
         let _ = f.send(Ok(()));
     }
     Ok(done_number.map(|n| (n, messages)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A log whose first fsync fails, as a disk's writeback error does:
+    /// Linux reports it to one fsync, and the next one succeeds although
+    /// the data the failed one covered may be gone.
+    #[derive(Default)]
+    struct FsyncFailsOnce {
+        entries: Vec<Entry>,
+        syncs: usize,
+    }
+
+    impl LogStorage for FsyncFailsOnce {
+        fn first_index(&self) -> u64 {
+            1
+        }
+        fn last_index(&self) -> u64 {
+            self.entries.len() as u64
+        }
+        fn term(&self, index: u64) -> Option<u64> {
+            let i = usize::try_from(index.checked_sub(1)?).ok()?;
+            self.entries.get(i).map(|e| e.term)
+        }
+        fn entries(&self, _: u64, _: u64, _: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+            Ok(Vec::new())
+        }
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            self.entries.extend_from_slice(entries);
+            Ok(())
+        }
+        fn truncate_suffix(&mut self, _: u64) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn truncate_prefix(&mut self, _: u64) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn reset(&mut self, _: u64, _: u64) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            self.syncs += 1;
+            if self.syncs == 1 {
+                return Err(StorageError::Io {
+                    context: "fsync".into(),
+                    source: std::io::Error::other("EIO (injected)"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn persist(number: u64) -> IoTask {
+        IoTask::Persist {
+            number,
+            reset: None,
+            entries: vec![Entry {
+                index: number,
+                term: 1,
+                ..Default::default()
+            }],
+            sync: true,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Ready 1's fsync fails on the I/O thread. Ready 2, written on the
+    /// inline path, must not be made durable by a later fsync that happens
+    /// to succeed (its success would mark Ready 1 durable too), and a flush
+    /// (shutdown) must answer instead of waiting for a thread that is gone.
+    #[test]
+    fn after_a_failed_fsync_nothing_more_is_written_or_reported_durable() {
+        let inbox = RaftInbox::new();
+        let rx = inbox.receiver();
+        let mut io = IoWorker::start(
+            "t",
+            Box::<FsyncFailsOnce>::default(),
+            inbox.clone(),
+            Arc::default(),
+        )
+        .unwrap();
+        io.send(persist(1));
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(RaftMsg::Fatal(_)) => {}
+            Ok(_) => panic!("expected the fsync failure to be reported"),
+            Err(e) => panic!("no report from the I/O thread: {e}"),
+        }
+        match io.write_now(persist(2)) {
+            Err(IoNow::Failed(_)) => {}
+            Err(IoNow::Busy(_)) => panic!("the inline write was queued instead of refused"),
+            Ok(done) => panic!(
+                "Ready 2 was written and reported durable ({:?}) after Ready 1's fsync failed",
+                done.map(|d| d.0)
+            ),
+        }
+        // A queued task after the failure is refused too, and flush answers.
+        io.send(persist(3));
+        let (tx, answered) = chan::bounded(1);
+        let io = std::thread::spawn(move || {
+            let r = io.flush();
+            let _ = tx.send(r.is_err());
+            io.stop();
+        });
+        assert_eq!(
+            answered.recv_timeout(Duration::from_secs(10)),
+            Ok(true),
+            "flush must fail at once on a failed log"
+        );
+        io.join().unwrap();
+        assert!(
+            rx.try_iter()
+                .all(|m| !matches!(m, RaftMsg::Persisted { .. })),
+            "nothing may be reported durable after the failure"
+        );
+    }
 }
