@@ -494,6 +494,12 @@ impl Node {
         Ok(node)
     }
 
+    /// The raft loop's inbox (tests drive exact interleavings through it).
+    #[cfg(test)]
+    pub(crate) fn inbox(&self) -> &Arc<RaftInbox> {
+        &self.inner.tx
+    }
+
     /// The group this replica belongs to.
     pub fn group(&self) -> &str {
         &self.inner.shared.group
@@ -697,17 +703,31 @@ impl Node {
                 }
             }
         };
-        let published = inc.publish();
+        let verified = inc.verify();
         let mut v = self.inner.shared.snapshot.write();
         v.receive.receiving = None;
-        if let Err(e) = published {
-            v.receive.files_rejected += 1;
-            return Err(e.into());
-        }
+        let snapshot = match verified {
+            Ok(s) => s,
+            Err(e) => {
+                v.receive.files_rejected += 1;
+                return Err(e.into());
+            }
+        };
         v.receive.installs += 1;
         drop(v);
         tracing::info!(group = %self.group(), index, term, "snapshot received and verified");
-        self.step(msg, from_addr);
+        // Published by the raft loop only if raft takes it (it ignores a
+        // snapshot its log already covers, or an outdated one).
+        if let Err(chan::SendError(RaftMsg::InstallSnapshot { snapshot, .. })) =
+            self.inner.tx.send(RaftMsg::InstallSnapshot {
+                msg: Box::new(msg),
+                snapshot,
+                from_addr,
+            })
+        {
+            snapshot.discard();
+            return Err(RaftError::ShuttingDown);
+        }
         Ok(())
     }
 

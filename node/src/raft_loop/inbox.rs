@@ -190,6 +190,23 @@ impl RaftInbox {
         shared.view.write().role = Role::Error;
     }
 
+    /// Runs `msgs` exactly as a sender's thread runs its input when it takes
+    /// the loop (what was queued before it first, then its own input, then
+    /// the Ready, writing inline): tests build exact interleavings with it.
+    #[cfg(test)]
+    pub(crate) fn run_as_sender(&self, msgs: Vec<RaftMsg>) {
+        let mut core = self.core.lock();
+        let Some(lp) = core.as_mut() else {
+            return;
+        };
+        for m in msgs {
+            lp.handle(m);
+        }
+        lp.write_inline = true;
+        lp.end_batch(Instant::now());
+        lp.write_inline = false;
+    }
+
     /// Installs the loop; `run` then drives it.
     pub fn install(&self, mut lp: RaftLoop) {
         lp.inline_hint = self.hint.clone();

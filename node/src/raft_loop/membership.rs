@@ -98,8 +98,13 @@ impl RaftLoop {
             .collect();
         let mut log = crate::storage::log_cache::LogCache::new(1, 0);
         log.push(&entries);
+        // The new RawNode numbers its Readys from 1 again: count them from
+        // past every number used so far (see `ready_base`). This write
+        // belongs to neither.
+        self.ready_base = self.io_sent.max(self.io_done).max(self.unrecorded);
+        self.io_sent = self.ready_base;
         self.io.send(crate::io_worker::IoTask::Persist {
-            number: 0,
+            number: self.ready_base,
             reset: Some((1, 0)),
             entries: entries.clone(),
             sync: true,
@@ -199,6 +204,7 @@ impl RaftLoop {
     }
 
     fn check_conf_change(&self, req: &ConfChangeRequest) -> Result<(), RaftError> {
+        self.check_not_in_ready()?;
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             return Err(RaftError::NotLeader {

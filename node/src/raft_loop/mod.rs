@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 
 mod inbox;
 mod membership;
+#[cfg(test)]
+mod removal_tests;
 
 pub(crate) use inbox::RaftInbox;
 
@@ -47,6 +49,13 @@ use membership::PendingTransfer;
 pub(crate) enum RaftMsg {
     Propose(Task),
     Step(Box<Message>, Option<String>),
+    /// A leader's snapshot message, whose files were received and verified:
+    /// stepped, and the snapshot published only if raft takes it.
+    InstallSnapshot {
+        msg: Box<Message>,
+        snapshot: crate::storage::snapshot::VerifiedSnapshot,
+        from_addr: Option<String>,
+    },
     ReadIndex {
         reply: oneshot::Sender<Result<u64, RaftError>>,
         deadline: Instant,
@@ -114,6 +123,9 @@ impl RaftMsg {
 /// Proposals timed for `raftkit_commit_seconds` at once (the rest are not
 /// timed; bounds the queue if commits stall).
 const MAX_TIMED_PROPOSALS: usize = 65_536;
+/// Readys handled in a row after inline writes (see `end_batch`); the
+/// bound only keeps a sender's thread from being held indefinitely.
+const MAX_READY_ROUNDS: usize = 4;
 /// How often lazily persisted fields (commit, applied) are written.
 const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -125,6 +137,57 @@ struct PendingRead {
     /// confirm it left after this, which is what a lease may count from.
     first_issued: Instant,
     term: u64,
+}
+
+/// The context of a ReadIndex request: unique across members and
+/// incarnations. raft-rs silently drops a request whose context is already
+/// pending at the leader and later answers the pending one; a context that
+/// repeated (every member and every restart counting from 1) could then be
+/// answered with an older request's index, which may miss writes
+/// acknowledged in between. So a context is this replica's raft id, a random
+/// epoch drawn at start, and a counter: 24 bytes.
+struct ReadCtx {
+    id: u64,
+    epoch: u64,
+    next: u64,
+}
+
+impl ReadCtx {
+    const LEN: usize = 24;
+
+    fn new(id: u64) -> Self {
+        ReadCtx {
+            id,
+            epoch: rand::random(),
+            next: 1,
+        }
+    }
+
+    /// A counter value not used before in this incarnation.
+    fn next(&mut self) -> u64 {
+        let c = self.next;
+        self.next += 1;
+        c
+    }
+
+    fn encode(&self, counter: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN);
+        v.extend_from_slice(&self.id.to_be_bytes());
+        v.extend_from_slice(&self.epoch.to_be_bytes());
+        v.extend_from_slice(&counter.to_be_bytes());
+        v
+    }
+
+    /// The counter of a context this incarnation issued.
+    fn decode(&self, ctx: &[u8]) -> Option<u64> {
+        let b: &[u8; Self::LEN] = ctx.try_into().ok()?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
+        (word(0) == self.id && word(1) == self.epoch).then(|| word(2))
+    }
 }
 
 /// A leader's read lease (`ReadMode::Lease`): until `until`, no other
@@ -193,7 +256,8 @@ pub(crate) struct RaftLoop {
     no_lease_before: Instant,
     /// A ReadIndex round that only renews the lease is in flight.
     renewing: bool,
-    next_read_ctx: u64,
+    /// Read contexts this replica issues (see [`ReadCtx`]).
+    read_ctx: ReadCtx,
     applied: u64,
     /// Applied index reported by an input the apply stage ran on this
     /// thread; taken in at the end of the batch, as `RaftMsg::Applied`.
@@ -216,6 +280,18 @@ pub(crate) struct RaftLoop {
     io_done: u64,
     /// Highest Ready number with nothing to write that waits for `io_sent`.
     unrecorded: u64,
+    /// Ready numbers (`io_sent`, `io_done`, `unrecorded`, the numbers the
+    /// I/O thread reports) are raft-rs's plus this base. A bootstrap
+    /// re-creates the `RawNode`, whose numbering starts over: the base then
+    /// becomes the highest number used so far, so the counters stay
+    /// monotonic and a report about a Ready of the old `RawNode` (at or
+    /// below the base) can never mark one of the new one durable.
+    ready_base: u64,
+    /// Between `ready()` and the Ready's advance: nothing may propose
+    /// (raft-rs forbids it; `propose_checked` refuses).
+    in_ready: bool,
+    /// Configuration entries were applied in the Ready being handled.
+    conf_applied: bool,
     /// Shared with the inbox: whether `takes_inline` can be true for any
     /// input (updated after each batch).
     inline_hint: Arc<std::sync::atomic::AtomicBool>,
@@ -246,6 +322,7 @@ impl RaftLoop {
             .then(|| Instant::now() + Duration::from_secs(opts.snapshot_interval_s));
         let applied = raw.raft.raft_log.applied;
         let last_snapshot_index = raw.store().snapshot_index;
+        let read_ctx = ReadCtx::new(shared.id);
         RaftLoop {
             raw,
             opts,
@@ -279,7 +356,7 @@ impl RaftLoop {
             lease: None,
             no_lease_before: Instant::now(),
             renewing: false,
-            next_read_ctx: 1,
+            read_ctx,
             applied,
             applied_inline: None,
             snapshot_waiters: Vec::new(),
@@ -293,6 +370,9 @@ impl RaftLoop {
             io_sent: 0,
             io_done: 0,
             unrecorded: 0,
+            ready_base: 0,
+            in_ready: false,
+            conf_applied: false,
             inline_hint: Arc::default(),
         }
     }
@@ -349,8 +429,19 @@ impl RaftLoop {
         if self.failed.is_none() {
             self.watch_transfer(now);
             self.issue_new_reads();
-            if let Err(e) = self.handle_ready() {
-                self.fail(e);
+            // A write made durable on this thread (`write_now`) can commit
+            // (a lone voter) or make committed entries applicable (a
+            // follower): nothing else would run the loop again before the
+            // next input or tick, so handle the Ready it produced now.
+            for _ in 0..MAX_READY_ROUNDS {
+                match self.handle_ready() {
+                    Ok(true) if self.raw.has_ready() => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.fail(e);
+                        break;
+                    }
+                }
             }
         }
         if let Some(index) = self.applied_inline.take() {
@@ -397,6 +488,11 @@ impl RaftLoop {
         match msg {
             RaftMsg::Propose(task) => self.propose(task),
             RaftMsg::Step(m, from_addr) => self.step(*m, from_addr),
+            RaftMsg::InstallSnapshot {
+                msg,
+                snapshot,
+                from_addr,
+            } => self.install_snapshot(*msg, snapshot, from_addr),
             RaftMsg::ReadIndex { reply, deadline } => {
                 self.new_reads.push(ReadWaiter { reply, deadline })
             }
@@ -440,6 +536,7 @@ impl RaftLoop {
         let stopped = RaftError::Stopped(err.to_string());
         match msg {
             RaftMsg::Propose(task) => task.done.run(Err(stopped)),
+            RaftMsg::InstallSnapshot { snapshot, .. } => snapshot.discard(),
             RaftMsg::ReadIndex { reply, .. } => {
                 let _ = reply.send(Err(stopped));
             }
@@ -472,7 +569,23 @@ impl RaftLoop {
         }
     }
 
+    /// Refuses a proposal made between `ready()` and the Ready's advance,
+    /// which raft-rs forbids (it would corrupt the Ready's bookkeeping).
+    /// No code path does that; this keeps a future one from doing it quietly.
+    fn check_not_in_ready(&self) -> Result<(), RaftError> {
+        debug_assert!(!self.in_ready, "proposal while handling a Ready");
+        if self.in_ready {
+            return Err(RaftError::Busy(
+                "internal error: proposal while handling a Ready; retry".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn propose(&mut self, task: Task) {
+        if let Err(e) = self.check_not_in_ready() {
+            return task.done.run(Err(e));
+        }
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             let leader = self.leader_peer();
@@ -544,6 +657,45 @@ impl RaftLoop {
             Err(e) => tracing::debug!(group = %self.opts.group, error = %e, "step failed"),
         }
         self.observe_role();
+    }
+
+    /// Steps a leader's snapshot message whose files are verified, and
+    /// publishes the snapshot only if raft took it: raft-rs ignores a
+    /// snapshot its log already covers (or an outdated one), and a snapshot
+    /// published without raft would be offered to followers and loaded on
+    /// restart though raft's log is not based on it. (The state machine
+    /// loads it once the Ready that installs it is durable.)
+    fn install_snapshot(
+        &mut self,
+        msg: Message,
+        snapshot: crate::storage::snapshot::VerifiedSnapshot,
+        from_addr: Option<String>,
+    ) {
+        let (index, term) = (snapshot.meta().index, snapshot.meta().term);
+        let pending = |raw: &RawNode<RaftStore>| {
+            raw.raft
+                .raft_log
+                .unstable
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| {
+                    let md = s.get_metadata();
+                    (md.index, md.term) == (index, term)
+                })
+        };
+        let before = pending(&self.raw);
+        self.step(msg, from_addr);
+        if before || !pending(&self.raw) {
+            tracing::info!(group = %self.opts.group, index, term, "raft did not take the received snapshot (its log already covers it, or it is outdated); not publishing it");
+            snapshot.discard();
+            return;
+        }
+        if let Err(e) = snapshot.publish() {
+            // Raft holds the snapshot now; without its files it cannot go on.
+            self.fail(RaftError::Storage(format!(
+                "publishing received snapshot {index}: {e}"
+            )));
+        }
     }
 
     /// Check-quorum keeps a member that heard from the leader within an
@@ -641,13 +793,12 @@ impl RaftLoop {
     }
 
     fn issue_read(&mut self, waiters: Vec<ReadWaiter>, now: Instant) {
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
+        let ctx = self.read_ctx.next();
         self.shared
             .metrics
             .read_index_rounds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.raw.read_index(self.read_ctx.encode(ctx));
         self.pending_reads.insert(
             ctx,
             PendingRead {
@@ -716,7 +867,7 @@ impl RaftLoop {
                 // (A retry reuses the request: its lease still counts from
                 // `first_issued`, since an answer may confirm the first round.)
                 p.issued_at = now;
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                self.raw.read_index(self.read_ctx.encode(*ctx));
             }
         }
         // A lease renewal (no waiters) is given up after one retry period.
@@ -731,10 +882,12 @@ impl RaftLoop {
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+        // An answer to another incarnation's request (or another member's:
+        // raft-rs only returns our own) matches nothing pending here.
+        let Some(counter) = self.read_ctx.decode(ctx) else {
             return;
         };
-        if let Some(p) = self.pending_reads.remove(&u64::from_be_bytes(bytes)) {
+        if let Some(p) = self.pending_reads.remove(&counter) {
             if p.waiters.is_empty() {
                 self.renewing = false;
             }
@@ -773,12 +926,14 @@ impl RaftLoop {
     /// committed entries go to the apply thread, new entries enter the
     /// in-memory log (so raft-rs reads them), and the durable part is queued;
     /// messages that must wait for it go out when the I/O thread reports it
-    /// (`RaftMsg::Persisted`).
-    fn handle_ready(&mut self) -> Result<(), RaftError> {
+    /// (`RaftMsg::Persisted`). Returns whether this thread wrote the Ready
+    /// itself and made it durable (then raft may have more to do at once).
+    fn handle_ready(&mut self) -> Result<bool, RaftError> {
         if !self.raw.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let mut rd = self.raw.ready();
+        self.in_ready = true;
         self.observe_role();
         self.send_messages(rd.take_messages());
         let mut reset = None;
@@ -787,7 +942,7 @@ impl RaftLoop {
             let (next, term, meta) = self.apply_snapshot(&snap)?;
             reset = Some((next, term));
             // The state machine loads it only once it is durable here.
-            self.pending_install = Some((rd.number(), meta));
+            self.pending_install = Some((self.ready_base + rd.number(), meta));
         }
         self.forward_committed(rd.take_committed_entries());
         let entries = rd.take_entries();
@@ -806,15 +961,16 @@ impl RaftLoop {
         for rs in rd.take_read_states() {
             self.on_read_state(rs.index, &rs.request_ctx);
         }
-        let number = rd.number();
+        let number = self.ready_base + rd.number();
         let messages = rd.take_persisted_messages();
+        let mut persisted_here = false;
         if reset.is_none() && entries.is_empty() && self.io_done >= self.io_sent {
             // Nothing to write, and every earlier Ready is durable: no
             // reason to wake the I/O thread (a leader's commit advancing,
             // a follower's heartbeat answer).
             self.raw.advance_append_async(rd);
             self.send_messages(messages);
-            self.raw.on_persist_ready(number);
+            self.persist_ready(number);
             self.io_done = number;
             self.io_sent = number;
         } else if reset.is_none() && entries.is_empty() && messages.is_empty() {
@@ -871,18 +1027,38 @@ impl RaftLoop {
             self.raw.advance_append_async(rd);
             if let Some((number, messages)) = written {
                 self.on_persisted(number, messages);
+                persisted_here = true;
             }
         }
+        self.in_ready = false;
         self.step_down_if_removed();
+        if std::mem::take(&mut self.conf_applied) {
+            self.after_conf_applied(Instant::now());
+        }
         if self.raw.store().wanted.replace(false) {
             // raft-rs needs a snapshot for a follower and ours is missing or too old.
             self.start_snapshot();
         }
-        Ok(())
+        Ok(persisted_here)
+    }
+
+    /// Tells raft-rs that Readys up to `number` (counted with
+    /// `ready_base`) are durable; numbers of a `RawNode` replaced by a
+    /// bootstrap are ignored.
+    fn persist_ready(&mut self, number: u64) {
+        if number > self.ready_base {
+            self.raw.on_persist_ready(number - self.ready_base);
+        }
     }
 
     /// The I/O thread made Readys up to `number` durable.
     fn on_persisted(&mut self, number: u64, messages: Vec<Message>) {
+        if number <= self.ready_base {
+            // Written for the `RawNode` a bootstrap replaced: its messages
+            // speak for a raft state that no longer exists.
+            self.io_done = self.io_done.max(number);
+            return;
+        }
         crate::stage_trace::mark("persisted", self.raw.raft.raft_log.last_index());
         if self
             .pending_install
@@ -894,10 +1070,16 @@ impl RaftLoop {
             }
         }
         self.send_messages(messages);
-        self.raw.on_persist_ready(number);
+        // raft-rs 0.7 unwraps a leader's own progress when its entries turn
+        // durable: a leader whose removal was applied (in the committed
+        // entries of the Ready just handled, which may also have carried a
+        // proposal written on this thread) steps down first. This runs after
+        // the Ready was advanced, outside Ready handling.
+        self.step_down_if_removed();
+        self.persist_ready(number);
         self.io_done = self.io_done.max(number);
         if self.io_done >= self.io_sent && self.unrecorded > number {
-            self.raw.on_persist_ready(self.unrecorded);
+            self.persist_ready(self.unrecorded);
             self.io_done = self.unrecorded;
             self.io_sent = self.unrecorded;
         }
@@ -935,9 +1117,13 @@ impl RaftLoop {
         if hs.term != self.meta.term || hs.vote != self.meta.vote {
             // Term and vote must be durable before any vote or append
             // response leaves this node.
+            // The commit recorded is never past what this log holds
+            // durably: the Ready's entries (which may replace uncommitted
+            // ones still on disk) are not written yet, and a crash now must
+            // not leave a commit that covers those old entries.
             self.meta.term = hs.term;
             self.meta.vote = hs.vote;
-            self.meta.commit = hs.commit;
+            self.meta.commit = self.durable_commit(hs.commit);
             self.meta.applied = self.applied;
             self.meta_store.save(&self.meta)?;
             self.meta_dirty_since = None;
@@ -945,6 +1131,15 @@ impl RaftLoop {
             self.mark_meta_dirty();
         }
         Ok(())
+    }
+
+    /// The commit index that may be written to the meta: only one the
+    /// local log holds durably (raft-rs lowers `persisted` when a conflicting
+    /// append replaces entries, before the replacements are written). Every
+    /// write of `meta.commit` goes through here, or (snapshot install,
+    /// bootstrap) records an index whose data is already durable.
+    fn durable_commit(&self, commit: u64) -> u64 {
+        commit.min(self.raw.raft.raft_log.persisted)
     }
 
     fn mark_meta_dirty(&mut self) {
@@ -957,8 +1152,7 @@ impl RaftLoop {
         let hs = self.raw.raft.hard_state();
         self.meta.term = hs.term;
         self.meta.vote = hs.vote;
-        // Only a commit index the local log holds durably may be recorded.
-        self.meta.commit = hs.commit.min(self.raw.raft.raft_log.persisted);
+        self.meta.commit = self.durable_commit(hs.commit);
         self.meta.applied = self.applied;
         self.meta_store.save(&self.meta)?;
         self.meta_dirty_since = None;
@@ -1025,11 +1219,11 @@ impl RaftLoop {
                 }
             }
         }
-        let has_conf = batch.iter().any(|c| matches!(c, Committed::Conf { .. }));
+        // What follows a configuration change (leaving a joint
+        // configuration proposes) runs once the Ready is advanced: raft-rs
+        // forbids proposing between `ready()` and `advance`.
+        self.conf_applied |= batch.iter().any(|c| matches!(c, Committed::Conf { .. }));
         self.send_to_apply(ApplyMsg::Committed(batch));
-        if has_conf {
-            self.after_conf_applied(Instant::now());
-        }
     }
 
     fn apply_conf_entry(&mut self, e: &Entry) -> Option<(Configuration, ConfState)> {

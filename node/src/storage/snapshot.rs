@@ -676,6 +676,15 @@ impl IncomingSnapshot {
     /// file that does not match is removed (so a new transfer fetches it
     /// again) and the error says which.
     pub fn publish(self) -> Result<SnapshotReader, StorageError> {
+        self.verify()?.publish()
+    }
+
+    /// Verifies every file against the meta and makes the files durable,
+    /// without publishing: the snapshot stays invisible until
+    /// [`VerifiedSnapshot::publish`] (a follower publishes only a snapshot
+    /// raft accepted). A file that does not match is removed (so a new
+    /// transfer fetches it again) and the error says which.
+    pub fn verify(self) -> Result<VerifiedSnapshot, StorageError> {
         let mut meta = self.meta.clone();
         match self.target {
             IncomingTarget::Dir { dir, root, sync } => {
@@ -701,20 +710,9 @@ impl IncomingSnapshot {
                     .map_err(|e| StorageError::Invalid(format!("encode snapshot meta: {e}")))?;
                 let meta_path = dir.join(META_FILE);
                 fsutil::write_atomic(&meta_path, &fsutil::frame_checked(META_MAGIC, &body), sync)?;
-                let final_dir = root.join(snapshot_dir_name(meta.index));
-                if final_dir.exists() {
-                    let _ = fs::remove_dir_all(&dir);
-                } else {
-                    fs::rename(&dir, &final_dir)
-                        .ctx(|| format!("rename {} to {}", dir.display(), final_dir.display()))?;
-                    if sync {
-                        fsutil::sync_dir(&root)?;
-                    }
-                }
-                remove_older_snapshots(&root, meta.index)?;
-                Ok(SnapshotReader {
+                Ok(VerifiedSnapshot {
                     meta,
-                    source: ReaderSource::Dir(final_dir),
+                    target: VerifiedTarget::Dir { dir, root, sync },
                 })
             }
             IncomingTarget::Memory { slot, partial } => {
@@ -742,7 +740,76 @@ impl IncomingSnapshot {
                     files.insert(f.name.clone(), Bytes::from(data));
                 }
                 meta.created_unix_ms = now_unix_ms();
-                let files = Arc::new(files);
+                Ok(VerifiedSnapshot {
+                    meta,
+                    target: VerifiedTarget::Memory {
+                        slot,
+                        files: Arc::new(files),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Drops everything received.
+    pub fn discard(self) {
+        match self.target {
+            IncomingTarget::Dir { dir, .. } => {
+                let _ = fs::remove_dir_all(dir);
+            }
+            IncomingTarget::Memory { partial, .. } => {
+                *partial.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+}
+
+/// A received snapshot whose files were verified and made durable, not yet
+/// visible to [`SnapshotStorage::latest`].
+pub struct VerifiedSnapshot {
+    meta: SnapshotMeta,
+    target: VerifiedTarget,
+}
+
+enum VerifiedTarget {
+    Dir {
+        dir: PathBuf,
+        root: PathBuf,
+        sync: bool,
+    },
+    Memory {
+        slot: Arc<Mutex<Option<MemSnapshot>>>,
+        files: Arc<BTreeMap<String, Bytes>>,
+    },
+}
+
+impl VerifiedSnapshot {
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Makes the snapshot the newest one (a rename) and removes older ones.
+    pub fn publish(self) -> Result<SnapshotReader, StorageError> {
+        let meta = self.meta;
+        match self.target {
+            VerifiedTarget::Dir { dir, root, sync } => {
+                let final_dir = root.join(snapshot_dir_name(meta.index));
+                if final_dir.exists() {
+                    let _ = fs::remove_dir_all(&dir);
+                } else {
+                    fs::rename(&dir, &final_dir)
+                        .ctx(|| format!("rename {} to {}", dir.display(), final_dir.display()))?;
+                    if sync {
+                        fsutil::sync_dir(&root)?;
+                    }
+                }
+                remove_older_snapshots(&root, meta.index)?;
+                Ok(SnapshotReader {
+                    meta,
+                    source: ReaderSource::Dir(final_dir),
+                })
+            }
+            VerifiedTarget::Memory { slot, files } => {
                 let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
                 if slot.as_ref().is_none_or(|s| s.meta.index <= meta.index) {
                     *slot = Some(MemSnapshot {
@@ -758,15 +825,10 @@ impl IncomingSnapshot {
         }
     }
 
-    /// Drops everything received.
+    /// Drops the received files: raft did not take the snapshot.
     pub fn discard(self) {
-        match self.target {
-            IncomingTarget::Dir { dir, .. } => {
-                let _ = fs::remove_dir_all(dir);
-            }
-            IncomingTarget::Memory { partial, .. } => {
-                *partial.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
+        if let VerifiedTarget::Dir { dir, .. } = self.target {
+            let _ = fs::remove_dir_all(dir);
         }
     }
 }
