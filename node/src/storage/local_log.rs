@@ -7,15 +7,10 @@
 //! the term before it (written on reset, and after a compaction by a
 //! background thread before it removes the compacted segments).
 //!
-//! Recovery reads every segment. A closed segment must be perfect: any damage
-//! there is acknowledged data and stops the node with
-//! [`StorageError::Corruption`]. In the in-progress segment the first
-//! damaged or short record is a torn write from a crash and is cut, unless a
-//! valid later record follows it, which means damage in the middle of
-//! acknowledged data, again reported, never skipped.
-//!
 //! Appends are written with one `write` per batch and made durable by
 //! [`LogStorage::sync`] (one `fdatasync` for the whole batch: group commit).
+//! Several batches may be written between two syncs, and a batch may be
+//! written while the previous one is still unsynced.
 //! The in-progress segment is preallocated to the segment size when created
 //! (`fallocate`), so an append overwrites allocated space instead of growing
 //! the file, and its `fdatasync` has no inode (size) update to write:
@@ -23,6 +18,65 @@
 //! zeros, which recovery reads as free space; a segment is trimmed to its
 //! records when it is closed.
 //! The entries are mirrored in memory ([`LogCache`]) so reads never touch the disk.
+//!
+//! # Sync markers
+//!
+//! A crash loses any subset of the pages written since the last completed
+//! sync (a lost page of the preallocated segment reads as zeros), so a torn
+//! record may be followed by valid later ones that were never acknowledged
+//! either. To tell such a tail from damage inside synced data, the
+//! in-progress segment carries *sync markers* (record type 3, see
+//! [`super::codec`]): "the bytes of this segment before S were fsynced".
+//! - Every new in-progress segment starts with a marker (S = 0), written and
+//!   fsynced when the segment is created. It carries the segment's random
+//!   nonce, which every later marker repeats.
+//! - The first batch written after a sync that covered new entries starts
+//!   with a marker recording the new frontier, in the same `write` as the
+//!   batch (44 bytes, no extra system call, none while the frontier stands).
+//! - Closing the log cleanly (drop) with nothing unsynced writes and fsyncs a
+//!   last marker when the frontier moved since the previous one.
+//!
+//! Markers are not entries: segment offsets, the cache and `truncate_suffix`
+//! deal in entries only, and scanning skips markers.
+//!
+//! # Recovery
+//!
+//! Recovery reads every segment. A closed segment must be perfect (it was
+//! fsynced before it was closed): any damage there is acknowledged data and
+//! stops the node with [`StorageError::Corruption`].
+//!
+//! In the in-progress segment scanning stops at the first damaged or short
+//! record; zeros from there to the end are unwritten preallocated space, not
+//! damage. Otherwise:
+//! - if a valid marker of this segment (same nonce) anywhere after the damage
+//!   records a synced frontier beyond it, the damage is inside synced data:
+//!   it is reported, never skipped;
+//! - if none does, the damage is at or after the synced frontier: a torn
+//!   write of batches that were never synced, hence never acknowledged. The
+//!   segment is cut there, even when valid records follow (zeros, garbage
+//!   and stray valid records alike);
+//! - a segment without a leading marker was written by an older version and
+//!   keeps the old rule: the damage is cut unless a valid later record
+//!   follows, which is reported. Recovery closes such a segment, so new
+//!   appends go to one with markers (only a `truncate_suffix` reaching back
+//!   into an old closed segment writes to an old-format segment again).
+//!
+//! A valid record with an unexpected index is always reported. After
+//! recovery the in-progress segment is fsynced, so what the previous process
+//! wrote but never synced is durable before anything (an acknowledgement, a
+//! marker) builds on it.
+//!
+//! A `truncate_suffix` that cuts into synced data fsyncs the cut at once, so
+//! markers of the removed data cannot resurface after a crash next to the
+//! newer, unsynced records written in its place.
+//!
+//! Residual risk: a sync is recorded only by a marker written after it (with
+//! the next batch, or on a clean close), and that marker is durable only
+//! after the next sync. Damage inside the data synced since the last durable
+//! marker (normally the last sync group, when the process crashed before
+//! recording it, or when nothing was written after it) cannot be told from a
+//! torn unsynced tail: it is cut, and bit rot there loses acknowledged
+//! entries silently. Damage before that frontier is always reported.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -61,9 +115,13 @@ struct LogMetaFile {
 struct Segment {
     first: u64,
     path: PathBuf,
-    /// Byte offset of each record; record k holds index `first + k`.
+    /// Byte offset of each entry record; entry k holds index `first + k`.
     offsets: Vec<u64>,
+    /// Bytes of records (entries and markers) in the file.
     bytes: u64,
+    /// Nonce of the segment's sync markers; `None` for a segment written
+    /// before markers existed (see the module docs).
+    nonce: Option<u64>,
 }
 
 impl Segment {
@@ -81,7 +139,14 @@ pub struct LocalLog {
     closed: Vec<Segment>,
     open: Segment,
     open_file: File,
+    /// Appends or truncations since the last sync.
     unsynced: bool,
+    /// Bytes of the in-progress segment known to be on disk: advanced only by
+    /// a completed fsync, lowered by `truncate_suffix`.
+    synced_bytes: u64,
+    /// The largest synced offset a marker in the in-progress segment claims
+    /// (0 when not known, which at worst costs a redundant marker).
+    recorded: u64,
     /// Removes the segments a prefix truncation dropped (see
     /// [`remove_gradually`]).
     remover: Option<std::thread::JoinHandle<()>>,
@@ -197,10 +262,12 @@ impl LocalLog {
                 path,
                 offsets,
                 bytes: buf.len() as u64,
+                nonce: scan.nonce,
             });
         }
 
-        // Read the in-progress segment: a torn tail is cut, damage before valid data is not.
+        // Read the in-progress segment: a torn unsynced tail is cut, damage
+        // inside synced data is not (see the module docs).
         let mut open_seg = None;
         if let Some(&first) = open_names.first() {
             let path = dir.join(open_name(first));
@@ -218,9 +285,9 @@ impl LocalLog {
             }
             let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
             let scan = scan_records(&buf, first, &mut all_entries);
-            let (offsets, pos, index) = (scan.offsets, scan.end, scan.next_index);
-            match scan.stop {
-                None => {}
+            let (pos, index) = (scan.end, scan.next_index);
+            let damage = match &scan.stop {
+                None => None,
                 Some(Stop::WrongIndex(found)) => {
                     return Err(corruption(
                         &path,
@@ -228,43 +295,47 @@ impl LocalLog {
                         format!("record holds index {found} where {index} was expected"),
                     ))
                 }
-                Some(Stop::Truncated | Stop::Bad(_)) if is_free_space(&buf[pos..]) => {
-                    // The preallocated tail: nothing was written there.
-                }
-                Some(Stop::Truncated | Stop::Bad(_)) => {
-                    if let Some(at) = valid_record_after(&buf, pos, index) {
-                        return Err(corruption(
-                        &path,
-                        pos,
-                        format!("damaged record for index {index} is followed by a valid record at byte {at}; refusing to drop acknowledged entries"),
-                    ));
-                    }
-                    tracing::warn!(path = %path.display(), offset = pos, index, dropped_bytes = buf.len() - pos, "cutting torn tail of the raft log");
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .ctx(|| format!("open {}", path.display()))?;
-                    f.set_len(pos as u64)
-                        .ctx(|| format!("truncate {}", path.display()))?;
-                    preallocate(&f, opts.max_segment_bytes);
-                    if opts.sync {
-                        f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
-                    }
-                }
+                // The preallocated tail: nothing was written there.
+                Some(Stop::Truncated | Stop::Bad(_)) if is_free_space(&buf[pos..]) => None,
+                Some(Stop::Truncated) => Some("the segment ends inside a record".to_string()),
+                Some(Stop::Bad(reason)) => Some(reason.clone()),
+            };
+            if let Some(reason) = &damage {
+                check_torn_tail(&path, &buf, &scan, reason)?;
             }
-            open_seg = Some(Segment {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("open {}", path.display()))?;
+            if let Some(reason) = damage {
+                tracing::warn!(path = %path.display(), offset = pos, index, dropped_bytes = buf.len() - pos, %reason, "cutting torn unsynced tail of the raft log");
+                f.set_len(pos as u64)
+                    .ctx(|| format!("truncate {}", path.display()))?;
+                preallocate(&f, opts.max_segment_bytes);
+            }
+            let mut synced_bytes = 0;
+            if opts.sync {
+                // What the previous process wrote but never synced becomes
+                // durable before anything builds on it (see the module docs).
+                f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
+                synced_bytes = pos as u64;
+            }
+            let seg = Segment {
                 first,
                 path,
-                offsets,
+                offsets: scan.offsets,
                 bytes: pos as u64,
-            });
+                nonce: scan.nonce,
+            };
+            open_seg = Some((seg, f, synced_bytes, scan.claimed));
         }
 
         // Build the logical view: entries from the logical first index on.
         let physical_first = closed
             .first()
             .map(|s| s.first)
-            .or(open_seg.as_ref().map(|s| s.first));
+            .or(open_seg.as_ref().map(|o| o.0.first));
         let physical_last = physical_first.map(|f| f + all_entries.len() as u64 - 1);
         let (logical_first, prev_term) = match meta {
             Some(m) => (m.first_index, m.prev_term),
@@ -293,24 +364,21 @@ impl LocalLog {
                 // Nothing physical at or after the logical first index: any
                 // files left are below it (a crash during reset or compaction).
                 cache = LogCache::new(logical_first, prev_term);
-                for seg in closed.drain(..).chain(open_seg.take()) {
+                for seg in closed.drain(..).chain(open_seg.take().map(|o| o.0)) {
                     fs::remove_file(&seg.path).ctx(|| format!("remove {}", seg.path.display()))?;
                 }
             }
         }
 
-        let (open, open_file) = match open_seg {
-            Some(seg) => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&seg.path)
-                    .ctx(|| format!("open {}", seg.path.display()))?;
-                (seg, f)
+        let (open, open_file, synced_bytes, recorded) = match open_seg {
+            Some(o) => o,
+            None => {
+                let (seg, f) = create_open_segment(dir, cache.last_index() + 1, &opts)?;
+                let synced = if opts.sync { seg.bytes } else { 0 };
+                (seg, f, synced, 0)
             }
-            None => create_open_segment(dir, cache.last_index() + 1, &opts)?,
         };
-        Ok(LocalLog {
+        let mut log = LocalLog {
             dir: dir.to_path_buf(),
             opts,
             cache,
@@ -318,8 +386,21 @@ impl LocalLog {
             open,
             open_file,
             unsynced: false,
+            synced_bytes,
+            recorded,
             remover: None,
-        })
+        };
+        if log.open.nonce.is_none() {
+            // Written before sync markers existed: close it (or replace it
+            // when it holds no entry) so new appends go to a segment with
+            // markers.
+            if log.open.offsets.is_empty() {
+                log.start_open_segment(log.open.first)?;
+            } else {
+                log.roll()?;
+            }
+        }
+        Ok(log)
     }
 
     /// Closes the in-progress segment and starts a new one at the next index.
@@ -345,11 +426,61 @@ impl LocalLog {
                 new_path.display()
             )
         })?;
-        let (seg, file) = create_open_segment(&self.dir, last + 1, &self.opts)?;
-        let mut old = std::mem::replace(&mut self.open, seg);
+        let mut old = self.start_open_segment(last + 1)?;
         old.path = new_path;
         self.closed.push(old);
+        Ok(())
+    }
+
+    /// Replaces the in-progress segment by a new, empty one starting at
+    /// `first` and returns the old one (whose file the caller has closed,
+    /// removed or renamed already).
+    fn start_open_segment(&mut self, first: u64) -> Result<Segment, StorageError> {
+        let (seg, file) = create_open_segment(&self.dir, first, &self.opts)?;
+        self.synced_bytes = if self.opts.sync { seg.bytes } else { 0 };
+        self.recorded = 0;
         self.open_file = file;
+        Ok(std::mem::replace(&mut self.open, seg))
+    }
+
+    /// True when synced entries of the in-progress segment lie after the
+    /// frontier its markers record, so the next write should carry a marker.
+    fn marker_due(&self) -> bool {
+        let below = self
+            .open
+            .offsets
+            .partition_point(|&o| o < self.synced_bytes);
+        self.open.nonce.is_some() && below > 0 && self.open.offsets[below - 1] >= self.recorded
+    }
+
+    /// Appends a marker recording the synced frontier to `buf` when one is due.
+    fn push_marker_if_due(&mut self, buf: &mut Vec<u8>) {
+        if let (true, Some(nonce)) = (self.marker_due(), self.open.nonce) {
+            codec::encode_marker(nonce, self.synced_bytes, buf);
+            self.recorded = self.synced_bytes;
+        }
+    }
+
+    /// On a clean close: records the synced frontier in a last, fsynced
+    /// marker, so damage anywhere in the synced data is reported on the next
+    /// open (see the module docs). Does nothing while appends are unsynced.
+    fn record_frontier(&mut self) -> Result<(), StorageError> {
+        if !self.opts.sync || self.unsynced {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        self.push_marker_if_due(&mut buf);
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.open_file
+            .write_all_at(&buf, self.open.bytes)
+            .ctx(|| format!("write {}", self.open.path.display()))?;
+        self.open.bytes += buf.len() as u64;
+        self.open_file
+            .sync_data()
+            .ctx(|| format!("fsync {}", self.open.path.display()))?;
+        self.synced_bytes = self.open.bytes;
         Ok(())
     }
 
@@ -393,26 +524,54 @@ enum Stop {
     WrongIndex(u64),
 }
 
+/// What [`scan_records`] found in a segment.
 struct Scan {
-    /// Offset of each valid record.
+    /// Offset of each valid entry record.
     offsets: Vec<u64>,
     /// Where scanning stopped (the end of the buffer when `stop` is `None`).
     end: usize,
     /// Index the next record should have had.
     next_index: u64,
+    /// Why scanning stopped before the end of the buffer, if it did.
     stop: Option<Stop>,
+    /// Nonce of the marker at offset 0, if the segment starts with one.
+    nonce: Option<u64>,
+    /// The largest synced offset claimed by a marker before `end`.
+    claimed: u64,
 }
 
-/// Reads contiguous records starting at index `first`, pushing each entry.
+/// Reads contiguous records starting at index `first`, pushing each entry
+/// and checking (and skipping) sync markers.
 fn scan_records(buf: &[u8], first: u64, entries: &mut Vec<Entry>) -> Scan {
     let mut scan = Scan {
         offsets: Vec::new(),
         end: 0,
         next_index: first,
         stop: None,
+        nonce: None,
+        claimed: 0,
     };
     while scan.end < buf.len() {
         match codec::decode_record(&buf[scan.end..]) {
+            Decoded::Marker { nonce, synced } => {
+                if scan.end == 0 {
+                    scan.nonce = Some(nonce);
+                }
+                if scan.nonce != Some(nonce) {
+                    scan.stop = Some(Stop::Bad(
+                        "sync marker of another segment (or of none)".to_string(),
+                    ));
+                    break;
+                }
+                if synced > scan.end as u64 {
+                    scan.stop = Some(Stop::Bad(format!(
+                        "sync marker claims {synced} bytes synced, more than precede it"
+                    )));
+                    break;
+                }
+                scan.claimed = scan.claimed.max(synced);
+                scan.end += codec::MARKER_LEN;
+            }
             Decoded::Record(entry, n) if entry.index == scan.next_index => {
                 scan.offsets.push(scan.end as u64);
                 entries.push(entry);
@@ -436,6 +595,52 @@ fn scan_records(buf: &[u8], first: u64, entries: &mut Vec<Entry>) -> Scan {
     scan
 }
 
+/// Decides what the damage where `scan` stopped in the in-progress segment
+/// `buf` is (see the module docs): `Ok` for a torn unsynced tail to cut, a
+/// corruption error for damage inside synced (acknowledged) data.
+fn check_torn_tail(path: &Path, buf: &[u8], scan: &Scan, reason: &str) -> Result<(), StorageError> {
+    let (pos, index) = (scan.end, scan.next_index);
+    match scan.nonce {
+        Some(nonce) => match synced_claim_beyond(buf, pos, nonce) {
+            Some((at, synced)) => Err(corruption(
+                path,
+                pos,
+                format!("damaged record for index {index} ({reason}) lies before byte {synced}, which the sync marker at byte {at} records as fsynced; refusing to drop acknowledged entries"),
+            )),
+            None => Ok(()),
+        },
+        // A segment from before sync markers: the old rule.
+        None => match valid_record_after(buf, pos, index) {
+            Some(at) => Err(corruption(
+                path,
+                pos,
+                format!("damaged record for index {index} ({reason}) is followed by a valid record at byte {at}; refusing to drop acknowledged entries"),
+            )),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Looks after byte `from` for a valid sync marker of the segment with
+/// `nonce` that records a synced frontier beyond `from` (and no further than
+/// itself): proof that the data at `from` was fsynced. Returns the marker's
+/// offset and its frontier.
+fn synced_claim_beyond(buf: &[u8], from: usize, nonce: u64) -> Option<(usize, u64)> {
+    let mut pos = from + 1;
+    while pos + codec::MARKER_LEN <= buf.len() {
+        if buf[pos] == codec::MARKER_PREFIX[0] && buf[pos..pos + 8] == codec::MARKER_PREFIX {
+            if let Decoded::Marker { nonce: n, synced } = codec::decode_record(&buf[pos..]) {
+                if n == nonce && synced > from as u64 && synced <= pos as u64 {
+                    return Some((pos, synced));
+                }
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// A [`StorageError::Corruption`] at `offset` of `path`.
 fn corruption(path: &Path, offset: usize, reason: String) -> StorageError {
     StorageError::Corruption {
         path: path.to_path_buf(),
@@ -457,6 +662,8 @@ fn read_log_meta(dir: &Path) -> Result<Option<LogMetaFile>, StorageError> {
         .map_err(|e| corruption(&path, 0, format!("undecodable log meta: {e}")))
 }
 
+/// Creates the in-progress segment for entries from `first` on: preallocated
+/// and starting with its leading sync marker.
 fn create_open_segment(
     dir: &Path,
     first: u64,
@@ -471,7 +678,16 @@ fn create_open_segment(
         .open(&path)
         .ctx(|| format!("create {}", path.display()))?;
     preallocate(&file, opts.max_segment_bytes);
+    // The leading marker: durable before any entry is written after it, so
+    // recovery always finds it (see the module docs).
+    let nonce: u64 = rand::random();
+    let mut lead = Vec::with_capacity(codec::MARKER_LEN);
+    codec::encode_marker(nonce, 0, &mut lead);
+    file.write_all_at(&lead, 0)
+        .ctx(|| format!("write {}", path.display()))?;
     if opts.sync {
+        file.sync_data()
+            .ctx(|| format!("fsync {}", path.display()))?;
         fsutil::sync_dir(dir)?;
     }
     Ok((
@@ -479,7 +695,8 @@ fn create_open_segment(
             first,
             path,
             offsets: Vec::new(),
-            bytes: 0,
+            bytes: lead.len() as u64,
+            nonce: Some(nonce),
         },
         file,
     ))
@@ -502,9 +719,9 @@ fn is_free_space(tail: &[u8]) -> bool {
     tail.iter().all(|&b| b == 0)
 }
 
-/// Looks for a valid record for an index at or after `index` anywhere after
-/// byte `from`. Used to tell a torn tail (nothing valid follows) from damage
-/// inside acknowledged data (valid records follow).
+/// Looks for a valid entry record for an index at or after `index` anywhere
+/// after byte `from`. The old rule, for segments without sync markers: a
+/// torn tail has nothing valid after it, damage inside acknowledged data has.
 fn valid_record_after(buf: &[u8], from: usize, index: u64) -> Option<usize> {
     let mut pos = from + 1;
     while pos + codec::HEADER_LEN <= buf.len() {
@@ -525,8 +742,12 @@ fn valid_record_after(buf: &[u8], from: usize, index: u64) -> Option<usize> {
 }
 
 impl Drop for LocalLog {
+    /// Waits for the remover and records the synced frontier (a clean close).
     fn drop(&mut self) {
         self.wait_for_remover();
+        if let Err(e) = self.record_frontier() {
+            tracing::warn!(path = %self.open.path.display(), error = %e, "recording the synced frontier on close failed; the last synced batch is not protected against damage");
+        }
     }
 }
 
@@ -598,6 +819,7 @@ impl LogStorage for LocalLog {
                 self.flush_buf(&mut buf)?;
                 self.roll()?;
             }
+            self.push_marker_if_due(&mut buf);
             self.open.offsets.push(self.open.bytes + buf.len() as u64);
             codec::encode_record(e, &mut buf);
         }
@@ -633,19 +855,21 @@ impl LogStorage for LocalLog {
                     .write(true)
                     .open(&new_path)
                     .ctx(|| format!("open {}", new_path.display()))?;
+                // A closed segment was fsynced before it was closed.
+                self.synced_bytes = if self.opts.sync { seg.bytes } else { 0 };
+                self.recorded = 0;
                 self.open = Segment {
                     first: seg.first,
                     path: new_path,
                     offsets: seg.offsets,
                     bytes: seg.bytes,
+                    nonce: seg.nonce,
                 };
                 reopened = true;
                 break;
             }
             if !reopened {
-                let (s, f) = create_open_segment(&self.dir, target, &self.opts)?;
-                self.open = s;
-                self.open_file = f;
+                self.start_open_segment(target)?;
             }
             if self.opts.sync {
                 fsutil::sync_dir(&self.dir)?;
@@ -661,6 +885,20 @@ impl LogStorage for LocalLog {
                 preallocate(&self.open_file, self.opts.max_segment_bytes);
                 self.open.offsets.truncate(k);
                 self.open.bytes = off;
+                // Markers after the cut are gone; the next batch records the
+                // frontier again.
+                self.recorded = 0;
+                if off < self.synced_bytes {
+                    // The cut reaches into synced data: make it durable now,
+                    // so the removed records (and their markers) cannot
+                    // resurface after a crash beside newer unsynced ones.
+                    if self.opts.sync {
+                        self.open_file
+                            .sync_data()
+                            .ctx(|| format!("fsync {}", self.open.path.display()))?;
+                    }
+                    self.synced_bytes = off;
+                }
             }
         }
         self.unsynced = true;
@@ -713,9 +951,7 @@ impl LogStorage for LocalLog {
         }
         self.cache.reset(next_index, prev_term);
         self.write_meta()?;
-        let (s, f) = create_open_segment(&self.dir, self.cache.last_index() + 1, &self.opts)?;
-        self.open = s;
-        self.open_file = f;
+        self.start_open_segment(self.cache.last_index() + 1)?;
         self.unsynced = false;
         Ok(())
     }
@@ -730,6 +966,7 @@ impl LogStorage for LocalLog {
                 self.open_file
                     .sync_data()
                     .ctx(|| format!("fsync {}", self.open.path.display()))?;
+                self.synced_bytes = self.open.bytes;
             }
             self.unsynced = false;
         }
