@@ -495,10 +495,16 @@ impl RaftLoop {
         }
     }
 
+    /// Whether this replica is no voter (incoming or outgoing) of the
+    /// configuration. Cheap: it runs on every durable write.
     fn is_removed(&self) -> bool {
-        let cs = self.conf_state();
-        let me = self.shared.id;
-        !(cs.voters.contains(&me) || cs.voters_outgoing.contains(&me))
+        !self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .contains(self.shared.id)
     }
 
     /// A leader whose removal was applied steps down at once: raft-rs 0.7
