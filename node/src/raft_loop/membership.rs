@@ -498,13 +498,7 @@ impl RaftLoop {
     /// Whether this replica is no voter (incoming or outgoing) of the
     /// configuration. Cheap: it runs on every durable write.
     fn is_removed(&self) -> bool {
-        !self
-            .raw
-            .raft
-            .prs()
-            .conf()
-            .voters()
-            .contains(self.shared.id)
+        !self.raw.raft.prs().conf().voters().contains(self.shared.id)
     }
 
     /// A leader whose removal was applied steps down at once: raft-rs 0.7
