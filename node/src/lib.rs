@@ -51,11 +51,8 @@ pub mod etcdpb {
     tonic::include_proto!("etcdserverpb");
 }
 
-/// Generated gRPC types and services (`proto/raftkit.proto`).
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("raftkit.v1");
-}
+/// Generated gRPC types and services (`raftkit-proto`).
+pub use raftkit_proto::pb;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

@@ -300,27 +300,7 @@ pub fn validate_group_name(group: &str) -> Result<(), RaftError> {
     }
 }
 
-/// Checks a `host:port` peer address (host may be a DNS name).
-pub fn validate_addr(addr: &str) -> Result<(), String> {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} is not host:port"));
-    };
-    if host.is_empty() {
-        return Err(format!("{addr:?} has an empty host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("{addr:?} has an invalid port {port:?}")),
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
-    {
-        return Err(format!("{addr:?} has an invalid host"));
-    }
-    Ok(())
-}
+pub use raftkit_proto::validate_addr;
 
 #[cfg(test)]
 mod tests {

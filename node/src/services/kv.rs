@@ -25,9 +25,9 @@ use crate::state_machine::{ApplyIter, Digest, SnapshotDone, StateMachine};
 use crate::storage::{SnapshotReader, SnapshotWriter};
 
 /// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 4096;
+pub const MAX_KEY_BYTES: usize = raftkit_proto::limits::MAX_KEY_BYTES;
 /// Longest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_VALUE_BYTES: usize = raftkit_proto::limits::MAX_VALUE_BYTES;
 /// Scan results returned when the request names no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 /// Largest scan limit accepted.

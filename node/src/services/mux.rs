@@ -1,170 +1,35 @@
-//! The mux stream: many client calls over one plain framed TCP connection
-//! on the server's port, each tagged with an id its reply repeats.
-//!
-//! Why not gRPC: a unary call costs a whole HTTP/2 stream, and a gRPC
-//! bidirectional stream still passes every reply from the done that
-//! produced it to the call's task, to the stream's task, to the HTTP/2
-//! connection task; each is a thread wake-up (~40 µs on these VMs, see
-//! docs/benchmarks.md). Here a write's reply is encoded and sent by its done,
-//! on the thread that applied the entry ([`super::propose_then`]), with a
-//! non-blocking `send` when nothing is queued ahead of it
-//! ([`FrameWriter`]). The calls run through the same service code as the
-//! unary ones, so redirects, sessions and errors behave identically (errors
-//! travel as [`MuxError`](crate::pb::MuxError), the status the unary call
-//! would have returned).
-//!
-//! Wire format: the client sends [`MUX_PREFACE`] and the server answers
-//! with the same 8 bytes (a server that does not speak the stream answers
-//! anything else or closes, and the client falls back to unary calls).
-//! Then each side sends frames: a u32 big-endian length and one protobuf
-//! message, `MuxRequest` from the client, `MuxReply` from the server, in
-//! completion order. The preface starts with `R`, which no HTTP request
-//! does; the server tells it from a raft stream by the whole 8 bytes.
+//! Serving the mux stream: many client calls over one plain framed TCP
+//! connection on the server's port, each tagged with an id its reply
+//! repeats. The framing (preface, frames, [`FrameWriter`]) is the wire
+//! protocol's, in `raftkit_proto::mux`, which also says why the stream
+//! exists. Here each call runs through the same service code as the unary
+//! ones, so redirects, sessions and errors behave identically; a write's
+//! reply is encoded and sent by its done, on the thread that applied the
+//! entry ([`super::propose_then`]).
 
 use std::sync::Arc;
 
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tonic::{Request, Status};
 
 use super::counter::CounterService;
 use super::kv::KvService;
-use super::{status_from_wire, status_to_wire};
+use super::status_to_wire;
 use crate::pb::counter_server::Counter;
 use crate::pb::kv_server::Kv;
 use crate::pb::mux_reply::Result as Reply;
 use crate::pb::mux_request::Call;
 use crate::pb::{MuxReply, MuxRequest};
 
-/// Opens a mux stream (client) and acknowledges it (server).
-pub const MUX_PREFACE: &[u8; 8] = b"RKMUX\x00\x00\x01";
+pub use raftkit_proto::mux::{
+    into_result, read_frame, FrameWriter, MAX_FRAME, MAX_QUEUED_BYTES, MUX_PREFACE,
+};
 
 /// Calls one stream may have running at once; the stream is not read
 /// further until some finish (backpressure on a client that floods).
 pub const MAX_IN_FLIGHT_PER_STREAM: usize = 4096;
-
-/// Largest frame either side accepts.
-pub const MAX_FRAME: usize = crate::transport::net::MAX_GRPC_MESSAGE;
-
-/// Bytes a [`FrameWriter`] queues for a peer that does not read before it
-/// gives the connection up (a client that sends calls and never reads
-/// their replies must not grow the server's memory without bound).
-pub const MAX_QUEUED_BYTES: usize = 2 * MAX_FRAME;
-
-/// Frames written to one connection: directly from the calling thread (any
-/// thread: a done's) when nothing is queued ahead, otherwise queued and
-/// written by a task on `runtime`. A connection that failed drops frames;
-/// one whose peer lets more than `max_queued` bytes pile up is shut down
-/// (the peer's reader then ends the stream).
-pub struct FrameWriter {
-    wr: OwnedWriteHalf,
-    /// Bytes waiting, and whether a flushing task is running.
-    queued: parking_lot::Mutex<(Vec<u8>, bool)>,
-    runtime: tokio::runtime::Handle,
-    max_queued: usize,
-}
-
-impl FrameWriter {
-    pub fn new(wr: OwnedWriteHalf, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        FrameWriter::with_limit(wr, runtime, MAX_QUEUED_BYTES)
-    }
-
-    fn with_limit(
-        wr: OwnedWriteHalf,
-        runtime: tokio::runtime::Handle,
-        max_queued: usize,
-    ) -> Arc<Self> {
-        Arc::new(FrameWriter {
-            wr,
-            queued: parking_lot::Mutex::new((Vec::new(), false)),
-            runtime,
-            max_queued,
-        })
-    }
-
-    /// Sends one frame holding `msg`. Never blocks.
-    pub fn send(self: &Arc<Self>, msg: &impl prost::Message) {
-        let len = msg.encoded_len();
-        let mut frame = Vec::with_capacity(4 + len);
-        frame.extend_from_slice(&(len as u32).to_be_bytes());
-        if msg.encode(&mut frame).is_err() {
-            return; // unreachable: the buffer has the room encode asks for
-        }
-        let mut q = self.queued.lock();
-        let (queued, flushing) = &mut *q;
-        if queued.is_empty() && !*flushing {
-            let socket: &tokio::net::TcpStream = self.wr.as_ref();
-            match crate::transport::stream::send_now(socket, &frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => queued.extend_from_slice(&frame[n..]),
-                Err(_) => return, // the connection failed; its reader ends the stream
-            }
-        } else if queued.len() + frame.len() > self.max_queued {
-            tracing::warn!(
-                queued = queued.len(),
-                "closing a mux stream whose peer does not read"
-            );
-            let socket: &tokio::net::TcpStream = self.wr.as_ref();
-            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
-            queued.clear();
-            return;
-        } else {
-            queued.extend_from_slice(&frame);
-        }
-        if !*flushing {
-            *flushing = true;
-            let this = self.clone();
-            self.runtime.spawn(async move { this.flush().await });
-        }
-    }
-
-    async fn flush(&self) {
-        loop {
-            let buf = {
-                let mut q = self.queued.lock();
-                if q.0.is_empty() {
-                    q.1 = false;
-                    return;
-                }
-                std::mem::take(&mut q.0)
-            };
-            let mut at = 0;
-            while at < buf.len() {
-                if self.wr.writable().await.is_err() {
-                    return;
-                }
-                match self.wr.try_write(&buf[at..]) {
-                    Ok(n) => at += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        }
-    }
-}
-
-/// Reads one frame into `buf`; `Ok(false)` at a clean end of stream.
-pub async fn read_frame(
-    rd: &mut (impl AsyncRead + Unpin),
-    buf: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    let len = match rd.read_u32().await {
-        Ok(len) => len as usize,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
-        ));
-    }
-    buf.resize(len, 0);
-    rd.read_exact(buf).await?;
-    Ok(true)
-}
 
 /// Serves one mux stream whose preface was read: acknowledges it, then
 /// runs every call it reads until the client closes it.
@@ -244,124 +109,5 @@ fn call(
         None => reply(Err(Status::invalid_argument(
             "mux request carries no call (a newer client than this server?)",
         ))),
-    }
-}
-
-/// The reply's result, or the status the call failed with.
-pub fn into_result(reply: MuxReply) -> Result<Reply, Status> {
-    match reply.result {
-        Some(Reply::Error(e)) => Err(status_from_wire(e)),
-        Some(r) => Ok(r),
-        None => Err(Status::internal(
-            "mux reply carries no result (a newer server than this client?)",
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pb::PutRequest;
-
-    /// Two ends of a loopback TCP connection.
-    async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn frames_sent_from_a_plain_thread_arrive_whole_and_in_order() {
-        let (client, server) = connected_pair().await;
-        let (_rd, wr) = client.into_split();
-        let out = FrameWriter::new(wr, tokio::runtime::Handle::current());
-        // Sent from a thread outside the runtime, as a done runs; far more
-        // than the socket holds, so most of it queues for the flushing task
-        // while the reader drains.
-        let n = 2000u64;
-        let size = |i: u64| ((i % 7 + 1) << 12) as usize;
-        let sender = {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                for i in 0..n {
-                    out.send(&MuxRequest {
-                        id: i,
-                        call: Some(Call::Put(PutRequest {
-                            value: vec![1; size(i)].into(),
-                            ..Default::default()
-                        })),
-                    });
-                }
-            })
-        };
-        let mut rd = tokio::io::BufReader::new(server);
-        let mut buf = Vec::new();
-        for i in 0..n {
-            assert!(
-                read_frame(&mut rd, &mut buf).await.unwrap(),
-                "stream ended early"
-            );
-            let req = MuxRequest::decode(&buf[..]).unwrap();
-            assert_eq!(req.id, i, "frames out of order");
-            match req.call {
-                Some(Call::Put(p)) => assert_eq!(p.value.len(), size(i)),
-                other => panic!("unexpected call {other:?}"),
-            }
-        }
-        sender.join().unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_that_never_reads_is_cut_off_not_buffered_without_bound() {
-        let (client, mut server) = connected_pair().await;
-        let (_rd, wr) = client.into_split();
-        let limit = 1 << 20;
-        let out = FrameWriter::with_limit(wr, tokio::runtime::Handle::current(), limit);
-        let frame = MuxRequest {
-            id: 1,
-            call: Some(Call::Put(PutRequest {
-                value: vec![1; 64 << 10].into(),
-                ..Default::default()
-            })),
-        };
-        // The server side reads nothing: socket buffers fill, then the queue.
-        for _ in 0..2000 {
-            out.send(&frame);
-        }
-        assert!(
-            out.queued.lock().0.len() <= limit,
-            "queued beyond the limit"
-        );
-        // The peer finds the connection closed once it reads what was sent.
-        let mut sink = vec![0u8; 1 << 20];
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            loop {
-                match server.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(
-            ended.is_ok(),
-            "the stream of a peer that never read was not closed"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_oversized_frame_is_an_error_not_an_allocation() {
-        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let mut buf = Vec::new();
-        let e = read_frame(&mut &huge[..], &mut buf).await.unwrap_err();
-        assert!(e.to_string().contains("exceeds"), "{e}");
-        assert!(buf.capacity() < 1 << 20);
-        assert!(
-            !read_frame(&mut &[][..], &mut buf).await.unwrap(),
-            "clean end"
-        );
     }
 }

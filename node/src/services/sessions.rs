@@ -34,7 +34,7 @@ use crate::pb::{ClientSession, CommandMeta};
 /// How far a write's sequence number may be above its session's lowest
 /// unanswered one: the most answers a session keeps. The client library
 /// waits rather than go further.
-pub const MAX_IN_FLIGHT: u64 = 256;
+pub const MAX_IN_FLIGHT: u64 = raftkit_proto::limits::MAX_IN_FLIGHT;
 
 /// What to do with a write that carries a session.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,7 +35,7 @@ use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
 use crate::storage::SnapshotMeta;
 
 /// Largest gRPC message either side accepts.
-pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
+pub const MAX_GRPC_MESSAGE: usize = raftkit_proto::limits::MAX_MESSAGE_BYTES;
 
 /// Sends raft messages and snapshots to other processes. See the module
 /// documentation.

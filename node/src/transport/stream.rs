@@ -441,17 +441,7 @@ impl Link {
     }
 }
 
-/// Writes what fits of `bytes` to `socket` at once, without blocking (a
-/// non-blocking `send`, whatever the socket's mode); returns how many bytes
-/// went, 0 when the socket buffer is full.
-pub fn send_now(socket: &impl std::os::fd::AsFd, bytes: &[u8]) -> std::io::Result<usize> {
-    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-    match rustix::net::send(socket, bytes, flags) {
-        Ok(n) => Ok(n),
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
-}
+pub use raftkit_proto::mux::send_now;
 
 /// Connects to `addr` and sends the preface.
 fn connect(addr: &str, preface: &[u8]) -> std::io::Result<TcpStream> {
