@@ -20,7 +20,9 @@
 
 pub mod bench;
 pub mod cli;
-pub mod client;
+/// The client library (crate `raftkit-client`), re-exported while the CLI
+/// and the benchmark still live here.
+pub use raftkit_client as client;
 pub mod closure;
 pub mod config;
 pub mod error;

@@ -16,7 +16,7 @@
 //!
 //! A session may have many writes in flight: tasks sharing one client (or
 //! one [`Session`]) write concurrently, up to
-//! [`MAX_IN_FLIGHT`](crate::services::sessions::MAX_IN_FLIGHT) sequence
+//! [`MAX_IN_FLIGHT`] sequence
 //! numbers past the oldest unanswered one, then wait for room.
 //!
 //! Any other write whose outcome is unknown (the leader stepped down, a
@@ -34,18 +34,18 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::error::RaftError;
-use crate::options::validate_addr;
-use crate::pb::admin_client::AdminClient;
-use crate::pb::kv_client::KvClient;
-use crate::pb::{
+use raftkit_proto::limits::MAX_IN_FLIGHT;
+use raftkit_proto::pb::admin_client::AdminClient;
+use raftkit_proto::pb::kv_client::KvClient;
+use raftkit_proto::pb::{
     CasRequest, ChangePeersRequest, ConfigurationReply, CounterGetRequest, DeleteRequest,
     FetchAddRequest, GetRequest, GroupDigest, GroupRequest, MembershipRequest, NodeStatusReply,
     PutRequest, ScanRequest, TransferRequest,
 };
-use crate::pb::{ClientSession, ReadConsistency};
-use crate::services::from_status;
-use crate::services::sessions::MAX_IN_FLIGHT;
+use raftkit_proto::pb::{ClientSession, ReadConsistency};
+use raftkit_proto::status::from_status;
+use raftkit_proto::validate_addr;
+use raftkit_proto::RaftError;
 
 mod mux;
 
@@ -992,7 +992,10 @@ impl ClusterClient {
 
     /// Moves leadership to `target` (address or id), or the most caught-up
     /// voter with `"any"`; returns the new leader.
-    pub async fn transfer_leader(&self, target: &str) -> Result<crate::pb::Member, ClientError> {
+    pub async fn transfer_leader(
+        &self,
+        target: &str,
+    ) -> Result<raftkit_proto::pb::Member, ClientError> {
         self.call(Retry::NotIdempotent, |conn, group| {
             let req = TransferRequest {
                 group,
@@ -1070,7 +1073,7 @@ impl ClusterClient {
     pub async fn member_snapshot(
         &self,
         addr: &str,
-    ) -> Result<Vec<crate::pb::SnapshotResult>, ClientError> {
+    ) -> Result<Vec<raftkit_proto::pb::SnapshotResult>, ClientError> {
         let mut admin = self.admin(addr).await?;
         let req = GroupRequest {
             group: self.group.clone(),

@@ -10,11 +10,11 @@ use super::mux::MuxStream;
 
 /// How long opening a mux stream may take (connect, preface, answer).
 const MUX_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-use crate::pb::counter_client::CounterClient;
-use crate::pb::kv_client::KvClient;
-use crate::pb::mux_reply::Result as Reply;
-use crate::pb::mux_request::Call;
-use crate::pb::{
+use raftkit_proto::pb::counter_client::CounterClient;
+use raftkit_proto::pb::kv_client::KvClient;
+use raftkit_proto::pb::mux_reply::Result as Reply;
+use raftkit_proto::pb::mux_request::Call;
+use raftkit_proto::pb::{
     CasReply, CasRequest, CounterGetReply, CounterGetRequest, DeleteReply, DeleteRequest,
     FetchAddReply, FetchAddRequest, GetReply, GetRequest, PutReply, PutRequest,
 };
@@ -139,7 +139,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::counter_server::{Counter, CounterServer};
+    use raftkit_proto::pb::counter_server::{Counter, CounterServer};
     use std::sync::atomic::AtomicI64;
     use tonic::{Request, Response};
 
@@ -172,9 +172,11 @@ mod tests {
         let value = Arc::new(AtomicI64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = tonic::service::Routes::new(CounterServer::new(OldCounter(value.clone())))
-            .into_axum_router();
-        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(CounterServer::new(OldCounter(value.clone())))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

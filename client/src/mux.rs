@@ -13,10 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::pb::mux_reply::Result as Reply;
-use crate::pb::mux_request::Call;
-use crate::pb::{MuxReply, MuxRequest};
-use crate::services::mux::{into_result, read_frame, FrameWriter, MUX_PREFACE};
+use raftkit_proto::mux::{into_result, read_frame, FrameWriter, MUX_PREFACE};
+use raftkit_proto::pb::mux_reply::Result as Reply;
+use raftkit_proto::pb::mux_request::Call;
+use raftkit_proto::pb::{MuxReply, MuxRequest};
 
 type Waiter = oneshot::Sender<MuxReply>;
 
