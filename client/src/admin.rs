@@ -1,0 +1,210 @@
+//! Admin calls: membership, leadership, bootstrap, and per-member
+//! snapshot, status and digest.
+
+use std::future::Future;
+
+use tonic::transport::Channel;
+use tonic::Status;
+
+use raftkit_proto::pb::admin_client::AdminClient;
+use raftkit_proto::pb::{
+    ChangePeersRequest, ConfigurationReply, GroupDigest, GroupRequest, MembershipRequest,
+    NodeStatusReply, TransferRequest,
+};
+use raftkit_proto::status::from_status;
+
+use crate::*;
+
+impl ClusterClient {
+    /// Adds the replica at `addr` (learner, catch up, promote) through the leader.
+    pub async fn add_peer(
+        &self,
+        addr: &str,
+        expected_conf_index: Option<u64>,
+        catch_up_timeout_ms: u64,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |conn, group| {
+            let req = MembershipRequest {
+                group,
+                peer: addr.to_string(),
+                expected_conf_index,
+                catch_up_timeout_ms,
+            };
+            async move {
+                AdminClient::new(conn.channel())
+                    .add_peer(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Removes a member (address or 16-hex-digit id) through the leader.
+    pub async fn remove_peer(
+        &self,
+        peer: &str,
+        expected_conf_index: Option<u64>,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |conn, group| {
+            let req = MembershipRequest {
+                group,
+                peer: peer.to_string(),
+                expected_conf_index,
+                catch_up_timeout_ms: 0,
+            };
+            async move {
+                AdminClient::new(conn.channel())
+                    .remove_peer(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Makes the voters exactly `peers` (joint consensus) through the leader.
+    pub async fn change_peers(
+        &self,
+        peers: &[String],
+        expected_conf_index: Option<u64>,
+        catch_up_timeout_ms: u64,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |conn, group| {
+            let req = ChangePeersRequest {
+                group,
+                peers: peers.to_vec(),
+                expected_conf_index,
+                catch_up_timeout_ms,
+            };
+            async move {
+                AdminClient::new(conn.channel())
+                    .change_peers(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Moves leadership to `target` (address or id), or the most caught-up
+    /// voter with `"any"`; returns the new leader.
+    pub async fn transfer_leader(
+        &self,
+        target: &str,
+    ) -> Result<raftkit_proto::pb::Member, ClientError> {
+        self.call(Retry::NotIdempotent, |conn, group| {
+            let req = TransferRequest {
+                group,
+                target: target.to_string(),
+            };
+            async move {
+                AdminClient::new(conn.channel())
+                    .transfer_leader(req)
+                    .await
+                    .map(|r| r.into_inner().leader.unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    /// Forced local reconfiguration of member `addr` (quorum loss only).
+    pub async fn reset_peers(
+        &self,
+        addr: &str,
+        peers: &[String],
+    ) -> Result<ConfigurationReply, ClientError> {
+        let req = ChangePeersRequest {
+            group: self.group.clone(),
+            peers: peers.to_vec(),
+            expected_conf_index: None,
+            catch_up_timeout_ms: 0,
+        };
+        let mut admin = self.admin(addr).await?;
+        self.single(addr, admin.reset_peers(req)).await
+    }
+
+    /// Makes the empty member `addr` a one-member group.
+    pub async fn bootstrap(&self, addr: &str) -> Result<(), ClientError> {
+        let mut admin = self.admin(addr).await?;
+        self.single(
+            addr,
+            admin.bootstrap(GroupRequest {
+                group: self.group.clone(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn single<T>(
+        &self,
+        addr: &str,
+        fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => {
+                self.forget(addr);
+                Err(match from_status(&s) {
+                    Some(e) => ClientError::Raft(e),
+                    None => ClientError::Rpc {
+                        addr: addr.to_string(),
+                        code: s.code(),
+                        message: s.message().to_string(),
+                    },
+                })
+            }
+            Err(_) => {
+                self.forget(addr);
+                Err(ClientError::Unavailable(format!(
+                    "{addr}: no answer within {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+
+    /// Takes a snapshot now on member `addr` (this client's group, or every
+    /// group when the client's group is empty).
+    pub async fn member_snapshot(
+        &self,
+        addr: &str,
+    ) -> Result<Vec<raftkit_proto::pb::SnapshotResult>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.snapshot(req))
+            .await
+            .map(|r| r.groups)
+    }
+
+    /// The status of this client's group (every group when the client's
+    /// group is empty) on one member.
+    pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.status(req)).await.map(|r| r.groups)
+    }
+
+    /// The state-machine digest of this client's group on one member, with
+    /// the applied index it was taken at (compare members at equal indexes).
+    pub async fn member_digest(&self, addr: &str) -> Result<Vec<GroupDigest>, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, admin.digest(req)).await.map(|r| r.groups)
+    }
+
+    pub(crate) async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
+        let conn = self
+            .conn(addr)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
+        Ok(AdminClient::new(conn.channel()))
+    }
+}
