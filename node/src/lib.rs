@@ -29,7 +29,8 @@ pub mod error;
 pub mod failpoint;
 pub(crate) mod fsm_caller;
 pub mod http;
-pub mod idle_poll;
+/// Idle polling (crate `raftkit-idle-poll`).
+pub use raftkit_idle_poll as idle_poll;
 pub(crate) mod io_worker;
 pub mod logging;
 pub mod membership;
