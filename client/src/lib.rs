@@ -26,7 +26,7 @@
 //! Files by concern: `route` (members, the leader, suspects, retries),
 //! `session` (exactly-once writes), `counter`, `kv` and `admin` (the calls),
 //! `conn` and `mux` (one member's connection and its multiplexed stream),
-//! `error` (what a call fails with).
+//! `error` (what a call fails with), `probe` (plain HTTP to a node's port).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -41,6 +41,7 @@ mod counter;
 mod error;
 mod kv;
 mod mux;
+pub mod probe;
 mod route;
 mod session;
 

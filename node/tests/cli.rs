@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use raftkit_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use raftkit_testkit as common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use raftkit_testkit as common;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -9,6 +9,34 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// The `raftkit-node` binary tests start: `RAFTKIT_NODE_BIN` if set, else
+/// the one cargo built beside the running test (`target/<profile>/`; cargo
+/// builds it for raftkit-node's own tests and for `cargo test --workspace`).
+pub fn node_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RAFTKIT_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/raftkit-node
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("the test binary's directory");
+    let bin = dir.join("raftkit-node");
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build -p raftkit-node` (or `cargo test --workspace`), or set RAFTKIT_NODE_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Ports free right now on 127.0.0.1, below the kernel's ephemeral range
 /// (32768 and up here): a port taken from that range and released until
 /// the node binds it could meanwhile become the local port of any outgoing
@@ -83,7 +111,7 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftkit-node"))
+        let child = Command::new(node_binary())
             .args(["--listen", &self.addr, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.args)
@@ -165,7 +193,7 @@ impl Drop for Proc {
 
 /// The JSON status of every group on `addr` (`/raft_stat?format=json`).
 pub async fn raft_stat(addr: &str) -> Option<serde_json::Value> {
-    let (code, body) = raftkit_node::http::probe(addr, "/raft_stat?format=json")
+    let (code, body) = raftkit_client::probe::probe(addr, "/raft_stat?format=json")
         .await
         .ok()?;
     (code == 200)
@@ -177,7 +205,7 @@ pub async fn raft_stat(addr: &str) -> Option<serde_json::Value> {
 pub async fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok((200, _)) = raftkit_node::http::probe(addr, path).await {
+        if let Ok((200, _)) = raftkit_client::probe::probe(addr, path).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,8 +1,21 @@
-//! Shared harness for in-process cluster tests: nodes over a
-//! [`LocalNetwork`] with named `memory://` storages (so a node can be stopped
-//! and started again on the same "disk"), and a recording state machine.
+//! Shared test support for RaftKit, used as a dev-dependency by every crate
+//! whose tests run clusters:
+//!
+//! ```text
+//!  lib.rs             in-process clusters: nodes over a LocalNetwork with
+//!                     named memory:// (or local://) storages, so a node can be
+//!                     stopped and started on the same "disk"; a recording
+//!                     state machine; wait loops; the counter checker; replica
+//!                     digests
+//!  procs.rs           raftkit-node processes on 127.0.0.1: start, kill,
+//!                     signal, restart, clusters, HTTP probes
+//!  linearizability.rs a Wing-Gong-Lowe checker for register histories
+//! ```
+//!
+//! Test support panics on what it cannot set up (that fails the test with
+//! the reason), hence `unwrap` and `expect` here.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod linearizability;
 pub mod procs;
