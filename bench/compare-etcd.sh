@@ -41,8 +41,9 @@ fi
 echo "== $(etcd --version | head -1)"
 
 echo "== building raftkit (release)"
-cargo build --release -q --bin raftkit
+cargo build --release -q --bin raftkit --bin raftkit-node
 raftkit="$root/target/release/raftkit"
+raftkit_node="$root/target/release/raftkit-node"
 
 work="$(mktemp -d)"
 pids=()
@@ -75,7 +76,7 @@ for i in 0 1 2; do
 done
 rk_cluster="127.0.0.1:24610,127.0.0.1:24611,127.0.0.1:24612"
 for i in 0 1 2; do
-  "$raftkit" node --listen "127.0.0.1:2461$i" --data-dir "$work/rk$i" --groups kv:kv,counter:counter \
+  "$raftkit_node" --listen "127.0.0.1:2461$i" --data-dir "$work/rk$i" --groups kv:kv,counter:counter \
     --initial-conf "$rk_cluster" --sync true --idle-poll-us "$idle_poll" >"$work/rk$i.log" 2>&1 &
   pids+=($!)
 done

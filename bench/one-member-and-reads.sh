@@ -19,12 +19,14 @@ secs="${BENCH_SECS:-10}"
 out_dir="$root/target/bench"
 mkdir -p "$out_dir"
 if [ -z "${RAFTKIT_BIN:-}" ]; then
-  cargo build --release -q --bin raftkit
+  cargo build --release -q --bin raftkit --bin raftkit-node
   bin="$root/target/release"
 else
   bin="$RAFTKIT_BIN"
 fi
 raftkit="$bin/raftkit"
+# Builds before the split ran nodes as `raftkit node`; later ones ship raftkit-node.
+if [ -x "$bin/raftkit-node" ]; then node=("$bin/raftkit-node"); else node=("$raftkit" node); fi
 
 work="$(mktemp -d)"
 pids=()
@@ -57,7 +59,7 @@ print(json.dumps(r))' "$1" | tee -a "$rows"
 }
 
 # 1. One member.
-"$raftkit" node --listen 127.0.0.1:24700 --data-dir "$work/solo" --groups kv:kv \
+"${node[@]}" --listen 127.0.0.1:24700 --data-dir "$work/solo" --groups kv:kv \
   --initial-conf 127.0.0.1:24700 --sync true >"$work/solo.log" 2>&1 &
 pids+=($!)
 wait_ready 127.0.0.1:24700
@@ -68,7 +70,7 @@ pids=()
 # 2. Three members, reads.
 cluster="127.0.0.1:24710,127.0.0.1:24711,127.0.0.1:24712"
 for i in 0 1 2; do
-  "$raftkit" node --listen "127.0.0.1:2471$i" --data-dir "$work/rk$i" --groups kv:kv \
+  "${node[@]}" --listen "127.0.0.1:2471$i" --data-dir "$work/rk$i" --groups kv:kv \
     --initial-conf "$cluster" --sync true >"$work/rk$i.log" 2>&1 &
   pids+=($!)
 done

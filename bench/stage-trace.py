@@ -4,8 +4,8 @@
 Build and run a cluster with the trace on, drive it, then point this at the
 nodes' stderr logs:
 
-    cargo build --release --features stage-trace --bin raftkit
-    RAFTKIT_STAGE_TRACE=1 target/release/raftkit node ... 2>n0.log   # each node
+    cargo build --release --features stage-trace --bin raftkit-node
+    RAFTKIT_STAGE_TRACE=1 target/release/raftkit-node ... 2>n0.log   # each node
     target/release/raftkit --cluster ... bench --op put --clients 1
     bench/stage-trace.py n0.log n1.log n2.log
 

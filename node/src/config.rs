@@ -1,5 +1,5 @@
 //! Command-line flags of the node server, shared by `raftkit-node` and the
-//! `raftkit node` subcommand. Every flag can also come from an environment
+//! `raftkit-node` server. Every flag can also come from an environment
 //! variable (`RAFTKIT_…`), for Kubernetes.
 
 use std::net::SocketAddr;

@@ -524,5 +524,3 @@ async fn readyz(State(manager): State<NodeManager>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, waiting.join("\n") + "\n").into_response()
     }
 }
-
-pub use raftkit_client::probe::{probe, request};

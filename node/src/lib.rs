@@ -18,11 +18,6 @@
 //! Start with [`node::Node`], [`state_machine::StateMachine`] and
 //! [`options::NodeOptions`]; `docs/architecture.md` maps every file.
 
-pub mod bench;
-pub mod cli;
-/// The client library (crate `raftkit-client`), re-exported while the CLI
-/// and the benchmark still live here.
-pub use raftkit_client as client;
 pub mod closure;
 pub mod config;
 pub mod error;
@@ -47,12 +42,6 @@ pub mod stage_trace;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
-
-/// etcd's v3 KV API, as much as the benchmark uses (`proto/etcd_kv.proto`).
-#[allow(clippy::all, missing_docs)]
-pub mod etcdpb {
-    tonic::include_proto!("etcdserverpb");
-}
 
 /// Generated gRPC types and services (`raftkit-proto`).
 pub use raftkit_proto::pb;

@@ -14,7 +14,7 @@ use common::procs::{
     first_group_leader, free_ports, raft_stat, start_cluster, wait_http_ok, Proc, ProcCluster,
 };
 use nix::sys::signal::Signal;
-use raftkit_node::client::{ClusterClient, Session};
+use raftkit_client::{ClusterClient, Session};
 use raftkit_node::pb::ReadConsistency;
 
 type Cluster = ProcCluster;
@@ -304,7 +304,9 @@ async fn a_retry_refused_as_expired_is_reported_unknown_not_resent() {
         async move {
             for a in &addrs {
                 let path = format!("/debug/failpoint?name=reply_after_apply&action={action}");
-                let (code, body) = raftkit_node::http::request(a, "POST", &path).await.unwrap();
+                let (code, body) = raftkit_client::probe::request(a, "POST", &path)
+                    .await
+                    .unwrap();
                 assert_eq!(code, 200, "{body}");
             }
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{start_cluster, wait_http_ok, Proc, ProcCluster};
 use nix::sys::signal::Signal;
-use raftkit_node::client::ClusterClient;
+use raftkit_client::ClusterClient;
 
 #[derive(Default)]
 struct History {
@@ -213,7 +213,7 @@ async fn a_failed_fsync_stops_the_member_and_loses_no_acknowledged_increment() {
 async fn wait_until_stopped_by_its_disk(p: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, body) = raftkit_node::http::probe(&p.addr, "/healthz")
+        let (code, body) = raftkit_client::probe::probe(&p.addr, "/healthz")
             .await
             .unwrap_or((0, String::new()));
         if code == 500 {
@@ -283,7 +283,7 @@ async fn a_leader_whose_fsync_fails_stops_and_loses_no_acknowledged_increment() 
 
     let leader = leader_of(&client).await.expect("a leader");
     let victim = cluster.procs.iter().position(|p| p.addr == leader).unwrap();
-    let (code, body) = raftkit_node::http::request(
+    let (code, body) = raftkit_client::probe::request(
         &leader,
         "POST",
         "/debug/failpoint?name=log_sync&action=error_once",

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use common::linearizability::{check_register, CasOutcome, Event, RegOp, Val};
 use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::{kill, Signal};
-use raftkit_node::client::ClusterClient;
+use raftkit_client::ClusterClient;
 use raftkit_node::pb::ReadConsistency;
 
 // ------------------------------------------------------------ the checker
@@ -460,7 +460,7 @@ async fn worker(
 
 /// Keeps the error of a write with unknown outcome (digits dropped, so equal
 /// causes count together) and returns its time: none.
-fn note(errors: &mut Vec<String>, e: raftkit_node::client::ClientError) -> Option<Instant> {
+fn note(errors: &mut Vec<String>, e: raftkit_client::ClientError) -> Option<Instant> {
     errors.push(e.to_string().replace(|c: char| c.is_ascii_digit(), ""));
     None
 }
@@ -517,11 +517,11 @@ async fn partition(node: &str, peers: &[String], direction: &str) {
         "/debug/partition?peers={}&direction={direction}",
         peers.join(",")
     );
-    let (code, body) = raftkit_node::http::request(node, "POST", &path)
+    let (code, body) = raftkit_client::probe::request(node, "POST", &path)
         .await
         .unwrap();
     assert_eq!(code, 200, "{path} on {node}: {body}");
-    let (_, now) = raftkit_node::http::probe(node, "/debug/partition")
+    let (_, now) = raftkit_client::probe::probe(node, "/debug/partition")
         .await
         .unwrap();
     let mut sorted = peers.to_vec();
@@ -654,12 +654,12 @@ async fn kv_under_faults(read_mode: &str) {
 
     let l = leader(&c).await;
     let (code, body) =
-        raftkit_node::http::request(&c.addrs[l], "POST", "/debug/partition?peers=nonsense")
+        raftkit_client::probe::request(&c.addrs[l], "POST", "/debug/partition?peers=nonsense")
             .await
             .unwrap();
     assert_eq!(code, 400, "a bad peer address is refused: {body}");
     let bad_direction = format!("/debug/partition?peers={}&direction=sideways", c.addrs[0]);
-    let (code, body) = raftkit_node::http::request(&c.addrs[l], "POST", &bad_direction)
+    let (code, body) = raftkit_client::probe::request(&c.addrs[l], "POST", &bad_direction)
         .await
         .unwrap();
     assert_eq!(code, 400, "an unknown direction is refused: {body}");
@@ -738,7 +738,7 @@ async fn kv_under_faults(read_mode: &str) {
     // early ones are lost, which only lowers the sum.
     let mut lease_reads = 0;
     for a in &c.addrs {
-        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
         lease_reads += body
             .lines()
             .find_map(|l| l.strip_prefix("raftkit_lease_reads_total{group=\"kv\"} "))

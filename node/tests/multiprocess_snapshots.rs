@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
-use raftkit_node::client::ClusterClient;
+use raftkit_client::ClusterClient;
 
 struct Cluster {
     c: ProcCluster,

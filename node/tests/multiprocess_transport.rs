@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use common::procs::{first_group_leader, raft_stat, start_cluster, wait_http_ok, ProcCluster};
 use nix::sys::signal::Signal;
-use raftkit_node::client::ClusterClient;
+use raftkit_client::ClusterClient;
 use raftkit_node::services::mux::MUX_PREFACE;
 use raftkit_node::transport::stream::{encode_preface, PREFACE};
 

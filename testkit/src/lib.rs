@@ -466,7 +466,7 @@ pub fn counter_real_time_violation(timed: &[(Instant, Instant, i64)]) -> Option<
 /// (testing.md: replicas hold equal state at equal applied indexes).
 /// Returns that index.
 pub async fn assert_replicas_agree(
-    client: &raftkit_node::client::ClusterClient,
+    client: &raftkit_client::ClusterClient,
     addrs: &[String],
     timeout: Duration,
 ) -> u64 {

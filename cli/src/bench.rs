@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::ClusterClient;
-use crate::pb::ReadConsistency;
+use raftkit_client::ClusterClient;
+use raftkit_proto::pb::ReadConsistency;
 
 /// What each operation does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -253,7 +253,7 @@ pub struct RaftKitOp {
     conns: Vec<ClusterClient>,
     /// One session per client (in the open loop a client can have several
     /// writes in flight, as a shared session allows).
-    sessions: Vec<crate::client::Session>,
+    sessions: Vec<raftkit_client::Session>,
     value: Bytes,
 }
 
@@ -499,7 +499,7 @@ pub fn minimal_replication(
         let mut rec = [b'm'; MINIMAL_RECORD];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
-            crate::idle_poll::touch();
+            raftkit_idle_poll::touch();
             let t = std::time::Instant::now();
             c.write_all(&rec)?;
             c.read_exact(&mut rec[..8])?;
@@ -559,7 +559,7 @@ fn loopback_rtts(samples: usize, pin: Option<usize>) -> std::io::Result<Vec<Dura
         let mut buf = [b'p'; 32];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
-            crate::idle_poll::touch();
+            raftkit_idle_poll::touch();
             let t = std::time::Instant::now();
             c.write_all(&buf)?;
             c.read_exact(&mut buf)?;
@@ -593,7 +593,7 @@ pub fn measure_floor(dir: &std::path::Path, samples: usize) -> Result<Floor, Str
         let record = [b'r'; 300];
         let mut out = Vec::with_capacity(samples);
         for _ in 0..samples {
-            crate::idle_poll::touch();
+            raftkit_idle_poll::touch();
             f.write_all(&record)?;
             let t = std::time::Instant::now();
             f.sync_data()?;

@@ -27,6 +27,10 @@ pub struct PlaygroundArgs {
     /// Election timeout of the nodes (ms).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout_ms: u64,
+    /// The raftkit-node binary to run (default: the one beside `raftkit`,
+    /// built first under `cargo run`, else one on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub node_binary: Option<PathBuf>,
 }
 
 struct Member {
@@ -63,7 +67,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         ),
     };
     std::fs::create_dir_all(&data_dir)?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::node_binary::find_node_binary(args.node_binary.as_deref())?;
 
     let mut members = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -72,7 +76,6 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         let log = data_dir.join(format!("node{i}.log"));
         let out = File::create(&log)?;
         let child = Command::new(&exe)
-            .arg("node")
             .args(["--listen", addr, "--data-dir"])
             .arg(&dir)
             .args([
@@ -138,7 +141,7 @@ async fn wait_ready(members: &mut [Member], timeout: Duration) -> anyhow::Result
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            if let Ok((200, _)) = crate::http::probe(&m.addr, "/readyz").await {
+            if let Ok((200, _)) = raftkit_client::probe::probe(&m.addr, "/readyz").await {
                 ready += 1;
             }
         }

@@ -183,21 +183,21 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         "/debug/partition?peers=127.0.0.1:1",
         "/debug/failpoint?name=log_sync&action=error",
     ] {
-        let (code, body) = raftkit_node::http::request(one, "POST", path)
+        let (code, body) = raftkit_client::probe::request(one, "POST", path)
             .await
             .unwrap();
         assert_eq!(code, 404, "{path}: {body}");
         assert!(body.contains("RAFTKIT_FAULT_INJECTION=1"), "{body}");
     }
     let (code, body) =
-        raftkit_node::http::request(one, "POST", "/debug/failpoint?name=log_sync&action=boom")
+        raftkit_client::probe::request(one, "POST", "/debug/failpoint?name=log_sync&action=boom")
             .await
             .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("unknown failpoint action \"boom\""), "{body}");
 
     // Observability: metrics and runtime flags over HTTP on the same port.
-    let (code, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();
+    let (code, body) = raftkit_client::probe::probe(one, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for m in [
         "raftkit_term{group=\"counter\"}",
@@ -212,7 +212,7 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     // cas, one delete); sum over members in case leadership moved.
     let mut timed = 0u64;
     for a in &addrs {
-        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
         timed += body
             .lines()
             .find_map(|l| l.strip_prefix("raftkit_commit_seconds_count{group=\"kv\"} "))
@@ -220,7 +220,7 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
             .unwrap_or(0);
     }
     assert!(timed >= 5, "commits timed by kv leaders: {timed}");
-    let (code, body) = raftkit_node::http::probe(one, "/flags?format=json")
+    let (code, body) = raftkit_client::probe::probe(one, "/flags?format=json")
         .await
         .unwrap();
     assert_eq!(code, 200);
@@ -237,7 +237,7 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert_eq!(flag(&flags, "listen")["mutable"], false);
     let (code, _) = post(one, "/flags?snapshot_log_gap=1234").await;
     assert_eq!(code, 200);
-    let (_, body) = raftkit_node::http::probe(one, "/flags?format=json")
+    let (_, body) = raftkit_client::probe::probe(one, "/flags?format=json")
         .await
         .unwrap();
     assert_eq!(
@@ -269,11 +269,10 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (auto_us, why) =
-        raftkit_node::idle_poll::auto_window(raftkit_node::idle_poll::cpu_quota(), cpus);
+    let (auto_us, why) = raftkit_idle_poll::auto_window(raftkit_idle_poll::cpu_quota(), cpus);
     eprintln!("idle polling auto here: {auto_us} µs ({why})");
     for a in &addrs {
-        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
         assert_eq!(window(&body), Some(auto_us), "{a}: {body}");
     }
     let (code, body) = post(one, "/flags?idle_poll_us=soon").await;
@@ -299,7 +298,7 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = -1.0;
         loop {
-            let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+            let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
             let now = spun(&body);
             if now == last {
                 idle.push(now);
@@ -319,7 +318,7 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         );
         assert!(raftkit(&conf, &["kv", "put", "poll", "x"]).status.success());
         for (a, idle) in addrs.iter().zip(&idle) {
-            let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+            let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
             if spun(&body) > *idle {
                 spinning.insert(a.clone());
             }
@@ -329,13 +328,13 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
         let (code, body) = post(a, "/flags?idle_poll_us=0").await;
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("idle_poll_us = 0"), "{body}");
-        let (_, body) = raftkit_node::http::probe(a, "/metrics").await.unwrap();
+        let (_, body) = raftkit_client::probe::probe(a, "/metrics").await.unwrap();
         assert_eq!(window(&body), Some(0), "{a}");
     }
     let (code, body) = post(one, "/flags?idle_poll_us=auto").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("idle_poll_us = auto"), "{body}");
-    let (_, body) = raftkit_node::http::probe(one, "/metrics").await.unwrap();
+    let (_, body) = raftkit_client::probe::probe(one, "/metrics").await.unwrap();
     assert_eq!(window(&body), Some(auto_us));
 
     // The load generator against the cluster: every call path, JSON out.

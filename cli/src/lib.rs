@@ -1,12 +1,28 @@
 //! The `raftkit` command-line tool (in the spirit of braft_cli): cluster
-//! status, the Counter and KV commands, the local playground, and a hidden
-//! `node` subcommand that runs a node server (the playground starts its
-//! nodes through it, so `cargo run --bin raftkit` needs no other binary).
+//! status, the Counter and KV commands, membership, the benchmark and the
+//! local playground (which starts `raftkit-node` processes). Built on
+//! `raftkit-client`: the CLI does not link the engine.
+//!
+//! ```text
+//!  lib.rs         flags, commands, text and JSON output
+//!  playground.rs  a local three-node cluster of raftkit-node processes
+//!  node_binary.rs finding (or building) raftkit-node
+//!  bench.rs       the load generator (RaftKit and etcd) and the latency floor
+//!  etcdpb         etcd's KV API, as much as the benchmark uses
+//! ```
 //!
 //! Output is text by default or JSON with `--output json`; errors are one
 //! line on stderr and a non-zero exit.
 
+pub mod bench;
+pub mod node_binary;
 pub mod playground;
+
+/// etcd's v3 KV API, as much as the benchmark uses (`proto/etcd_kv.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
 
 use std::time::Duration;
 
@@ -14,9 +30,20 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::client::{ClientError, ClusterClient};
-use crate::config::NodeArgs;
-use crate::pb::NodeStatusReply;
+use raftkit_client::{ClientError, ClusterClient};
+use raftkit_proto::pb::NodeStatusReply;
+
+/// Logs to stderr, `RUST_LOG` if set and valid, else `default_filter`.
+pub fn init_tracing(default_filter: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
 
 /// The playground's members, the default target of every command.
 pub const DEFAULT_CLUSTER: &str = "127.0.0.1:8100,127.0.0.1:8101,127.0.0.1:8102";
@@ -52,12 +79,12 @@ pub enum ReadArg {
     Stale,
 }
 
-impl From<ReadArg> for crate::pb::ReadConsistency {
+impl From<ReadArg> for raftkit_proto::pb::ReadConsistency {
     fn from(r: ReadArg) -> Self {
         match r {
-            ReadArg::Linearizable => crate::pb::ReadConsistency::Linearizable,
-            ReadArg::Follower => crate::pb::ReadConsistency::Follower,
-            ReadArg::Stale => crate::pb::ReadConsistency::Stale,
+            ReadArg::Linearizable => raftkit_proto::pb::ReadConsistency::Linearizable,
+            ReadArg::Follower => raftkit_proto::pb::ReadConsistency::Follower,
+            ReadArg::Stale => raftkit_proto::pb::ReadConsistency::Stale,
         }
     }
 }
@@ -156,12 +183,9 @@ pub enum Command {
         /// Measure with idle polling on, as a node with this
         /// `--idle-poll-us` would run (0: off, the machine's own floor;
         /// `auto`: as a node with the default would).
-        #[arg(long, default_value = "0", value_parser = |s: &str| s.parse::<crate::idle_poll::IdlePoll>())]
-        idle_poll_us: crate::idle_poll::IdlePoll,
+        #[arg(long, default_value = "0", value_parser = |s: &str| s.parse::<raftkit_idle_poll::IdlePoll>())]
+        idle_poll_us: raftkit_idle_poll::IdlePoll,
     },
-    /// Run a node server (same flags as raftkit-node).
-    #[command(hide = true)]
-    Node(Box<NodeArgs>),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -287,11 +311,11 @@ fn admin_client(cli: &Cli, catch_up_ms: Option<u64>) -> Result<ClusterClient, Cl
     )?)
 }
 
-fn member_list(ms: &[crate::pb::Member]) -> Vec<String> {
+fn member_list(ms: &[raftkit_proto::pb::Member]) -> Vec<String> {
     ms.iter().map(|m| m.addr.clone()).collect()
 }
 
-fn print_configuration(cli: &Cli, what: &str, r: &crate::pb::ConfigurationReply) {
+fn print_configuration(cli: &Cli, what: &str, r: &raftkit_proto::pb::ConfigurationReply) {
     let text = format!(
         "{what}; voters: {}; learners: {}{}; configuration index {}",
         member_list(&r.voters).join(","),
@@ -529,7 +553,7 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                     code: 2,
                 });
             }
-            crate::idle_poll::apply(*idle_poll_us)
+            raftkit_idle_poll::apply(*idle_poll_us)
                 .map_err(|message| CliError { message, code: 1 })?;
             let (dir, samples) = (dir.clone(), *samples);
             let f = tokio::task::spawn_blocking(move || crate::bench::measure_floor(&dir, samples))
@@ -568,7 +592,7 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Playground(_) | Command::Node(_) => Err(CliError {
+        Command::Playground(_) => Err(CliError {
             message: "not a client command".into(),
             code: 2,
         }),
@@ -590,8 +614,8 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
         ));
     }
     if b.key_size == 0
-        || b.key_size > crate::services::kv::MAX_KEY_BYTES
-        || b.value_size > crate::services::kv::MAX_VALUE_BYTES
+        || b.key_size > raftkit_proto::limits::MAX_KEY_BYTES
+        || b.value_size > raftkit_proto::limits::MAX_VALUE_BYTES
     {
         return Err(bad(
             "key size must be 1..=4096 and value size at most 1 MiB".into(),
@@ -739,7 +763,7 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
 
 /// Groups and applied indexes at which members reported different digests.
 fn digest_disagreements<'a>(
-    digests: impl Iterator<Item = &'a crate::pb::GroupDigest>,
+    digests: impl Iterator<Item = &'a raftkit_proto::pb::GroupDigest>,
 ) -> Vec<String> {
     // (group, applied index) -> digests seen there.
     let mut seen: std::collections::BTreeMap<(&str, u64), std::collections::BTreeSet<u64>> =
@@ -917,7 +941,7 @@ fn status_json(g: &NodeStatusReply) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::digest_disagreements;
-    use crate::pb::GroupDigest;
+    use raftkit_proto::pb::GroupDigest;
 
     fn d(group: &str, applied_index: u64, digest: u64) -> GroupDigest {
         GroupDigest {

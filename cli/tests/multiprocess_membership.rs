@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{free_ports, raft_stat, start_cluster, wait_http_ok, Proc};
 use nix::sys::signal::Signal;
-use raftkit_node::client::{ClientError, ClusterClient};
+use raftkit_client::{ClientError, ClusterClient};
 
 fn raftkit(cluster: &[String], args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))

@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
         .bytes(".etcdserverpb")
-        .build_server(true)
+        .build_server(false)
         .compile_protos(&["proto/etcd_kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/etcd_kv.proto");
     Ok(())
