@@ -14,6 +14,16 @@
 //! Output is text by default or JSON with `--output json`; errors are one
 //! line on stderr and a non-zero exit.
 
+/// Prints a line to stdout like `println!`, but a reader that went away
+/// (`raftkit status | head -c 600`) ends the program quietly instead of
+/// with a panic (see [`write_stdout`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 pub mod bench;
 pub mod node_binary;
 pub mod playground;
@@ -32,6 +42,25 @@ use serde_json::json;
 
 use raftkit_client::{ClientError, ClusterClient};
 use raftkit_proto::pb::NodeStatusReply;
+
+/// Writes one line to stdout. When the reader has gone away (a closed
+/// pipe), exits at once with status 0, as Unix filters do; any other write
+/// error exits with 1 and says so.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Logs to stderr, `RUST_LOG` if set and valid, else `default_filter`.
 pub fn init_tracing(default_filter: &str) {
@@ -356,8 +385,8 @@ fn client(cli: &Cli, default_group: &str) -> Result<ClusterClient, CliError> {
 
 fn emit(cli: &Cli, text_out: String, json_out: serde_json::Value) {
     match cli.output {
-        Output::Text => println!("{text_out}"),
-        Output::Json => println!("{json_out}"),
+        Output::Text => outln!("{text_out}"),
+        Output::Json => outln!("{json_out}"),
     }
 }
 
@@ -708,17 +737,19 @@ async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {
                 .iter()
                 .map(|r| json!({ "group": r.group, "index": r.index, "term": r.term, "error": (!r.error.is_empty()).then_some(&r.error) }))
                 .collect();
-            println!("{}", serde_json::Value::Array(v));
+            outln!("{}", serde_json::Value::Array(v));
         }
         Output::Text => {
             for r in &results {
                 if r.error.is_empty() {
-                    println!(
+                    outln!(
                         "{peer} {}: snapshot at index {} term {}",
-                        r.group, r.index, r.term
+                        r.group,
+                        r.index,
+                        r.term
                     );
                 } else {
-                    println!("{peer} {}: snapshot failed: {}", r.group, r.error);
+                    outln!("{peer} {}: snapshot failed: {}", r.group, r.error);
                 }
             }
         }
@@ -748,7 +779,7 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
                     Err(e) => json!({ "addr": addr, "error": e.to_string() }),
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(v));
+            outln!("{}", serde_json::Value::Array(v));
         }
         Output::Text => print_status_table(&rows),
     }
@@ -799,10 +830,10 @@ async fn digest(cli: &Cli) -> Result<(), CliError> {
                     Err(e) => json!({ "addr": addr, "error": e.to_string() }),
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(v));
+            outln!("{}", serde_json::Value::Array(v));
         }
         Output::Text => {
-            println!("{:<22} {:<8} {:>10} DIGEST", "ADDRESS", "GROUP", "APPLIED");
+            outln!("{:<22} {:<8} {:>10} DIGEST", "ADDRESS", "GROUP", "APPLIED");
             for (addr, r) in &rows {
                 match r {
                     Ok(groups) => {
@@ -812,10 +843,10 @@ async fn digest(cli: &Cli) -> Result<(), CliError> {
                             } else {
                                 "-".to_string()
                             };
-                            println!("{addr:<22} {:<8} {:>10} {d}", g.group, g.applied_index);
+                            outln!("{addr:<22} {:<8} {:>10} {d}", g.group, g.applied_index);
                         }
                     }
-                    Err(e) => println!("{addr:<22} error: {e}"),
+                    Err(e) => outln!("{addr:<22} error: {e}"),
                 }
             }
         }
@@ -847,7 +878,7 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
         .flatten()
         .filter(|g| g.role == "leader")
         .collect();
-    println!(
+    outln!(
         "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
         "ADDRESS",
         "GROUP",
@@ -865,7 +896,7 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
         let groups = match r {
             Ok(g) => g,
             Err(e) => {
-                println!("{addr:<22} unreachable: {e}");
+                outln!("{addr:<22} unreachable: {e}");
                 continue;
             }
         };
@@ -893,7 +924,7 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
                 },
                 None => ("-".into(), "-".into()),
             };
-            println!(
+            outln!(
                 "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
                 addr,
                 g.group,

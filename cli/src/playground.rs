@@ -1,7 +1,10 @@
 //! `raftkit playground`: a local cluster of real node processes on
 //! 127.0.0.1, each hosting the `counter` and `kv` groups. Prints the members
 //! and a ready line, and stops every node on Ctrl-C (SIGTERM, then SIGKILL
-//! after a grace period).
+//! after a grace period). A member that dies (`kill <pid>`) is reported and
+//! started again on its data after a few seconds, as a supervisor would, so
+//! the others' failover and its catch-up can be watched; one that keeps
+//! dying is left down, with the reason.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -37,7 +40,42 @@ struct Member {
     addr: String,
     child: Child,
     log: PathBuf,
+    /// How to start it again.
+    command: NodeCommand,
+    /// When it is to be started again after it died (None: running, or
+    /// left down).
+    restart_at: Option<Instant>,
+    /// When it was restarted lately (crash-loop guard).
+    restarts: Vec<Instant>,
+    /// It kept dying: left down for good.
+    given_up: bool,
 }
+
+/// The node binary and the arguments of one member.
+#[derive(Clone)]
+struct NodeCommand {
+    exe: PathBuf,
+    args: Vec<String>,
+}
+
+impl NodeCommand {
+    /// Starts the node with its output appended to `log`.
+    fn spawn(&self, log: &std::path::Path) -> std::io::Result<Child> {
+        let out = File::options().create(true).append(true).open(log)?;
+        Command::new(&self.exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+    }
+}
+
+/// How long a member that died stays down before it is started again.
+const RESTART_AFTER: Duration = Duration::from_secs(3);
+/// A member restarted this many times within [`CRASH_LOOP_WINDOW`] is left down.
+const MAX_RESTARTS: usize = 5;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
 
 /// Runs the playground until Ctrl-C or SIGTERM.
 pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
@@ -74,25 +112,24 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         let dir = data_dir.join(format!("node{i}"));
         std::fs::create_dir_all(&dir)?;
         let log = data_dir.join(format!("node{i}.log"));
-        let out = File::create(&log)?;
-        let child = Command::new(&exe)
-            .args(["--listen", addr, "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--groups",
-                "counter:counter,kv:kv",
-                "--initial-conf",
-                &addrs.join(","),
-            ])
-            .args([
-                "--election-timeout-ms",
-                &args.election_timeout_ms.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
-        println!(
+        File::create(&log)?;
+        let command = NodeCommand {
+            exe: exe.clone(),
+            args: vec![
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--groups".into(),
+                "counter:counter,kv:kv".into(),
+                "--initial-conf".into(),
+                addrs.join(","),
+                "--election-timeout-ms".into(),
+                args.election_timeout_ms.to_string(),
+            ],
+        };
+        let child = command.spawn(&log)?;
+        crate::outln!(
             "node {i}: {addr}  (pid {}, log {})",
             child.id(),
             log.display()
@@ -101,20 +138,24 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             addr: addr.clone(),
             child,
             log,
+            command,
+            restart_at: None,
+            restarts: Vec::new(),
+            given_up: false,
         });
     }
 
     let result = wait_ready(&mut members, Duration::from_secs(60)).await;
     match result {
         Ok(()) => {
-            println!(
+            crate::outln!(
                 "ready: {} nodes serving groups counter and kv at {} (data in {})",
                 members.len(),
                 addrs.join(","),
                 data_dir.display()
             );
-            println!("try: raftkit counter fetch-add 1   |   raftkit kv put hello world   |   raftkit status");
-            println!("press Ctrl-C to stop");
+            crate::outln!("try: raftkit counter fetch-add 1   |   raftkit kv put hello world   |   raftkit status");
+            crate::outln!("press Ctrl-C to stop");
             wait_for_stop(&mut members).await;
         }
         Err(e) => eprintln!("error: {e}"),
@@ -123,7 +164,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
-    println!("stopped");
+    crate::outln!("stopped");
     Ok(())
 }
 
@@ -169,13 +210,58 @@ async fn wait_for_stop(members: &mut [Member]) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
-            _ = tick.tick() => {
-                for m in members.iter_mut() {
-                    if let Ok(Some(status)) = m.child.try_wait() {
-                        eprintln!("node {} exited unexpectedly ({status}); stopping the playground; see {}", m.addr, m.log.display());
-                        return;
+            _ = tick.tick() => supervise(members, Instant::now()),
+        }
+    }
+}
+
+/// Notices members that died and starts them again after
+/// [`RESTART_AFTER`], unless one keeps dying.
+fn supervise(members: &mut [Member], now: Instant) {
+    for m in members.iter_mut().filter(|m| !m.given_up) {
+        match m.restart_at {
+            Some(at) if now >= at => {
+                m.restart_at = None;
+                match m.command.spawn(&m.log) {
+                    Ok(child) => {
+                        m.child = child;
+                        m.restarts.push(now);
+                        crate::outln!(
+                            "node {} restarted (pid {}); it catches up from the others",
+                            m.addr,
+                            m.child.id()
+                        );
+                    }
+                    Err(e) => {
+                        m.given_up = true;
+                        eprintln!("node {}: could not restart it: {e}", m.addr);
                     }
                 }
+            }
+            Some(_) => {}
+            None => {
+                let Ok(Some(status)) = m.child.try_wait() else {
+                    continue;
+                };
+                m.restarts
+                    .retain(|t| now.duration_since(*t) < CRASH_LOOP_WINDOW);
+                if m.restarts.len() >= MAX_RESTARTS {
+                    m.given_up = true;
+                    eprintln!(
+                        "node {} exited ({status}) again after {MAX_RESTARTS} restarts within {} s; leaving it down; see {}",
+                        m.addr,
+                        CRASH_LOOP_WINDOW.as_secs(),
+                        m.log.display()
+                    );
+                    continue;
+                }
+                crate::outln!(
+                    "node {} exited ({status}); the others go on without it; restarting it in {} s (log {})",
+                    m.addr,
+                    RESTART_AFTER.as_secs(),
+                    m.log.display()
+                );
+                m.restart_at = Some(now + RESTART_AFTER);
             }
         }
     }

@@ -19,6 +19,9 @@ pub enum ClientError {
     /// No member could be reached or none would take the request in time.
     #[error("{0}")]
     Unavailable(String),
+    /// Every member refused the connection: the request was never sent.
+    #[error("{0}")]
+    NotConnected(String),
     /// The caller's input is wrong.
     #[error("{0}")]
     InvalidArgument(String),
@@ -29,7 +32,7 @@ impl ClientError {
     pub fn is_definitely_not_applied(&self) -> bool {
         match self {
             ClientError::Raft(e) => e.is_definitely_not_applied(),
-            ClientError::InvalidArgument(_) => true,
+            ClientError::InvalidArgument(_) | ClientError::NotConnected(_) => true,
             // Only "no such group here" uses this code: it reached no group.
             ClientError::Rpc {
                 code: tonic::Code::NotFound,

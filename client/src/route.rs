@@ -121,23 +121,27 @@ impl ClusterClient {
         self.leader.lock().clone()
     }
 
-    pub(crate) async fn conn(&self, addr: &str) -> Result<Conn, String> {
+    pub(crate) async fn conn(&self, addr: &str) -> Result<Conn, ConnectError> {
         if let Some(c) = self.conns.lock().get(addr) {
             return Ok(c.clone());
         }
         let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ConnectError {
+                message: e.to_string(),
+                refused: false,
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let ch = ep.connect().await.map_err(|e| {
-            format!(
+        let ch = ep.connect().await.map_err(|e| ConnectError {
+            message: format!(
                 "{e}: {}",
                 std::error::Error::source(&e)
                     .map(|s| s.to_string())
                     .unwrap_or_default()
-            )
+            ),
+            refused: is_refused(&e),
         })?;
         let conn = Conn::new(ch, addr, !self.unary);
         self.conns.lock().insert(addr.to_string(), conn.clone());
@@ -242,6 +246,7 @@ impl ClusterClient {
         let mut backoff = Duration::from_millis(20);
         let mut last = String::from("no member answered");
         let mut absent = Vec::new();
+        let mut refused = Refusals::default();
         loop {
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
@@ -256,6 +261,7 @@ impl ClusterClient {
                     // Not connected: the request was certainly not sent.
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
+                    refused.note(&addr, &e, &self.addrs())?;
                     sleep_until_or(deadline, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     continue;
@@ -367,6 +373,7 @@ impl ClusterClient {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no member answered");
         let mut absent = Vec::new();
+        let mut refused = Refusals::default();
         loop {
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
@@ -380,6 +387,7 @@ impl ClusterClient {
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
+                    refused.note(&addr, &e, &self.addrs())?;
                     sleep_until_or(deadline, Duration::from_millis(20)).await;
                     continue;
                 }
@@ -424,6 +432,62 @@ impl ClusterClient {
             }
             sleep_until_or(deadline, Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Why a connection to a member could not be made.
+#[derive(Debug)]
+pub(crate) struct ConnectError {
+    pub(crate) message: String,
+    /// Nothing listens there: the connection was refused at once.
+    pub(crate) refused: bool,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether a connect error (or what caused it) is a refused connection.
+fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Members that refused a connection during one call. When every member
+/// has, nothing listens at any of the addresses: that is known at once, so
+/// the call fails then (like etcdctl's dial timeout) instead of waiting out
+/// its deadline, which is kept for members that answer slowly or not at all.
+#[derive(Default)]
+pub(crate) struct Refusals(std::collections::BTreeSet<String>);
+
+impl Refusals {
+    pub(crate) fn note(
+        &mut self,
+        addr: &str,
+        e: &ConnectError,
+        members: &[String],
+    ) -> Result<(), ClientError> {
+        if !e.refused {
+            return Ok(());
+        }
+        self.0.insert(addr.to_string());
+        if members.iter().all(|m| self.0.contains(m)) {
+            return Err(ClientError::NotConnected(format!(
+                "every member refused the connection ({}): is the cluster running at these addresses?",
+                members.join(", ")
+            )));
+        }
+        Ok(())
     }
 }
 
