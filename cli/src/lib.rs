@@ -40,7 +40,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use raftkit_client::{ClientError, ClusterClient};
+use raftkit_client::{ClientError, ClusterClient, Outcome};
 use raftkit_proto::pb::NodeStatusReply;
 
 /// Writes one line to stdout. When the reader has gone away (a closed
@@ -309,18 +309,61 @@ pub enum KvCmd {
     },
 }
 
-/// A command's failure: one line for stderr, and the exit code.
+/// Exit code of a command that failed and certainly changed nothing.
+pub const EXIT_NOT_APPLIED: i32 = 1;
+/// Exit code of a command whose write may have been applied.
+pub const EXIT_OUTCOME_UNKNOWN: i32 = 3;
+
+/// A command's failure: one line for stderr, the exit code, and what the
+/// user may conclude ([`Outcome`]).
 #[derive(Debug)]
 pub struct CliError {
     pub message: String,
     pub code: i32,
+    pub outcome: Outcome,
+}
+
+impl CliError {
+    /// A failure before anything was sent (bad input, a usage error).
+    fn refused(message: impl Into<String>, code: i32) -> Self {
+        CliError {
+            message: message.into(),
+            code,
+            outcome: Outcome::NotApplied,
+        }
+    }
+
+    /// The line printed on stderr, naming the class.
+    pub fn text(&self) -> String {
+        match self.outcome {
+            Outcome::NotApplied => format!("error: {} (not applied)", self.message),
+            Outcome::Unknown => format!(
+                "error: {} (outcome unknown: it may have been applied)",
+                self.message
+            ),
+        }
+    }
+
+    /// The same as JSON: `{"error", "outcome", "exit_code"}`.
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "error": self.message,
+            "outcome": self.outcome.as_str(),
+            "exit_code": self.code,
+        })
+    }
 }
 
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
+        let outcome = e.outcome();
         CliError {
             message: e.to_string(),
-            code: 1,
+            code: match outcome {
+                Outcome::NotApplied => EXIT_NOT_APPLIED,
+                Outcome::Unknown => EXIT_OUTCOME_UNKNOWN,
+            },
+            outcome,
         }
     }
 }
@@ -441,14 +484,14 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
         }
         Command::ResetPeers { peer, peers, force } => {
             if !*force {
-                return Err(CliError {
-                    message: format!(
+                return Err(CliError::refused(
+                    format!(
                         "reset-peers rewrites the configuration of {peer} alone, without the other members' agreement; \
                          use it only when a quorum is lost for good. Writes that only the lost members held are lost, and \
                          a lost member that comes back must be wiped and added again. Re-run with --force to proceed."
                     ),
-                    code: 2,
-                });
+                    2,
+                ));
             }
             eprintln!(
                 "warning: forcing the configuration of {peer} to {}",
@@ -502,12 +545,7 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                         None if cli.output == Output::Json => {
                             emit(cli, String::new(), json!({ "key": key, "value": null }))
                         }
-                        None => {
-                            return Err(CliError {
-                                message: format!("key {key:?} not found"),
-                                code: 1,
-                            })
-                        }
+                        None => return Err(CliError::refused(format!("key {key:?} not found"), 1)),
                     }
                 }
                 KvCmd::Delete { key } => {
@@ -577,24 +615,18 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             idle_poll_us,
         } => {
             if *samples == 0 || *samples > 1_000_000 {
-                return Err(CliError {
-                    message: format!("--samples {samples} is outside 1..=1000000"),
-                    code: 2,
-                });
+                return Err(CliError::refused(
+                    format!("--samples {samples} is outside 1..=1000000"),
+                    2,
+                ));
             }
             raftkit_idle_poll::apply(*idle_poll_us)
-                .map_err(|message| CliError { message, code: 1 })?;
+                .map_err(|message| CliError::refused(message, 1))?;
             let (dir, samples) = (dir.clone(), *samples);
             let f = tokio::task::spawn_blocking(move || crate::bench::measure_floor(&dir, samples))
                 .await
-                .map_err(|e| CliError {
-                    message: e.to_string(),
-                    code: 1,
-                })?
-                .map_err(|e| CliError {
-                    message: e,
-                    code: 1,
-                })?;
+                .map_err(|e| CliError::refused(e.to_string(), 1))?
+                .map_err(|e| CliError::refused(e, 1))?;
             emit(
                 cli,
                 {
@@ -621,19 +653,13 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Playground(_) => Err(CliError {
-            message: "not a client command".into(),
-            code: 2,
-        }),
+        Command::Playground(_) => Err(CliError::refused("not a client command", 2)),
     }
 }
 
 async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
     use crate::bench::{self, BenchConfig, BenchOp, BenchSystem};
-    let bad = |m: String| CliError {
-        message: m,
-        code: 2,
-    };
+    let bad = |m: String| CliError::refused(m, 2);
     if b.clients == 0 || b.clients > 10_000 {
         return Err(bad(format!("--clients {} is outside 1..=10000", b.clients)));
     }
@@ -693,10 +719,7 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
         BenchSystem::Etcd => {
             let op = bench::EtcdOp::new(&cfg, &cli.cluster)
                 .await
-                .map_err(|m| CliError {
-                    message: m,
-                    code: 1,
-                })?;
+                .map_err(|m| CliError::refused(m, 1))?;
             bench::run(&cfg, std::sync::Arc::new(op)).await
         }
     };
@@ -706,13 +729,13 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
         serde_json::to_value(&summary).unwrap_or_default(),
     );
     if summary.ops == 0 {
-        return Err(CliError {
-            message: format!(
+        return Err(CliError::refused(
+            format!(
                 "no operation succeeded; first error: {}",
                 first_error.unwrap_or_else(|| "none".into())
             ),
-            code: 1,
-        });
+            1,
+        ));
     }
     if let Some(e) = first_error {
         eprintln!(
@@ -755,10 +778,10 @@ async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {
         }
     }
     if failed > 0 {
-        return Err(CliError {
-            message: format!("{failed} of {} snapshots failed", results.len()),
-            code: 1,
-        });
+        return Err(CliError::refused(
+            format!("{failed} of {} snapshots failed", results.len()),
+            1,
+        ));
     }
     Ok(())
 }
@@ -784,10 +807,10 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
         Output::Text => print_status_table(&rows),
     }
     if reachable == 0 {
-        return Err(CliError {
-            message: format!("no member of {} answered", cli.cluster.join(",")),
-            code: 1,
-        });
+        return Err(CliError::refused(
+            format!("no member of {} answered", cli.cluster.join(",")),
+            1,
+        ));
     }
     Ok(())
 }
@@ -852,19 +875,19 @@ async fn digest(cli: &Cli) -> Result<(), CliError> {
         }
     }
     if rows.iter().all(|(_, r)| r.is_err()) {
-        return Err(CliError {
-            message: format!("no member of {} answered", cli.cluster.join(",")),
-            code: 1,
-        });
+        return Err(CliError::refused(
+            format!("no member of {} answered", cli.cluster.join(",")),
+            1,
+        ));
     }
     if !disagree.is_empty() {
-        return Err(CliError {
-            message: format!(
+        return Err(CliError::refused(
+            format!(
                 "replicas disagree: {} (members at the same applied index have different digests)",
                 disagree.join(", ")
             ),
-            code: 1,
-        });
+            1,
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `raftkit`: the command-line tool. See the library (`raftkit_cli`).
 
 use clap::Parser;
-use raftkit_cli::{run_client_command, Cli, Command};
+use raftkit_cli::{run_client_command, Cli, Command, Output};
 
 fn main() {
     let cli = Cli::parse();
@@ -37,7 +37,10 @@ async fn run(cli: Cli) -> i32 {
         _ => match run_client_command(&cli).await {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("error: {}", e.message);
+                match cli.output {
+                    Output::Text => eprintln!("{}", e.text()),
+                    Output::Json => eprintln!("{}", e.json()),
+                }
                 e.code
             }
         },

@@ -115,7 +115,10 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     assert_eq!(stdout(&raftkit(one, &["kv", "get", "user/1"])), "ada");
     let missing = raftkit(one, &["kv", "get", "user/9"]);
     assert!(!missing.status.success());
-    assert_eq!(stderr(&missing), "error: key \"user/9\" not found");
+    assert_eq!(
+        stderr(&missing),
+        "error: key \"user/9\" not found (not applied)"
+    );
     assert_eq!(
         stdout(&raftkit(
             one,
@@ -707,5 +710,62 @@ fn a_cluster_that_refuses_every_connection_is_reported_at_once() {
     assert!(
         took < Duration::from_secs(5),
         "took {took:?} of its 10 s deadline to report refused connections"
+    );
+}
+
+/// Every error says which of two classes it is in, in text and JSON, with
+/// its own exit code: certainly not applied (1), or outcome unknown (3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_says_whether_the_write_may_have_been_applied() {
+    let c = common::procs::start_cluster(
+        3,
+        &["--groups", "kv:kv", "--election-timeout-ms", "2000"],
+        &[],
+    )
+    .await;
+    let l = common::procs::first_group_leader(&c).await;
+    let leader = c.addrs[l].clone();
+
+    // Refused before it was proposed.
+    let o = raftkit(&leader, &["--output", "json", "kv", "put", "", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_str(&stderr(&o)).unwrap();
+    assert_eq!(e["outcome"], "not_applied", "{e}");
+    assert_eq!(e["exit_code"], 1);
+    assert!(e["error"]
+        .as_str()
+        .unwrap()
+        .contains("key must not be empty"));
+
+    // The leader takes the write, but its followers are frozen: it cannot
+    // commit it, and nobody can say whether it will be.
+    let frozen: Vec<Pid> = (0..3)
+        .filter(|i| *i != l)
+        .map(|i| c.procs[i].pid().unwrap())
+        .collect();
+    for p in &frozen {
+        kill(*p, Signal::SIGSTOP).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
+        .args([
+            "--cluster",
+            &leader,
+            "--timeout-ms",
+            "3000",
+            "kv",
+            "put",
+            "k",
+            "v",
+        ])
+        .output()
+        .unwrap();
+    for p in &frozen {
+        kill(*p, Signal::SIGCONT).unwrap();
+    }
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(outcome unknown: it may have been applied)"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -63,7 +63,7 @@ fn start_writers(
                         Err(e) => {
                             let retryable = match &e {
                                 ClientError::Raft(r) => r.is_retryable(),
-                                ClientError::Unavailable(_) | ClientError::NotConnected(_) => true,
+                                ClientError::Unavailable(_) | ClientError::Refused(_) => true,
                                 ClientError::Rpc { code, .. } => {
                                     *code == tonic::Code::Unavailable
                                         || *code == tonic::Code::Cancelled

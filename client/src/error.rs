@@ -19,9 +19,11 @@ pub enum ClientError {
     /// No member could be reached or none would take the request in time.
     #[error("{0}")]
     Unavailable(String),
-    /// Every member refused the connection: the request was never sent.
+    /// Every attempt was turned away before the request could be proposed
+    /// (no connection, not the leader, a transfer, overload): certainly not
+    /// applied.
     #[error("{0}")]
-    NotConnected(String),
+    Refused(String),
     /// The caller's input is wrong.
     #[error("{0}")]
     InvalidArgument(String),
@@ -32,13 +34,44 @@ impl ClientError {
     pub fn is_definitely_not_applied(&self) -> bool {
         match self {
             ClientError::Raft(e) => e.is_definitely_not_applied(),
-            ClientError::InvalidArgument(_) | ClientError::NotConnected(_) => true,
+            ClientError::InvalidArgument(_) | ClientError::Refused(_) => true,
             // Only "no such group here" uses this code: it reached no group.
             ClientError::Rpc {
                 code: tonic::Code::NotFound,
                 ..
             } => true,
             ClientError::Unavailable(_) | ClientError::Rpc { .. } => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// Which of the two classes every error falls in.
+    pub fn outcome(&self) -> Outcome {
+        if self.is_definitely_not_applied() {
+            Outcome::NotApplied
+        } else {
+            Outcome::Unknown
+        }
+    }
+}
+
+/// What the caller may conclude from a failed call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused before it was proposed: certainly not applied.
+    NotApplied,
+    /// It may have been applied (a write through the same session may be
+    /// retried safely: it is applied at most once).
+    Unknown,
+}
+
+impl Outcome {
+    /// The name in machine-readable output: `not_applied` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "not_applied",
+            Outcome::Unknown => "unknown",
         }
     }
 }

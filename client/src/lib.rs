@@ -46,7 +46,7 @@ mod route;
 mod session;
 
 pub use conn::Conn;
-pub use error::{ClientError, Retry};
+pub use error::{ClientError, Outcome, Retry};
 pub use raftkit_proto::pb::ReadConsistency;
 pub use session::Session;
 

@@ -247,12 +247,11 @@ impl ClusterClient {
         let mut last = String::from("no member answered");
         let mut absent = Vec::new();
         let mut refused = Refusals::default();
+        // Whether any attempt may have reached a leader that proposed it.
+        let mut maybe_applied = false;
         loop {
             if Instant::now() >= deadline {
-                return Err(ClientError::Unavailable(format!(
-                    "gave up after {:?}: {last}",
-                    self.timeout
-                )));
+                return Err(gave_up(self.timeout, &last, maybe_applied));
             }
             let addr = self.pick();
             let ch = match self.conn(&addr).await {
@@ -284,6 +283,7 @@ impl ClusterClient {
                         )));
                     }
                     last = format!("{addr}: no answer within {attempt:?}");
+                    maybe_applied = true;
                     continue;
                 }
             };
@@ -329,11 +329,13 @@ impl ClusterClient {
                 }
                 Some(e) if e.is_retryable() && retry == Retry::Idempotent => {
                     last = format!("{addr}: {e}");
+                    maybe_applied |= !e.is_definitely_not_applied();
                     self.forget(&addr);
                 }
                 Some(e) => return Err(ClientError::Raft(e)),
                 None if is_transport_failure(&status) && retry == Retry::Idempotent => {
                     last = format!("{addr}: {}", status.message());
+                    maybe_applied = true;
                     self.forget(&addr);
                     self.refresh_members().await;
                 }
@@ -373,13 +375,11 @@ impl ClusterClient {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no member answered");
         let mut absent = Vec::new();
+        let mut maybe_applied = false;
         let mut refused = Refusals::default();
         loop {
             if Instant::now() >= deadline {
-                return Err(ClientError::Unavailable(format!(
-                    "gave up after {:?}: {last}",
-                    self.timeout
-                )));
+                return Err(gave_up(self.timeout, &last, maybe_applied));
             }
             let addr = self.next_member();
             let ch = match self.conn(&addr).await {
@@ -401,9 +401,13 @@ impl ClusterClient {
                 }
                 Ok(Err(status)) => match from_status(&status) {
                     Some(e) if !e.is_retryable() => return Err(ClientError::Raft(e)),
-                    Some(e) => last = format!("{addr}: {e}"),
+                    Some(e) => {
+                        last = format!("{addr}: {e}");
+                        maybe_applied |= !e.is_definitely_not_applied();
+                    }
                     None if is_transport_failure(&status) => {
                         last = format!("{addr}: {}", status.message());
+                        maybe_applied = true;
                         self.forget(&addr);
                     }
                     None if status.code() == tonic::Code::NotFound
@@ -427,11 +431,23 @@ impl ClusterClient {
                         )));
                     }
                     last = format!("{addr}: no answer within {attempt:?}");
+                    maybe_applied = true;
                     continue;
                 }
             }
             sleep_until_or(deadline, Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The error of a call that ran out of time: of unknown outcome if any
+/// attempt may have been proposed, else certainly not applied.
+fn gave_up(timeout: Duration, last: &str, maybe_applied: bool) -> ClientError {
+    let message = format!("gave up after {timeout:?}: {last}");
+    if maybe_applied {
+        ClientError::Unavailable(message)
+    } else {
+        ClientError::Refused(message)
     }
 }
 
@@ -482,7 +498,7 @@ impl Refusals {
         }
         self.0.insert(addr.to_string());
         if members.iter().all(|m| self.0.contains(m)) {
-            return Err(ClientError::NotConnected(format!(
+            return Err(ClientError::Refused(format!(
                 "every member refused the connection ({}): is the cluster running at these addresses?",
                 members.join(", ")
             )));
