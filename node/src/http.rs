@@ -1,7 +1,8 @@
 //! Plain HTTP on the node's port: `/raft_stat` (text, or JSON with
-//! `?format=json`; `?group=NAME` for one group), `/healthz` (the process
-//! serves and no group has stopped on an error), `/readyz` (every group
-//! knows a leader and has applied what it had before starting), `/metrics`
+//! `?format=json`; `?group=NAME` for one group), `/livez` (also
+//! `/healthz`: the process serves and no group has stopped on an error),
+//! `/readyz` (200 when every group is ready, see `Node::readiness`; else
+//! 503; a JSON body either way, with each group's reason), `/metrics`
 //! (Prometheus text) and `/flags` (list with GET; change the live ones with
 //! `POST /flags?name=value`). `/debug/partition` sets an injected network
 //! partition and `/debug/failpoint` a failpoint, when fault injection is on
@@ -42,6 +43,7 @@ impl axum::extract::FromRef<HttpState> for NodeManager {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/raft_stat", get(raft_stat))
+        .route("/livez", get(healthz))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -501,26 +503,29 @@ async fn healthz(State(manager): State<NodeManager>) -> Response {
 
 async fn readyz(State(manager): State<NodeManager>) -> Response {
     let nodes = manager.all();
+    let mut groups = Vec::new();
+    for n in &nodes {
+        let r = n.readiness().await;
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("group".into(), n.group().into());
+            o.insert("ready".into(), r.is_ready().into());
+        }
+        groups.push((r.is_ready(), v));
+    }
+    let ready = !nodes.is_empty() && groups.iter().all(|(r, _)| *r);
+    let mut body = serde_json::json!({
+        "ready": ready,
+        "groups": groups.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    });
     if nodes.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no groups started yet\n").into_response();
+        // The server answers before its groups start.
+        body["reason"] = "starting".into();
     }
-    let waiting: Vec<String> = nodes
-        .iter()
-        .filter(|n| !n.is_ready())
-        .map(|n| {
-            let v = n.view();
-            format!(
-                "group {}: {} at term {}, leader {}",
-                n.group(),
-                v.role.as_str(),
-                v.term,
-                v.leader.map_or("unknown".into(), |l| l.addr)
-            )
-        })
-        .collect();
-    if waiting.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+    let code = if ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, waiting.join("\n") + "\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
 }

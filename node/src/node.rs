@@ -84,6 +84,45 @@ pub struct RoleView {
     pub role: Role,
     pub term: u64,
     pub leader: Option<PeerId>,
+    /// This replica is a voter or learner of the configuration it knows.
+    pub member: bool,
+}
+
+/// Whether a replica caught up with its group since it started: it has
+/// applied, within the catch-up margin, the leader's commit index as of a
+/// ReadIndex round confirmed after it started ([`Node::readiness`]).
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// Latched once reached (until the process restarts).
+    pub caught_up: std::sync::atomic::AtomicBool,
+    /// Entries still to apply, as last measured (0 before a measurement).
+    pub behind: AtomicU64,
+}
+
+/// Why a replica is not ready to serve, or that it is ([`Node::readiness`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Readiness {
+    Ready,
+    /// Stopped on an error, or shut down.
+    Stopped {
+        error: String,
+    },
+    /// Not a voter or learner of its group: an empty replica waiting to be
+    /// added, or one that was removed.
+    NotAMember,
+    /// No leader is known.
+    NoLeader,
+    /// It has entries to apply before it serves current data.
+    CatchingUp {
+        behind: u64,
+    },
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        *self == Readiness::Ready
+    }
 }
 
 /// Replication progress of one member, as the leader sees it.
@@ -174,6 +213,8 @@ pub(crate) struct NodeShared {
     /// The node is ready once it has applied at least this far (the commit
     /// and applied indexes it knew when it started).
     pub ready_floor: u64,
+    /// Whether it has caught up with the leader since it started.
+    pub catch_up: CatchUp,
     pub snapshot: RwLock<SnapshotView>,
     /// Proposals waiting in the apply thread (for status).
     pub pending_proposals: std::sync::atomic::AtomicUsize,
@@ -373,9 +414,16 @@ impl Node {
                 },
                 term: hs.term,
                 leader: None,
+                member: conf_state
+                    .voters
+                    .iter()
+                    .chain(&conf_state.learners)
+                    .chain(&conf_state.voters_outgoing)
+                    .any(|v| *v == id),
             }),
             error: RwLock::new(None),
             ready_floor,
+            catch_up: CatchUp::default(),
             pending_proposals: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             live: RwLock::new(crate::options::LiveOptions::from_options(&opts)),
@@ -561,6 +609,17 @@ impl Node {
     /// ReadIndex, or by the lease in lease mode). Returns the read index.
     /// Works on followers too (the leader confirms the index).
     pub async fn read_index(&self) -> Result<u64, RaftError> {
+        self.ask_read_index(true).await
+    }
+
+    /// The leader's commit index, confirmed by a quorum (a ReadIndex round),
+    /// without waiting for this replica to apply it: how far this replica
+    /// has to go to be caught up.
+    pub async fn confirmed_commit_index(&self) -> Result<u64, RaftError> {
+        self.ask_read_index(false).await
+    }
+
+    async fn ask_read_index(&self, wait_apply: bool) -> Result<u64, RaftError> {
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.inner.read_timeout;
         if self
@@ -569,6 +628,7 @@ impl Node {
             .send(RaftMsg::ReadIndex {
                 reply: tx,
                 deadline,
+                wait_apply,
             })
             .is_err()
         {
@@ -886,13 +946,63 @@ impl Node {
         self.inner.shared.error.read().clone()
     }
 
-    /// Ready to serve: a leader is known, and everything this replica had
-    /// committed or applied before it started is applied again.
-    pub fn is_ready(&self) -> bool {
-        let v = self.inner.shared.view.read();
-        v.leader.is_some()
-            && self.error().is_none()
-            && self.applied_index() >= self.inner.shared.ready_floor
+    /// Whether this replica may serve (a Kubernetes readiness probe):
+    /// it has not stopped, it is a voter or learner of its group, it knows
+    /// a leader, it has re-applied what it had applied before it stopped,
+    /// and it has caught up: applied, within the catch-up margin, the
+    /// leader's commit index as of a ReadIndex round confirmed after it
+    /// started. The round is taken when asked, until caught up once; then
+    /// the other conditions are checked live. A fresh replica waiting to be
+    /// added is alive and [`Readiness::NotAMember`].
+    pub async fn readiness(&self) -> Readiness {
+        if let Some(e) = self.error() {
+            return Readiness::Stopped {
+                error: e.to_string(),
+            };
+        }
+        let v = self.view();
+        if v.role == Role::Shutdown {
+            return Readiness::Stopped {
+                error: "shut down".into(),
+            };
+        }
+        // First what it had before it stopped: until that is applied again
+        // (the configuration entries with it), it cannot tell whether it is
+        // a member.
+        let shared = &self.inner.shared;
+        let applied = self.applied_index();
+        if applied < shared.ready_floor {
+            return Readiness::CatchingUp {
+                behind: shared.ready_floor - applied,
+            };
+        }
+        if !v.member {
+            return Readiness::NotAMember;
+        }
+        if v.leader.is_none() {
+            return Readiness::NoLeader;
+        }
+        if shared.catch_up.caught_up.load(Ordering::Acquire) {
+            return Readiness::Ready;
+        }
+        let target =
+            tokio::time::timeout(self.inner.read_timeout, self.confirmed_commit_index()).await;
+        let behind = match target {
+            Ok(Ok(target)) => target.saturating_sub(self.applied_index()),
+            // No round confirmed: as far behind as last measured.
+            _ => {
+                return Readiness::CatchingUp {
+                    behind: shared.catch_up.behind.load(Ordering::Relaxed),
+                }
+            }
+        };
+        shared.catch_up.behind.store(behind, Ordering::Relaxed);
+        if behind <= self.catchup_margin() {
+            shared.catch_up.caught_up.store(true, Ordering::Release);
+            Readiness::Ready
+        } else {
+            Readiness::CatchingUp { behind }
+        }
     }
 
     /// Stops the replica the way SIGTERM does: a leader first hands leadership

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_until, Cluster, ELECTION_MS};
+use common::{wait_until, wait_until_async, Cluster, ELECTION_MS};
 use raft::eraftpb::MessageType;
 use raftkit_node::closure::{Done, Task};
 use raftkit_node::error::RaftError;
@@ -679,7 +679,11 @@ async fn applied_index_is_restored_before_a_restarted_node_is_ready() {
     // as it heard from the leader would do so with stale state.
     c.set_apply_delay(f, 20);
     c.start_node(f);
-    wait_until(T, "restarted node becomes ready", || c.node(f).is_ready()).await;
+    wait_until_async(T, "restarted node becomes ready", || {
+        let n = c.node(f).clone();
+        async move { n.readiness().await.is_ready() }
+    })
+    .await;
     assert!(
         c.node(f).applied_index() >= applied_before,
         "ready at applied {} below the {applied_before} it had applied before the restart",

@@ -37,6 +37,9 @@ use crate::storage::{SnapshotMeta, SnapshotStorage};
 pub(crate) struct ReadWaiter {
     pub reply: oneshot::Sender<Result<u64, RaftError>>,
     pub deadline: Instant,
+    /// Answer once the read index is applied here (a read barrier), or as
+    /// soon as the leader confirmed it (how far this replica has to go).
+    pub wait_apply: bool,
 }
 
 /// One committed entry as the raft thread forwards it.

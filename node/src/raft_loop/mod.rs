@@ -59,6 +59,8 @@ pub(crate) enum RaftMsg {
     ReadIndex {
         reply: oneshot::Sender<Result<u64, RaftError>>,
         deadline: Instant,
+        /// See [`ReadWaiter::wait_apply`].
+        wait_apply: bool,
     },
     /// The apply thread applied up to this index.
     Applied(u64),
@@ -493,9 +495,15 @@ impl RaftLoop {
                 snapshot,
                 from_addr,
             } => self.install_snapshot(*msg, snapshot, from_addr),
-            RaftMsg::ReadIndex { reply, deadline } => {
-                self.new_reads.push(ReadWaiter { reply, deadline })
-            }
+            RaftMsg::ReadIndex {
+                reply,
+                deadline,
+                wait_apply,
+            } => self.new_reads.push(ReadWaiter {
+                reply,
+                deadline,
+                wait_apply,
+            }),
             RaftMsg::Applied(index) => self.on_applied(index),
             RaftMsg::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -781,7 +789,7 @@ impl RaftLoop {
                 .metrics
                 .lease_reads
                 .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.apply_tx.send(ApplyMsg::Read { index, waiters });
+            self.answer_reads(index, waiters);
             if !self.renewing && until.saturating_duration_since(now) < self.lease_len() / 2 {
                 self.renewing = true;
                 self.issue_read(Vec::new(), now);
@@ -881,6 +889,21 @@ impl RaftLoop {
         }
     }
 
+    /// Reads confirmed at `index`: barriers wait in the apply stage until
+    /// it is applied; the others learn the index at once.
+    fn answer_reads(&mut self, index: u64, waiters: Vec<ReadWaiter>) {
+        let (barriers, peeks): (Vec<_>, Vec<_>) = waiters.into_iter().partition(|w| w.wait_apply);
+        for w in peeks {
+            let _ = w.reply.send(Ok(index));
+        }
+        if !barriers.is_empty() {
+            let _ = self.apply_tx.send(ApplyMsg::Read {
+                index,
+                waiters: barriers,
+            });
+        }
+    }
+
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
         // An answer to another incarnation's request (or another member's:
         // raft-rs only returns our own) matches nothing pending here.
@@ -912,10 +935,7 @@ impl RaftLoop {
             if p.waiters.is_empty() {
                 return;
             }
-            let _ = self.apply_tx.send(ApplyMsg::Read {
-                index,
-                waiters: p.waiters,
-            });
+            self.answer_reads(index, p.waiters);
         }
     }
 
@@ -1362,10 +1382,15 @@ impl RaftLoop {
                 StateRole::Leader => Role::Leader,
             }
         };
+        let me = self.shared.id;
+        let member = cs.voters.contains(&me)
+            || cs.learners.contains(&me)
+            || cs.voters_outgoing.contains(&me);
         *self.shared.view.write() = RoleView {
             role,
             term: raft.term,
             leader: self.leader_peer(),
+            member,
         };
     }
 
@@ -1594,6 +1619,7 @@ impl RaftLoop {
             role: Role::Shutdown,
             term: self.raw.raft.term,
             leader: None,
+            member: false,
         };
         let _ = self.apply_tx.send(ApplyMsg::Shutdown);
         tracing::info!(group = %self.opts.group, "raft node stopped");
