@@ -795,10 +795,20 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
     let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
     match cli.output {
         Output::Json => {
+            let leaders = leaders(&rows);
+            let with_caught_up = |g: &NodeStatusReply| {
+                let mut v = status_json(g);
+                let leader = leaders
+                    .iter()
+                    .find(|l| l.group == g.group && l.term >= g.term)
+                    .copied();
+                v["caught_up"] = caught_up(leader, g.id).into();
+                v
+            };
             let v: Vec<_> = rows
                 .iter()
                 .map(|(addr, r)| match r {
-                    Ok(groups) => json!({ "addr": addr, "groups": groups.iter().map(status_json).collect::<Vec<_>>() }),
+                    Ok(groups) => json!({ "addr": addr, "groups": groups.iter().map(with_caught_up).collect::<Vec<_>>() }),
                     Err(e) => json!({ "addr": addr, "error": e.to_string() }),
                 })
                 .collect();
@@ -894,15 +904,19 @@ async fn digest(cli: &Cli) -> Result<(), CliError> {
 
 /// One line per member and group; match index and lag come from the
 /// group's leader's view of each member.
-fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) {
-    let leaders: Vec<&NodeStatusReply> = rows
-        .iter()
+/// Every group's answer from a member that leads it.
+fn leaders(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) -> Vec<&NodeStatusReply> {
+    rows.iter()
         .filter_map(|(_, r)| r.as_ref().ok())
         .flatten()
         .filter(|g| g.role == "leader")
-        .collect();
+        .collect()
+}
+
+fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) {
+    let leaders = leaders(rows);
     outln!(
-        "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
+        "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>6}",
         "ADDRESS",
         "GROUP",
         "ID",
@@ -913,7 +927,10 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
         "COMMIT",
         "APPLIED",
         "MATCH",
-        "LAG"
+        "LAG",
+        "CAUGHT-UP",
+        "VERSION",
+        "FORMAT"
     );
     for (addr, r) in rows {
         let groups = match r {
@@ -947,8 +964,13 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
                 },
                 None => ("-".into(), "-".into()),
             };
+            let caught_up = match caught_up(leader.copied(), g.id) {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
             outln!(
-                "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6}",
+                "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>6}",
                 addr,
                 g.group,
                 format!("{:016x}", g.id),
@@ -963,10 +985,23 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
                 g.commit_index,
                 g.applied_index,
                 matched,
-                lag
+                lag,
+                caught_up,
+                if g.version.is_empty() { "-" } else { g.version.as_str() },
+                g.max_log_format
             );
         }
     }
+}
+
+/// Whether the leader counts member `id` as caught up (the leader itself
+/// is); `None` without a leader's view.
+fn caught_up(leader: Option<&NodeStatusReply>, id: u64) -> Option<bool> {
+    let l = leader?;
+    if l.id == id {
+        return Some(true);
+    }
+    l.peers.iter().find(|p| p.id == id).map(|p| p.caught_up)
 }
 
 fn status_json(g: &NodeStatusReply) -> serde_json::Value {
@@ -986,7 +1021,10 @@ fn status_json(g: &NodeStatusReply) -> serde_json::Value {
         "peers": g.peers.iter().map(|p| json!({
             "addr": p.addr, "id": format!("{:016x}", p.id), "voter": p.voter,
             "match_index": p.match_index, "next_index": p.next_index, "state": p.state, "inflight": p.inflight,
+            "caught_up": p.caught_up,
         })).collect::<Vec<_>>(),
+        "version": g.version,
+        "max_log_format": g.max_log_format,
         "learners": g.learners.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
         "error": g.error,
     })

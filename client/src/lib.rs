@@ -26,7 +26,8 @@
 //! Files by concern: `route` (members, the leader, suspects, retries),
 //! `session` (exactly-once writes), `counter`, `kv` and `admin` (the calls),
 //! `conn` and `mux` (one member's connection and its multiplexed stream),
-//! `error` (what a call fails with), `probe` (plain HTTP to a node's port).
+//! `error` (what a call fails with), `probe` (plain HTTP to a node's port),
+//! `cluster_status` (one typed view of a group from all its members).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 mod admin;
+pub mod cluster_status;
 mod conn;
 mod counter;
 mod error;
@@ -45,6 +47,7 @@ pub mod probe;
 mod route;
 mod session;
 
+pub use cluster_status::{ClusterStatus, MemberId, MemberStatus, RoleName};
 pub use conn::Conn;
 pub use error::{ClientError, Outcome, Retry};
 pub use raftkit_proto::pb::ReadConsistency;

@@ -137,6 +137,9 @@ pub struct PeerProgress {
     pub recent_active: bool,
     /// Append messages sent and not yet acknowledged.
     pub inflight: usize,
+    /// Its log matches within the catch-up margin of the leader's last
+    /// index, and the leader heard from it recently.
+    pub caught_up: bool,
 }
 
 /// Snapshot activity of one replica.
@@ -197,6 +200,8 @@ pub struct NodeStatus {
     /// Proposals of this node waiting to be applied.
     pub pending_proposals: usize,
     /// Index of the entry that set the current configuration.
+    /// Entries a member may lag the leader's last index and count as caught up.
+    pub catchup_margin: u64,
     pub conf_index: u64,
     pub log_disk_bytes: u64,
     pub error: Option<String>,

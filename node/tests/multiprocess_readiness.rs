@@ -57,6 +57,16 @@ async fn a_restarted_follower_is_alive_but_not_ready_until_it_has_caught_up() {
     let target = leader_stat[0]["commit_index"].as_u64().unwrap();
     assert!(target >= 20_000, "commit index {target}");
     let margin = 1000; // the default catch-up margin
+                       // The typed view lists the stopped member, unreachable, not caught up.
+    let status = client.cluster_status().await;
+    let down = status
+        .members
+        .iter()
+        .find(|m| m.addr == c.addrs[f])
+        .expect("the stopped member is listed");
+    assert!(!down.reachable && !down.caught_up, "{down:?}");
+    assert!(down.voter);
+    assert_eq!(status.members.len(), 3);
 
     c.procs[f].restart();
     let addr = c.addrs[f].clone();
@@ -100,6 +110,21 @@ async fn a_restarted_follower_is_alive_but_not_ready_until_it_has_caught_up() {
             "never ready; reasons seen: {reasons:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And the leader counts it caught up again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.cluster_status().await;
+        let m = status.members.iter().find(|m| m.addr == addr).unwrap();
+        if m.reachable && m.caught_up {
+            assert!(m.version.is_some() && m.max_log_format.is_some(), "{m:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not caught up in cluster_status: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.stop_all();
 }

@@ -1517,7 +1517,9 @@ impl RaftLoop {
         let view = self.shared.view.read().clone();
         let mut peers = Vec::new();
         if raft.state == StateRole::Leader {
+            let last = raft.raft_log.last_index();
             for (id, pr) in raft.prs().iter() {
+                let me = *id == self.shared.id;
                 peers.push(PeerProgress {
                     peer: self.peer(*id),
                     voter: !cs.learners.contains(id),
@@ -1526,6 +1528,8 @@ impl RaftLoop {
                     state: format!("{:?}", pr.state).to_lowercase(),
                     recent_active: pr.recent_active,
                     inflight: pr.ins.count(),
+                    caught_up: me
+                        || (pr.recent_active && pr.matched + self.opts.catchup_margin >= last),
                 });
             }
             peers.sort_by(|a, b| a.peer.addr.cmp(&b.peer.addr));
@@ -1557,6 +1561,7 @@ impl RaftLoop {
                 .pending_proposals
                 .load(std::sync::atomic::Ordering::Relaxed),
             conf_index: self.conf_index,
+            catchup_margin: self.opts.catchup_margin,
             log_disk_bytes: self
                 .io
                 .disk_bytes

@@ -85,6 +85,8 @@ impl From<NodeStatus> for NodeStatusReply {
                     state: p.state.clone(),
                     recent_active: p.recent_active,
                     inflight: p.inflight as u64,
+                    replication: replication_state(&p.state) as i32,
+                    caught_up: p.caught_up,
                 })
                 .collect(),
             snapshot_index: s.snapshot_index,
@@ -97,7 +99,35 @@ impl From<NodeStatus> for NodeStatusReply {
             vote: s.vote,
             conf_index: s.conf_index,
             pending_proposals: s.pending_proposals as u64,
+            role_kind: role_kind(s.role) as i32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            max_log_format: crate::storage::LOG_FORMAT,
+            catchup_margin: s.catchup_margin,
         }
+    }
+}
+
+fn role_kind(r: crate::node::Role) -> crate::pb::Role {
+    use crate::node::Role as R;
+    use crate::pb::Role as P;
+    match r {
+        R::Follower => P::Follower,
+        R::PreCandidate => P::PreCandidate,
+        R::Candidate => P::Candidate,
+        R::Leader => P::Leader,
+        R::Uninitialized => P::Uninitialized,
+        R::Error => P::Error,
+        R::Shutdown => P::Shutdown,
+    }
+}
+
+fn replication_state(s: &str) -> crate::pb::ReplicationState {
+    use crate::pb::ReplicationState as P;
+    match s {
+        "probe" => P::Probe,
+        "replicate" => P::Replicate,
+        "snapshot" => P::Snapshot,
+        _ => P::Unspecified,
     }
 }
 

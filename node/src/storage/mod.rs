@@ -31,6 +31,11 @@ use crate::error::PeerId;
 pub use crate::error::StorageError;
 pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotStorage, SnapshotWriter};
 
+/// The highest `local://` log format this build reads and writes: 1, records
+/// only; 2, with sync markers (record type 3, see `local_log`). Reported in
+/// the admin status so an operator can tell what a mixed cluster can read.
+pub const LOG_FORMAT: u32 = 2;
+
 /// The replicated log of one group on one replica.
 ///
 /// Indexes are contiguous. An empty log has `last_index() == first_index() - 1`.
