@@ -142,6 +142,19 @@ pub enum Command {
         #[arg(long, default_value_t = 60_000)]
         catch_up_timeout_ms: u64,
     },
+    /// Add an empty replica as a learner (one step; done already if it is a member).
+    AddLearner {
+        addr: String,
+        #[arg(long)]
+        expected_conf_index: Option<u64>,
+    },
+    /// Make a caught-up learner a voter, by address or 16-hex-digit id (one
+    /// step; done already if it is a voter).
+    Promote {
+        peer: String,
+        #[arg(long)]
+        expected_conf_index: Option<u64>,
+    },
     /// Remove a member, by address or by 16-hex-digit id.
     RemovePeer {
         peer: String,
@@ -449,6 +462,24 @@ pub async fn run_client_command(cli: &Cli) -> Result<(), CliError> {
                 .add_peer(addr, *expected_conf_index, *catch_up_timeout_ms)
                 .await?;
             print_configuration(cli, &format!("added {addr}"), &r);
+            Ok(())
+        }
+        Command::AddLearner {
+            addr,
+            expected_conf_index,
+        } => {
+            let c = admin_client(cli, None)?;
+            let r = c.add_learner(addr, *expected_conf_index).await?;
+            print_configuration(cli, &format!("{addr} is a learner"), &r);
+            Ok(())
+        }
+        Command::Promote {
+            peer,
+            expected_conf_index,
+        } => {
+            let c = admin_client(cli, None)?;
+            let r = c.promote(peer, *expected_conf_index).await?;
+            print_configuration(cli, &format!("{peer} is a voter"), &r);
             Ok(())
         }
         Command::RemovePeer {

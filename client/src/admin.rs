@@ -40,6 +40,56 @@ impl ClusterClient {
         .await
     }
 
+    /// Adds the empty replica at `addr` as a learner, through the leader.
+    /// Succeeds with the current configuration when it already is a member
+    /// (a retry after the step took effect); refused with the kind
+    /// `configuration_changed` when `expected_conf_index` no longer holds.
+    pub async fn add_learner(
+        &self,
+        addr: &str,
+        expected_conf_index: Option<u64>,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.membership_step(addr, expected_conf_index, Step::AddLearner)
+            .await
+    }
+
+    /// Makes the learner `peer` (host:port or 16-hex-digit id) a voter once
+    /// it has caught up (else the kind `not_caught_up`). Succeeds with the
+    /// current configuration when it already is a voter.
+    pub async fn promote(
+        &self,
+        peer: &str,
+        expected_conf_index: Option<u64>,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.membership_step(peer, expected_conf_index, Step::Promote)
+            .await
+    }
+
+    async fn membership_step(
+        &self,
+        peer: &str,
+        expected_conf_index: Option<u64>,
+        step: Step,
+    ) -> Result<ConfigurationReply, ClientError> {
+        self.call(Retry::NotIdempotent, |conn, group| {
+            let req = MembershipRequest {
+                group,
+                peer: peer.to_string(),
+                expected_conf_index,
+                catch_up_timeout_ms: 0,
+            };
+            async move {
+                let mut admin = AdminClient::new(conn.channel());
+                match step {
+                    Step::AddLearner => admin.add_learner(req).await,
+                    Step::Promote => admin.promote(req).await,
+                }
+                .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
     /// Removes a member (address or 16-hex-digit id) through the leader.
     pub async fn remove_peer(
         &self,
@@ -207,4 +257,11 @@ impl ClusterClient {
             .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
         Ok(AdminClient::new(conn.channel()))
     }
+}
+
+/// The single-step membership changes.
+#[derive(Clone, Copy)]
+enum Step {
+    AddLearner,
+    Promote,
 }

@@ -98,6 +98,17 @@ impl std::str::FromStr for PeerRef {
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// Refuses a step planned from another configuration than the current one.
+fn check_expected(expected: Option<u64>, current: u64) -> Result<(), RaftError> {
+    match expected {
+        Some(e) if e != current => Err(RaftError::ConfigurationChanged {
+            expected: e,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Node {
     fn membership_guard(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, RaftError> {
         self.membership_lock().try_lock().map_err(|_| {
@@ -212,24 +223,16 @@ impl Node {
         let _guard = self.membership_guard()?;
         let deadline = Instant::now() + opts.catch_up_timeout;
         let before = self.membership().await?;
-        if let Some(e) = opts.expected_conf_index {
-            if e != before.conf_index {
-                return Err(RaftError::ConfigurationChanged {
-                    expected: e,
-                    current: before.conf_index,
-                });
-            }
-        }
         let ident = self.query_identity(addr).await?;
         let peer = PeerId {
             id: ident.id,
             addr: addr.to_string(),
         };
         if before.conf.voters.iter().any(|p| p.id == ident.id) {
-            return Err(RaftError::InvalidArgument(format!(
-                "{addr} is already a voter"
-            )));
+            // Done already (a retry after the step took effect).
+            return Ok(before);
         }
+        check_expected(opts.expected_conf_index, before.conf_index)?;
         let is_learner = before.conf.learners.iter().any(|p| p.id == ident.id);
         if !is_learner && ident.initialized {
             return Err(RaftError::InvalidArgument(format!(
@@ -258,6 +261,98 @@ impl Node {
         self.membership().await
     }
 
+    /// Adds the empty replica at `addr` as a learner. Succeeds with the
+    /// current configuration when it already is a learner or a voter (the
+    /// step took effect before), whatever `expected_conf_index` says;
+    /// otherwise refuses on a configuration index mismatch.
+    pub async fn add_learner(
+        &self,
+        addr: &str,
+        expected_conf_index: Option<u64>,
+    ) -> Result<Membership, RaftError> {
+        validate_addr(addr).map_err(RaftError::InvalidArgument)?;
+        let _guard = self.membership_guard()?;
+        let before = self.membership().await?;
+        let ident = self.query_identity(addr).await?;
+        let conf = &before.conf;
+        if conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .chain(&conf.voters_outgoing)
+            .any(|p| p.id == ident.id)
+        {
+            return Ok(before);
+        }
+        check_expected(expected_conf_index, before.conf_index)?;
+        if ident.initialized {
+            return Err(RaftError::InvalidArgument(format!(
+                "{addr} (id {:016x}) already belongs to a configuration; only an empty replica can be added",
+                ident.id
+            )));
+        }
+        let req = ConfChangeRequest {
+            changes: vec![(
+                ConfChangeType::AddLearnerNode,
+                PeerId {
+                    id: ident.id,
+                    addr: addr.to_string(),
+                },
+            )],
+            expected_conf_index: Some(before.conf_index),
+            unchecked: false,
+        };
+        self.step_conf(req, Instant::now() + Duration::from_secs(30))
+            .await?;
+        self.membership().await
+    }
+
+    /// Makes the learner `who` a voter, once it has caught up (else
+    /// [`RaftError::NotCaughtUp`]). Succeeds with the current configuration
+    /// when it already is a voter.
+    pub async fn promote(
+        &self,
+        who: &PeerRef,
+        expected_conf_index: Option<u64>,
+    ) -> Result<Membership, RaftError> {
+        let _guard = self.membership_guard()?;
+        let before = self.membership().await?;
+        let is = |ps: &[PeerId], p: &PeerId| ps.iter().any(|q| q.id == p.id);
+        let Some(peer) = self.resolve(&before, who) else {
+            return Err(RaftError::InvalidArgument(format!(
+                "{who:?} is not a member; add it as a learner first"
+            )));
+        };
+        if is(&before.conf.voters, &peer) {
+            return Ok(before);
+        }
+        check_expected(expected_conf_index, before.conf_index)?;
+        if !is(&before.conf.learners, &peer) {
+            return Err(RaftError::InvalidArgument(format!(
+                "{} is leaving the configuration; it cannot be promoted",
+                peer.addr
+            )));
+        }
+        // Refuse at once, rather than wait, when it lags.
+        if let Err(e) = self
+            .wait_caught_up(std::slice::from_ref(&peer.id), Instant::now())
+            .await
+        {
+            return Err(match e {
+                RaftError::Timeout(m) => RaftError::NotCaughtUp(m),
+                other => other,
+            });
+        }
+        let req = ConfChangeRequest {
+            changes: vec![(ConfChangeType::AddNode, peer)],
+            expected_conf_index: Some(before.conf_index),
+            unchecked: false,
+        };
+        self.step_conf(req, Instant::now() + Duration::from_secs(30))
+            .await?;
+        self.membership().await
+    }
+
     /// Removes a member. A leader that removes itself hands leadership to
     /// the most caught-up voter once the change commits.
     pub async fn remove_peer(
@@ -267,22 +362,16 @@ impl Node {
     ) -> Result<Membership, RaftError> {
         let _guard = self.membership_guard()?;
         let m = self.membership().await?;
-        let peer = self
-            .resolve(&m, who)
-            .ok_or_else(|| RaftError::InvalidArgument(format!("{who:?} is not a member")))?;
+        let Some(peer) = self.resolve(&m, who) else {
+            // Gone already (a retry after the step took effect).
+            return Ok(m);
+        };
+        check_expected(expected_conf_index, m.conf_index)?;
         let req = ConfChangeRequest {
             changes: vec![(ConfChangeType::RemoveNode, peer)],
             expected_conf_index: Some(expected_conf_index.unwrap_or(m.conf_index)),
             unchecked: false,
         };
-        if let Some(e) = expected_conf_index {
-            if e != m.conf_index {
-                return Err(RaftError::ConfigurationChanged {
-                    expected: e,
-                    current: m.conf_index,
-                });
-            }
-        }
         self.step_conf(req, Instant::now() + Duration::from_secs(30))
             .await?;
         self.settled(Instant::now() + Duration::from_secs(30)).await

@@ -66,6 +66,9 @@ pub enum RaftError {
     /// Another replica could not be reached.
     #[error("peer unreachable: {0}")]
     PeerUnreachable(String),
+    /// A learner asked to become a voter has not caught up with the leader.
+    #[error("not caught up: {0}")]
+    NotCaughtUp(String),
     /// The client session of a write is no longer known, so whether an
     /// earlier attempt of this write was applied cannot be told.
     #[error("client session expired: {0}")]
@@ -100,6 +103,7 @@ impl RaftError {
                 | RaftError::InvalidArgument(_)
                 | RaftError::ConfigurationChanged { .. }
                 | RaftError::PeerUnreachable(_)
+                | RaftError::NotCaughtUp(_)
         )
     }
 
@@ -120,6 +124,7 @@ impl RaftError {
             RaftError::ConfigurationChanged { .. } => "configuration_changed",
             RaftError::PeerUnreachable(_) => "peer_unreachable",
             RaftError::SessionExpired(_) => "session_expired",
+            RaftError::NotCaughtUp(_) => "not_caught_up",
         }
     }
 }

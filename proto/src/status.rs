@@ -34,6 +34,7 @@ pub fn to_status(err: RaftError) -> Status {
         RaftError::ConfigurationChanged { .. } => Code::Aborted,
         RaftError::PeerUnreachable(_) => Code::Unavailable,
         RaftError::SessionExpired(_) => Code::FailedPrecondition,
+        RaftError::NotCaughtUp(_) => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, err.to_string());
     let md = status.metadata_mut();
@@ -106,6 +107,7 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "state_machine" => inner(RaftError::StateMachine),
         "peer_unreachable" => inner(RaftError::PeerUnreachable),
         "session_expired" => inner(RaftError::SessionExpired),
+        "not_caught_up" => inner(RaftError::NotCaughtUp),
         "configuration_changed" => RaftError::ConfigurationChanged { expected, current },
         _ => inner(RaftError::Stopped),
     })
@@ -178,6 +180,7 @@ mod tests {
                 current: 9,
             },
             RaftError::PeerUnreachable("a:1: refused".into()),
+            RaftError::NotCaughtUp("n4:1 at 10 of 5000".into()),
         ];
         for e in errs {
             let back = from_status(&to_status(e.clone())).expect("a node status");

@@ -213,6 +213,40 @@ impl Admin for AdminService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    async fn add_learner(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let m = node
+            .add_learner(&r.peer, r.expected_conf_index)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
+    async fn promote(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let r = request.into_inner();
+        let node = self.node(&r.group)?;
+        require_leader(&node)?;
+        let who: PeerRef = r
+            .peer
+            .parse()
+            .map_err(|e: String| to_status(RaftError::InvalidArgument(e)))?;
+        let m = node
+            .promote(&who, r.expected_conf_index)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(configuration_reply(&m)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.get_ref().group, peer = %request.get_ref().peer))]
     async fn add_peer(
         &self,
         request: Request<MembershipRequest>,

@@ -1,0 +1,117 @@
+//! The admin steps an operator drives, across real processes: each is
+//! conditional on the configuration index it was planned from, and a step
+//! repeated after it took effect succeeds with the current configuration,
+//! so an operator that crashed mid-step simply retries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use raftkit_testkit as common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::procs::{free_ports, start_cluster, wait_http_ok, Proc};
+use nix::sys::signal::{kill, Signal};
+use raftkit_client::{ClientError, ClusterClient};
+
+fn kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Raft(r) => r.kind(),
+        _ => "not a node error",
+    }
+}
+
+fn spare(c: &common::procs::ProcCluster, name: &str) -> Proc {
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    Proc::start(
+        &addr,
+        &c.tmp.path().join(name),
+        c.tmp.path(),
+        &["--groups".to_string(), "kv:kv".to_string()],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_repeated_after_they_took_effect_succeed_and_stale_plans_are_refused() {
+    let c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
+    let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let mut s = spare(&c, "spare");
+    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    let planned = client.cluster_status().await.conf_index;
+
+    // add_learner, then the same call again (same, now stale, plan).
+    let first = client.add_learner(&s.addr, Some(planned)).await.unwrap();
+    assert!(first.learners.iter().any(|m| m.addr == s.addr));
+    assert!(first.conf_index > planned);
+    let again = client.add_learner(&s.addr, Some(planned)).await.unwrap();
+    assert_eq!(again.conf_index, first.conf_index, "nothing changed");
+
+    // A step planned from an older configuration is refused, distinctly.
+    let e = client.promote(&s.addr, Some(planned)).await.unwrap_err();
+    assert_eq!(kind(&e), "configuration_changed", "{e}");
+    assert!(e.is_definitely_not_applied());
+
+    // promote (once caught up), then again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let promoted = loop {
+        match client.promote(&s.addr, Some(first.conf_index)).await {
+            Ok(m) => break m,
+            Err(e) if kind(&e) == "not_caught_up" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("promote: {e}"),
+        }
+    };
+    assert!(promoted.voters.iter().any(|m| m.addr == s.addr));
+    let again = client
+        .promote(&s.addr, Some(first.conf_index))
+        .await
+        .unwrap();
+    assert_eq!(again.conf_index, promoted.conf_index);
+
+    // remove_peer, then again.
+    let removed = client
+        .remove_peer(&s.addr, Some(promoted.conf_index))
+        .await
+        .unwrap();
+    assert!(!removed
+        .voters
+        .iter()
+        .chain(&removed.learners)
+        .any(|m| m.addr == s.addr));
+    let again = client
+        .remove_peer(&s.addr, Some(promoted.conf_index))
+        .await
+        .unwrap();
+    assert_eq!(again.conf_index, removed.conf_index);
+    s.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_lags_is_not_promoted() {
+    let c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
+    let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let mut s = spare(&c, "slow");
+    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    let m = client.add_learner(&s.addr, None).await.unwrap();
+    // Frozen while 1,500 writes land: more than the catch-up margin (1,000).
+    let pid = s.pid().unwrap();
+    kill(pid, Signal::SIGSTOP).unwrap();
+    for i in 0..1500u32 {
+        client
+            .put(Bytes::from(format!("k{i}")), Bytes::from_static(b"v"))
+            .await
+            .unwrap();
+    }
+    let e = client
+        .promote(&s.addr, Some(m.conf_index))
+        .await
+        .unwrap_err();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(kind(&e), "not_caught_up", "{e}");
+    assert!(e.is_definitely_not_applied());
+    let status = client.cluster_status().await;
+    let learner = status.members.iter().find(|x| x.addr == s.addr).unwrap();
+    assert!(learner.learner && !learner.voter, "{learner:?}");
+    s.kill9();
+}
