@@ -9,7 +9,7 @@ use tonic::Status;
 use raftkit_proto::pb::admin_client::AdminClient;
 use raftkit_proto::pb::{
     ChangePeersRequest, ConfigurationReply, GroupDigest, GroupRequest, MembershipRequest,
-    NodeStatusReply, TransferRequest,
+    NodeStatusReply, ReplicaState, TransferRequest,
 };
 use raftkit_proto::status::from_status;
 
@@ -250,6 +250,33 @@ impl ClusterClient {
         self.single(addr, admin.digest(req)).await.map(|r| r.groups)
     }
 
+    /// Who the replica at `addr` is, for this client's group: its raft id,
+    /// whether it is empty, waiting to be added, a member or removed, its
+    /// configuration and its version. Asked before adding a replica.
+    pub async fn identity(&self, addr: &str) -> Result<Identity, ClientError> {
+        let mut admin = self.admin(addr).await?;
+        let req = GroupRequest {
+            group: self.group().to_string(),
+        };
+        let r = self.single(addr, admin.identity(req)).await?;
+        Ok(Identity {
+            group: r.group.clone(),
+            id: r.id,
+            addr: r.addr.clone(),
+            state: match r.state() {
+                ReplicaState::Empty => IdentityState::Empty,
+                ReplicaState::Uninitialized => IdentityState::Uninitialized,
+                ReplicaState::Member => IdentityState::Member,
+                ReplicaState::Removed => IdentityState::Removed,
+                ReplicaState::Unspecified => IdentityState::Unknown,
+            },
+            conf_index: r.conf_index,
+            voters: r.voters.iter().map(|m| m.addr.clone()).collect(),
+            learners: r.learners.iter().map(|m| m.addr.clone()).collect(),
+            version: (!r.version.is_empty()).then(|| r.version.clone()),
+        })
+    }
+
     pub(crate) async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
         let conn = self
             .conn(addr)
@@ -264,4 +291,33 @@ impl ClusterClient {
 enum Step {
     AddLearner,
     Promote,
+}
+
+/// A replica's answer to [`ClusterClient::identity`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    pub group: String,
+    pub id: u64,
+    pub addr: String,
+    pub state: IdentityState,
+    pub conf_index: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub version: Option<String>,
+}
+
+/// Where a replica stands with respect to its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityState {
+    /// A fresh data directory: no raft state at all.
+    Empty,
+    /// Some raft state but no configuration: waiting to be added.
+    Uninitialized,
+    /// A voter or learner of its configuration.
+    Member,
+    /// Its configuration no longer includes it.
+    Removed,
+    /// A node too old to say.
+    Unknown,
 }

@@ -47,6 +47,7 @@ pub mod probe;
 mod route;
 mod session;
 
+pub use admin::{Identity, IdentityState};
 pub use cluster_status::{ClusterStatus, MemberId, MemberStatus, RoleName};
 pub use conn::Conn;
 pub use error::{ClientError, Outcome, Retry};

@@ -147,11 +147,24 @@ async fn an_empty_replica_is_alive_and_not_a_member_until_it_is_added() {
     assert_eq!(body["groups"][0]["reason"], "not_a_member", "{body}");
 
     let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let ident = client.identity(&addr).await.unwrap();
+    assert_eq!(
+        ident.state,
+        raftkit_client::IdentityState::Empty,
+        "{ident:?}"
+    );
+    assert_eq!(ident.group, "kv");
+    assert!(ident.id != 0 && ident.version.is_some());
+    let member = client.identity(&c.addrs[0]).await.unwrap();
+    assert_eq!(member.state, raftkit_client::IdentityState::Member);
+    assert_eq!(member.voters.len(), 3);
     client.add_peer(&addr, None, 0).await.unwrap();
     assert!(
         wait_http_ok(&addr, "/readyz", Duration::from_secs(30)).await,
         "the added replica did not become ready: {:?}",
         readyz(&addr).await
     );
+    let ident = client.identity(&addr).await.unwrap();
+    assert_eq!(ident.state, raftkit_client::IdentityState::Member);
     spare.kill9();
 }

@@ -198,7 +198,36 @@ impl Admin for AdminService {
         let node = self.node(&request.into_inner().group)?;
         let ident = node.identity().await.map_err(to_status)?;
         let json = serde_json::to_vec(&ident).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(IdentityReply { json: json.into() }))
+        let conf = &ident.conf;
+        let me = ident.id;
+        let listed = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .chain(&conf.voters_outgoing)
+            .any(|p| p.id == me);
+        let state = if listed {
+            crate::pb::ReplicaState::Member
+        } else if ident.initialized {
+            crate::pb::ReplicaState::Removed
+        } else if ident.has_data {
+            crate::pb::ReplicaState::Uninitialized
+        } else {
+            crate::pb::ReplicaState::Empty
+        };
+        Ok(Response::new(IdentityReply {
+            json: json.into(),
+            group: ident.group.clone(),
+            id: ident.id,
+            addr: ident.addr.clone(),
+            state: state as i32,
+            conf_index: ident.conf_index,
+            voters: members(&conf.voters),
+            learners: members(&conf.learners),
+            voters_outgoing: members(&conf.voters_outgoing),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            max_log_format: crate::storage::LOG_FORMAT,
+        }))
     }
 
     async fn bootstrap(
