@@ -274,6 +274,7 @@ impl ClusterClient {
             voters: r.voters.iter().map(|m| m.addr.clone()).collect(),
             learners: r.learners.iter().map(|m| m.addr.clone()).collect(),
             version: (!r.version.is_empty()).then(|| r.version.clone()),
+            cluster_id: (!r.cluster_id.is_empty()).then(|| r.cluster_id.clone()),
         })
     }
 
@@ -304,6 +305,8 @@ pub struct Identity {
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     pub version: Option<String>,
+    /// The cluster it belongs to, 16 hex digits (none: an empty replica).
+    pub cluster_id: Option<String>,
 }
 
 /// Where a replica stands with respect to its group.

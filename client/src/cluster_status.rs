@@ -17,6 +17,9 @@ use crate::*;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClusterStatus {
     pub group: String,
+    /// The cluster's id, 16 hex digits, as the authoritative member reports
+    /// it (none before any member knows one).
+    pub cluster_id: Option<String>,
     /// The highest term any member reported.
     pub term: u64,
     /// The leader, when one is known (by its own answer, or named by the
@@ -219,6 +222,9 @@ pub fn assemble(
     }
     ClusterStatus {
         group: group.to_string(),
+        cluster_id: authority
+            .filter(|a| !a.cluster_id.is_empty())
+            .map(|a| a.cluster_id.clone()),
         term,
         leader,
         conf_index: authority.map_or(0, |a| a.conf_index),

@@ -37,6 +37,9 @@ pub struct PeerIdentity {
     pub conf: Configuration,
     /// Index of the entry that set `conf` (0 for the bootstrap configuration).
     pub conf_index: u64,
+    /// The cluster it belongs to (0: none yet).
+    #[serde(default)]
+    pub cluster_id: u64,
 }
 
 /// A configuration with the index of the entry that made it.
@@ -97,6 +100,35 @@ impl std::str::FromStr for PeerRef {
 }
 
 const POLL: Duration = Duration::from_millis(20);
+
+/// The id of the cluster a bootstrap configuration creates: FNV-1a over
+/// the sorted raft ids of its members. Every initial member computes the
+/// same id from the same configuration, and any member added later
+/// computes it again from the log's first entry, which carries that
+/// configuration; raft ids are random, so two clusters differ. Never 0.
+pub fn cluster_id_of(ids: &[u64]) -> u64 {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in sorted {
+        for b in id.to_be_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// Refuses to add a replica that holds data of another cluster.
+fn check_same_cluster(addr: &str, theirs: u64, ours: u64) -> Result<(), RaftError> {
+    if theirs != 0 && ours != 0 && theirs != ours {
+        return Err(RaftError::InvalidArgument(format!(
+            "{addr} holds data of cluster {theirs:016x}, not of this cluster {ours:016x}; refusing to add it (wipe its data directory to reuse the machine)"
+        )));
+    }
+    Ok(())
+}
 
 /// Refuses a step planned from another configuration than the current one.
 fn check_expected(expected: Option<u64>, current: u64) -> Result<(), RaftError> {
@@ -224,6 +256,7 @@ impl Node {
         let deadline = Instant::now() + opts.catch_up_timeout;
         let before = self.membership().await?;
         let ident = self.query_identity(addr).await?;
+        check_same_cluster(addr, ident.cluster_id, self.cluster_id())?;
         let peer = PeerId {
             id: ident.id,
             addr: addr.to_string(),
@@ -274,6 +307,7 @@ impl Node {
         let _guard = self.membership_guard()?;
         let before = self.membership().await?;
         let ident = self.query_identity(addr).await?;
+        check_same_cluster(addr, ident.cluster_id, self.cluster_id())?;
         let conf = &before.conf;
         if conf
             .voters

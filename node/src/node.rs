@@ -200,6 +200,8 @@ pub struct NodeStatus {
     /// Proposals of this node waiting to be applied.
     pub pending_proposals: usize,
     /// Index of the entry that set the current configuration.
+    /// The cluster it belongs to (0: none yet).
+    pub cluster_id: u64,
     /// Entries a member may lag the leader's last index and count as caught up.
     pub catchup_margin: u64,
     pub conf_index: u64,
@@ -220,6 +222,9 @@ pub(crate) struct NodeShared {
     pub ready_floor: u64,
     /// Whether it has caught up with the leader since it started.
     pub catch_up: CatchUp,
+    /// The cluster this replica belongs to (0: not known yet); see
+    /// `RaftMeta::cluster_id`.
+    pub cluster_id: AtomicU64,
     pub snapshot: RwLock<SnapshotView>,
     /// Proposals waiting in the apply thread (for status).
     pub pending_proposals: std::sync::atomic::AtomicUsize,
@@ -429,6 +434,11 @@ impl Node {
             error: RwLock::new(None),
             ready_floor,
             catch_up: CatchUp::default(),
+            cluster_id: AtomicU64::new(if meta.cluster_id != 0 {
+                meta.cluster_id
+            } else {
+                snap_meta.cluster_id
+            }),
             pending_proposals: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             live: RwLock::new(crate::options::LiveOptions::from_options(&opts)),
@@ -949,6 +959,12 @@ impl Node {
     /// The unrecoverable error this replica stopped on, if any.
     pub fn error(&self) -> Option<RaftError> {
         self.inner.shared.error.read().clone()
+    }
+
+    /// The cluster this replica belongs to (0: not known yet, an empty
+    /// replica waiting to be added).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.shared.cluster_id.load(Ordering::Acquire)
     }
 
     /// Whether this replica may serve (a Kubernetes readiness probe):

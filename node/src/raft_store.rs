@@ -87,9 +87,25 @@ impl Storage for RaftStore {
     /// The newest snapshot as raft-rs sees it: index, term and configuration
     /// in the metadata, and our [`SnapshotMeta`] (file list, checksums, member
     /// addresses) as the data. The files themselves travel out of band.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    ///
+    /// Only a snapshot whose configuration includes the receiver `to` is
+    /// offered: raft-rs on the receiver refuses any other (a member added
+    /// after the newest snapshot was taken would be sent that snapshot
+    /// forever). Otherwise a new snapshot is asked for, as when none is
+    /// recent enough.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let includes = |meta: &SnapshotMeta| {
+            let cs = meta.conf.to_conf_state();
+            to == 0
+                || cs
+                    .voters
+                    .iter()
+                    .chain(&cs.learners)
+                    .chain(&cs.voters_outgoing)
+                    .any(|id| *id == to)
+        };
         match &self.latest {
-            Some(meta) if meta.index >= request_index && meta.index > 0 => {
+            Some(meta) if meta.index >= request_index && meta.index > 0 && includes(meta) => {
                 let mut s = Snapshot {
                     data: serde_json::to_vec(meta).unwrap_or_default().into(),
                     ..Default::default()

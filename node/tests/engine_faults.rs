@@ -244,6 +244,7 @@ async fn a_hard_state_saved_before_its_entries_never_records_a_commit_the_log_do
                 commit: 4,
                 applied: 0,
                 initial_conf: peers.clone(),
+                cluster_id: 0,
             })
             .unwrap();
     }

@@ -115,3 +115,62 @@ async fn a_learner_that_lags_is_not_promoted() {
     assert!(learner.learner && !learner.voter, "{learner:?}");
     s.kill9();
 }
+
+/// Every member of a cluster reports one cluster id (derived from its
+/// bootstrap configuration; a member added later learns it by replaying the
+/// log), and a replica holding another cluster's data is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_cluster_is_refused_and_members_share_one_cluster_id() {
+    let a = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
+    let b = start_cluster(1, &["--groups", "kv:kv"], &[]).await;
+    let client_a = ClusterClient::new(a.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let client_b = ClusterClient::new(b.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let mut ids = Vec::new();
+    for addr in &a.addrs {
+        ids.push(client_a.identity(addr).await.unwrap().cluster_id);
+    }
+    let a_id = ids[0].clone().expect("a cluster id");
+    assert!(
+        ids.iter().all(|i| i.as_deref() == Some(a_id.as_str())),
+        "{ids:?}"
+    );
+    assert_eq!(
+        client_a.cluster_status().await.cluster_id.as_deref(),
+        Some(a_id.as_str())
+    );
+    let b_id = client_b
+        .identity(&b.addrs[0])
+        .await
+        .unwrap()
+        .cluster_id
+        .unwrap();
+    assert_ne!(a_id, b_id);
+
+    for e in [
+        client_a.add_learner(&b.addrs[0], None).await.unwrap_err(),
+        client_a.add_peer(&b.addrs[0], None, 0).await.unwrap_err(),
+    ] {
+        assert!(
+            e.to_string()
+                .contains(&format!("holds data of cluster {b_id}")),
+            "{e}"
+        );
+        assert!(e.is_definitely_not_applied());
+    }
+
+    // A fresh replica learns the cluster it joins.
+    let mut s = spare(&a, "joiner");
+    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    assert_eq!(client_a.identity(&s.addr).await.unwrap().cluster_id, None);
+    client_a.add_peer(&s.addr, None, 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client_a.identity(&s.addr).await.unwrap().cluster_id;
+        if got.as_deref() == Some(a_id.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the joiner reports {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill9();
+}

@@ -197,3 +197,47 @@ async fn compaction_removes_log_files_and_keeps_disk_bounded() {
     }
     c.shutdown().await;
 }
+
+/// A member added after the log was compacted gets the group by snapshot,
+/// and with it the cluster's id (the log's first entry, which carries the
+/// bootstrap configuration, is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_after_compaction_catches_up_by_snapshot_and_learns_the_cluster_id() {
+    let mut c = Cluster::with(3, snapshot_often);
+    let l = c.wait_leader(T).await;
+    write(&c, l, 0..300).await;
+    let leader = c.node(l).clone();
+    wait_until_async(T, "the leader compacts its log", || {
+        let leader = leader.clone();
+        async move { leader.status().await.unwrap().first_log_index > 1 }
+    })
+    .await;
+    let id = leader.cluster_id();
+    assert_ne!(id, 0);
+    let s = c.add_spares(1)[0];
+    assert_eq!(c.node(s).cluster_id(), 0, "an empty replica has none");
+    leader
+        .add_peer(
+            &c.addrs[s],
+            raftkit_node::membership::ChangeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while c.node(s).cluster_id() != id {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new member reports cluster {:x} (want {id:x}); snapshots {:?}; status {:?}",
+            c.node(s).cluster_id(),
+            c.node(s).snapshot_view(),
+            c.node(s).status().await.map(|s| (
+                s.first_log_index,
+                s.snapshot_index,
+                s.applied_index
+            ))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(c.node(s).snapshot_view().receive.installs >= 1);
+    c.shutdown().await;
+}

@@ -222,6 +222,7 @@ fn meta_round_trips(b: &dyn Backend) {
             id: 42,
             addr: "a:1".into(),
         }],
+        cluster_id: 0x5eed,
     };
     m.save(&meta).unwrap();
     m.save(&RaftMeta {

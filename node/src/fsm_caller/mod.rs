@@ -467,6 +467,10 @@ impl FsmCaller {
             conf: ConfRecord::from_conf_state(&self.conf_state),
             peers,
             conf_index: self.conf_index,
+            cluster_id: self
+                .shared
+                .cluster_id
+                .load(std::sync::atomic::Ordering::Acquire),
             ..Default::default()
         };
         let writer = match self.snapshots.begin(meta) {

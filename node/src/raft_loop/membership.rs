@@ -51,6 +51,7 @@ impl RaftLoop {
             initial_conf: self.meta.initial_conf.clone(),
             conf: self.configuration(&cs),
             conf_index: self.conf_index,
+            cluster_id: self.meta.cluster_id,
         }
     }
 
@@ -112,6 +113,8 @@ impl RaftLoop {
         });
         self.io.flush()?;
         self.meta.initial_conf = peers.clone();
+        let ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        self.set_cluster_id(crate::membership::cluster_id_of(&ids));
         self.meta.term = 1;
         self.meta.vote = 0;
         self.meta.commit = n;

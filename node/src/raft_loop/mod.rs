@@ -1129,6 +1129,9 @@ impl RaftLoop {
         self.last_snapshot_index = md.index;
         // The log now starts after the snapshot: the recorded commit must cover it.
         self.meta.commit = self.meta.commit.max(md.index);
+        if self.meta.cluster_id == 0 && meta.cluster_id != 0 {
+            self.set_cluster_id(meta.cluster_id);
+        }
         self.meta_store.save(&self.meta)?;
         Ok((md.index + 1, md.term, meta))
     }
@@ -1151,6 +1154,15 @@ impl RaftLoop {
             self.mark_meta_dirty();
         }
         Ok(())
+    }
+
+    /// Records the cluster this replica belongs to (saved with the meta).
+    fn set_cluster_id(&mut self, id: u64) {
+        self.meta.cluster_id = id;
+        self.shared
+            .cluster_id
+            .store(id, std::sync::atomic::Ordering::Release);
+        tracing::info!(group = %self.opts.group, cluster = %format!("{id:016x}"), "cluster id");
     }
 
     /// The commit index that may be written to the meta: only one the
@@ -1252,6 +1264,13 @@ impl RaftLoop {
         if !e.context.is_empty() {
             match serde_json::from_slice::<Vec<PeerId>>(&e.context) {
                 Ok(ps) => {
+                    if e.index == 1 && self.meta.cluster_id == 0 {
+                        // The log's first entry carries the bootstrap
+                        // configuration: the cluster's id follows from it.
+                        let ids: Vec<u64> = ps.iter().map(|p| p.id).collect();
+                        self.set_cluster_id(crate::membership::cluster_id_of(&ids));
+                        self.mark_meta_dirty();
+                    }
                     for p in ps {
                         self.peers.insert(p.id, p.addr);
                     }
@@ -1562,6 +1581,7 @@ impl RaftLoop {
                 .load(std::sync::atomic::Ordering::Relaxed),
             conf_index: self.conf_index,
             catchup_margin: self.opts.catchup_margin,
+            cluster_id: self.meta.cluster_id,
             log_disk_bytes: self
                 .io
                 .disk_bytes

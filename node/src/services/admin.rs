@@ -103,7 +103,17 @@ impl From<NodeStatus> for NodeStatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_log_format: crate::storage::LOG_FORMAT,
             catchup_margin: s.catchup_margin,
+            cluster_id: cluster_hex(s.cluster_id),
         }
+    }
+}
+
+/// A cluster id as 16 hex digits; empty for none.
+fn cluster_hex(id: u64) -> String {
+    if id == 0 {
+        String::new()
+    } else {
+        format!("{id:016x}")
     }
 }
 
@@ -227,6 +237,7 @@ impl Admin for AdminService {
             voters_outgoing: members(&conf.voters_outgoing),
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_log_format: crate::storage::LOG_FORMAT,
+            cluster_id: cluster_hex(ident.cluster_id),
         }))
     }
 

@@ -72,6 +72,7 @@ mod tests {
             commit: 120,
             applied: 118,
             initial_conf: Vec::new(),
+            cluster_id: 0x0bad_cafe,
         }
     }
 

@@ -91,6 +91,11 @@ pub struct RaftMeta {
     /// The configuration the group was created with (the "index 0" snapshot);
     /// empty for a replica that joined an existing group.
     pub initial_conf: Vec<PeerId>,
+    /// The cluster this replica belongs to (0: not known yet): derived from
+    /// the bootstrap configuration (`membership::cluster_id_of`), learned
+    /// by replaying the log's first entry or from a snapshot.
+    #[serde(default)]
+    pub cluster_id: u64,
 }
 
 /// Term, vote and identity of one replica, written atomically.

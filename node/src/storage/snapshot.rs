@@ -82,6 +82,9 @@ pub struct SnapshotMeta {
     /// Index of the entry that set `conf` (0: the bootstrap configuration).
     #[serde(default)]
     pub conf_index: u64,
+    /// The cluster the snapshot belongs to (0: written before cluster ids).
+    #[serde(default)]
+    pub cluster_id: u64,
     /// The state machine's files (filled in when the snapshot is published).
     pub files: Vec<SnapshotFileMeta>,
     /// Wall-clock time the snapshot was published, ms since the Unix epoch.
