@@ -46,6 +46,37 @@ impl ClientError {
 }
 
 impl ClientError {
+    /// What went wrong, decoded from the status the server sent (its
+    /// RaftKit metadata) or from what the client saw.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Raft(e) => match e {
+                RaftError::NotLeader { .. } => ErrorKind::NotLeader,
+                RaftError::TermMismatch { .. } => ErrorKind::TermMismatch,
+                RaftError::LeaderSteppedDown => ErrorKind::LeaderSteppedDown,
+                RaftError::ShuttingDown => ErrorKind::ShuttingDown,
+                RaftError::Transferring => ErrorKind::Transferring,
+                RaftError::Timeout(_) => ErrorKind::Timeout,
+                RaftError::Busy(_) => ErrorKind::Busy,
+                RaftError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                RaftError::Storage(_) | RaftError::Stopped(_) => ErrorKind::Stopped,
+                RaftError::StateMachine(_) => ErrorKind::StateMachine,
+                RaftError::ConfigurationChanged { .. } => ErrorKind::ConfigurationChanged,
+                RaftError::PeerUnreachable(_) => ErrorKind::PeerUnreachable,
+                RaftError::SessionExpired(_) => ErrorKind::SessionExpired,
+                RaftError::NotCaughtUp(_) => ErrorKind::NotCaughtUp,
+            },
+            ClientError::Rpc {
+                code: tonic::Code::NotFound,
+                ..
+            } => ErrorKind::GroupNotHosted,
+            ClientError::Rpc { .. } => ErrorKind::Transport,
+            ClientError::Unavailable(_) => ErrorKind::Unavailable,
+            ClientError::Refused(_) => ErrorKind::Refused,
+            ClientError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+        }
+    }
+
     /// Which of the two classes every error falls in.
     pub fn outcome(&self) -> Outcome {
         if self.is_definitely_not_applied() {
@@ -54,6 +85,41 @@ impl ClientError {
             Outcome::Unknown
         }
     }
+}
+
+/// What went wrong with a call ([`ClientError::kind`]), for callers that
+/// decide by it (an operator retries `Unavailable`, re-plans on
+/// `ConfigurationChanged`, waits on `NotCaughtUp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The member asked is not the leader (the client follows redirects;
+    /// this is what is left when it could not).
+    NotLeader,
+    /// A leadership transfer is in progress.
+    Transferring,
+    /// No member answered in time, or none accepted the request.
+    Unavailable,
+    /// Every attempt was turned away before the request was proposed.
+    Refused,
+    /// A conditional step found another configuration than planned.
+    ConfigurationChanged,
+    /// A learner is not caught up enough to be promoted.
+    NotCaughtUp,
+    InvalidArgument,
+    Busy,
+    Timeout,
+    TermMismatch,
+    LeaderSteppedDown,
+    ShuttingDown,
+    /// The node stopped on an error (storage, or earlier).
+    Stopped,
+    StateMachine,
+    PeerUnreachable,
+    SessionExpired,
+    /// The member does not host the group.
+    GroupNotHosted,
+    /// A transport failure or a status from something else than a node.
+    Transport,
 }
 
 /// What the caller may conclude from a failed call.
@@ -83,4 +149,64 @@ pub enum Retry {
     Idempotent,
     /// Writes: resent only when the error proves they were not applied.
     NotIdempotent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftkit_proto::status::to_status;
+
+    /// The kind is decoded from the status the server sent.
+    #[test]
+    fn kinds_come_from_the_servers_status() {
+        let decode = |e: RaftError| {
+            ClientError::Raft(
+                raftkit_proto::status::from_status(&to_status(e)).expect("a node's status"),
+            )
+        };
+        let cases = [
+            (RaftError::NotLeader { leader: None }, ErrorKind::NotLeader),
+            (RaftError::Transferring, ErrorKind::Transferring),
+            (
+                RaftError::ConfigurationChanged {
+                    expected: 3,
+                    current: 5,
+                },
+                ErrorKind::ConfigurationChanged,
+            ),
+            (
+                RaftError::NotCaughtUp("n4 at 10 of 5000".into()),
+                ErrorKind::NotCaughtUp,
+            ),
+            (
+                RaftError::InvalidArgument("bad".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (RaftError::Busy("later".into()), ErrorKind::Busy),
+            (RaftError::Stopped("disk".into()), ErrorKind::Stopped),
+        ];
+        for (e, kind) in cases {
+            let c = decode(e.clone());
+            assert_eq!(c.kind(), kind, "{e}");
+            assert_eq!(
+                c.outcome() == Outcome::NotApplied,
+                e.is_definitely_not_applied()
+            );
+        }
+        let gone = ClientError::Rpc {
+            addr: "a:1".into(),
+            code: tonic::Code::NotFound,
+            message: "no kv group named \"x\"".into(),
+        };
+        assert_eq!(gone.kind(), ErrorKind::GroupNotHosted);
+        assert_eq!(gone.outcome(), Outcome::NotApplied);
+        assert_eq!(
+            ClientError::Unavailable("gave up".into()).outcome(),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            ClientError::Refused("every member refused".into()).kind(),
+            ErrorKind::Refused
+        );
+    }
 }

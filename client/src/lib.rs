@@ -27,7 +27,8 @@
 //! `session` (exactly-once writes), `counter`, `kv` and `admin` (the calls),
 //! `conn` and `mux` (one member's connection and its multiplexed stream),
 //! `error` (what a call fails with), `probe` (plain HTTP to a node's port),
-//! `cluster_status` (one typed view of a group from all its members).
+//! `cluster_status` (one typed view of a group from all its members),
+//! `admin_client` (`AdminClient`: what an operator calls).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 mod admin;
+mod admin_client;
 pub mod cluster_status;
 mod conn;
 mod counter;
@@ -48,9 +50,10 @@ mod route;
 mod session;
 
 pub use admin::{Identity, IdentityState};
+pub use admin_client::AdminClient;
 pub use cluster_status::{ClusterStatus, MemberId, MemberStatus, RoleName};
 pub use conn::Conn;
-pub use error::{ClientError, Outcome, Retry};
+pub use error::{ClientError, ErrorKind, Outcome, Retry};
 pub use raftkit_proto::pb::ReadConsistency;
 pub use session::Session;
 

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::procs::{free_ports, start_cluster, wait_http_ok, Proc};
 use nix::sys::signal::{kill, Signal};
-use raftkit_client::{ClientError, ClusterClient};
+use raftkit_client::{AdminClient, ClientError, ClusterClient, ErrorKind};
 
 fn kind(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::Raft(r) => r.kind(),
-        _ => "not a node error",
+    match e.kind() {
+        ErrorKind::ConfigurationChanged => "configuration_changed",
+        ErrorKind::NotCaughtUp => "not_caught_up",
+        _ => "other",
     }
 }
 
@@ -34,7 +35,7 @@ fn spare(c: &common::procs::ProcCluster, name: &str) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_repeated_after_they_took_effect_succeed_and_stale_plans_are_refused() {
     let c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
-    let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let client = AdminClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
     let mut s = spare(&c, "spare");
     assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
     let planned = client.cluster_status().await.conf_index;
@@ -84,6 +85,16 @@ async fn steps_repeated_after_they_took_effect_succeed_and_stale_plans_are_refus
         .await
         .unwrap();
     assert_eq!(again.conf_index, removed.conf_index);
+
+    // Leadership moves to the most caught-up voter, which then leads.
+    let before = client.cluster_status().await.leader.unwrap();
+    let now = client.transfer_leader(None).await.unwrap();
+    assert_ne!(now.addr, before.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.cluster_status().await.leader.map(|l| l.addr) != Some(now.addr.clone()) {
+        assert!(Instant::now() < deadline, "{} does not lead", now.addr);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.kill9();
 }
 
