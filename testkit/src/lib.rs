@@ -10,6 +10,8 @@
 //!  procs.rs           raftkit-node processes on 127.0.0.1: start, kill,
 //!                     signal, restart, clusters, HTTP probes
 //!  linearizability.rs a Wing-Gong-Lowe checker for register histories
+//!  conformance.rs     the storage conformance suite every backend must pass
+//!                     (public: backends outside the engine run it too)
 //! ```
 //!
 //! Test support panics on what it cannot set up (that fails the test with
@@ -17,6 +19,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod conformance;
 pub mod linearizability;
 pub mod procs;
 
