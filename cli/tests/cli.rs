@@ -459,58 +459,21 @@ async fn post(addr: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn playground_starts_a_cluster_and_stops_it_on_ctrl_c() {
-    // Find three consecutive free ports.
-    let base = loop {
-        let p = free_ports(1)[0];
-        if p < 60000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raftkit"))
-        .args([
-            "playground",
-            "--base-port",
-            &base.to_string(),
-            "--election-timeout-ms",
-            "500",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let line = lines.next().expect("playground output").unwrap();
-        seen.push(line.clone());
-        if line.starts_with("ready:") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no ready line: {seen:?}");
-    }
+    let mut pg = Playground::start();
+    pg.wait_line("\"ready:\"", |l| l.starts_with("ready:"));
     assert_eq!(
-        seen.iter().filter(|l| l.starts_with("node ")).count(),
+        pg.seen.iter().filter(|l| l.starts_with("node ")).count(),
         3,
-        "{seen:?}"
+        "{:?}",
+        pg.seen
     );
-    let cluster = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cluster = pg.cluster();
     let o = raftkit(&cluster, &["counter", "fetch-add", "7"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&raftkit(&cluster, &["counter", "get"])), "7");
     assert!(raftkit(&cluster, &["kv", "put", "k", "v"]).status.success());
-
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "playground exit {status:?}; output {rest:?}"
-    );
-    assert_eq!(rest.last().map(String::as_str), Some("stopped"));
+    let base = pg.base;
+    pg.stop();
     // Every node is gone: nothing answers on the ports.
     for i in 0..3 {
         assert!(

@@ -83,6 +83,7 @@ impl ClusterClient {
                 match step {
                     Step::AddLearner => admin.add_learner(req).await,
                     Step::Promote => admin.promote(req).await,
+                    Step::Remove => admin.remove_peer(req).await,
                 }
                 .map(|r| r.into_inner())
             }
@@ -96,21 +97,8 @@ impl ClusterClient {
         peer: &str,
         expected_conf_index: Option<u64>,
     ) -> Result<ConfigurationReply, ClientError> {
-        self.call(Retry::NotIdempotent, |conn, group| {
-            let req = MembershipRequest {
-                group,
-                peer: peer.to_string(),
-                expected_conf_index,
-                catch_up_timeout_ms: 0,
-            };
-            async move {
-                AdminClient::new(conn.channel())
-                    .remove_peer(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.membership_step(peer, expected_conf_index, Step::Remove)
+            .await
     }
 
     /// Makes the voters exactly `peers` (joint consensus) through the leader.
@@ -292,6 +280,7 @@ impl ClusterClient {
 enum Step {
     AddLearner,
     Promote,
+    Remove,
 }
 
 /// A replica's answer to [`ClusterClient::identity`].
