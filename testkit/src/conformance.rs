@@ -2,7 +2,7 @@
 //! snapshot backend must have. Public, so a backend registered outside the
 //! engine (`raftkit_node::storage::register_*`) can run it too:
 //!
-//! ```ignore
+//! ```text
 //! struct Mine(tempfile::TempDir);
 //! impl raftkit_testkit::conformance::Backend for Mine {
 //!     fn uri(&self) -> String { format!("mine://{}", self.0.path().display()) }
