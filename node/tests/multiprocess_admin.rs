@@ -185,3 +185,44 @@ async fn a_replica_of_another_cluster_is_refused_and_members_share_one_cluster_i
     }
     s.kill9();
 }
+
+/// A member whose disk was wiped comes back with its old `--initial-conf`:
+/// it must not bootstrap a second cluster. It waits, empty and not ready,
+/// to be added again (the operator's member replacement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_restarted_with_its_initial_conf_never_starts_a_second_cluster() {
+    let mut c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
+    let admin = AdminClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let cluster = admin.cluster_status().await.cluster_id.unwrap();
+    let w = 2;
+    c.procs[w].kill9();
+    std::fs::remove_dir_all(&c.procs[w].data_dir).unwrap();
+    c.procs[w].restart();
+    let addr = c.addrs[w].clone();
+    assert!(wait_http_ok(&addr, "/livez", Duration::from_secs(30)).await);
+    // Give it every chance to form a group: well past an election timeout
+    // and its formation attempts, it is still nobody's member.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let ident = admin.identity(&addr).await.unwrap();
+        assert!(
+            matches!(
+                ident.state,
+                raftkit_client::IdentityState::Empty | raftkit_client::IdentityState::Uninitialized
+            ),
+            "{ident:?}"
+        );
+        assert_eq!(ident.cluster_id, None, "it started a cluster of its own");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, body) = raftkit_client::probe::probe(&addr, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not_a_member"), "{body}");
+    // The others keep their cluster, with the wiped member's old id still
+    // listed (replacing it is the operator's job).
+    let status = admin.cluster_status().await;
+    assert_eq!(status.cluster_id.as_deref(), Some(cluster.as_str()));
+    assert!(status.leader.is_some());
+}
