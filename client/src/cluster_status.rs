@@ -251,11 +251,12 @@ impl ClusterClient {
             for addr in addrs.drain(..).filter(|a| asked.insert(a.clone())) {
                 let group = self.group().to_string();
                 let attempt = self.attempt_timeout;
-                let admin = self.admin(&addr).await;
+                // Connected in the task: members that are down cost one
+                // connect timeout in all, not one each.
                 tasks.spawn(async move {
-                    let answer = match admin {
+                    let answer = match crate::route::connect(&addr).await {
                         Err(e) => Err(e.to_string()),
-                        Ok(mut admin) => ask_status(&mut admin, group, attempt).await,
+                        Ok(ch) => ask_status(&mut AdminRpc::new(ch), group, attempt).await,
                     };
                     (addr, answer)
                 });

@@ -125,24 +125,7 @@ impl ClusterClient {
         if let Some(c) = self.conns.lock().get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ConnectError {
-                message: e.to_string(),
-                refused: false,
-            })?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let ch = ep.connect().await.map_err(|e| ConnectError {
-            message: format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
-            refused: is_refused(&e),
-        })?;
+        let ch = connect(addr).await?;
         let conn = Conn::new(ch, addr, !self.unary);
         self.conns.lock().insert(addr.to_string(), conn.clone());
         Ok(conn)
@@ -449,6 +432,28 @@ fn gave_up(timeout: Duration, last: &str, maybe_applied: bool) -> ClientError {
     } else {
         ClientError::Refused(message)
     }
+}
+
+/// A gRPC channel to the member at `addr` (500 ms to connect, keepalive).
+pub(crate) async fn connect(addr: &str) -> Result<tonic::transport::Channel, ConnectError> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ConnectError {
+            message: e.to_string(),
+            refused: false,
+        })?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    ep.connect().await.map_err(|e| ConnectError {
+        message: format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        ),
+        refused: is_refused(&e),
+    })
 }
 
 /// Why a connection to a member could not be made.
