@@ -61,6 +61,10 @@ pub struct NodeArgs {
     /// Entries kept before the snapshot when the log is compacted.
     #[arg(long, env = "RAFTKIT_SNAPSHOT_MARGIN", default_value_t = 1000)]
     pub snapshot_margin: u64,
+    /// Entries a member may lag the leader's last index and count as
+    /// caught up (promotion, leader transfer, readiness).
+    #[arg(long, env = "RAFTKIT_CATCHUP_MARGIN", default_value_t = 1000)]
+    pub catchup_margin: u64,
     /// Chunk size for sending snapshots to followers (bytes).
     #[arg(long, env = "RAFTKIT_SNAPSHOT_CHUNK_BYTES", default_value_t = 1 << 20)]
     pub snapshot_chunk_bytes: usize,
@@ -180,6 +184,7 @@ impl NodeArgs {
             snapshot_interval_s: self.snapshot_interval_s,
             snapshot_log_gap: self.snapshot_log_gap,
             snapshot_margin: self.snapshot_margin,
+            catchup_margin: self.catchup_margin,
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
             snapshot_throttle_bytes_per_sec: self.snapshot_throttle_bytes_per_sec,
             max_snapshot_installs: self.max_snapshot_installs,
@@ -211,6 +216,66 @@ mod tests {
         let t = T::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         t.node.into_config().map_err(|e| e.to_string())
+    }
+
+    /// The flags, environment variables and defaults of `raftkit-node`,
+    /// and what `/flags` lists, agree with the one settings table
+    /// (`raftkit_proto::settings`) the operator builds pods from.
+    #[test]
+    fn flags_env_defaults_and_the_flags_page_agree_with_the_settings_table() {
+        use clap::CommandFactory;
+        use raftkit_proto::settings::NODE_SETTINGS;
+        let cmd = T::command();
+        let mut seen = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let s = NODE_SETTINGS
+                .iter()
+                .find(|s| s.flag == Some(long))
+                .unwrap_or_else(|| panic!("--{long} is missing from the settings table"));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(env, Some(s.env), "environment variable of --{long}");
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().to_string())
+                .collect();
+            let default = (!default.is_empty()).then(|| default.join(","));
+            assert_eq!(default.as_deref(), s.default, "default of --{long}");
+            seen.push(s.name);
+        }
+        for s in NODE_SETTINGS.iter().filter(|s| s.flag.is_some()) {
+            assert!(seen.contains(&s.name), "--{:?} is not a flag", s.flag);
+        }
+        // /flags: the fixed settings, the live ones, idle polling and the log filter.
+        let c = parse(&["--listen", "127.0.0.1:8100", "--data-dir", "/tmp/x"]).unwrap();
+        let mut shown: Vec<String> = c.fixed_flags().into_iter().map(|(n, _)| n).collect();
+        let live: Vec<&str> = crate::options::LiveOptions::NAMES
+            .iter()
+            .copied()
+            .chain(["idle_poll_us", "log_level"])
+            .collect();
+        shown.extend(live.iter().map(|n| n.to_string()));
+        shown.sort();
+        let mut expected: Vec<String> = NODE_SETTINGS
+            .iter()
+            .filter(|s| s.in_flags)
+            .map(|s| s.name.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(shown, expected, "/flags and the settings table differ");
+        let mut table_live: Vec<&str> = NODE_SETTINGS
+            .iter()
+            .filter(|s| s.live)
+            .map(|s| s.name)
+            .collect();
+        table_live.sort();
+        let mut live = live;
+        live.sort();
+        assert_eq!(table_live, live, "changeable settings");
     }
 
     #[test]

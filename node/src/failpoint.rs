@@ -96,7 +96,7 @@ static ANY_SET: AtomicBool = AtomicBool::new(false);
 fn table() -> &'static RwLock<HashMap<String, Action>> {
     static T: OnceLock<RwLock<HashMap<String, Action>>> = OnceLock::new();
     T.get_or_init(|| {
-        let t = std::env::var("RAFTKIT_FAILPOINTS")
+        let t = raftkit_proto::settings::from_env("failpoints")
             .map(|s| parse(&s))
             .unwrap_or_default();
         ANY_SET.store(!t.is_empty(), Ordering::Release);
@@ -174,7 +174,9 @@ pub fn hit(name: &str) -> Result<(), String> {
 /// Whether run-time fault injection (the partition endpoint) is enabled.
 pub fn injection_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RAFTKIT_FAULT_INJECTION").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| {
+        raftkit_proto::settings::from_env("fault_injection").is_some_and(|v| v == "1")
+    })
 }
 
 /// Which way an injected partition drops traffic, seen from this node.

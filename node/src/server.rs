@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub snapshot_interval_s: u64,
     pub snapshot_log_gap: u64,
     pub snapshot_margin: u64,
+    /// See `NodeOptions::catchup_margin`.
+    pub catchup_margin: u64,
     pub snapshot_chunk_bytes: usize,
     pub snapshot_throttle_bytes_per_sec: u64,
     pub max_snapshot_installs: usize,
@@ -245,6 +247,7 @@ impl ServerConfig {
         o.snapshot_interval_s = self.snapshot_interval_s;
         o.snapshot_log_gap = self.snapshot_log_gap;
         o.snapshot_margin = self.snapshot_margin;
+        o.catchup_margin = self.catchup_margin;
         o.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         o.snapshot_throttle_bytes_per_sec = self.snapshot_throttle_bytes_per_sec;
         o.max_snapshot_installs = self.max_snapshot_installs;

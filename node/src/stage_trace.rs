@@ -11,7 +11,7 @@
 #[cfg(feature = "stage-trace")]
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("RAFTKIT_STAGE_TRACE").is_some())
+    *ON.get_or_init(|| raftkit_proto::settings::from_env("stage_trace").is_some())
 }
 
 /// Entry `index` reached `stage`.

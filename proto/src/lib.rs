@@ -12,6 +12,7 @@
 //!          a writer that never blocks the thread that answers
 //!  addr    host:port validation
 //!  limits  sizes both ends agree on
+//!  settings every node setting: flag, environment variable, default, live
 //! ```
 //!
 //! The node (`raftkit-node`) serves these; the client (`raftkit-client`), the
@@ -21,6 +22,7 @@ pub mod addr;
 pub mod error;
 pub mod limits;
 pub mod mux;
+pub mod settings;
 pub mod status;
 
 pub use addr::validate_addr;

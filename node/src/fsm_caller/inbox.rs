@@ -56,7 +56,7 @@ pub(crate) fn apply_inbox(
     metrics: Arc<NodeMetrics>,
 ) -> (ApplySender, Arc<ApplyInbox>) {
     let (tx, rx) = chan::unbounded();
-    let inline = std::env::var("RAFTKIT_INLINE_APPLY").map_or(true, |v| v != "0");
+    let inline = raftkit_proto::settings::from_env("inline_apply").is_none_or(|v| v != "0");
     let inbox = Arc::new(ApplyInbox {
         rx,
         core: Mutex::new(Some(caller)),

@@ -56,7 +56,7 @@ pub(crate) struct RaftInbox {
 impl RaftInbox {
     pub fn new() -> Arc<RaftInbox> {
         let (tx, rx) = chan::unbounded();
-        let inline = std::env::var("RAFTKIT_INLINE_RAFT").map_or(true, |v| v != "0");
+        let inline = raftkit_proto::settings::from_env("inline_raft").is_none_or(|v| v != "0");
         Arc::new(RaftInbox {
             tx,
             rx,

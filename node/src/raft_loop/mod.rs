@@ -367,8 +367,8 @@ impl RaftLoop {
             failed: None,
             shutting_down: false,
             write_inline: false,
-            leader_write_inline: std::env::var("RAFTKIT_INLINE_LEADER_WRITE")
-                .map_or(true, |v| v != "0"),
+            leader_write_inline: raftkit_proto::settings::from_env("inline_leader_write")
+                .is_none_or(|v| v != "0"),
             io_sent: 0,
             io_done: 0,
             unrecorded: 0,
