@@ -285,14 +285,31 @@ impl Node {
         transport: Arc<dyn Transport>,
     ) -> Result<Node, RaftError> {
         opts.validate()?;
-        let log = storage::open_log_storage(&opts.log_uri, &opts.storage)?;
         let mut meta_store = storage::open_meta_storage(&opts.raft_meta_uri, &opts.storage)?;
+        // The format check comes first: a newer log must not be opened (its
+        // recovery could take new records for damage).
+        let mut meta = meta_store.load()?.unwrap_or_default();
+        if meta.log_format > storage::LOG_FORMAT {
+            return Err(RaftError::Storage(format!(
+                "the data at {} was written in log format {}, newer than this build reads (up to {}); run the newer raftkit-node, or restore this replica from a copy written by this version",
+                opts.raft_meta_uri,
+                meta.log_format,
+                storage::LOG_FORMAT
+            )));
+        }
+        let log = storage::open_log_storage(&opts.log_uri, &opts.storage)?;
         let snapshots: Arc<dyn storage::SnapshotStorage> = Arc::from(
             storage::open_snapshot_storage(&opts.snapshot_uri, &opts.storage)?,
         );
 
+        if meta.log_format < storage::LOG_FORMAT {
+            // From now on the log holds this format's records (sync markers).
+            meta.log_format = storage::LOG_FORMAT;
+            if meta.peer_id != 0 {
+                meta_store.save(&meta)?;
+            }
+        }
         // Identity: persisted id, else derived from the initial conf, else random.
-        let mut meta = meta_store.load()?.unwrap_or_default();
         if meta.peer_id == 0 {
             if log.last_index() > 0 {
                 return Err(RaftError::Storage(format!(

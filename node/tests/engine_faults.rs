@@ -245,6 +245,7 @@ async fn a_hard_state_saved_before_its_entries_never_records_a_commit_the_log_do
                 applied: 0,
                 initial_conf: peers.clone(),
                 cluster_id: 0,
+                log_format: 0,
             })
             .unwrap();
     }

@@ -237,6 +237,7 @@ pub fn meta_round_trips(b: &dyn Backend) {
             addr: "a:1".into(),
         }],
         cluster_id: 0x5eed,
+        log_format: 2,
     };
     m.save(&meta).unwrap();
     m.save(&RaftMeta {

@@ -73,6 +73,7 @@ mod tests {
             applied: 118,
             initial_conf: Vec::new(),
             cluster_id: 0x0bad_cafe,
+            log_format: 2,
         }
     }
 

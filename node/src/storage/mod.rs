@@ -96,6 +96,11 @@ pub struct RaftMeta {
     /// by replaying the log's first entry or from a snapshot.
     #[serde(default)]
     pub cluster_id: u64,
+    /// The `local://` log format this replica's data was last written in
+    /// (0: before formats were recorded). A build that reads only older
+    /// formats refuses to start on it ([`LOG_FORMAT`]).
+    #[serde(default)]
+    pub log_format: u32,
 }
 
 /// Term, vote and identity of one replica, written atomically.
