@@ -95,6 +95,9 @@ pub struct NodeMetrics {
     pub snapshots_saved: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
+    /// Raft messages and snapshot installs refused because the sender
+    /// belongs to another cluster (`transport::cluster_check`).
+    pub foreign_cluster_dropped: AtomicU64,
 }
 
 impl NodeMetrics {
@@ -211,7 +214,7 @@ pub fn render(
             );
         }
     }
-    let counters: [Metric<NodeMetrics>; 11] = [
+    let counters: [Metric<NodeMetrics>; 12] = [
         (
             "raftkit_proposals_total",
             "Tasks submitted to this node.",
@@ -266,6 +269,11 @@ pub fn render(
             "raftkit_snapshot_send_failures_total",
             "Snapshot transfers that failed.",
             |m| m.snapshot_send_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "raftkit_foreign_cluster_dropped_total",
+            "Raft messages and snapshot installs dropped because their sender belongs to another cluster.",
+            |m| m.foreign_cluster_dropped.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, get) in counters {

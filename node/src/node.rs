@@ -519,6 +519,9 @@ impl Node {
             })
             .map_err(|e| RaftError::Storage(format!("spawning the apply thread: {e}")))?;
 
+        // Peers learn this replica's cluster from the transport (0 until
+        // it is known; a group hosted again here may belong to another).
+        transport.set_cluster_id(&opts.group, shared.cluster_id.load(Ordering::Acquire));
         let fresh =
             meta.initial_conf.is_empty() && hs.term == 0 && snap_meta.index == 0 && last_index == 0;
         let raft_loop = RaftLoop::new(

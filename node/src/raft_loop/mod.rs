@@ -1162,6 +1162,7 @@ impl RaftLoop {
         self.shared
             .cluster_id
             .store(id, std::sync::atomic::Ordering::Release);
+        self.transport.set_cluster_id(&self.opts.group, id);
         tracing::info!(group = %self.opts.group, cluster = %format!("{id:016x}"), "cluster id");
     }
 

@@ -6,6 +6,7 @@
 //! streams, [`stream`]; snapshots on gRPC) and [`local::LocalNetwork`]
 //! (in-process, with link faults, for tests).
 
+pub mod cluster_check;
 pub mod local;
 pub mod net;
 pub mod stream;
@@ -45,4 +46,10 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Runs a background task (group formation) where this transport runs its own.
     fn spawn(&self, task: BoxFuture<'static, ()>);
+
+    /// Records the cluster id of this process's replica of `group` (0: not
+    /// known yet), which the transport states to the peers it sends to so
+    /// that members of another cluster drop the traffic
+    /// ([`cluster_check`]). The in-process network does not state it.
+    fn set_cluster_id(&self, _group: &str, _cluster_id: u64) {}
 }

@@ -16,7 +16,7 @@ use raft::eraftpb::Message;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
-use super::stream::{encode_frame, Link};
+use super::stream::{encode_frame, Hello, Link};
 use super::{SnapshotSent, Transport, Unreachable};
 use crate::error::RaftError;
 use crate::membership::PeerIdentity;
@@ -43,6 +43,8 @@ pub struct NetTransport {
     me: String,
     metrics: Arc<crate::metrics::TransportMetrics>,
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// What this process states to its peers (cluster ids per group).
+    hello: Arc<Hello>,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
@@ -55,6 +57,7 @@ impl NetTransport {
             me: me.into(),
             metrics: Arc::default(),
             links: Mutex::default(),
+            hello: Arc::default(),
             closed: AtomicBool::new(false),
             runtime,
         })
@@ -85,7 +88,7 @@ impl NetTransport {
         if let Some(l) = links.get(addr).filter(|l| !l.is_closed()) {
             return Ok(l.clone());
         }
-        let l = Link::start(&self.me, addr, self.metrics.clone());
+        let l = Link::start(&self.me, addr, self.metrics.clone(), self.hello.clone());
         links.insert(addr.to_string(), l.clone());
         Ok(l)
     }
@@ -128,6 +131,7 @@ impl Transport for NetTransport {
             group: job.group.clone(),
             to: job.to.id,
             from_addr: self.me.clone(),
+            cluster_id: self.hello.cluster_id(&job.group),
             client: None,
         };
         self.runtime.spawn(async move {
@@ -164,6 +168,10 @@ impl Transport for NetTransport {
     fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
         self.runtime.spawn(task);
     }
+
+    fn set_cluster_id(&self, group: &str, cluster_id: u64) {
+        self.hello.set_cluster_id(group, cluster_id);
+    }
 }
 
 /// Sends snapshot chunks to another process over gRPC (one unary call per
@@ -173,6 +181,8 @@ struct GrpcInstallClient {
     group: String,
     to: u64,
     from_addr: String,
+    /// The sender's cluster id, stated in every call.
+    cluster_id: u64,
     client: Option<SnapshotInstallClient<tonic::transport::Channel>>,
 }
 
@@ -215,6 +225,7 @@ impl InstallClient for GrpcInstallClient {
             group: self.group.clone(),
             to: self.to,
             meta: serde_json::to_vec(meta).map_err(|e| e.to_string())?.into(),
+            cluster_id: self.cluster_id,
         };
         match with_timeout(c.begin(req)).await {
             Ok(r) => Ok(r
@@ -238,6 +249,7 @@ impl InstallClient for GrpcInstallClient {
             offset: chunk.offset,
             data: chunk.data,
             crc32c: chunk.crc32c,
+            cluster_id: self.cluster_id,
         };
         match with_timeout(c.chunk(req)).await {
             Ok(r) => Ok(r.into_inner().held),
@@ -254,6 +266,7 @@ impl InstallClient for GrpcInstallClient {
             term,
             raft_message: msg.write_to_bytes().map_err(|e| e.to_string())?.into(),
             from_addr: self.from_addr.clone(),
+            cluster_id: self.cluster_id,
         };
         match with_timeout(c.commit(req)).await {
             Ok(_) => Ok(()),
@@ -281,7 +294,9 @@ impl SnapshotInstallService {
         SnapshotInstallService { manager }
     }
 
-    fn node(&self, group: &str, to: u64) -> Result<Node, Status> {
+    /// The replica a call is for, if it takes snapshots from a sender of
+    /// cluster `sender` (see `cluster_check`).
+    fn node(&self, group: &str, to: u64, sender: u64, from: &str) -> Result<Node, Status> {
         let node = self
             .manager
             .get(group)
@@ -292,8 +307,22 @@ impl SnapshotInstallService {
                 node.peer_id().id
             )));
         }
+        if !super::cluster_check::admits(&node, sender, from, "a snapshot install") {
+            return Err(Status::failed_precondition(format!(
+                "snapshot from cluster {sender:016x} refused: this replica belongs to cluster {:016x}",
+                node.cluster_id()
+            )));
+        }
         Ok(node)
     }
+}
+
+/// The remote address of a call, for logs.
+fn remote<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// Runs blocking file work off the async threads.
@@ -312,8 +341,9 @@ impl SnapshotInstall for SnapshotInstallService {
         &self,
         request: Request<InstallBeginRequest>,
     ) -> Result<Response<InstallBeginReply>, Status> {
+        let from = remote(&request);
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &from)?;
         let meta: SnapshotMeta = serde_json::from_slice(&r.meta)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot meta: {e}")))?;
         let held = blocking(move || node.install_begin(meta)).await?;
@@ -329,8 +359,9 @@ impl SnapshotInstall for SnapshotInstallService {
         &self,
         request: Request<InstallChunkRequest>,
     ) -> Result<Response<InstallChunkReply>, Status> {
+        let from = remote(&request);
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &from)?;
         let chunk = Chunk {
             index: r.index,
             term: r.term,
@@ -348,7 +379,7 @@ impl SnapshotInstall for SnapshotInstallService {
         request: Request<InstallCommitRequest>,
     ) -> Result<Response<InstallCommitReply>, Status> {
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &r.from_addr)?;
         let msg = Message::parse_from_bytes(&r.raft_message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         if crate::failpoint::is_cut(&r.from_addr, crate::failpoint::Direction::In) {

@@ -20,6 +20,16 @@
 //! `eraftpb.Message` in its protobuf encoding. Traffic is one-way: each
 //! process answers on its own connection.
 //!
+//! Hello. The first frame of a connection, and again whenever it changes,
+//! is the sender's [`Hello`]: the cluster id of every group it hosts
+//! (`pb::StreamHello` in the `context` of a message framed for the reserved
+//! group [`HELLO_GROUP`]). The receiver drops a group's frames whose sender
+//! is of another cluster (`cluster_check`). Stating it per connection, not
+//! per frame, costs the sending path one atomic load per frame. A node that
+//! does not know hellos (an older build) drops the frame as one for a group
+//! it does not host; a sender that sends none is taken as not stating its
+//! cluster, which is accepted.
+//!
 //! Sending. [`Link::send`] runs on the caller's thread (the raft loop): with
 //! the connection up and nothing queued, it writes the frame with a
 //! non-blocking `send`; what does not fit is queued, and the link's writer
@@ -37,7 +47,7 @@
 //! `raft_loop::inbox`) runs on that thread, so its fsync delays only that
 //! peer's stream, not other connections.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +55,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
@@ -75,6 +86,9 @@ const IDLE_LINK: Duration = Duration::from_secs(30);
 const MAX_INCOMING_STREAMS: usize = 512;
 /// How long a new connection may take to send its preface.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The group a hello frame is addressed to. Group names may not start with
+/// '.' (`options::validate_group_name`), so no real group has this name.
+pub const HELLO_GROUP: &str = ".hello";
 
 // ------------------------------------------------------------- wire format
 
@@ -186,6 +200,95 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Frame>,
     }))
 }
 
+// ------------------------------------------------------------------- hello
+
+/// What this process states on every raft stream it opens: the cluster id
+/// of each group it hosts. Shared by the process's links; a change bumps
+/// the generation, and each link sends the new hello before its next frame.
+#[derive(Default)]
+pub struct Hello {
+    state: Mutex<HelloState>,
+    /// Bumped (under the lock) on every change; links compare it with the
+    /// generation they last sent.
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct HelloState {
+    clusters: BTreeMap<String, u64>,
+    /// The hello frame for `clusters`, encoded once per change.
+    frame: Vec<u8>,
+}
+
+impl Hello {
+    fn lock(&self) -> MutexGuard<'_, HelloState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the cluster id of this process's replica of `group`.
+    pub fn set_cluster_id(&self, group: &str, cluster_id: u64) {
+        let mut s = self.lock();
+        if s.clusters.get(group) == Some(&cluster_id) {
+            return;
+        }
+        s.clusters.insert(group.to_string(), cluster_id);
+        s.frame = encode_hello(&s.clusters);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The cluster id recorded for `group` (0: none).
+    pub fn cluster_id(&self, group: &str) -> u64 {
+        self.lock().clusters.get(group).copied().unwrap_or(0)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current hello frame and its generation (empty before anything
+    /// was recorded: then there is nothing to state).
+    fn frame(&self) -> (u64, Vec<u8>) {
+        let s = self.lock();
+        (self.generation(), s.frame.clone())
+    }
+}
+
+/// The frame carrying a hello that states `clusters`.
+fn encode_hello(clusters: &BTreeMap<String, u64>) -> Vec<u8> {
+    let hello = crate::pb::StreamHello {
+        groups: clusters
+            .iter()
+            .map(|(group, &cluster_id)| crate::pb::GroupCluster {
+                group: group.clone(),
+                cluster_id,
+            })
+            .collect(),
+    };
+    let msg = Message {
+        context: hello.encode_to_vec().into(),
+        ..Default::default()
+    };
+    let mut frame = Vec::new();
+    // Invariant: the group name is short and a hello is far below the
+    // frame limit (group names are at most 64 bytes), so this cannot fail;
+    // if it did, the empty frame would state nothing, which is accepted.
+    if encode_frame(&mut frame, HELLO_GROUP, &msg).is_err() {
+        frame.clear();
+    }
+    frame
+}
+
+/// The cluster ids a hello frame's message states, by group.
+pub fn decode_hello(msg: &Message) -> Result<HashMap<String, u64>, String> {
+    let hello = crate::pb::StreamHello::decode(&msg.context[..])
+        .map_err(|e| format!("undecodable stream hello: {e}"))?;
+    Ok(hello
+        .groups
+        .into_iter()
+        .map(|g| (g.group, g.cluster_id))
+        .collect())
+}
+
 // ----------------------------------------------------------------- sending
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +311,8 @@ struct LinkState {
     closed: bool,
     /// When a send was last asked for.
     last_send: std::time::Instant,
+    /// The hello generation last sent on this connection.
+    hello_sent: u64,
 }
 
 /// The sending side of the stream to one destination address.
@@ -216,21 +321,29 @@ pub struct Link {
     state: Mutex<LinkState>,
     wake: Condvar,
     metrics: Arc<TransportMetrics>,
+    /// What this process states on the stream.
+    hello: Arc<Hello>,
     /// How long the link may go without a send before it stops.
     idle: Duration,
 }
 
 impl Link {
     /// Starts a link to `addr` (connecting in the background) on behalf of
-    /// the process advertised as `me`.
-    pub fn start(me: &str, addr: &str, metrics: Arc<TransportMetrics>) -> Arc<Link> {
-        Link::start_with_idle(me, addr, metrics, IDLE_LINK)
+    /// the process advertised as `me`, which states `hello`.
+    pub fn start(
+        me: &str,
+        addr: &str,
+        metrics: Arc<TransportMetrics>,
+        hello: Arc<Hello>,
+    ) -> Arc<Link> {
+        Link::start_with_idle(me, addr, metrics, hello, IDLE_LINK)
     }
 
     fn start_with_idle(
         me: &str,
         addr: &str,
         metrics: Arc<TransportMetrics>,
+        hello: Arc<Hello>,
         idle: Duration,
     ) -> Arc<Link> {
         let link = Arc::new(Link {
@@ -242,9 +355,11 @@ impl Link {
                 writing: false,
                 closed: false,
                 last_send: std::time::Instant::now(),
+                hello_sent: 0,
             }),
             wake: Condvar::new(),
             metrics,
+            hello,
             idle,
         });
         let (writer, me) = (link.clone(), me.to_string());
@@ -274,6 +389,20 @@ impl Link {
         if s.closed || s.status == LinkStatus::Down {
             return Err(Unreachable);
         }
+        if self.hello.generation() != s.hello_sent {
+            // What this process states changed since the connection's
+            // hello (a replica learned its cluster): say it again first.
+            let (generation, hello) = self.hello.frame();
+            if !hello.is_empty() {
+                self.push(&mut s, &hello)?;
+            }
+            s.hello_sent = generation;
+        }
+        self.push(&mut s, frame)
+    }
+
+    /// Writes `frame` directly when nothing is queued, else queues it.
+    fn push(&self, s: &mut MutexGuard<'_, LinkState>, frame: &[u8]) -> Result<(), Unreachable> {
         if s.queued.len() + frame.len() > MAX_QUEUED {
             // The peer reads slower than raft sends (catching up after a
             // pause, or stopped). The frame is dropped, and raft must know:
@@ -335,7 +464,10 @@ impl Link {
         };
         let mut backoff = MIN_BACKOFF;
         loop {
-            match connect(&self.addr, &preface) {
+            let (hello_generation, hello) = self.hello.frame();
+            let mut opening = preface.clone();
+            opening.extend_from_slice(&hello);
+            match connect(&self.addr, &opening) {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     {
@@ -346,6 +478,7 @@ impl Link {
                         }
                         s.conn = Some(conn.clone());
                         s.status = LinkStatus::Up;
+                        s.hello_sent = hello_generation;
                     }
                     backoff = MIN_BACKOFF;
                     tracing::debug!(peer = %self.addr, "raft stream connected");
@@ -443,7 +576,7 @@ impl Link {
 
 pub use raftkit_proto::mux::send_now;
 
-/// Connects to `addr` and sends the preface.
+/// Connects to `addr` and sends the preface (and the hello).
 fn connect(addr: &str, preface: &[u8]) -> std::io::Result<TcpStream> {
     let mut last = None;
     for sa in addr.to_socket_addrs()? {
@@ -559,6 +692,9 @@ impl RaftStreamServer {
         tracing::debug!(from = %from, "raft stream accepted");
         let from_addr = (!from.is_empty()).then(|| from.clone());
         let mut buf = Vec::new();
+        // The sender's cluster per group, from its latest hello (empty: it
+        // stated none).
+        let mut clusters: HashMap<String, u64> = HashMap::new();
         loop {
             let frame = match read_frame(&mut r, &mut buf) {
                 Ok(Some(f)) => f,
@@ -569,12 +705,27 @@ impl RaftStreamServer {
                 }
             };
             self.metrics.add_received(&from, frame.wire_bytes);
+            if frame.group == HELLO_GROUP {
+                match decode_hello(&frame.msg) {
+                    Ok(c) => clusters = c,
+                    Err(e) => {
+                        tracing::warn!(from = %from, error = %e, "closing a raft stream");
+                        break;
+                    }
+                }
+                continue;
+            }
             if crate::failpoint::is_cut(&from, crate::failpoint::Direction::In) {
                 continue;
             }
             crate::stage_trace::message("netrecv", &frame.msg);
             match self.manager.get(&frame.group) {
-                Some(node) => node.step(frame.msg, from_addr.clone()),
+                Some(node) => {
+                    let sender = clusters.get(&frame.group).copied().unwrap_or(0);
+                    if super::cluster_check::admits(&node, sender, &from, "raft messages") {
+                        node.step(frame.msg, from_addr.clone())
+                    }
+                }
                 None => {
                     tracing::debug!(group = %frame.group, from = %from, "raft messages for a group not hosted here")
                 }
@@ -678,7 +829,7 @@ mod tests {
     fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let link = Link::start("me:1", &addr, Arc::default());
+        let link = Link::start("me:1", &addr, Arc::default(), Arc::default());
         let (mut conn, _) = listener.accept().unwrap();
         wait_until("the link is up", || link.lock().status == LinkStatus::Up);
         // The reader drains while the sender fills: frames go directly,
@@ -706,10 +857,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_opens_with_the_hello_and_states_a_change_before_the_next_frame() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hello = Arc::new(Hello::default());
+        hello.set_cluster_id("g", 0);
+        hello.set_cluster_id("h", 7);
+        let link = Link::start("me:1", &addr, Arc::default(), hello.clone());
+        let (conn, _) = listener.accept().unwrap();
+        wait_until("the link is up", || link.lock().status == LinkStatus::Up);
+        link.send(&frame(1, 10)).unwrap();
+        hello.set_cluster_id("g", 9);
+        link.send(&frame(2, 10)).unwrap();
+        link.send(&frame(3, 10)).unwrap();
+        let mut r = BufReader::new(conn);
+        assert_eq!(read_preface(&mut r).unwrap(), "me:1");
+        let mut buf = Vec::new();
+        let mut next = || read_frame(&mut r, &mut buf).unwrap().unwrap();
+        let f = next();
+        assert_eq!(f.group, HELLO_GROUP);
+        let stated = decode_hello(&f.msg).unwrap();
+        assert_eq!((stated["g"], stated["h"]), (0, 7));
+        assert_eq!(next().msg.index, 1);
+        let f = next();
+        assert_eq!(f.group, HELLO_GROUP, "the change is stated before frame 2");
+        let stated = decode_hello(&f.msg).unwrap();
+        assert_eq!((stated["g"], stated["h"]), (9, 7));
+        assert_eq!(next().msg.index, 2);
+        assert_eq!(next().msg.index, 3, "stated once, not before every frame");
+        link.close();
+    }
+
+    #[test]
     fn a_frame_that_does_not_fit_the_queue_is_reported_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let link = Link::start("me:1", &addr, Arc::default());
+        let link = Link::start("me:1", &addr, Arc::default(), Arc::default());
         // Accepted and never read: the socket buffers fill, then the queue.
         let (conn, _) = listener.accept().unwrap();
         wait_until("the link is up", || link.lock().status == LinkStatus::Up);
@@ -778,7 +961,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let idle = Duration::from_millis(300);
-        let link = Link::start_with_idle("me:1", &addr, Arc::default(), idle);
+        let link = Link::start_with_idle("me:1", &addr, Arc::default(), Arc::default(), idle);
         let (mut conn, _) = listener.accept().unwrap();
         assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
         // Kept open while used.
@@ -805,7 +988,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let link = Link::start("me:1", &addr.to_string(), Arc::default());
+        let link = Link::start("me:1", &addr.to_string(), Arc::default(), Arc::default());
         wait_until("sends fail fast", || link.send(&frame(1, 10)).is_err());
         let listener = std::net::TcpListener::bind(addr).unwrap();
         wait_until("sends succeed after a reconnect", || {
