@@ -1,0 +1,418 @@
+//! The `RaftCluster` resource (group `raftkit.io`, version `v1alpha1`): the
+//! spec a user writes, the status the operator keeps, and the checks of the
+//! spec that the schema alone cannot express. Types only: no client, no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group.
+pub const GROUP: &str = "raftkit.io";
+/// Annotation whose change restarts every pod, one at a time (as
+/// `kubectl rollout restart` does for a Deployment).
+pub const RESTARTED_AT: &str = "raftkit.io/restartedAt";
+/// Bounds of `spec.replicas`.
+pub const MIN_REPLICAS: i32 = 1;
+pub const MAX_REPLICAS: i32 = 9;
+/// Bounds of `spec.raft.electionTimeoutMs` (the node itself accepts a wider
+/// range; below 100 ms a Kubernetes network makes elections flap).
+pub const MIN_ELECTION_TIMEOUT_MS: u32 = 100;
+pub const MAX_ELECTION_TIMEOUT_MS: u32 = 60_000;
+
+/// A replicated state machine run as a Raft group: one RaftKit node per pod.
+// One `printcolumn(...)` per column is kube-derive's syntax, not a repeat.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "raftkit.io",
+    version = "v1alpha1",
+    kind = "RaftCluster",
+    namespaced,
+    shortname = "raftc",
+    status = "RaftClusterStatus",
+    derive = "PartialEq",
+    doc = "A replicated state machine run as a Raft group, one RaftKit node per pod.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterSpec {
+    /// Members of the group (1 to 9; odd numbers tolerate the most faults
+    /// per member).
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// The `raftkit-node` image.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never` [default: IfNotPresent].
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// The application the group replicates; fixed once bootstrapped.
+    #[serde(default)]
+    pub state_machine: StateMachine,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    #[serde(default)]
+    pub raft: RaftSpec,
+    /// Resources of the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The user's own pod template. With it, every pod runs the user's
+    /// containers and the node beside them as a native sidecar (an init
+    /// container that keeps running), reachable on localhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub template: Option<PodTemplateSpec>,
+    /// Stop acting (status stays current; deletion is not blocked).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_image() -> String {
+    format!("raftkit-node:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An object whose fields the API server keeps as given (a pod template is
+/// checked by the API server when the StatefulSet is created).
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// The replicated application.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMachine {
+    /// A 64-bit counter (fetch-add, get).
+    #[default]
+    Counter,
+    /// A key-value store.
+    Kv,
+}
+
+impl StateMachine {
+    /// The node's name for it (`--state-machine`, and the group's name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateMachine::Counter => "counter",
+            StateMachine::Kv => "kv",
+        }
+    }
+}
+
+/// Each member's volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size [default: 1Gi].
+    #[serde(default = "default_size")]
+    pub size: String,
+    /// Storage class [default: the cluster's default]; fixed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Keep a removed member's volume when scaling down [default: true].
+    #[serde(default = "yes")]
+    pub retain_on_scale_down: bool,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_size(),
+            storage_class_name: None,
+            retain_on_scale_down: true,
+        }
+    }
+}
+
+fn default_size() -> String {
+    "1Gi".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Raft settings of every member (node flags).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftSpec {
+    /// [default: 1000; 100 to 60000]
+    #[serde(default = "default_election_timeout")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub election_timeout_ms: u32,
+    /// Seconds between snapshots, 0 for never [default: 3600].
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval_secs: u64,
+    /// fsync before acknowledging [default: true]; off risks acknowledged
+    /// writes on power loss.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    /// How linearizable reads are confirmed [default: readIndex].
+    #[serde(default)]
+    pub read_mode: ReadMode,
+}
+
+impl Default for RaftSpec {
+    fn default() -> Self {
+        RaftSpec {
+            election_timeout_ms: default_election_timeout(),
+            snapshot_interval_secs: default_snapshot_interval(),
+            sync: true,
+            read_mode: ReadMode::default(),
+        }
+    }
+}
+
+fn default_election_timeout() -> u32 {
+    1000
+}
+
+fn default_snapshot_interval() -> u64 {
+    3600
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadMode {
+    #[default]
+    ReadIndex,
+    Lease,
+}
+
+impl ReadMode {
+    /// The node's name for it (`--read-mode`).
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            ReadMode::ReadIndex => "read-index",
+            ReadMode::Lease => "lease",
+        }
+    }
+}
+
+/// What the operator last saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterStatus {
+    /// Pending, Bootstrapping, Scaling, Updating, Running, Degraded or Paused.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Members of the Raft configuration.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Members that are ready: serving, caught up with the leader.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The leader's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Set before the first pod is told to bootstrap, and never cleared: a
+    /// cluster that lost every member's data is not bootstrapped again.
+    #[serde(default)]
+    pub bootstrapped: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The state machine the cluster was bootstrapped with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_machine: Option<StateMachine>,
+    /// The storage class the cluster was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// The pod revision every member runs, once they all run the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The pod revision the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// The step in progress, so an operator restarted mid-step resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+/// A standard condition (`Available`, `Progressing`, `Degraded`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One member as the operator last saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Its pod (empty when no pod holds its address).
+    pub pod: String,
+    /// Raft id, 16 hex digits.
+    pub raft_id: String,
+    /// leader, follower, candidate, ... (`unknown` when it did not answer).
+    pub role: String,
+    pub voter: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_index: Option<u64>,
+    pub caught_up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Answering, ready and caught up.
+    pub healthy: bool,
+}
+
+/// A step the operator has started and not yet seen finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Bootstrap, AddLearner, Promote, RemoveMember, TransferLeader,
+    /// RestartPod, WipePod.
+    pub kind: String,
+    /// The pod it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The raft id it concerns, 16 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_id: Option<String>,
+    /// `started`, or what it waits for.
+    pub phase: String,
+    /// The configuration index the step was planned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_conf_index: Option<u64>,
+    pub started_at: String,
+}
+
+/// Why a spec is refused; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("spec.{field}: {problem}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl RaftClusterSpec {
+    /// The checks the API server makes from the schema, for specs that do
+    /// not come through it (`raftkit-operator local` reads a file).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field, problem: String| Err(SpecError { field, problem });
+        if !(MIN_REPLICAS..=MAX_REPLICAS).contains(&self.replicas) {
+            return bad(
+                "replicas",
+                format!(
+                    "{} is out of range {MIN_REPLICAS}..={MAX_REPLICAS}",
+                    self.replicas
+                ),
+            );
+        }
+        if self.image.trim().is_empty() {
+            return bad("image", "must not be empty".into());
+        }
+        let t = self.raft.election_timeout_ms;
+        if !(MIN_ELECTION_TIMEOUT_MS..=MAX_ELECTION_TIMEOUT_MS).contains(&t) {
+            return bad(
+                "raft.electionTimeoutMs",
+                format!(
+                    "{t} is out of range {MIN_ELECTION_TIMEOUT_MS}..={MAX_ELECTION_TIMEOUT_MS}"
+                ),
+            );
+        }
+        if self.storage.size.trim().is_empty() {
+            return bad("storage.size", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl RaftCluster {
+    /// The restart annotation's value, if set.
+    pub fn restarted_at(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a: &BTreeMap<String, String>| a.get(RESTARTED_AT))
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> RaftCluster {
+        serde_yaml::from_str(yaml).expect("parses")
+    }
+
+    #[test]
+    fn a_minimal_manifest_gets_the_documented_defaults() {
+        let rc = parse(
+            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: demo}\nspec: {replicas: 3}\n",
+        );
+        assert_eq!(rc.spec.replicas, 3);
+        assert_eq!(rc.spec.state_machine, StateMachine::Counter);
+        assert_eq!(rc.spec.raft.election_timeout_ms, 1000);
+        assert!(rc.spec.raft.sync);
+        assert!(rc.spec.storage.retain_on_scale_down);
+        assert_eq!(rc.spec.storage.size, "1Gi");
+        assert!(!rc.spec.paused);
+        assert!(rc.spec.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_naming_the_field() {
+        let mut rc = parse("metadata: {name: demo}\nspec: {replicas: 10}\n");
+        assert_eq!(rc.spec.validate().unwrap_err().field, "replicas");
+        rc.spec.replicas = 0;
+        assert_eq!(rc.spec.validate().unwrap_err().field, "replicas");
+        rc.spec.replicas = 3;
+        rc.spec.image = " ".into();
+        assert_eq!(rc.spec.validate().unwrap_err().field, "image");
+        rc.spec.image = "x".into();
+        rc.spec.raft.election_timeout_ms = 50;
+        let e = rc.spec.validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "spec.raft.electionTimeoutMs: 50 is out of range 100..=60000"
+        );
+    }
+
+    #[test]
+    fn unknown_state_machines_are_a_parse_error() {
+        let r: Result<RaftCluster, _> =
+            serde_yaml::from_str("metadata: {name: d}\nspec: {replicas: 1, stateMachine: redis}\n");
+        assert!(r.unwrap_err().to_string().contains("stateMachine"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `raftkit-operator`: parses the command line and hands over to the
+//! library (`local::run`, `crd`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+
+use raftkit_operator::backend::local::LocalConfig;
+use raftkit_operator::crd::RaftCluster;
+use raftkit_operator::local::{self, LocalOptions};
+
+#[derive(Parser)]
+#[command(name = "raftkit-operator", version, about = "The RaftCluster operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reconciler on this machine, pods as raftkit-node processes,
+    /// for one RaftCluster manifest (edits of the file are picked up).
+    Local {
+        /// The RaftCluster YAML (the file you would `kubectl apply`).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// Pods' data, logs, status.yaml and events.log.
+        #[arg(long, value_name = "DIR", default_value = "raftkit-local")]
+        work_dir: PathBuf,
+        /// Pod i listens on 127.0.0.1:<base-port + i>.
+        #[arg(long, default_value_t = 8200)]
+        base_port: u16,
+        /// The raftkit-node binary [default: beside this program, else on PATH].
+        #[arg(long, value_name = "PATH")]
+        node_binary: Option<PathBuf>,
+        /// Milliseconds between reconcile passes.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+        interval_ms: u64,
+        /// Seconds a stopping pod may take before it is killed.
+        #[arg(long, default_value_t = 30)]
+        grace_secs: u64,
+    },
+    /// Print the RaftCluster CustomResourceDefinition as YAML.
+    Crdgen,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Crdgen => {
+            print!("{}", serde_yaml::to_string(&RaftCluster::crd())?);
+        }
+        Command::Local {
+            manifest,
+            work_dir,
+            base_port,
+            node_binary,
+            interval_ms,
+            grace_secs,
+        } => {
+            let node_binary = raftkit_cli::node_binary::find_node_binary(node_binary.as_deref())?;
+            std::fs::create_dir_all(&work_dir)?;
+            let work_dir = work_dir.canonicalize()?;
+            let opts = LocalOptions {
+                manifest,
+                backend: LocalConfig {
+                    work_dir,
+                    base_port,
+                    node_binary,
+                    grace: Duration::from_secs(grace_secs),
+                },
+                interval: Duration::from_millis(interval_ms),
+            };
+            local::run(opts, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
