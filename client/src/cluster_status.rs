@@ -20,6 +20,9 @@ pub struct ClusterStatus {
     /// The cluster's id, 16 hex digits, as the authoritative member reports
     /// it (none before any member knows one).
     pub cluster_id: Option<String>,
+    /// The group's cluster format as the authoritative member applied it
+    /// (none from a node that predates cluster formats).
+    pub cluster_format: Option<u32>,
     /// The highest term any member reported.
     pub term: u64,
     /// The leader, when one is known (by its own answer, or named by the
@@ -225,6 +228,7 @@ pub fn assemble(
         cluster_id: authority
             .filter(|a| !a.cluster_id.is_empty())
             .map(|a| a.cluster_id.clone()),
+        cluster_format: authority.map(|a| a.cluster_format).filter(|f| *f != 0),
         term,
         leader,
         conf_index: authority.map_or(0, |a| a.conf_index),

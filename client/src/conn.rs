@@ -163,6 +163,7 @@ mod tests {
             Ok(Response::new(CounterGetReply {
                 value: self.0.load(Ordering::SeqCst),
                 read_index: 0,
+                ..Default::default()
             }))
         }
     }

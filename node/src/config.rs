@@ -78,6 +78,11 @@ pub struct NodeArgs {
     /// Snapshot transfers a leader runs at once.
     #[arg(long, env = "RAFTKIT_MAX_SNAPSHOT_INSTALLS", default_value_t = 2)]
     pub max_snapshot_installs: usize,
+    /// The highest cluster format this node claims and applies (1 to the
+    /// newest this build supports, 2); lower makes it behave as an older
+    /// build during a rolling upgrade.
+    #[arg(long, env = "RAFTKIT_MAX_CLUSTER_FORMAT", default_value_t = crate::cluster_format::NEWEST)]
+    pub max_cluster_format: u32,
     /// Log storage URI; {group} and {data_dir} are substituted
     /// [default: local://{data_dir}/{group}/log].
     #[arg(long, env = "RAFTKIT_LOG_URI", value_name = "URI")]
@@ -188,6 +193,7 @@ impl NodeArgs {
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
             snapshot_throttle_bytes_per_sec: self.snapshot_throttle_bytes_per_sec,
             max_snapshot_installs: self.max_snapshot_installs,
+            max_cluster_format: self.max_cluster_format,
             log_uri: self.log_uri,
             raft_meta_uri: self.raft_meta_uri,
             snapshot_uri: self.snapshot_uri,

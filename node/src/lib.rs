@@ -19,6 +19,7 @@
 //! [`options::NodeOptions`]; `docs/architecture.md` maps every file.
 
 pub mod closure;
+pub mod cluster_format;
 pub mod config;
 pub mod error;
 pub mod failpoint;

@@ -40,6 +40,10 @@ pub struct PeerIdentity {
     /// The cluster it belongs to (0: none yet).
     #[serde(default)]
     pub cluster_id: u64,
+    /// The highest cluster format it supports (0: not stated, an older
+    /// build: the base format).
+    #[serde(default)]
+    pub max_cluster_format: u32,
 }
 
 /// A configuration with the index of the entry that made it.
@@ -125,6 +129,18 @@ fn check_same_cluster(addr: &str, theirs: u64, ours: u64) -> Result<(), RaftErro
     if theirs != 0 && ours != 0 && theirs != ours {
         return Err(RaftError::InvalidArgument(format!(
             "{addr} holds data of cluster {theirs:016x}, not of this cluster {ours:016x}; refusing to add it (wipe its data directory to reuse the machine)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a replica whose build cannot apply the group's cluster format:
+/// it would stop at the first entry written in it.
+fn check_format(addr: &str, theirs: u32, ours: u32) -> Result<(), RaftError> {
+    let theirs = crate::cluster_format::supported(theirs);
+    if theirs < ours {
+        return Err(RaftError::InvalidArgument(format!(
+            "{addr} supports cluster formats up to {theirs}, but this group runs format {ours}; refusing to add it (upgrade it first)"
         )));
     }
     Ok(())
@@ -257,6 +273,7 @@ impl Node {
         let before = self.membership().await?;
         let ident = self.query_identity(addr).await?;
         check_same_cluster(addr, ident.cluster_id, self.cluster_id())?;
+        check_format(addr, ident.max_cluster_format, self.cluster_format())?;
         let peer = PeerId {
             id: ident.id,
             addr: addr.to_string(),
@@ -308,6 +325,7 @@ impl Node {
         let before = self.membership().await?;
         let ident = self.query_identity(addr).await?;
         check_same_cluster(addr, ident.cluster_id, self.cluster_id())?;
+        check_format(addr, ident.max_cluster_format, self.cluster_format())?;
         let conf = &before.conf;
         if conf
             .voters

@@ -202,6 +202,9 @@ pub struct NodeStatus {
     /// Index of the entry that set the current configuration.
     /// The cluster it belongs to (0: none yet).
     pub cluster_id: u64,
+    /// The cluster format it has applied, and the highest it supports.
+    pub cluster_format: u32,
+    pub max_cluster_format: u32,
     /// Entries a member may lag the leader's last index and count as caught up.
     pub catchup_margin: u64,
     pub conf_index: u64,
@@ -214,6 +217,10 @@ pub(crate) struct NodeShared {
     pub group: String,
     pub id: u64,
     pub addr: String,
+    /// The cluster format applied so far (`cluster_format`).
+    pub cluster_format: std::sync::atomic::AtomicU32,
+    /// The highest cluster format this replica claims and applies.
+    pub max_cluster_format: u32,
     pub applied: AtomicU64,
     pub view: RwLock<RoleView>,
     pub error: RwLock<Option<RaftError>>,
@@ -302,6 +309,19 @@ impl Node {
             storage::open_snapshot_storage(&opts.snapshot_uri, &opts.storage)?,
         );
 
+        if meta.cluster_format > opts.max_cluster_format {
+            return Err(RaftError::Storage(format!(
+                "the log at {} committed cluster format {}, newer than this node applies (up to {}{}); run a build that supports it",
+                opts.log_uri,
+                meta.cluster_format,
+                opts.max_cluster_format,
+                if opts.max_cluster_format < crate::cluster_format::NEWEST {
+                    ", capped by --max-cluster-format"
+                } else {
+                    ""
+                }
+            )));
+        }
         if meta.log_format < storage::LOG_FORMAT {
             // From now on the log holds this format's records (sync markers).
             meta.log_format = storage::LOG_FORMAT;
@@ -449,6 +469,10 @@ impl Node {
                     .any(|v| *v == id),
             }),
             error: RwLock::new(None),
+            cluster_format: std::sync::atomic::AtomicU32::new(
+                snap_meta.cluster_format.max(crate::cluster_format::BASE),
+            ),
+            max_cluster_format: opts.max_cluster_format,
             ready_floor,
             catch_up: CatchUp::default(),
             cluster_id: AtomicU64::new(if meta.cluster_id != 0 {
@@ -521,6 +545,7 @@ impl Node {
 
         // Peers learn this replica's cluster from the transport (0 until
         // it is known; a group hosted again here may belong to another).
+        transport.set_max_cluster_format(&opts.group, opts.max_cluster_format);
         transport.set_cluster_id(&opts.group, shared.cluster_id.load(Ordering::Acquire));
         let fresh =
             meta.initial_conf.is_empty() && hs.term == 0 && snap_meta.index == 0 && last_index == 0;
@@ -985,6 +1010,11 @@ impl Node {
     /// replica waiting to be added).
     pub fn cluster_id(&self) -> u64 {
         self.inner.shared.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// The cluster format this replica has applied (`cluster_format`).
+    pub fn cluster_format(&self) -> u32 {
+        self.inner.shared.cluster_format.load(Ordering::Acquire)
     }
 
     /// Whether this replica may serve (a Kubernetes readiness probe):

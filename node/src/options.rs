@@ -68,6 +68,10 @@ pub struct NodeOptions {
     pub snapshot_throttle_bytes_per_sec: u64,
     /// Snapshot transfers a leader runs at once. Default 2.
     pub max_snapshot_installs: usize,
+    /// The highest cluster format this replica claims and applies
+    /// (`cluster_format`); a format entry above it stops applying. Default
+    /// the newest this build supports.
+    pub max_cluster_format: u32,
     /// A new member is promoted to voter (and a transfer target accepted)
     /// once it is within this many entries of the leader's log. Default 1000.
     pub catchup_margin: u64,
@@ -115,6 +119,7 @@ impl NodeOptions {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_throttle_bytes_per_sec: 0,
             max_snapshot_installs: 2,
+            max_cluster_format: crate::cluster_format::NEWEST,
             catchup_margin: 1000,
             log_uri: "memory://".into(),
             raft_meta_uri: "memory://".into(),
@@ -188,6 +193,16 @@ impl NodeOptions {
         }
         if self.read_timeout_ms == 0 {
             return bad("read timeout must be positive".into());
+        }
+        if !(crate::cluster_format::BASE..=crate::cluster_format::NEWEST)
+            .contains(&self.max_cluster_format)
+        {
+            return bad(format!(
+                "max cluster format {} is outside {}..={} (what this build supports)",
+                self.max_cluster_format,
+                crate::cluster_format::BASE,
+                crate::cluster_format::NEWEST
+            ));
         }
         if self.storage.max_segment_bytes < 4096 {
             return bad(format!(

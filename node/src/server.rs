@@ -108,6 +108,8 @@ pub struct ServerConfig {
     pub snapshot_chunk_bytes: usize,
     pub snapshot_throttle_bytes_per_sec: u64,
     pub max_snapshot_installs: usize,
+    /// See `NodeOptions::max_cluster_format`.
+    pub max_cluster_format: u32,
     /// URI templates; `{group}` and `{data_dir}` are substituted.
     pub log_uri: Option<String>,
     pub raft_meta_uri: Option<String>,
@@ -165,6 +167,10 @@ impl ServerConfig {
             (
                 "max_snapshot_installs".into(),
                 self.max_snapshot_installs.to_string(),
+            ),
+            (
+                "max_cluster_format".into(),
+                self.max_cluster_format.to_string(),
             ),
             (
                 "log_uri".into(),
@@ -251,6 +257,7 @@ impl ServerConfig {
         o.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         o.snapshot_throttle_bytes_per_sec = self.snapshot_throttle_bytes_per_sec;
         o.max_snapshot_installs = self.max_snapshot_installs;
+        o.max_cluster_format = self.max_cluster_format;
         o.log_uri = self.uri(&self.log_uri, group, "log");
         o.raft_meta_uri = self.uri(&self.raft_meta_uri, group, "meta");
         o.snapshot_uri = self.uri(&self.snapshot_uri, group, "snapshot");
@@ -296,7 +303,11 @@ impl Server {
         let counters = GroupTable::new("counter");
         let kvs = GroupTable::new("kv");
         let transport = NetTransport::new(advertise, tokio::runtime::Handle::current());
-        let raft_streams = RaftStreamServer::new(manager.clone(), transport.metrics());
+        let raft_streams = RaftStreamServer::new(
+            manager.clone(),
+            transport.metrics(),
+            transport.peer_formats(),
+        );
         let counter_service = Arc::new(CounterService::new(counters.clone(), session_idle_ms));
         let kv_service = Arc::new(KvService::new(kvs.clone(), session_idle_ms));
         let (kv_mux, counter_mux) = (kv_service.clone(), counter_service.clone());

@@ -19,15 +19,26 @@ pub struct CommittedEntry {
     pub term: u64,
     /// The task's data.
     pub data: Bytes,
+    /// The cluster format in force at this entry (`crate::cluster_format`):
+    /// the same on every member, so a behaviour it enables is applied
+    /// alike everywhere.
+    pub cluster_format: u32,
     done: Option<Done>,
 }
 
 impl CommittedEntry {
-    pub(crate) fn new(index: u64, term: u64, data: Bytes, done: Option<Done>) -> Self {
+    pub(crate) fn new(
+        index: u64,
+        term: u64,
+        data: Bytes,
+        done: Option<Done>,
+        cluster_format: u32,
+    ) -> Self {
         CommittedEntry {
             index,
             term,
             data,
+            cluster_format,
             done,
         }
     }

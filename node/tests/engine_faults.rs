@@ -246,6 +246,7 @@ async fn a_hard_state_saved_before_its_entries_never_records_a_commit_the_log_do
                 initial_conf: peers.clone(),
                 cluster_id: 0,
                 log_format: 0,
+                cluster_format: 0,
             })
             .unwrap();
     }

@@ -136,6 +136,13 @@ pub const NODE_SETTINGS: &[Setting] = &[
         Some("2"),
         false,
     ),
+    flag(
+        "max_cluster_format",
+        "max-cluster-format",
+        "RAFTKIT_MAX_CLUSTER_FORMAT",
+        Some("2"),
+        false,
+    ),
     flag("log_uri", "log-uri", "RAFTKIT_LOG_URI", None, false),
     flag(
         "raft_meta_uri",

@@ -238,6 +238,7 @@ pub fn meta_round_trips(b: &dyn Backend) {
         }],
         cluster_id: 0x5eed,
         log_format: 2,
+        cluster_format: 2,
     };
     m.save(&meta).unwrap();
     m.save(&RaftMeta {

@@ -49,6 +49,12 @@ pub(crate) enum Committed {
         term: u64,
         data: Bytes,
     },
+    /// An entry that sets the cluster format (`crate::cluster_format`).
+    ClusterFormat {
+        index: u64,
+        term: u64,
+        format: u32,
+    },
     /// A configuration entry, already applied to raft (`None` if raft rejected it).
     Conf {
         index: u64,
@@ -283,7 +289,42 @@ impl FsmCaller {
                         self.applied_term = term;
                         continue;
                     }
-                    run.push(CommittedEntry::new(index, term, data, done));
+                    let format = self.cluster_format();
+                    run.push(CommittedEntry::new(index, term, data, done, format));
+                }
+                Committed::ClusterFormat {
+                    index,
+                    term,
+                    format,
+                } => {
+                    self.flush(&mut run);
+                    let done = self.take_done(index, term);
+                    if format > self.shared.max_cluster_format {
+                        // Refuse, never misapply: entries after this one may
+                        // be written in a way this node does not know.
+                        let e = RaftError::StateMachine(format!(
+                            "the log at index {index} sets cluster format {format}, newer than this node applies (up to {}); stopped applying: run a build that supports it",
+                            self.shared.max_cluster_format
+                        ));
+                        tracing::error!(group = %self.shared.group, index, format, "{e}");
+                        if let Some(d) = done {
+                            d.run(Err(e.clone()));
+                        }
+                        let _ = self.raft_tx.send(RaftMsg::Fatal(e.clone()));
+                        self.failed = Some(e);
+                        return;
+                    }
+                    if format > self.cluster_format() {
+                        tracing::info!(group = %self.shared.group, index, format, "cluster format applied");
+                        self.shared
+                            .cluster_format
+                            .store(format, std::sync::atomic::Ordering::Release);
+                    }
+                    if let Some(d) = done {
+                        d.run(Ok(Bytes::new()));
+                    }
+                    self.applied_index = index;
+                    self.applied_term = term;
                 }
                 Committed::Conf { index, term, conf } => {
                     self.flush(&mut run);
@@ -312,6 +353,13 @@ impl FsmCaller {
             }
         }
         self.flush(&mut run);
+    }
+
+    /// The cluster format applied so far.
+    fn cluster_format(&self) -> u32 {
+        self.shared
+            .cluster_format
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn flush(&mut self, run: &mut Vec<CommittedEntry>) {
@@ -410,6 +458,10 @@ impl FsmCaller {
                 ))));
             return;
         }
+        self.shared.cluster_format.store(
+            meta.cluster_format.max(crate::cluster_format::BASE),
+            std::sync::atomic::Ordering::Release,
+        );
         // Everything up to the snapshot is now applied; nothing proposed here
         // can still be pending (a follower proposes nothing).
         self.fail_pending(RaftError::LeaderSteppedDown);
@@ -471,6 +523,7 @@ impl FsmCaller {
                 .shared
                 .cluster_id
                 .load(std::sync::atomic::Ordering::Acquire),
+            cluster_format: self.cluster_format(),
             ..Default::default()
         };
         let writer = match self.snapshots.begin(meta) {

@@ -52,6 +52,7 @@ impl RaftLoop {
             conf: self.configuration(&cs),
             conf_index: self.conf_index,
             cluster_id: self.meta.cluster_id,
+            max_cluster_format: self.opts.max_cluster_format,
         }
     }
 

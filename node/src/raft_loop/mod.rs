@@ -24,6 +24,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+mod cluster_format;
 mod inbox;
 mod membership;
 #[cfg(test)]
@@ -292,6 +293,10 @@ pub(crate) struct RaftLoop {
     /// Between `ready()` and the Ready's advance: nothing may propose
     /// (raft-rs forbids it; `propose_checked` refuses).
     in_ready: bool,
+    /// The newest cluster format committed in the log, and when the leader
+    /// may next consider raising it (`cluster_format.rs`).
+    committed_format: u32,
+    next_format_check: Instant,
     /// Configuration entries were applied in the Ready being handled.
     conf_applied: bool,
     /// Shared with the inbox: whether `takes_inline` can be true for any
@@ -325,6 +330,10 @@ impl RaftLoop {
         let applied = raw.raft.raft_log.applied;
         let last_snapshot_index = raw.store().snapshot_index;
         let read_ctx = ReadCtx::new(shared.id);
+        // The snapshot's format; the entries after it are committed again.
+        let meta_cluster_format = shared
+            .cluster_format
+            .load(std::sync::atomic::Ordering::Acquire);
         RaftLoop {
             raw,
             opts,
@@ -374,6 +383,8 @@ impl RaftLoop {
             unrecorded: 0,
             ready_base: 0,
             in_ready: false,
+            committed_format: meta_cluster_format,
+            next_format_check: Instant::now(),
             conf_applied: false,
             inline_hint: Arc::default(),
         }
@@ -730,6 +741,7 @@ impl RaftLoop {
         self.check_transfer(now);
         self.step_down_if_removed();
         self.after_conf_applied(now);
+        self.maybe_raise_cluster_format(now);
         self.retry_reads(now);
         if let Some(since) = self.meta_dirty_since {
             if now.duration_since(since) >= META_FLUSH_INTERVAL {
@@ -1132,6 +1144,7 @@ impl RaftLoop {
         if self.meta.cluster_id == 0 && meta.cluster_id != 0 {
             self.set_cluster_id(meta.cluster_id);
         }
+        self.format_committed(meta.cluster_format);
         self.meta_store.save(&self.meta)?;
         Ok((md.index + 1, md.term, meta))
     }
@@ -1237,11 +1250,23 @@ impl RaftLoop {
         for e in entries {
             crate::stage_trace::mark("commit", e.index);
             match e.get_entry_type() {
-                EntryType::EntryNormal => batch.push(Committed::Normal {
-                    index: e.index,
-                    term: e.term,
-                    data: e.data,
-                }),
+                EntryType::EntryNormal => {
+                    match crate::cluster_format::from_entry(&e.context, &e.data) {
+                        Some(format) => {
+                            self.format_committed(format);
+                            batch.push(Committed::ClusterFormat {
+                                index: e.index,
+                                term: e.term,
+                                format,
+                            });
+                        }
+                        None => batch.push(Committed::Normal {
+                            index: e.index,
+                            term: e.term,
+                            data: e.data,
+                        }),
+                    }
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let conf = self.apply_conf_entry(&e);
                     batch.push(Committed::Conf {
@@ -1583,6 +1608,11 @@ impl RaftLoop {
             conf_index: self.conf_index,
             catchup_margin: self.opts.catchup_margin,
             cluster_id: self.meta.cluster_id,
+            cluster_format: self
+                .shared
+                .cluster_format
+                .load(std::sync::atomic::Ordering::Acquire),
+            max_cluster_format: self.opts.max_cluster_format,
             log_disk_bytes: self
                 .io
                 .disk_bytes

@@ -104,6 +104,8 @@ impl From<NodeStatus> for NodeStatusReply {
             max_log_format: crate::storage::LOG_FORMAT,
             catchup_margin: s.catchup_margin,
             cluster_id: cluster_hex(s.cluster_id),
+            cluster_format: s.cluster_format,
+            max_cluster_format: s.max_cluster_format,
         }
     }
 }
@@ -238,6 +240,7 @@ impl Admin for AdminService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_log_format: crate::storage::LOG_FORMAT,
             cluster_id: cluster_hex(ident.cluster_id),
+            max_cluster_format: ident.max_cluster_format,
         }))
     }
 

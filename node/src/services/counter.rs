@@ -2,7 +2,7 @@
 //! `get` returns the value after a linearizable read barrier. Both go to the
 //! leader; other members answer with a redirect.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::sessions::{command_meta, Sessions};
 use super::{propose_then, read_barrier, require_leader, wait_for, GroupTable};
+use crate::cluster_format::COUNTER_OPS;
 use crate::pb::counter_server::Counter;
 use crate::pb::{
     CounterCommand, CounterGetReply, CounterGetRequest, CounterResult, FetchAddReply,
@@ -26,11 +27,19 @@ const SESSIONS_FILE: &str = "sessions";
 #[derive(Clone, Default, Debug)]
 pub struct CounterState {
     value: Arc<AtomicI64>,
+    /// Increments applied at cluster format `COUNTER_OPS` or later.
+    ops: Arc<AtomicU64>,
 }
 
 impl CounterState {
     pub fn get(&self) -> i64 {
         self.value.load(Ordering::Acquire)
+    }
+
+    /// Increments applied since the group reached cluster format
+    /// [`COUNTER_OPS`] (0 before).
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::Acquire)
     }
 }
 
@@ -49,12 +58,31 @@ impl CounterFsm {
     }
 }
 
-/// Adds `delta` (refusing overflow) and reports the value before.
-fn add(state: &CounterState, delta: i64) -> CounterResult {
+impl CounterFsm {
+    /// The value, and the increment count once there is one: a state without
+    /// counted increments encodes (in snapshots and the digest) as builds
+    /// from before cluster formats encode it, so members of a group at the
+    /// base format agree whatever their build.
+    fn encode_state(&self) -> Vec<u8> {
+        let mut b = self.state.get().to_le_bytes().to_vec();
+        let ops = self.state.ops();
+        if ops > 0 {
+            b.extend_from_slice(&ops.to_le_bytes());
+        }
+        b
+    }
+}
+
+/// Adds `delta` (refusing overflow) and reports the value before; from
+/// cluster format [`COUNTER_OPS`] on it also counts the increment.
+fn add(state: &CounterState, delta: i64, cluster_format: u32) -> CounterResult {
     let prev = state.get();
     match prev.checked_add(delta) {
         Some(next) => {
             state.value.store(next, Ordering::Release);
+            if cluster_format >= COUNTER_OPS {
+                state.ops.fetch_add(1, Ordering::AcqRel);
+            }
             CounterResult {
                 previous: prev,
                 ..Default::default()
@@ -80,7 +108,7 @@ impl StateMachine for CounterFsm {
                     let (sessions, state) = (&mut self.sessions, &self.state);
                     sessions.run(
                         cmd.meta.as_ref(),
-                        || encode(add(state, cmd.delta)),
+                        || encode(add(state, cmd.delta, e.cluster_format)),
                         |kind, error| {
                             encode(CounterResult {
                                 previous: state.get(),
@@ -102,7 +130,7 @@ impl StateMachine for CounterFsm {
 
     fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
         let result = writer
-            .write_file(SNAPSHOT_FILE, &self.state.get().to_le_bytes())
+            .write_file(SNAPSHOT_FILE, &self.encode_state())
             .and_then(|_| writer.write_file(SESSIONS_FILE, &self.sessions.encode()));
         match result {
             Ok(()) => done.run(Ok(writer)),
@@ -112,17 +140,24 @@ impl StateMachine for CounterFsm {
 
     fn state_digest(&self) -> Option<u64> {
         let mut d = Digest::default();
-        d.field(&self.state.get().to_le_bytes())
-            .field(&self.sessions.encode());
+        d.field(&self.encode_state()).field(&self.sessions.encode());
         Some(d.value())
     }
 
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
         let data = reader.read_file(SNAPSHOT_FILE).map_err(|e| e.to_string())?;
-        let bytes: [u8; 8] = data
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("counter snapshot has {} bytes, expected 8", data.len()))?;
+        let (bytes, ops): ([u8; 8], u64) = match data.len() {
+            8 | 16 => (
+                data[..8]
+                    .try_into()
+                    .map_err(|_| "unreachable".to_string())?,
+                data.get(8..16)
+                    .and_then(|o| o.try_into().ok())
+                    .map_or(0, u64::from_le_bytes),
+            ),
+            n => return Err(format!("counter snapshot has {n} bytes, expected 8 or 16")),
+        };
+        self.state.ops.store(ops, Ordering::Release);
         self.sessions = if reader.has_file(SESSIONS_FILE) {
             Sessions::decode(&reader.read_file(SESSIONS_FILE).map_err(|e| e.to_string())?)?
         } else {
@@ -202,6 +237,7 @@ impl Counter for CounterService {
         Ok(Response::new(CounterGetReply {
             value: state.get(),
             read_index,
+            ops: state.ops(),
         }))
     }
 }

@@ -74,6 +74,7 @@ mod tests {
             initial_conf: Vec::new(),
             cluster_id: 0x0bad_cafe,
             log_format: 2,
+            cluster_format: 2,
         }
     }
 

@@ -101,6 +101,11 @@ pub struct RaftMeta {
     /// formats refuses to start on it ([`LOG_FORMAT`]).
     #[serde(default)]
     pub log_format: u32,
+    /// The newest cluster format this replica's log committed
+    /// (`cluster_format`; 0: none, the base format). A build whose highest
+    /// format is below it refuses to start.
+    #[serde(default)]
+    pub cluster_format: u32,
 }
 
 /// Term, vote and identity of one replica, written atomically.

@@ -85,6 +85,10 @@ pub struct SnapshotMeta {
     /// The cluster the snapshot belongs to (0: written before cluster ids).
     #[serde(default)]
     pub cluster_id: u64,
+    /// The cluster format in force at the snapshot's index (0: written
+    /// before cluster formats, the base format).
+    #[serde(default)]
+    pub cluster_format: u32,
     /// The state machine's files (filled in when the snapshot is published).
     pub files: Vec<SnapshotFileMeta>,
     /// Wall-clock time the snapshot was published, ms since the Unix epoch.

@@ -52,4 +52,16 @@ pub trait Transport: Send + Sync + 'static {
     /// that members of another cluster drop the traffic
     /// ([`cluster_check`]). The in-process network does not state it.
     fn set_cluster_id(&self, _group: &str, _cluster_id: u64) {}
+
+    /// Records the highest cluster format this process's replica of `group`
+    /// supports, stated to peers like the cluster id.
+    fn set_max_cluster_format(&self, _group: &str, _format: u32) {}
+
+    /// The highest cluster format the replica of `group` at `addr` stated
+    /// (`Some(0)`: connected without stating one, an older build; `None`:
+    /// not known, it has no stream open to this process). The in-process
+    /// network knows none, so its groups stay at the base format.
+    fn peer_max_cluster_format(&self, _group: &str, _addr: &str) -> Option<u32> {
+        None
+    }
 }

@@ -16,7 +16,7 @@ use raft::eraftpb::Message;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
-use super::stream::{encode_frame, Hello, Link};
+use super::stream::{encode_frame, Hello, Link, PeerFormats};
 use super::{SnapshotSent, Transport, Unreachable};
 use crate::error::RaftError;
 use crate::membership::PeerIdentity;
@@ -45,6 +45,9 @@ pub struct NetTransport {
     links: Mutex<HashMap<String, Arc<Link>>>,
     /// What this process states to its peers (cluster ids per group).
     hello: Arc<Hello>,
+    /// What peers stated on their streams to this process (shared with the
+    /// stream server, which records it).
+    formats: Arc<PeerFormats>,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
@@ -58,6 +61,7 @@ impl NetTransport {
             metrics: Arc::default(),
             links: Mutex::default(),
             hello: Arc::default(),
+            formats: Arc::default(),
             closed: AtomicBool::new(false),
             runtime,
         })
@@ -66,6 +70,11 @@ impl NetTransport {
     /// Bytes sent and received per peer.
     pub fn metrics(&self) -> Arc<crate::metrics::TransportMetrics> {
         self.metrics.clone()
+    }
+
+    /// What peers state on their raft streams (the stream server records it).
+    pub fn peer_formats(&self) -> Arc<PeerFormats> {
+        self.formats.clone()
     }
 
     /// Closes every link and refuses later sends (server shutdown).
@@ -171,6 +180,14 @@ impl Transport for NetTransport {
 
     fn set_cluster_id(&self, group: &str, cluster_id: u64) {
         self.hello.set_cluster_id(group, cluster_id);
+    }
+
+    fn set_max_cluster_format(&self, group: &str, format: u32) {
+        self.hello.set_max_cluster_format(group, format);
+    }
+
+    fn peer_max_cluster_format(&self, group: &str, addr: &str) -> Option<u32> {
+        self.formats.get(addr, group)
     }
 }
 

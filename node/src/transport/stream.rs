@@ -215,7 +215,8 @@ pub struct Hello {
 
 #[derive(Default)]
 struct HelloState {
-    clusters: BTreeMap<String, u64>,
+    /// Per group: cluster id, highest cluster format.
+    clusters: BTreeMap<String, (u64, u32)>,
     /// The hello frame for `clusters`, encoded once per change.
     frame: Vec<u8>,
 }
@@ -227,18 +228,30 @@ impl Hello {
 
     /// Records the cluster id of this process's replica of `group`.
     pub fn set_cluster_id(&self, group: &str, cluster_id: u64) {
+        self.update(group, |g| g.0 = cluster_id);
+    }
+
+    /// Records the highest cluster format this process's replica of
+    /// `group` supports.
+    pub fn set_max_cluster_format(&self, group: &str, format: u32) {
+        self.update(group, |g| g.1 = format);
+    }
+
+    fn update(&self, group: &str, f: impl FnOnce(&mut (u64, u32))) {
         let mut s = self.lock();
-        if s.clusters.get(group) == Some(&cluster_id) {
+        let mut g = s.clusters.get(group).copied().unwrap_or_default();
+        f(&mut g);
+        if s.clusters.get(group) == Some(&g) {
             return;
         }
-        s.clusters.insert(group.to_string(), cluster_id);
+        s.clusters.insert(group.to_string(), g);
         s.frame = encode_hello(&s.clusters);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The cluster id recorded for `group` (0: none).
     pub fn cluster_id(&self, group: &str) -> u64 {
-        self.lock().clusters.get(group).copied().unwrap_or(0)
+        self.lock().clusters.get(group).map_or(0, |g| g.0)
     }
 
     fn generation(&self) -> u64 {
@@ -254,14 +267,17 @@ impl Hello {
 }
 
 /// The frame carrying a hello that states `clusters`.
-fn encode_hello(clusters: &BTreeMap<String, u64>) -> Vec<u8> {
+fn encode_hello(clusters: &BTreeMap<String, (u64, u32)>) -> Vec<u8> {
     let hello = crate::pb::StreamHello {
         groups: clusters
             .iter()
-            .map(|(group, &cluster_id)| crate::pb::GroupCluster {
-                group: group.clone(),
-                cluster_id,
-            })
+            .map(
+                |(group, &(cluster_id, max_cluster_format))| crate::pb::GroupCluster {
+                    group: group.clone(),
+                    cluster_id,
+                    max_cluster_format,
+                },
+            )
             .collect(),
     };
     let msg = Message {
@@ -278,15 +294,62 @@ fn encode_hello(clusters: &BTreeMap<String, u64>) -> Vec<u8> {
     frame
 }
 
-/// The cluster ids a hello frame's message states, by group.
-pub fn decode_hello(msg: &Message) -> Result<HashMap<String, u64>, String> {
+/// What a hello frame's message states, by group: cluster id and highest
+/// cluster format.
+pub fn decode_hello(msg: &Message) -> Result<HashMap<String, (u64, u32)>, String> {
     let hello = crate::pb::StreamHello::decode(&msg.context[..])
         .map_err(|e| format!("undecodable stream hello: {e}"))?;
     Ok(hello
         .groups
         .into_iter()
-        .map(|g| (g.group, g.cluster_id))
+        .map(|g| (g.group, (g.cluster_id, g.max_cluster_format)))
         .collect())
+}
+
+/// The highest cluster format each peer process stated for each group, on
+/// the raft stream it has open to this process (by advertised address). A
+/// peer's entry goes when its stream ends, so a member restarted with
+/// another build states it anew. Read by a leader deciding whether to raise
+/// its group's format.
+#[derive(Default)]
+pub struct PeerFormats {
+    /// (address, group) -> (the stream that stated it, format).
+    stated: Mutex<HashMap<(String, String), (u64, u32)>>,
+}
+
+impl PeerFormats {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), (u64, u32)>> {
+        self.stated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the process at `addr` stated for `group` on its open stream
+    /// (`Some(0)`: a stream without a hello, an older build; `None`: no
+    /// stream open).
+    pub fn get(&self, addr: &str, group: &str) -> Option<u32> {
+        self.lock()
+            .get(&(addr.to_string(), group.to_string()))
+            .map(|s| s.1)
+    }
+
+    fn opened(&self, stream: u64, addr: &str, groups: &[String]) {
+        let mut s = self.lock();
+        s.retain(|k, _| k.0 != addr);
+        for g in groups {
+            s.insert((addr.to_string(), g.clone()), (stream, 0));
+        }
+    }
+
+    fn stated(&self, stream: u64, addr: &str, hello: &HashMap<String, (u64, u32)>) {
+        let mut s = self.lock();
+        s.retain(|k, v| k.0 != addr || v.0 != stream);
+        for (g, &(_, format)) in hello {
+            s.insert((addr.to_string(), g.clone()), (stream, format));
+        }
+    }
+
+    fn closed(&self, stream: u64, addr: &str) {
+        self.lock().retain(|k, v| k.0 != addr || v.0 != stream);
+    }
 }
 
 // ----------------------------------------------------------------- sending
@@ -623,15 +686,21 @@ struct Reader {
 pub struct RaftStreamServer {
     manager: NodeManager,
     metrics: Arc<TransportMetrics>,
+    formats: Arc<PeerFormats>,
     readers: Arc<Mutex<HashMap<u64, Reader>>>,
     next_id: Arc<AtomicU64>,
 }
 
 impl RaftStreamServer {
-    pub fn new(manager: NodeManager, metrics: Arc<TransportMetrics>) -> Self {
+    pub fn new(
+        manager: NodeManager,
+        metrics: Arc<TransportMetrics>,
+        formats: Arc<PeerFormats>,
+    ) -> Self {
         RaftStreamServer {
             manager,
             metrics,
+            formats,
             readers: Arc::default(),
             next_id: Arc::default(),
         }
@@ -659,7 +728,7 @@ impl RaftStreamServer {
         let spawned = std::thread::Builder::new()
             .name("raftkit-stream-in".into())
             .spawn(move || {
-                this.read_stream(conn);
+                this.read_stream(id, conn);
                 this.readers().remove(&id);
             });
         match spawned {
@@ -676,7 +745,7 @@ impl RaftStreamServer {
         }
     }
 
-    fn read_stream(&self, conn: TcpStream) {
+    fn read_stream(&self, stream: u64, conn: TcpStream) {
         let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let _ = tune(&conn);
         let _ = conn.set_read_timeout(Some(PREFACE_TIMEOUT));
@@ -694,7 +763,16 @@ impl RaftStreamServer {
         let mut buf = Vec::new();
         // The sender's cluster per group, from its latest hello (empty: it
         // stated none).
-        let mut clusters: HashMap<String, u64> = HashMap::new();
+        let mut clusters: HashMap<String, (u64, u32)> = HashMap::new();
+        // Until a hello says otherwise, the sender states no format (an
+        // older build) for the groups hosted here.
+        let hosted: Vec<String> = self
+            .manager
+            .all()
+            .iter()
+            .map(|n| n.group().to_string())
+            .collect();
+        self.formats.opened(stream, &from, &hosted);
         loop {
             let frame = match read_frame(&mut r, &mut buf) {
                 Ok(Some(f)) => f,
@@ -707,7 +785,10 @@ impl RaftStreamServer {
             self.metrics.add_received(&from, frame.wire_bytes);
             if frame.group == HELLO_GROUP {
                 match decode_hello(&frame.msg) {
-                    Ok(c) => clusters = c,
+                    Ok(c) => {
+                        self.formats.stated(stream, &from, &c);
+                        clusters = c;
+                    }
                     Err(e) => {
                         tracing::warn!(from = %from, error = %e, "closing a raft stream");
                         break;
@@ -721,7 +802,7 @@ impl RaftStreamServer {
             crate::stage_trace::message("netrecv", &frame.msg);
             match self.manager.get(&frame.group) {
                 Some(node) => {
-                    let sender = clusters.get(&frame.group).copied().unwrap_or(0);
+                    let sender = clusters.get(&frame.group).map_or(0, |c| c.0);
                     if super::cluster_check::admits(&node, sender, &from, "raft messages") {
                         node.step(frame.msg, from_addr.clone())
                     }
@@ -731,6 +812,7 @@ impl RaftStreamServer {
                 }
             }
         }
+        self.formats.closed(stream, &from);
         let _ = conn.shutdown(Shutdown::Both);
     }
 
@@ -877,12 +959,12 @@ mod tests {
         let f = next();
         assert_eq!(f.group, HELLO_GROUP);
         let stated = decode_hello(&f.msg).unwrap();
-        assert_eq!((stated["g"], stated["h"]), (0, 7));
+        assert_eq!((stated["g"].0, stated["h"].0), (0, 7));
         assert_eq!(next().msg.index, 1);
         let f = next();
         assert_eq!(f.group, HELLO_GROUP, "the change is stated before frame 2");
         let stated = decode_hello(&f.msg).unwrap();
-        assert_eq!((stated["g"], stated["h"]), (9, 7));
+        assert_eq!((stated["g"].0, stated["h"].0), (9, 7));
         assert_eq!(next().msg.index, 2);
         assert_eq!(next().msg.index, 3, "stated once, not before every frame");
         link.close();
@@ -931,7 +1013,7 @@ mod tests {
     fn a_flood_of_incoming_streams_is_refused_past_the_limit_and_shutdown_ends_them() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = RaftStreamServer::new(NodeManager::new(), Arc::default());
+        let server = RaftStreamServer::new(NodeManager::new(), Arc::default(), Arc::default());
         let mut clients = Vec::new();
         for _ in 0..=MAX_INCOMING_STREAMS {
             clients.push(TcpStream::connect(addr).unwrap());
