@@ -180,6 +180,19 @@ pub fn assemble(
         let key_member = rows.keys().find(|(_, a)| a == addr).cloned();
         match answer {
             Ok(r) => {
+                // Another replica at a member's address (the member lost its
+                // disk and came back empty, as a new id): the member stays
+                // listed as not answering, the replica gets a row of its own.
+                let (key_member, displaced) = match key_member {
+                    Some(k) if rows.get(&k).is_some_and(|row| row.id != r.id) => (None, Some(k)),
+                    k => (k, None),
+                };
+                if let Some(row) = displaced.and_then(|k| rows.get_mut(&k)) {
+                    row.error = Some(format!(
+                        "another replica ({:016x}) answers at its address",
+                        r.id
+                    ));
+                }
                 let key = key_member.unwrap_or_else(|| (!in_conf(r.id), addr.clone()));
                 let row = rows.entry(key).or_insert_with(|| MemberStatus {
                     id: r.id,
@@ -430,5 +443,43 @@ mod tests {
         assert!(!spare.voter && !spare.learner && spare.reachable);
         assert_eq!(spare.role, Some(RoleName::Uninitialized));
         assert_eq!(s.voters_outgoing.len(), 3);
+    }
+
+    #[test]
+    fn a_new_replica_at_a_members_address_does_not_take_the_members_place() {
+        let mut leader = reply(1, Role::Leader, 4, 1);
+        leader.peers = vec![peer(1, 50, true), peer(2, 50, true), peer(3, 30, false)];
+        // n3 lost its disk and came back empty, as raft id 7, at n3's address.
+        let mut fresh = reply(7, Role::Uninitialized, 0, 0);
+        fresh.voters.clear();
+        let s = assemble(
+            "kv",
+            vec![
+                ("n1:1".into(), Ok(leader)),
+                ("n2:1".into(), Ok(reply(2, Role::Follower, 4, 1))),
+                ("n3:1".into(), Ok(fresh)),
+            ],
+        );
+        let ids: Vec<u64> = s.voters.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        let old = s
+            .members
+            .iter()
+            .find(|m| m.id == 3)
+            .expect("the member stays listed");
+        assert!(old.voter && !old.reachable && !old.caught_up);
+        assert_eq!(old.match_index, Some(30));
+        assert!(old
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("0000000000000007"));
+        let new = s
+            .members
+            .iter()
+            .find(|m| m.id == 7)
+            .expect("the new replica has its own row");
+        assert!(!new.voter && !new.learner && new.reachable);
+        assert_eq!(new.addr, "n3:1");
     }
 }
