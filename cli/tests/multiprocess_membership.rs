@@ -6,15 +6,17 @@
 
 use raftkit_testkit as common;
 
-use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::load::CounterLoad;
 use common::procs::{free_ports, raft_stat, start_cluster, wait_http_ok, Proc};
 use nix::sys::signal::Signal;
-use raftkit_client::{ClientError, ClusterClient};
+use raftkit_client::ClusterClient;
+
+/// How long writers may go without progress at a checkpoint.
+const PROGRESS: Duration = Duration::from_secs(10);
 
 fn raftkit(cluster: &[String], args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
@@ -34,88 +36,6 @@ fn raftkit(cluster: &[String], args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).trim().to_string(),
         String::from_utf8_lossy(&o.stderr).trim().to_string(),
     )
-}
-
-#[derive(Default)]
-struct Tally {
-    acked: Vec<i64>,
-    unknown: u64,
-    non_retryable: Vec<String>,
-}
-
-fn start_writers(
-    client: Arc<ClusterClient>,
-    n: usize,
-) -> (
-    Arc<Mutex<Tally>>,
-    Arc<AtomicBool>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles = (0..n)
-        .map(|_| {
-            let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match client.fetch_add(1).await {
-                        Ok(prev) => tally.lock().unwrap().acked.push(prev),
-                        Err(e) => {
-                            let retryable = match &e {
-                                ClientError::Raft(r) => r.is_retryable(),
-                                ClientError::Unavailable(_) | ClientError::Refused(_) => true,
-                                ClientError::Rpc { code, .. } => {
-                                    *code == tonic::Code::Unavailable
-                                        || *code == tonic::Code::Cancelled
-                                }
-                                ClientError::InvalidArgument(_) => false,
-                            };
-                            let mut t = tally.lock().unwrap();
-                            if !retryable {
-                                t.non_retryable.push(e.to_string());
-                            }
-                            if !e.is_definitely_not_applied() {
-                                t.unknown += 1;
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    (tally, stop, handles)
-}
-
-/// Waits until the writers have had `more` further writes acknowledged:
-/// proof that the cluster is serving at this point of the test.
-async fn wait_for_progress(tally: &Arc<Mutex<Tally>>, more: usize, what: &str) {
-    let target = tally.lock().unwrap().acked.len() + more;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tally.lock().unwrap().acked.len() < target {
-        assert!(Instant::now() < deadline, "writes stalled {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn check_final(client: &ClusterClient, tally: &Arc<Mutex<Tally>>) {
-    let final_value = client.counter_get().await.expect("final read");
-    let t = std::mem::take(&mut *tally.lock().unwrap());
-    let acked = t.acked.len() as i64;
-    let distinct: HashSet<i64> = t.acked.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        t.acked.len(),
-        "two increments saw the same previous value"
-    );
-    assert!(
-        t.acked.iter().all(|p| *p < final_value),
-        "an acknowledged increment is missing"
-    );
-    assert!(
-        final_value >= acked && final_value <= acked + t.unknown as i64,
-        "final {final_value} outside [{acked}, {}]",
-        acked + t.unknown as i64
-    );
 }
 
 /// Waits until `addr` reports `expected` as the voters.
@@ -197,8 +117,9 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
     }
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
-    let (tally, stop, writers) = start_writers(client.clone(), 4);
-    wait_for_progress(&tally, 100, "before scaling out").await;
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(100, PROGRESS, "before scaling out")
+        .await;
 
     let mut expected = initial.clone();
     for new in &addrs[3..] {
@@ -209,7 +130,8 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         // The leader applied it; addrs[0] may be a follower a heartbeat behind.
         wait_for_voters(&addrs[0], &expected, &format!("adding {new}")).await;
     }
-    wait_for_progress(&tally, 100, "after scaling out to five").await;
+    load.wait_for_progress(100, PROGRESS, "after scaling out to five")
+        .await;
     for gone in [&addrs[1], &addrs[2]] {
         let (ok, out, err) = raftkit(&addrs, &["remove-peer", gone]);
         if !ok {
@@ -241,12 +163,9 @@ async fn scale_three_to_five_and_back_through_the_cli_while_clients_write() {
         3,
         "{out}"
     );
-    wait_for_progress(&tally, 100, "after scaling back to three").await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    check_final(&client, &tally).await;
+    load.wait_for_progress(100, PROGRESS, "after scaling back to three")
+        .await;
+    load.stop().await.check(&client).await;
     // The three remaining members (two of them added during the run) hold
     // the same state.
     common::assert_replicas_agree(&client, &expected, Duration::from_secs(30)).await;
@@ -262,8 +181,9 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retrya
     let procs = &mut cluster.procs;
     let client =
         Arc::new(ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(10)).unwrap());
-    let (tally, stop, writers) = start_writers(client.clone(), 4);
-    wait_for_progress(&tally, 100, "before the leader's SIGTERM").await;
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(100, PROGRESS, "before the leader's SIGTERM")
+        .await;
     let mut leader = None;
     for (i, a) in addrs.iter().enumerate() {
         let v = raft_stat(a).await.unwrap();
@@ -288,17 +208,10 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_clients_see_only_retrya
         procs[l].log_tail(40)
     );
     // The survivors keep serving under the leader the old one chose.
-    wait_for_progress(&tally, 200, "after the leader's SIGTERM").await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let errors = tally.lock().unwrap().non_retryable.clone();
-    assert!(
-        errors.is_empty(),
-        "clients saw non-retryable errors: {errors:?}"
-    );
-    check_final(&client, &tally).await;
+    load.wait_for_progress(200, PROGRESS, "after the leader's SIGTERM")
+        .await;
+    // The check fails on any error no retry could fix.
+    load.stop().await.check(&client).await;
     for p in procs.iter_mut() {
         p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
     }

@@ -21,6 +21,7 @@
 
 pub mod conformance;
 pub mod linearizability;
+pub mod load;
 pub mod procs;
 
 use std::future::Future;
