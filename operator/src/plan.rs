@@ -779,3 +779,7 @@ fn plan_rolling_restart(
         None => Action::Wait(Wait::NoTransferTarget),
     })
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

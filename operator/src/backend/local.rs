@@ -71,6 +71,10 @@ struct State {
 struct Pod {
     name: String,
     revision: String,
+    /// The node's environment: a process that exits is started again with
+    /// it (a kubelet restarts a container of the same pod; only a deleted
+    /// pod comes back from the controller's newer revision).
+    env: Vec<(String, String)>,
     proc: Option<Proc>,
     /// When an exited process is started again.
     restart_at: Option<Instant>,
@@ -83,11 +87,12 @@ enum Proc {
     Adopted(i32),
 }
 
-/// A pod's persisted pid.
+/// A pod's persisted pid and what it was started with.
 #[derive(Serialize, Deserialize)]
 struct PidFile {
     pid: i32,
     revision: String,
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -173,6 +178,7 @@ impl LocalBackend {
                         Pod {
                             name,
                             revision: pf.revision,
+                            env: pf.env,
                             proc: Some(Proc::Adopted(pf.pid)),
                             restart_at: None,
                             exits: 0,
@@ -206,15 +212,27 @@ impl LocalBackend {
         write_atomic(&self.cfg.work_dir.join("workload.json"), text.as_bytes())
     }
 
-    /// Starts pod `ordinal` from the controller's template and revision.
-    fn start(&self, c: &Controller, ordinal: u32) -> Result<Pod, Error> {
+    /// Creates pod `ordinal` from the controller's template and revision.
+    fn create(&self, c: &Controller, ordinal: u32) -> Result<Pod, Error> {
         let name = build::pod_name(&c.template, ordinal);
         let addr = self.addr(ordinal);
         let data_dir = self.data_dir(&name);
-        std::fs::create_dir_all(&data_dir)
-            .map_err(Error::io(format!("creating {}", data_dir.display())))?;
         let env = build::node_env(&c.template, &addr, &addr, &data_dir.display().to_string())
             .map_err(|e| Error::Workload(e.to_string()))?;
+        self.run(name, c.revision.clone(), env, 0)
+    }
+
+    /// Starts a pod's node process.
+    fn run(
+        &self,
+        name: String,
+        revision: String,
+        env: Vec<(String, String)>,
+        exits: u32,
+    ) -> Result<Pod, Error> {
+        let data_dir = self.data_dir(&name);
+        std::fs::create_dir_all(&data_dir)
+            .map_err(Error::io(format!("creating {}", data_dir.display())))?;
         let log_path = self.cfg.work_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -232,7 +250,7 @@ impl LocalBackend {
                 cmd.env_remove(k);
             }
         }
-        cmd.envs(env)
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -247,18 +265,20 @@ impl LocalBackend {
         if let Some(pid) = proc.pid() {
             let pf = serde_json::to_string(&PidFile {
                 pid,
-                revision: c.revision.clone(),
+                revision: revision.clone(),
+                env: env.clone(),
             })
             .map_err(|e| Error::Workload(e.to_string()))?;
             write_atomic(&self.pid_file(&name), pf.as_bytes())?;
         }
-        tracing::info!(pod = %name, addr = %addr, revision = %c.revision, "pod started");
+        tracing::info!(pod = %name, revision = %revision, "pod started");
         Ok(Pod {
             name,
-            revision: c.revision.clone(),
+            revision,
+            env,
             proc: Some(proc),
             restart_at: None,
-            exits: 0,
+            exits,
         })
     }
 
@@ -293,9 +313,13 @@ impl LocalBackend {
             return Ok(());
         };
         for ordinal in 0..c.replicas {
-            let due = match state.pods.get_mut(&ordinal) {
-                None => true,
-                Some(pod) => {
+            let Some(pod) = state.pods.get_mut(&ordinal) else {
+                let pod = self.create(&c, ordinal)?;
+                state.pods.insert(ordinal, pod);
+                continue;
+            };
+            let due = {
+                {
                     if let Some(proc) = pod.proc.as_mut() {
                         if let Some(why) = proc.exited() {
                             pod.proc = None;
@@ -318,9 +342,13 @@ impl LocalBackend {
                 }
             };
             if due {
-                let exits = state.pods.get(&ordinal).map_or(0, |p| p.exits);
-                let mut pod = self.start(&c, ordinal)?;
-                pod.exits = exits;
+                let (name, revision, env, exits) = (
+                    pod.name.clone(),
+                    pod.revision.clone(),
+                    pod.env.clone(),
+                    pod.exits,
+                );
+                let pod = self.run(name, revision, env, exits)?;
                 state.pods.insert(ordinal, pod);
             }
         }

@@ -1,0 +1,452 @@
+//! `raftkit-operator local` end to end: the real binary reconciles a
+//! RaftCluster manifest with pods as real `raftkit-node` processes, while a
+//! client writes all along and its history is checked (no acknowledged
+//! increment lost or doubled, real-time order kept). The tests edit the
+//! manifest, kill pods and the operator, and read `status.yaml` and
+//! `events.log` as a user would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use raftkit_client::ClusterClient;
+use raftkit_operator::crd::{RaftCluster, RaftClusterStatus};
+use raftkit_testkit::load::CounterLoad;
+use raftkit_testkit::procs::node_binary;
+
+/// `n` consecutive free ports on 127.0.0.1, below the ephemeral range.
+fn free_port_range(n: u16) -> u16 {
+    loop {
+        let base = rand::random_range(20_000..32_000u16);
+        let held: Vec<_> = (base..base + n)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+}
+
+/// One operator process, its manifest and work directory, and the pods it
+/// runs (all stopped on drop).
+struct Operator {
+    dir: tempfile::TempDir,
+    base_port: u16,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Operator {
+    fn start(replicas: u32) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = Operator {
+            dir,
+            base_port: free_port_range(9),
+            child: None,
+            runs: 0,
+        };
+        op.write_manifest(replicas, None, false);
+        op.launch();
+        op
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("rc.yaml")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn write_manifest(&self, replicas: u32, restarted_at: Option<&str>, paused: bool) {
+        let annotations = restarted_at
+            .map(|r| format!("  annotations:\n    raftkit.io/restartedAt: \"{r}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n"
+        );
+        let tmp = self.dir.path().join("rc.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.manifest()).unwrap();
+    }
+
+    fn launch(&mut self) {
+        self.runs += 1;
+        let out =
+            std::fs::File::create(self.dir.path().join(format!("operator-{}.out", self.runs)))
+                .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftkit-operator"))
+            .args(["local", "--manifest"])
+            .arg(self.manifest())
+            .arg("--work-dir")
+            .arg(self.work())
+            .args(["--base-port", &self.base_port.to_string()])
+            .arg("--node-binary")
+            .arg(node_binary())
+            .args(["--interval-ms", "200", "--grace-secs", "10"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill_operator(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn output(&self) -> String {
+        (1..=self.runs)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("operator-{i}.out")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("--- restarted ---\n")
+    }
+
+    fn addrs(&self, n: u16) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("127.0.0.1:{}", self.base_port + i))
+            .collect()
+    }
+
+    fn client(&self) -> Arc<ClusterClient> {
+        Arc::new(ClusterClient::new(self.addrs(9), "counter", Duration::from_secs(15)).unwrap())
+    }
+
+    fn status(&self) -> Option<RaftClusterStatus> {
+        let text = std::fs::read_to_string(self.work().join("status.yaml")).ok()?;
+        let rc: RaftCluster = serde_yaml::from_str(&text).ok()?;
+        rc.status
+    }
+
+    fn events(&self) -> Vec<String> {
+        std::fs::read_to_string(self.work().join("events.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn pid(&self, pod: &str) -> Option<i32> {
+        let text =
+            std::fs::read_to_string(self.work().join("pods").join(format!("{pod}.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// The leader's pod, as the members say now (the status may lag).
+    async fn leader_pod(&self, client: &ClusterClient) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = client.cluster_status().await;
+            if let Some(l) = st.leader {
+                let port: u16 = l.addr.rsplit(':').next().unwrap().parse().unwrap();
+                return format!("demo-{}", port - self.base_port);
+            }
+            assert!(Instant::now() < deadline, "no leader: {st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the status satisfies `cond`; fails with the status, the
+    /// operator's output and the events otherwise.
+    async fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&RaftClusterStatus) -> bool,
+    ) -> RaftClusterStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status() {
+                if cond(&s) {
+                    return s;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: not within {within:?}\nstatus: {:#?}\noperator output:\n{}\nevents:\n{}",
+                    self.status(),
+                    self.output(),
+                    self.events().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_running(&self, members: usize, what: &str) -> RaftClusterStatus {
+        self.wait_status(Duration::from_secs(60), what, |s| {
+            s.phase == "Running"
+                && s.members.len() == members
+                && s.members.iter().all(|m| m.voter && m.healthy)
+                && s.current_revision == s.update_revision
+        })
+        .await
+    }
+
+    async fn wait_event(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + within;
+        while !self.events().iter().any(|e| pred(e)) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no such event within {within:?}; events:\n{}\noutput:\n{}",
+                self.events().join("\n"),
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill_operator();
+        // The pods run in their own process groups and outlive a killed
+        // operator (as pods outlive one on Kubernetes): stop them too.
+        if let Ok(dir) = std::fs::read_dir(self.work().join("pods")) {
+            for e in dir.flatten() {
+                let pod = e.path().file_stem().unwrap().to_string_lossy().to_string();
+                if let Some(pid) = self.pid(&pod) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn available(s: &RaftClusterStatus) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True")
+}
+
+/// The pods named by the events of `kind`, in order.
+fn pods_of(events: &[String], kind: &str) -> Vec<String> {
+    let tag = format!(" Normal {kind} ");
+    events
+        .iter()
+        .filter(|e| e.contains(&tag))
+        .filter_map(|e| {
+            e.split_whitespace()
+                .find(|w| w.starts_with("demo-"))
+                .map(|w| w.trim_end_matches([',', ')', ':']).to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_scale_up_scale_down_and_roll_under_load() {
+    let op = Operator::start(3);
+    let s = op.wait_running(3, "three members after creation").await;
+    assert!(available(&s), "Available after creation: {s:#?}");
+    assert!(s.bootstrapped && s.cluster_id.is_some());
+    assert_eq!(pods_of(&op.events(), "Bootstrap"), ["demo-0"]);
+
+    let client = op.client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(20), "after creation")
+        .await;
+
+    op.write_manifest(5, None, false);
+    op.wait_running(5, "five members after scaling up").await;
+    assert_eq!(
+        pods_of(&op.events(), "AddLearner"),
+        ["demo-1", "demo-2", "demo-3", "demo-4"]
+    );
+    assert_eq!(
+        pods_of(&op.events(), "Promote"),
+        ["demo-1", "demo-2", "demo-3", "demo-4"]
+    );
+    load.wait_for_progress(50, Duration::from_secs(20), "after scaling up")
+        .await;
+
+    op.write_manifest(3, None, false);
+    op.wait_running(3, "three members after scaling down").await;
+    let removed = pods_of(&op.events(), "RemoveMember");
+    assert_eq!(removed, ["demo-4", "demo-3"], "highest ordinal first");
+    load.wait_for_progress(50, Duration::from_secs(20), "after scaling down")
+        .await;
+
+    let leader_before = op.leader_pod(&client).await;
+    let old_revision = op.status().unwrap().update_revision;
+    op.write_manifest(3, Some("roll-1"), false);
+    op.wait_status(Duration::from_secs(60), "the roll to finish", |s| {
+        s.phase == "Running"
+            && s.update_revision != old_revision
+            && s.current_revision == s.update_revision
+            && s.members.iter().all(|m| m.healthy)
+            && s.members.len() == 3
+    })
+    .await;
+    let events = op.events();
+    let restarted = pods_of(&events, "RestartPod");
+    let mut once = restarted.clone();
+    once.sort();
+    assert_eq!(
+        once,
+        ["demo-0", "demo-1", "demo-2"],
+        "each pod restarted once: {restarted:?}"
+    );
+    assert_eq!(
+        restarted.last(),
+        Some(&leader_before),
+        "the leader restarts last: {restarted:?}"
+    );
+    let transfer = events
+        .iter()
+        .position(|e| e.contains(" TransferLeader "))
+        .expect("leadership moved before the leader's restart");
+    let last_restart = events
+        .iter()
+        .rposition(|e| e.contains(" RestartPod "))
+        .unwrap();
+    assert!(
+        transfer < last_restart,
+        "transfer before the leader's restart:\n{}",
+        events.join("\n")
+    );
+    load.wait_for_progress(50, Duration::from_secs(20), "after the roll")
+        .await;
+
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_roll_and_a_member_that_lost_its_disk_is_replaced() {
+    let op = Operator::start(3);
+    op.wait_running(3, "three members after creation").await;
+    let client = op.client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(20), "after creation")
+        .await;
+
+    // A roll starts; at its first restart, the leader's process is killed.
+    let old_revision = op.status().unwrap().update_revision;
+    op.write_manifest(3, Some("roll-1"), false);
+    op.wait_event(Duration::from_secs(30), "the roll's first restart", |e| {
+        e.contains(" RestartPod ")
+    })
+    .await;
+    let leader = op.leader_pod(&client).await;
+    kill(Pid::from_raw(op.pid(&leader).unwrap()), Signal::SIGKILL).unwrap();
+    op.wait_status(
+        Duration::from_secs(60),
+        "the roll to finish after the leader was killed",
+        |s| {
+            s.phase == "Running"
+                && s.update_revision != old_revision
+                && s.current_revision == s.update_revision
+                && s.members.len() == 3
+                && s.members.iter().all(|m| m.voter && m.healthy)
+        },
+    )
+    .await;
+    load.wait_for_progress(50, Duration::from_secs(20), "after the roll")
+        .await;
+
+    // A follower loses its disk while it is down: it comes back as another
+    // replica, and the operator replaces the member.
+    let leader = op.leader_pod(&client).await;
+    let s = op.status().unwrap();
+    let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
+    kill(Pid::from_raw(op.pid(&victim.pod).unwrap()), Signal::SIGKILL).unwrap();
+    std::fs::remove_dir_all(op.work().join(&victim.pod)).unwrap();
+    let s = op
+        .wait_status(Duration::from_secs(60), "the member to be replaced", |s| {
+            s.phase == "Running"
+                && s.members.len() == 3
+                && s.members.iter().all(|m| m.voter && m.healthy)
+                && s.members
+                    .iter()
+                    .any(|m| m.pod == victim.pod && m.raft_id != victim.raft_id)
+        })
+        .await;
+    assert!(!s.members.iter().any(|m| m.raft_id == victim.raft_id));
+    op.wait_event(Duration::from_secs(1), "the replacement's removal", |e| {
+        e.contains(" RemoveMember ") && e.contains(&victim.raft_id)
+    })
+    .await;
+    load.wait_for_progress(50, Duration::from_secs(20), "after the replacement")
+        .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_during_scale_up_resumes_without_a_second_add() {
+    let mut op = Operator::start(3);
+    op.wait_running(3, "three members after creation").await;
+    let pod0 = op.pid("demo-0").unwrap();
+    let client = op.client();
+    let load = CounterLoad::start(client.clone(), 2);
+
+    op.write_manifest(5, None, false);
+    op.wait_event(Duration::from_secs(30), "demo-3 added as a learner", |e| {
+        e.contains(" AddLearner ") && e.contains("demo-3")
+    })
+    .await;
+    op.kill_operator();
+    op.launch();
+    op.wait_running(5, "five members after the operator's restart")
+        .await;
+    let events = op.events();
+    assert_eq!(
+        pods_of(&events, "AddLearner"),
+        ["demo-1", "demo-2", "demo-3", "demo-4"]
+    );
+    assert_eq!(
+        pods_of(&events, "Bootstrap"),
+        ["demo-0"],
+        "never a second bootstrap"
+    );
+    assert_eq!(
+        op.pid("demo-0"),
+        Some(pod0),
+        "the restarted operator adopted the running pods"
+    );
+    load.wait_for_progress(20, Duration::from_secs(20), "after the operator's restart")
+        .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_cluster_takes_no_action_until_resumed() {
+    let op = Operator::start(1);
+    op.wait_running(1, "one member after creation").await;
+    let before = op.events().len();
+    op.write_manifest(3, None, true);
+    op.wait_status(Duration::from_secs(10), "phase Paused", |s| {
+        s.phase == "Paused"
+    })
+    .await;
+    // For a few passes, nothing is done: no new pod, no event.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(
+            !Path::new(&op.work().join("pods/demo-1.json")).exists(),
+            "a pod started while paused"
+        );
+        assert_eq!(
+            op.events().len(),
+            before,
+            "an action while paused: {:?}",
+            op.events()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    op.write_manifest(3, None, false);
+    op.wait_running(3, "three members after resuming").await;
+}
