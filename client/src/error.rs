@@ -65,6 +65,7 @@ impl ClientError {
                 RaftError::PeerUnreachable(_) => ErrorKind::PeerUnreachable,
                 RaftError::SessionExpired(_) => ErrorKind::SessionExpired,
                 RaftError::NotCaughtUp(_) => ErrorKind::NotCaughtUp,
+                RaftError::AddressInUse(_) => ErrorKind::AddressInUse,
             },
             ClientError::Rpc {
                 code: tonic::Code::NotFound,
@@ -105,6 +106,10 @@ pub enum ErrorKind {
     ConfigurationChanged,
     /// A learner is not caught up enough to be promoted.
     NotCaughtUp,
+    /// Another member (another raft id) has the address of the replica being
+    /// added: remove that member first (a replica that lost its data and came
+    /// back at the same address).
+    AddressInUse,
     InvalidArgument,
     Busy,
     Timeout,
@@ -177,6 +182,10 @@ mod tests {
             (
                 RaftError::NotCaughtUp("n4 at 10 of 5000".into()),
                 ErrorKind::NotCaughtUp,
+            ),
+            (
+                RaftError::AddressInUse("n3:1 is the address of member 00000000000000ab".into()),
+                ErrorKind::AddressInUse,
             ),
             (
                 RaftError::InvalidArgument("bad".into()),

@@ -146,6 +146,40 @@ fn check_format(addr: &str, theirs: u32, ours: u32) -> Result<(), RaftError> {
     Ok(())
 }
 
+/// Refuses to add `new` while another member (not among `leaving`) has its
+/// address under another raft id, as etcd refuses a duplicate peer URL. A
+/// replica that lost its data comes back at its old address with a new id;
+/// added beside its old self, the configuration would count a member that
+/// is gone for good (the old id) and route both ids to one process. The old
+/// member must be removed first. The raft thread checks every step with it,
+/// so every path that adds a member (add_learner, add_peer, promote,
+/// change_peers) is covered.
+pub(crate) fn check_address_free(
+    conf: &Configuration,
+    leaving: &[u64],
+    new: &PeerId,
+) -> Result<(), RaftError> {
+    let sets = [
+        ("voter", &conf.voters),
+        ("learner", &conf.learners),
+        ("outgoing voter", &conf.voters_outgoing),
+    ];
+    for (role, members) in sets {
+        let holder = members
+            .iter()
+            .find(|p| p.addr == new.addr && p.id != new.id && !leaving.contains(&p.id));
+        if let Some(holder) = holder {
+            return Err(RaftError::AddressInUse(format!(
+                "{addr} is the address of member {old:016x} ({role}); refusing to add the replica {id:016x} at the same address: remove member {old:016x} first (remove_peer {old:016x}), then add the replica",
+                addr = new.addr,
+                old = holder.id,
+                id = new.id,
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a step planned from another configuration than the current one.
 fn check_expected(expected: Option<u64>, current: u64) -> Result<(), RaftError> {
     match expected {
@@ -772,6 +806,35 @@ mod tests {
             decide_formation(&wiped, &[("b:1".into(), Some(b)), ("c:1".into(), None)]),
             Formation::Join
         );
+    }
+
+    #[test]
+    fn a_replica_is_not_added_at_another_members_address() {
+        let p = |id, addr: &str| PeerId {
+            id,
+            addr: addr.into(),
+        };
+        let conf = Configuration {
+            voters: vec![p(1, "a:1"), p(2, "b:1")],
+            learners: vec![p(3, "c:1")],
+            voters_outgoing: vec![],
+        };
+        // b:1 came back empty under id 9: refused while 2 is a member.
+        let e = check_address_free(&conf, &[], &p(9, "b:1")).unwrap_err();
+        assert_eq!(e.kind(), "address_in_use");
+        let text = e.to_string();
+        assert!(text.contains("member 0000000000000002 (voter)"), "{text}");
+        assert!(
+            text.contains("remove member 0000000000000002 first"),
+            "{text}"
+        );
+        let e = check_address_free(&conf, &[], &p(9, "c:1")).unwrap_err();
+        assert!(e.to_string().contains("(learner)"), "{e}");
+        // The same replica again, a new address, or the holder leaving in
+        // the same step: allowed.
+        assert_eq!(check_address_free(&conf, &[], &p(2, "b:1")), Ok(()));
+        assert_eq!(check_address_free(&conf, &[], &p(9, "d:1")), Ok(()));
+        assert_eq!(check_address_free(&conf, &[2], &p(9, "b:1")), Ok(()));
     }
 
     #[test]

@@ -227,6 +227,70 @@ async fn a_wiped_member_restarted_with_its_initial_conf_never_starts_a_second_cl
     assert!(status.leader.is_some());
 }
 
+/// A member lost its disk and came back empty at its address under a new
+/// raft id. Adding it beside its old self would leave two members at one
+/// address, one of them gone for good: the add is refused, naming the
+/// member that holds the address, until that member is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_at_a_members_address_is_refused_until_that_member_is_removed() {
+    let mut c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
+    let admin = AdminClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
+    let w = 2;
+    let addr = c.addrs[w].clone();
+    let old = admin.identity(&addr).await.unwrap().id;
+    c.procs[w].kill9();
+    std::fs::remove_dir_all(&c.procs[w].data_dir).unwrap();
+    c.procs[w].restart();
+    assert!(wait_http_ok(&addr, "/livez", Duration::from_secs(30)).await);
+    let new = admin.identity(&addr).await.unwrap().id;
+    assert_ne!(new, old, "a wiped replica gets a new raft id");
+
+    let old_hex = format!("{old:016x}");
+    for e in [
+        admin.add_learner(&addr, None).await.unwrap_err(),
+        admin
+            .add_peer(&addr, None, Duration::from_secs(5))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::AddressInUse, "{e}");
+        assert!(e.is_definitely_not_applied(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("address of member {old_hex} (voter)"))
+                && text.contains(&format!("remove member {old_hex} first")),
+            "{text}"
+        );
+    }
+    let status = admin.cluster_status().await;
+    assert!(
+        !status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .any(|m| m.id == new),
+        "the replacement got in: {status:?}"
+    );
+
+    // Once the old member is gone, the same call succeeds, and again.
+    let removed = admin.remove_peer(&old_hex, None).await.unwrap();
+    assert!(!removed
+        .voters
+        .iter()
+        .chain(&removed.learners)
+        .any(|m| m.id == old));
+    let added = admin.add_learner(&addr, None).await.unwrap();
+    assert!(
+        added.learners.iter().any(|m| m.id == new && m.addr == addr),
+        "{added:?}"
+    );
+    let again = admin
+        .add_learner(&addr, Some(removed.conf_index))
+        .await
+        .unwrap();
+    assert_eq!(again.conf_index, added.conf_index, "nothing changed");
+}
+
 /// Makes `node` drop its raft traffic to `peers` (none: heals), through the
 /// fault-injection endpoint.
 async fn cut_off(node: &str, peers: &[String]) {

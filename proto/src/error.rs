@@ -69,6 +69,11 @@ pub enum RaftError {
     /// A learner asked to become a voter has not caught up with the leader.
     #[error("not caught up: {0}")]
     NotCaughtUp(String),
+    /// Another member of the configuration, under another raft id, has the
+    /// address of the replica being added (etcd's duplicate peer URL): it
+    /// must be removed first.
+    #[error("address in use: {0}")]
+    AddressInUse(String),
     /// The client session of a write is no longer known, so whether an
     /// earlier attempt of this write was applied cannot be told.
     #[error("client session expired: {0}")]
@@ -104,6 +109,7 @@ impl RaftError {
                 | RaftError::ConfigurationChanged { .. }
                 | RaftError::PeerUnreachable(_)
                 | RaftError::NotCaughtUp(_)
+                | RaftError::AddressInUse(_)
         )
     }
 
@@ -125,6 +131,7 @@ impl RaftError {
             RaftError::PeerUnreachable(_) => "peer_unreachable",
             RaftError::SessionExpired(_) => "session_expired",
             RaftError::NotCaughtUp(_) => "not_caught_up",
+            RaftError::AddressInUse(_) => "address_in_use",
         }
     }
 }

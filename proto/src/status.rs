@@ -34,7 +34,7 @@ pub fn to_status(err: RaftError) -> Status {
         RaftError::ConfigurationChanged { .. } => Code::Aborted,
         RaftError::PeerUnreachable(_) => Code::Unavailable,
         RaftError::SessionExpired(_) => Code::FailedPrecondition,
-        RaftError::NotCaughtUp(_) => Code::FailedPrecondition,
+        RaftError::NotCaughtUp(_) | RaftError::AddressInUse(_) => Code::FailedPrecondition,
     };
     let mut status = Status::new(code, err.to_string());
     let md = status.metadata_mut();
@@ -108,6 +108,7 @@ pub fn from_status(status: &Status) -> Option<RaftError> {
         "peer_unreachable" => inner(RaftError::PeerUnreachable),
         "session_expired" => inner(RaftError::SessionExpired),
         "not_caught_up" => inner(RaftError::NotCaughtUp),
+        "address_in_use" => inner(RaftError::AddressInUse),
         "configuration_changed" => RaftError::ConfigurationChanged { expected, current },
         _ => inner(RaftError::Stopped),
     })
@@ -181,6 +182,7 @@ mod tests {
             },
             RaftError::PeerUnreachable("a:1: refused".into()),
             RaftError::NotCaughtUp("n4:1 at 10 of 5000".into()),
+            RaftError::AddressInUse("n3:1 is the address of member 00000000000000ab".into()),
         ];
         for e in errs {
             let back = from_status(&to_status(e.clone())).expect("a node status");

@@ -14,7 +14,7 @@ use super::{RaftLoop, RaftMsg};
 use crate::closure::Done;
 use crate::error::{PeerId, RaftError};
 use crate::fsm_caller::ApplyMsg;
-use crate::membership::{ConfChangeRequest, PeerIdentity};
+use crate::membership::{check_address_free, ConfChangeRequest, PeerIdentity};
 use crate::raft_store::RaftStore;
 
 /// A leadership transfer waiting for its outcome.
@@ -288,6 +288,18 @@ impl RaftLoop {
             return Err(RaftError::InvalidArgument(
                 "a configuration needs at least one voter".into(),
             ));
+        }
+        let conf = self.configuration(&cs);
+        let leaving: Vec<u64> = req
+            .changes
+            .iter()
+            .filter(|(t, _)| *t == ConfChangeType::RemoveNode)
+            .map(|(_, p)| p.id)
+            .collect();
+        for (t, p) in &req.changes {
+            if *t != ConfChangeType::RemoveNode {
+                check_address_free(&conf, &leaving, p)?;
+            }
         }
         Ok(())
     }
