@@ -4,6 +4,23 @@
 //! (`raftkit_proto::settings`) so no flag name is copied here. Both
 //! backends start nodes from these; no client, no I/O.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use raftkit_proto::settings;
@@ -89,6 +106,343 @@ pub fn node_env(
         .collect()
 }
 
+/// Label every owned object carries: the cluster's name.
+pub const CLUSTER_LABEL: &str = "raftkit.io/cluster";
+/// Label of a pod's template: the revision it was created from.
+pub const REVISION_LABEL: &str = "raftkit.io/revision";
+/// The node container's name (and the native sidecar's in sidecar mode).
+pub const NODE_CONTAINER: &str = "raftkit-node";
+/// Where the node keeps its data inside a pod.
+pub const DATA_DIR: &str = "/data";
+/// The volume claim template's name; PVCs are `data-<pod>`.
+pub const DATA_VOLUME: &str = "data";
+/// The user id the node runs as.
+pub const NODE_UID: i64 = 65532;
+
+/// The headless Service that gives each pod a stable DNS name.
+pub fn peers_service_name(rc: &RaftCluster) -> String {
+    format!("{}-peers", cluster_name(rc))
+}
+
+/// The ConfigMap holding the node's flags.
+pub fn config_map_name(rc: &RaftCluster) -> String {
+    format!("{}-config", cluster_name(rc))
+}
+
+/// The PVC of `pod`.
+pub fn pvc_name(pod: &str) -> String {
+    format!("{DATA_VOLUME}-{pod}")
+}
+
+/// Pod `ordinal`'s address as peers and the operator reach it: its stable
+/// DNS name under the headless Service, never an IP.
+pub fn pod_addr(rc: &RaftCluster, namespace: &str, ordinal: u32) -> String {
+    format!(
+        "{}.{}.{namespace}.svc:{NODE_PORT}",
+        pod_name(rc, ordinal),
+        peers_service_name(rc)
+    )
+}
+
+/// Labels of every owned object.
+pub fn labels(rc: &RaftCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "raftkit".to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            cluster_name(rc).to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "raftkit-operator".to_string(),
+        ),
+        (CLUSTER_LABEL.to_string(), cluster_name(rc).to_string()),
+    ])
+}
+
+fn selector(rc: &RaftCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([(CLUSTER_LABEL.to_string(), cluster_name(rc).to_string())])
+}
+
+fn meta(rc: &RaftCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: rc.metadata.namespace.clone(),
+        labels: Some(labels(rc)),
+        owner_references: rc.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ConfigMap with the node's flags (as environment variables, which
+/// pods load with `envFrom`).
+pub fn config_map(rc: &RaftCluster) -> Result<ConfigMap, UnknownSetting> {
+    // Pod-specific settings (listen, advertise, data dir) are set per pod.
+    let data = node_env(rc, "", "", "")?
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    Ok(ConfigMap {
+        metadata: meta(rc, config_map_name(rc)),
+        data: Some(data),
+        ..ConfigMap::default()
+    })
+}
+
+/// The headless Service: stable per-pod DNS names, published before the
+/// pods are ready (a pod must be reachable to be added to the group).
+pub fn peers_service(rc: &RaftCluster) -> Service {
+    Service {
+        metadata: meta(rc, peers_service_name(rc)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(rc)),
+            ports: Some(vec![node_service_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The client Service: ready members only.
+pub fn client_service(rc: &RaftCluster) -> Service {
+    Service {
+        metadata: meta(rc, cluster_name(rc).to_string()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(rc)),
+            ports: Some(vec![node_service_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn node_service_port() -> ServicePort {
+    ServicePort {
+        name: Some("raft".into()),
+        port: i32::from(NODE_PORT),
+        target_port: Some(IntOrString::String("raft".into())),
+        ..ServicePort::default()
+    }
+}
+
+/// At most one pod down by a voluntary disruption (a node drain) at a time.
+pub fn pod_disruption_budget(rc: &RaftCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(rc, cluster_name(rc).to_string()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(rc)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// The node container: flags from the ConfigMap, its own address from its
+/// pod's name, `/readyz` readiness and `/livez` liveness, non-root with a
+/// read-only root filesystem.
+fn node_container(rc: &RaftCluster, namespace: &str) -> Container {
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.into(),
+            ..ObjectFieldSelector::default()
+        }),
+        ..EnvVarSource::default()
+    };
+    let env_of = |name: &'static str| {
+        raftkit_proto::settings::setting(name)
+            .map(|s| s.env.to_string())
+            .unwrap_or_default()
+    };
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("raft".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let spec = &rc.spec;
+    Container {
+        name: NODE_CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(format!("{:?}", spec.image_pull_policy)),
+        ports: Some(vec![ContainerPort {
+            name: Some("raft".into()),
+            container_port: i32::from(NODE_PORT),
+            ..ContainerPort::default()
+        }]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: config_map_name(rc),
+                ..ConfigMapEnvSource::default()
+            }),
+            ..EnvFromSource::default()
+        }]),
+        // `$(POD_NAME)` expands from the variable declared before it.
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(field("metadata.name")),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: env_of("listen"),
+                value: Some(format!("0.0.0.0:{NODE_PORT}")),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: env_of("advertise"),
+                value: Some(format!(
+                    "$(POD_NAME).{}.{namespace}.svc:{NODE_PORT}",
+                    peers_service_name(rc)
+                )),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: env_of("data_dir"),
+                value: Some(DATA_DIR.into()),
+                ..EnvVar::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", 2, 1)),
+        liveness_probe: Some(probe("/livez", 10, 6)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NODE_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Seconds a stopping pod gets: the node hands its leadership over on
+/// SIGTERM (a transfer takes about one election timeout), then stops.
+pub fn termination_grace_secs(rc: &RaftCluster) -> i64 {
+    30 + i64::from(rc.spec.raft.election_timeout_ms) * 3 / 1000
+}
+
+/// The pod template: the node alone, or with `spec.template` the user's
+/// containers with the node as a native sidecar (an init container that
+/// keeps running: it starts before the app and stops after it).
+pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTemplateSpec {
+    let mut t = rc.spec.template.clone().unwrap_or_default();
+    let mut meta = t.metadata.take().unwrap_or_default();
+    let mut pod_labels = meta.labels.take().unwrap_or_default();
+    pod_labels.extend(labels(rc));
+    pod_labels.insert(REVISION_LABEL.into(), revision.into());
+    meta.labels = Some(pod_labels);
+    let mut spec: PodSpec = t.spec.take().unwrap_or_default();
+    let mut node = node_container(rc, namespace);
+    if rc.spec.template.is_some() {
+        node.restart_policy = Some("Always".into());
+        let mut inits = vec![node];
+        inits.extend(spec.init_containers.take().unwrap_or_default());
+        spec.init_containers = Some(inits);
+    } else {
+        spec.containers = vec![node];
+    }
+    let mut volumes = spec.volumes.take().unwrap_or_default();
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    spec.volumes = Some(volumes);
+    spec.termination_grace_period_seconds = Some(termination_grace_secs(rc));
+    let mut sc = spec.security_context.take().unwrap_or_default();
+    sc.run_as_non_root = Some(true);
+    sc.fs_group.get_or_insert(NODE_UID);
+    spec.security_context = Some(sc);
+    PodTemplateSpec {
+        metadata: Some(meta),
+        spec: Some(spec),
+    }
+}
+
+/// The StatefulSet: `replicas` pods of `revision`, started in parallel and
+/// restarted only when the operator deletes them (`OnDelete`).
+pub fn stateful_set(
+    rc: &RaftCluster,
+    namespace: &str,
+    replicas: u32,
+    revision: &str,
+) -> StatefulSet {
+    let storage = &rc.spec.storage;
+    StatefulSet {
+        metadata: meta(rc, cluster_name(rc).to_string()),
+        spec: StatefulSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            service_name: Some(peers_service_name(rc)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(rc)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(rc, namespace, revision),
+            // The operator decides when a removed member's volume goes.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Retain".into()),
+                    when_deleted: Some("Retain".into()),
+                },
+            ),
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(DATA_VOLUME.into()),
+                    labels: Some(labels(rc)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(storage.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +501,119 @@ mod tests {
         assert_eq!(ordinal_of(&r, "demo-4"), Some(4));
         assert_eq!(ordinal_of(&r, "demox-4"), None);
         assert_eq!(ordinal_of(&r, "other-1"), None);
+    }
+
+    fn owned() -> RaftCluster {
+        let mut r = rc("metadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3, image: 'raftkit-node:9'}\n");
+        r.metadata.uid = Some("u-1".into());
+        r
+    }
+
+    #[test]
+    fn the_statefulset_restarts_pods_only_when_told_and_starts_them_in_parallel() {
+        let r = owned();
+        let sts = stateful_set(&r, "prod", 3, "abc");
+        let spec = &sts.spec;
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.update_strategy
+                .as_ref()
+                .and_then(|u| u.type_.as_deref()),
+            Some("OnDelete")
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("demo-peers"));
+        let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("RaftCluster", Some(true))
+        );
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(labels.get(REVISION_LABEL).map(String::as_str), Some("abc"));
+        let pod = spec.template.spec.as_ref().expect("pod spec");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("raftkit-node:9"));
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/livez"));
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let env = c.env.as_ref().expect("env");
+        let advertise = env
+            .iter()
+            .find(|e| e.name == "RAFTKIT_ADVERTISE")
+            .and_then(|e| e.value.clone());
+        assert_eq!(
+            advertise.as_deref(),
+            Some("$(POD_NAME).demo-peers.prod.svc:8080"),
+            "a DNS name, never an IP"
+        );
+        assert_eq!(env[0].name, "POD_NAME", "declared before its use");
+        assert!(pod.termination_grace_period_seconds.unwrap_or(0) >= 30);
+        let claim = &spec.volume_claim_templates.as_ref().expect("claims")[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn services_publish_peers_before_they_are_ready_and_the_budget_allows_one_down() {
+        let r = owned();
+        let peers = peers_service(&r).spec.expect("spec");
+        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(peers.publish_not_ready_addresses, Some(true));
+        let client = client_service(&r).spec.expect("spec");
+        assert_eq!(
+            client.publish_not_ready_addresses, None,
+            "clients reach ready members only"
+        );
+        let pdb = pod_disruption_budget(&r).spec.expect("spec");
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+        let cm = config_map(&r).expect("config map");
+        let data = cm.data.expect("data");
+        assert_eq!(
+            data.get("RAFTKIT_ELECTION_TIMEOUT_MS").map(String::as_str),
+            Some("1000")
+        );
+        assert!(
+            !data.contains_key("RAFTKIT_ADVERTISE"),
+            "per-pod settings are not shared"
+        );
+    }
+
+    #[test]
+    fn with_a_template_the_node_runs_as_a_native_sidecar_beside_the_users_containers() {
+        let r = rc(concat!(
+            "metadata: {name: demo}\n",
+            "spec:\n  replicas: 3\n  template:\n",
+            "    metadata: {labels: {team: a}}\n",
+            "    spec:\n      containers:\n      - {name: app, image: 'my/app:1'}\n",
+        ));
+        let t = pod_template(&r, "default", "abc");
+        let pod = t.spec.expect("spec");
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.containers[0].name, "app");
+        let inits = pod.init_containers.expect("init containers");
+        assert_eq!(inits[0].name, NODE_CONTAINER);
+        assert_eq!(
+            inits[0].restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert!(
+            inits[0].readiness_probe.is_some(),
+            "the pod's readiness includes the node's"
+        );
+        let labels = t.metadata.and_then(|m| m.labels).expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!(labels.get(CLUSTER_LABEL).map(String::as_str), Some("demo"));
     }
 }

@@ -11,6 +11,9 @@ use crate::{act, observe, status, Error};
 #[derive(Clone, Debug)]
 pub struct Pass {
     pub action: Action,
+    /// The operation recorded before this pass ended with it: its kind and
+    /// how long it took.
+    pub finished: Option<(String, std::time::Duration)>,
     /// The step failed with this error (it is retried on a later pass).
     pub failed: Option<String>,
     pub status: RaftClusterStatus,
@@ -55,8 +58,23 @@ pub async fn reconcile<W: Workload>(rc: &RaftCluster, workload: &W) -> Result<Pa
         }
     };
     workload.write_status(rc, &st).await?;
+    let prev = rc.status.as_ref().and_then(|s| s.operation.as_ref());
+    let finished = prev
+        .filter(|p| {
+            st.operation
+                .as_ref()
+                .is_none_or(|n| n.kind != p.kind || n.pod != p.pod)
+        })
+        .and_then(|p| {
+            let started = chrono::DateTime::parse_from_rfc3339(&p.started_at).ok()?;
+            let took = (chrono::Utc::now() - started.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()?;
+            Some((p.kind.clone(), took))
+        });
     Ok(Pass {
         action,
+        finished,
         failed,
         status: st,
     })
@@ -65,4 +83,52 @@ pub async fn reconcile<W: Workload>(rc: &RaftCluster, workload: &W) -> Result<Pa
 /// The time as Kubernetes writes it (RFC 3339, seconds, UTC).
 pub fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// What the in-cluster controller shares across passes.
+pub struct Context {
+    pub backend: crate::backend::kube::KubeBackend,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// How soon to look again after a pass: soon while acting or waiting on a
+/// step, rarely once done (changes of the resource or its StatefulSet
+/// trigger a pass anyway).
+pub fn requeue_after(action: &Action) -> std::time::Duration {
+    use std::time::Duration;
+    match action {
+        Action::Done => Duration::from_secs(30),
+        Action::Wait(w) if w.is_degraded() => Duration::from_secs(10),
+        Action::Wait(_) => Duration::from_secs(2),
+        _ => Duration::from_millis(500),
+    }
+}
+
+/// One pass for the kube-runtime controller.
+pub async fn reconcile_in_cluster(
+    rc: std::sync::Arc<RaftCluster>,
+    ctx: std::sync::Arc<Context>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    ctx.metrics.reconciled();
+    let pass = reconcile(&rc, &ctx.backend).await?;
+    if !matches!(pass.action, Action::Wait(_) | Action::Done) {
+        ctx.metrics.acted(pass.action.kind());
+    }
+    if let Some((kind, took)) = &pass.finished {
+        ctx.metrics.operation_done(kind, *took);
+    }
+    Ok(kube::runtime::controller::Action::requeue(requeue_after(
+        &pass.action,
+    )))
+}
+
+/// A failed pass is retried after a pause.
+pub fn error_policy(
+    _rc: std::sync::Arc<RaftCluster>,
+    error: &Error,
+    ctx: std::sync::Arc<Context>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    ctx.metrics.failed();
+    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
 }

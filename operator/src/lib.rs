@@ -24,9 +24,12 @@ pub mod backend;
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod local;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod run;
 pub mod status;
 
 /// What can go wrong in a pass.
@@ -46,6 +49,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Spec(#[from] crd::SpecError),
+    /// The Kubernetes API refused or did not answer.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
 }
 
 impl Error {

@@ -42,6 +42,33 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         grace_secs: u64,
     },
+    /// Run in a Kubernetes cluster (kubeconfig, or the in-cluster config):
+    /// reconcile every RaftCluster while holding the leader Lease.
+    Run {
+        /// Address of /metrics and /healthz.
+        #[arg(
+            long,
+            env = "RAFTKIT_OPERATOR_METRICS_ADDR",
+            default_value = "0.0.0.0:8080"
+        )]
+        metrics_addr: std::net::SocketAddr,
+        /// The Lease replicas of the operator elect a leader on.
+        #[arg(
+            long,
+            env = "RAFTKIT_OPERATOR_LEASE_NAME",
+            default_value = "raftkit-operator"
+        )]
+        lease_name: String,
+        /// The Lease's namespace (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// This replica's name in the Lease and in Events [default: the host name].
+        #[arg(long, env = "POD_NAME")]
+        instance: Option<String>,
+        /// Seconds a leader may go without renewing before another takes over.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+        lease_duration_secs: u64,
+    },
     /// Print the RaftCluster CustomResourceDefinition as YAML.
     Crdgen,
 }
@@ -55,6 +82,28 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Run {
+            metrics_addr,
+            lease_name,
+            lease_namespace,
+            instance,
+            lease_duration_secs,
+        } => {
+            let client = kube::Client::try_default().await?;
+            let instance = instance.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| format!("raftkit-operator-{}", std::process::id()))
+            });
+            let opts = raftkit_operator::run::RunOptions {
+                metrics_addr,
+                lease_name,
+                lease_namespace,
+                instance,
+                lease_duration: Duration::from_secs(lease_duration_secs),
+            };
+            raftkit_operator::run::run(client, opts, shutdown_signal()).await?;
+        }
         Command::Crdgen => {
             print!("{}", serde_yaml::to_string(&RaftCluster::crd())?);
         }

@@ -4,6 +4,7 @@
 //! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap through
 //! kube-rs) implements the same trait.
 
+pub mod kube;
 pub mod local;
 
 use std::future::Future;

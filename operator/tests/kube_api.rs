@@ -1,0 +1,340 @@
+//! The exact requests the Kubernetes backend and the leader election make,
+//! against a mock API server (tower-test): server-side apply of every owned
+//! object under one field manager, the status subresource, Events, pod and
+//! claim deletion, and the Lease.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::Client;
+use raftkit_operator::backend::kube::{KubeBackend, FIELD_MANAGER};
+use raftkit_operator::backend::{EventType, Workload};
+use raftkit_operator::crd::{RaftCluster, RaftClusterStatus};
+use raftkit_operator::leader::{LeaseLock, Outcome};
+use serde_json::{json, Value};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn rc() -> RaftCluster {
+    serde_yaml::from_str(
+        "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3}\n",
+    )
+    .unwrap()
+}
+
+fn mock_client() -> (Client, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// One request as the API server saw it.
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Takes the next request and answers it with `status` and `body`.
+async fn answer(handle: &mut ApiHandle, status: StatusCode, body: Value) -> Seen {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("a request within 5 s")
+        .expect("the client is alive");
+    let seen_method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body_value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_yaml::from_slice(&bytes).expect("a JSON or YAML body"))
+    };
+    let reply = Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    send.send_response(reply);
+    Seen {
+        method: seen_method,
+        path,
+        query,
+        content_type,
+        body: body_value,
+    }
+}
+
+/// Echoes an apply: the object as sent, as the server would store it.
+async fn echo(handle: &mut ApiHandle) -> Seen {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::from(bytes.to_vec()))
+            .unwrap(),
+    );
+    Seen {
+        method,
+        path,
+        query,
+        content_type,
+        body,
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
+}
+
+fn assert_applied(s: &Seen, path: &str) {
+    assert_eq!(s.method, Method::PATCH, "{path}");
+    assert_eq!(s.path, path);
+    assert!(
+        s.query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+        "{path}: {}",
+        s.query
+    );
+    assert!(s.query.contains("force=true"), "{path}: {}", s.query);
+    assert_eq!(s.content_type, "application/apply-patch+yaml", "{path}");
+}
+
+#[tokio::test]
+async fn the_workload_is_server_side_applied_object_by_object_under_one_field_manager() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, Some("op-0".into()));
+    let r = rc();
+    let call = tokio::spawn(async move { backend.apply(&r, 3, "abc").await });
+    let expected = [
+        "/api/v1/namespaces/prod/configmaps/demo-config",
+        "/api/v1/namespaces/prod/services/demo-peers",
+        "/api/v1/namespaces/prod/services/demo",
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo",
+        "/apis/apps/v1/namespaces/prod/statefulsets/demo",
+    ];
+    let mut seen = Vec::new();
+    for path in expected {
+        let s = echo(&mut handle).await;
+        assert_applied(&s, path);
+        seen.push(s);
+    }
+    call.await.unwrap().unwrap();
+    let sts = &seen[4].body;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    assert_eq!(
+        sts["spec"]["template"]["metadata"]["labels"]["raftkit.io/revision"],
+        "abc"
+    );
+    assert_eq!(seen[1].body["spec"]["publishNotReadyAddresses"], true);
+}
+
+#[tokio::test]
+async fn status_is_applied_to_the_status_subresource() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, None);
+    let r = rc();
+    let status = RaftClusterStatus {
+        phase: "Running".into(),
+        replicas: 3,
+        bootstrapped: true,
+        ..RaftClusterStatus::default()
+    };
+    let mut stored = serde_json::to_value(&r).unwrap();
+    stored["status"] = serde_json::to_value(&status).unwrap();
+    let call = tokio::spawn(async move { backend.write_status(&r, &status).await });
+    // The server answers with the whole resource.
+    let s = answer(&mut handle, StatusCode::OK, stored).await;
+    assert_applied(
+        &s,
+        "/apis/raftkit.io/v1alpha1/namespaces/prod/raftclusters/demo/status",
+    );
+    assert_eq!(s.body["apiVersion"], "raftkit.io/v1alpha1");
+    assert_eq!(s.body["kind"], "RaftCluster");
+    assert_eq!(s.body["status"]["phase"], "Running");
+    assert_eq!(s.body["status"]["bootstrapped"], true);
+    assert!(
+        s.body.get("spec").is_none(),
+        "the status patch owns no spec field"
+    );
+    call.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn events_are_recorded_on_the_raftcluster() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, Some("op-0".into()));
+    let r = rc();
+    let call = tokio::spawn(async move {
+        backend
+            .event(
+                &r,
+                EventType::Normal,
+                "AddLearner",
+                "add demo-3 as a learner",
+            )
+            .await
+    });
+    let s = echo(&mut handle).await;
+    assert_eq!(s.method, Method::POST);
+    assert_eq!(s.path, "/apis/events.k8s.io/v1/namespaces/prod/events");
+    assert_eq!(s.body["regarding"]["kind"], "RaftCluster");
+    assert_eq!(s.body["regarding"]["name"], "demo");
+    assert_eq!(s.body["reason"], "AddLearner");
+    assert_eq!(s.body["note"], "add demo-3 as a learner");
+    assert_eq!(s.body["type"], "Normal");
+    assert_eq!(s.body["reportingController"], FIELD_MANAGER);
+    call.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_wiped_pod_loses_its_claim_first_and_missing_objects_are_not_errors() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, None);
+    let r = rc();
+    let call = tokio::spawn(async move { backend.wipe_pod(&r, "demo-2").await });
+    let s = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;
+    assert_eq!(s.method, Method::DELETE);
+    assert_eq!(
+        s.path,
+        "/api/v1/namespaces/prod/persistentvolumeclaims/data-demo-2"
+    );
+    let s = answer(
+        &mut handle,
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "demo-2"}}),
+    )
+    .await;
+    assert_eq!(s.method, Method::DELETE);
+    assert_eq!(s.path, "/api/v1/namespaces/prod/pods/demo-2");
+    call.await.unwrap().unwrap();
+}
+
+fn lease(holder: &str, renewed: &str, transitions: i32) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "raftkit-operator", "namespace": "ops", "resourceVersion": "41"},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 15,
+            "renewTime": renewed,
+            "leaseTransitions": transitions
+        }
+    })
+}
+
+fn now_micro() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_lease_is_created_when_missing_kept_when_held_and_taken_over_when_expired() {
+    let path = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/raftkit-operator";
+
+    // Missing: created with this replica as holder.
+    let (client, mut handle) = mock_client();
+    let lock = LeaseLock::new(
+        client,
+        "ops",
+        "raftkit-operator",
+        "op-a",
+        Duration::from_secs(15),
+    );
+    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    let s = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;
+    assert_eq!((s.method, s.path.as_str()), (Method::GET, path));
+    let s = echo(&mut handle).await;
+    assert_eq!(s.method, Method::POST);
+    assert_eq!(s.body["spec"]["holderIdentity"], "op-a");
+    assert_eq!(s.body["spec"]["leaseDurationSeconds"], 15);
+    assert_eq!(call.await.unwrap().unwrap(), Outcome::Held);
+
+    // Held by another replica and fresh: nothing is written.
+    let (client, mut handle) = mock_client();
+    let lock = LeaseLock::new(
+        client,
+        "ops",
+        "raftkit-operator",
+        "op-a",
+        Duration::from_secs(15),
+    );
+    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    answer(&mut handle, StatusCode::OK, lease("op-b", &now_micro(), 3)).await;
+    assert_eq!(call.await.unwrap().unwrap(), Outcome::HeldBy("op-b".into()));
+    drop(handle);
+
+    // Held by another replica but expired: taken over, conditionally on
+    // the version read.
+    let (client, mut handle) = mock_client();
+    let lock = LeaseLock::new(
+        client,
+        "ops",
+        "raftkit-operator",
+        "op-a",
+        Duration::from_secs(15),
+    );
+    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    answer(
+        &mut handle,
+        StatusCode::OK,
+        lease("op-b", "2020-01-01T00:00:00.000000Z", 3),
+    )
+    .await;
+    let s = echo(&mut handle).await;
+    assert_eq!((s.method, s.path.as_str()), (Method::PUT, path));
+    assert_eq!(s.body["metadata"]["resourceVersion"], "41");
+    assert_eq!(s.body["spec"]["holderIdentity"], "op-a");
+    assert_eq!(s.body["spec"]["leaseTransitions"], 4);
+    assert_eq!(call.await.unwrap().unwrap(), Outcome::Held);
+
+    // Two contenders race for the expired lease: the loser's write is
+    // refused (409) and it does not act.
+    let (client, mut handle) = mock_client();
+    let lock = LeaseLock::new(
+        client,
+        "ops",
+        "raftkit-operator",
+        "op-a",
+        Duration::from_secs(15),
+    );
+    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    answer(
+        &mut handle,
+        StatusCode::OK,
+        lease("op-b", "2020-01-01T00:00:00.000000Z", 3),
+    )
+    .await;
+    let s = answer(&mut handle, StatusCode::CONFLICT, conflict()).await;
+    assert_eq!(s.method, Method::PUT);
+    assert!(matches!(call.await.unwrap().unwrap(), Outcome::HeldBy(_)));
+}
