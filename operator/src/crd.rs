@@ -55,7 +55,7 @@ pub struct RaftClusterSpec {
     /// per member).
     #[schemars(range(min = 1, max = 9))]
     pub replicas: i32,
-    /// The `raftkit-node` image.
+    /// The RaftKit image (it holds `raftkit-node`) [default: raftkit:<operator version>].
     #[serde(default = "default_image")]
     #[schemars(length(min = 1))]
     pub image: String,
@@ -84,7 +84,7 @@ pub struct RaftClusterSpec {
 }
 
 fn default_image() -> String {
-    format!("raftkit-node:{}", env!("CARGO_PKG_VERSION"))
+    format!("raftkit:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// An object whose fields the API server keeps as given (a pod template is

@@ -68,6 +68,9 @@ enum Command {
         /// Seconds a leader may go without renewing before another takes over.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
         lease_duration_secs: u64,
+        /// Watch RaftClusters in this namespace only [default: every namespace].
+        #[arg(long, env = "RAFTKIT_OPERATOR_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
     },
     /// Print the RaftCluster CustomResourceDefinition as YAML.
     Crdgen,
@@ -88,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             instance,
             lease_duration_secs,
+            watch_namespace,
         } => {
             let client = kube::Client::try_default().await?;
             let instance = instance.unwrap_or_else(|| {
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 lease_namespace,
                 instance,
                 lease_duration: Duration::from_secs(lease_duration_secs),
+                watch_namespace: watch_namespace.filter(|n| !n.is_empty()),
             };
             raftkit_operator::run::run(client, opts, shutdown_signal()).await?;
         }

@@ -31,6 +31,8 @@ pub struct RunOptions {
     /// This replica's name (its pod's).
     pub instance: String,
     pub lease_duration: Duration,
+    /// Watch RaftClusters in this namespace only; `None`: every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 /// Serves `/metrics` and `/healthz` until the process ends.
