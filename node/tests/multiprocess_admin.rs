@@ -10,7 +10,7 @@ use raftkit_testkit as common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{free_ports, start_cluster, wait_http_ok, Proc};
+use common::procs::{free_ports, start_cluster, wait_hosting, wait_http_ok, Proc};
 use nix::sys::signal::{kill, Signal};
 use raftkit_client::{AdminClient, ClientError, ClusterClient, ErrorKind};
 
@@ -37,7 +37,7 @@ async fn steps_repeated_after_they_took_effect_succeed_and_stale_plans_are_refus
     let c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
     let client = AdminClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
     let mut s = spare(&c, "spare");
-    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&s.addr, "kv", Duration::from_secs(30)).await);
     let planned = client.cluster_status().await.conf_index;
 
     // add_learner, then the same call again (same, now stale, plan).
@@ -103,7 +103,7 @@ async fn a_learner_that_lags_is_not_promoted() {
     let c = start_cluster(3, &["--groups", "kv:kv"], &[]).await;
     let client = ClusterClient::new(c.addrs.clone(), "kv", Duration::from_secs(30)).unwrap();
     let mut s = spare(&c, "slow");
-    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&s.addr, "kv", Duration::from_secs(30)).await);
     let m = client.add_learner(&s.addr, None).await.unwrap();
     // Frozen while 1,500 writes land: more than the catch-up margin (1,000).
     let pid = s.pid().unwrap();
@@ -171,7 +171,7 @@ async fn a_replica_of_another_cluster_is_refused_and_members_share_one_cluster_i
 
     // A fresh replica learns the cluster it joins.
     let mut s = spare(&a, "joiner");
-    assert!(wait_http_ok(&s.addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&s.addr, "kv", Duration::from_secs(30)).await);
     assert_eq!(client_a.identity(&s.addr).await.unwrap().cluster_id, None);
     client_a.add_peer(&s.addr, None, 0).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -199,7 +199,7 @@ async fn a_wiped_member_restarted_with_its_initial_conf_never_starts_a_second_cl
     std::fs::remove_dir_all(&c.procs[w].data_dir).unwrap();
     c.procs[w].restart();
     let addr = c.addrs[w].clone();
-    assert!(wait_http_ok(&addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&addr, "kv", Duration::from_secs(30)).await);
     // Give it every chance to form a group: well past an election timeout
     // and its formation attempts, it is still nobody's member.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -241,7 +241,7 @@ async fn a_replica_at_a_members_address_is_refused_until_that_member_is_removed(
     c.procs[w].kill9();
     std::fs::remove_dir_all(&c.procs[w].data_dir).unwrap();
     c.procs[w].restart();
-    assert!(wait_http_ok(&addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&addr, "kv", Duration::from_secs(30)).await);
     let new = admin.identity(&addr).await.unwrap().id;
     assert_ne!(new, old, "a wiped replica gets a new raft id");
 

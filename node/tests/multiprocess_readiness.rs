@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{first_group_leader, free_ports, raft_stat, start_cluster, wait_http_ok, Proc};
+use common::procs::{
+    first_group_leader, free_ports, raft_stat, start_cluster, wait_hosting, wait_http_ok, Proc,
+};
 use raftkit_client::ClusterClient;
 
 /// `GET /readyz`: the status code and the JSON body.
@@ -139,7 +141,7 @@ async fn an_empty_replica_is_alive_and_not_a_member_until_it_is_added() {
         c.tmp.path(),
         &["--groups".to_string(), "kv:kv".to_string()],
     );
-    assert!(wait_http_ok(&addr, "/livez", Duration::from_secs(30)).await);
+    assert!(wait_hosting(&addr, "kv", Duration::from_secs(30)).await);
     let (code, body) = readyz(&addr).await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["ready"], false);

@@ -213,6 +213,14 @@ pub async fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     false
 }
 
+/// Waits until the process at `addr` hosts `group`. A process serves (its
+/// `/livez` answers) before it has started its groups, and until then every
+/// call naming the group, `add_learner` of that replica included, is
+/// refused as "no group named ... is hosted here".
+pub async fn wait_hosting(addr: &str, group: &str, timeout: Duration) -> bool {
+    wait_http_ok(addr, &format!("/raft_stat?group={group}"), timeout).await
+}
+
 /// A running cluster of node processes that formed one group from their
 /// initial configuration, all ready.
 pub struct ProcCluster {
