@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -125,8 +125,10 @@ impl StateMachine {
     }
 }
 
-/// Each member's volume.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Each member's volume. The storage class cannot change once set (the
+/// API server refuses it; a StatefulSet's volume claims cannot follow).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storageClassName cannot change after creation"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Requested size [default: 1Gi].

@@ -54,4 +54,11 @@ fn the_crd_has_the_names_subresources_and_checks_users_rely_on() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(cols, ["Replicas", "Ready", "Leader", "Phase", "Age"]);
+    let rule = props["storage"]["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .expect("a CEL rule on storage");
+    assert!(
+        rule.contains("oldSelf.storageClassName"),
+        "the storage class is immutable: {rule}"
+    );
 }
