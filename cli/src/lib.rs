@@ -933,8 +933,6 @@ async fn digest(cli: &Cli) -> Result<(), CliError> {
     Ok(())
 }
 
-/// One line per member and group; match index and lag come from the
-/// group's leader's view of each member.
 /// Every group's answer from a member that leads it.
 fn leaders(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) -> Vec<&NodeStatusReply> {
     rows.iter()
@@ -944,10 +942,16 @@ fn leaders(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) -> Vec<
         .collect()
 }
 
+/// One line per member and group; match index, lag and caught-up come
+/// from the group's leader's view of each member. MAX-LOG-FMT is the
+/// newest log format the node's build reads and writes; CLUSTER-FMT the
+/// group's cluster format as this member applied it, MAX-CLUSTER-FMT the
+/// newest its build supports (a member below the others holds the group
+/// back during a rolling upgrade).
 fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>)]) {
     let leaders = leaders(rows);
     outln!(
-        "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>6}",
+        "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>11} {:>11} {:>15}",
         "ADDRESS",
         "GROUP",
         "ID",
@@ -961,7 +965,9 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
         "LAG",
         "CAUGHT-UP",
         "VERSION",
-        "FORMAT"
+        "MAX-LOG-FMT",
+        "CLUSTER-FMT",
+        "MAX-CLUSTER-FMT"
     );
     for (addr, r) in rows {
         let groups = match r {
@@ -1001,7 +1007,7 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
                 None => "-",
             };
             outln!(
-                "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>6}",
+                "{:<22} {:<8} {:<16} {:<13} {:<7} {:>5} {:<22} {:>8} {:>8} {:>8} {:>6} {:<9} {:<8} {:>11} {:>11} {:>15}",
                 addr,
                 g.group,
                 format!("{:016x}", g.id),
@@ -1019,9 +1025,21 @@ fn print_status_table(rows: &[(String, Result<Vec<NodeStatusReply>, ClientError>
                 lag,
                 caught_up,
                 if g.version.is_empty() { "-" } else { g.version.as_str() },
-                g.max_log_format
+                g.max_log_format,
+                stated(g.cluster_format),
+                stated(g.max_cluster_format)
             );
         }
+    }
+}
+
+/// A format number a node states, or `-` for 0: a node from before
+/// cluster formats states none.
+fn stated(format: u32) -> String {
+    if format == 0 {
+        "-".into()
+    } else {
+        format.to_string()
     }
 }
 
@@ -1056,6 +1074,8 @@ fn status_json(g: &NodeStatusReply) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "version": g.version,
         "max_log_format": g.max_log_format,
+        "cluster_format": g.cluster_format,
+        "max_cluster_format": g.max_cluster_format,
         "learners": g.learners.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
         "error": g.error,
     })

@@ -163,6 +163,48 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
 
+    // The group's cluster format per member, beside the build's limits:
+    // every build here is uncapped, so the leaders raise it to 2.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let o = raftkit(&conf, &["--output", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let groups: Vec<&serde_json::Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["groups"].as_array().into_iter().flatten())
+            .collect();
+        if groups.len() == 6 && groups.iter().all(|g| g["cluster_format"] == 2) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "cluster format not 2: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let g = &v[0]["groups"][0];
+    assert_eq!(g["max_cluster_format"], 2, "{g}");
+    assert!(g["max_log_format"].as_u64().unwrap() >= 1, "{g}");
+    let text = stdout(&raftkit(&conf, &["status"]));
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {text}"))
+    };
+    let (log_fmt, cluster_fmt, max_cluster_fmt) = (
+        col("MAX-LOG-FMT"),
+        col("CLUSTER-FMT"),
+        col("MAX-CLUSTER-FMT"),
+    );
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.len(), header.len(), "{line}");
+        assert_eq!(cells[cluster_fmt], "2", "{text}");
+        assert_eq!(cells[max_cluster_fmt], "2", "{text}");
+        assert_eq!(cells[log_fmt], g["max_log_format"].to_string(), "{text}");
+    }
+
     let o = raftkit(&conf, &["snapshot", "--peer", one]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
