@@ -292,6 +292,16 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let (code, body) = post(one, "/flags?election_timeout_ms=abc").await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not a non-negative integer"), "{body}");
+    // Bounds come from the settings table, and the error names them.
+    let (code, body) = post(one, "/flags?election_timeout_ms=5").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("election_timeout_ms: 5 is out of range: at least 10 and at most 600000 (--election-timeout-ms, RAFTKIT_ELECTION_TIMEOUT_MS;"),
+        "{body}"
+    );
+    let eto = flag(&flags, "election_timeout_ms");
+    assert_eq!(eto["bounds"], "at least 10 and at most 600000", "{eto}");
+    assert_eq!(eto["help"], "Election timeout in milliseconds.", "{eto}");
     let (code, body) = post(one, "/flags?no_such_flag=1").await;
     assert_eq!(code, 400);
     assert!(body.contains("unknown flag"), "{body}");

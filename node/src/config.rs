@@ -284,6 +284,57 @@ mod tests {
         assert_eq!(table_live, live, "changeable settings");
     }
 
+    /// The table's bounds are the limits the engine's own code lives by.
+    #[test]
+    fn the_settings_tables_bounds_match_the_engines_limits() {
+        use raftkit_proto::settings::{setting, Bounds};
+        let bounds = |name: &str| setting(name).map(|s| s.bounds);
+        assert_eq!(
+            bounds("max_cluster_format"),
+            Some(Bounds::Number {
+                min: u64::from(crate::cluster_format::BASE),
+                max: u64::from(crate::cluster_format::NEWEST),
+            })
+        );
+        assert_eq!(
+            bounds("session_idle_ms"),
+            Some(Bounds::Number {
+                min: 1,
+                max: crate::services::sessions::MAX_IDLE_MS,
+            })
+        );
+        assert_eq!(
+            bounds("idle_poll_us"),
+            Some(Bounds::NumberOr {
+                word: "auto",
+                min: 0,
+                max: crate::idle_poll::MAX_WINDOW_US,
+            })
+        );
+        // Every value a parsed configuration holds passes the table, and
+        // /flags shows the read mode as the flag takes it.
+        let c = parse(&["--listen", "127.0.0.1:8100", "--data-dir", "/tmp/x"]).unwrap();
+        for (name, value) in c.setting_values() {
+            assert_eq!(
+                raftkit_proto::settings::validate(name, &value),
+                Ok(()),
+                "{name}"
+            );
+        }
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:8100",
+            "--data-dir",
+            "/tmp/x",
+            "--read-mode",
+            "lease",
+        ])
+        .unwrap();
+        assert!(c
+            .fixed_flags()
+            .contains(&("read_mode".to_string(), "lease".to_string())));
+    }
+
     #[test]
     fn defaults_and_group_naming() {
         let c = parse(&["--listen", "127.0.0.1:8100", "--data-dir", "/tmp/x"]).unwrap();
@@ -329,11 +380,32 @@ mod tests {
             (&["--worker-threads", "1000"], "0..=256"),
             (
                 &["--session-idle-ms", "0"],
-                "--session-idle-ms 0 is out of range",
+                "session_idle_ms: 0 is out of range: at least 1 and at most 3153600000000 (--session-idle-ms, RAFTKIT_SESSION_IDLE_MS;",
             ),
             (
                 &["--session-idle-ms", "18446744073709551615"],
-                "(100 years)",
+                "at most 100 years",
+            ),
+            // Bounds from the settings table, named with the setting.
+            (
+                &["--election-timeout-ms", "5"],
+                "election_timeout_ms: 5 is out of range: at least 10 and at most 600000 (--election-timeout-ms, RAFTKIT_ELECTION_TIMEOUT_MS;",
+            ),
+            (
+                &["--snapshot-chunk-bytes", "0"],
+                "snapshot_chunk_bytes: 0 is out of range: at least 1 and at most 16777216",
+            ),
+            (
+                &["--max-snapshot-installs", "0"],
+                "max_snapshot_installs: 0 is out of range: at least 1",
+            ),
+            (
+                &["--max-cluster-format", "3"],
+                "max_cluster_format: 3 is out of range: at least 1 and at most 2",
+            ),
+            (
+                &["--idle-poll-us", "2000000"],
+                "at most 1000000",
             ),
         ];
         for (extra, wanted) in cases {

@@ -182,55 +182,62 @@ struct FlagView {
     name: String,
     value: String,
     mutable: bool,
+    /// The settings table's one-line help and bounds.
+    help: &'static str,
+    bounds: String,
 }
 
-fn flag_views(s: &HttpState) -> Vec<FlagView> {
-    let mut out: Vec<FlagView> = s
-        .fixed_flags
+/// A live option's value across the hosted groups: one value, or
+/// `group=value,...` when they differ.
+fn live_value(nodes: &[crate::node::Node], name: &str) -> String {
+    let values: Vec<String> = nodes
         .iter()
-        .map(|(n, v)| FlagView {
-            name: n.clone(),
-            value: v.clone(),
-            mutable: false,
+        .map(|n| {
+            format!(
+                "{}={}",
+                n.group(),
+                n.live_options().get(name).unwrap_or_default()
+            )
         })
         .collect();
-    let nodes = s.manager.all();
-    for name in crate::options::LiveOptions::NAMES {
-        let values: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "{}={}",
-                    n.group(),
-                    n.live_options().get(name).unwrap_or_default()
-                )
-            })
-            .collect();
-        let distinct: std::collections::BTreeSet<&str> = values
-            .iter()
-            .filter_map(|v| v.split_once('=').map(|x| x.1))
-            .collect();
-        let value = if distinct.len() == 1 {
-            distinct.into_iter().next().unwrap_or_default().to_string()
-        } else {
-            values.join(",")
-        };
-        out.push(FlagView {
-            name: name.to_string(),
-            value,
-            mutable: true,
-        });
+    let distinct: std::collections::BTreeSet<&str> = values
+        .iter()
+        .filter_map(|v| v.split_once('=').map(|x| x.1))
+        .collect();
+    if distinct.len() == 1 {
+        distinct.into_iter().next().unwrap_or_default().to_string()
+    } else {
+        values.join(",")
     }
-    out.push(FlagView {
-        name: "idle_poll_us".into(),
-        value: crate::idle_poll::setting().to_string(),
-        mutable: true,
-    });
-    out.push(FlagView {
-        name: "log_level".into(),
-        value: crate::logging::log_filter().unwrap_or_default(),
-        mutable: true,
-    });
+}
+
+/// Every setting the table shows in `/flags`, with its current value.
+fn flag_views(s: &HttpState) -> Vec<FlagView> {
+    let nodes = s.manager.all();
+    let mut out: Vec<FlagView> = raftkit_proto::settings::NODE_SETTINGS
+        .iter()
+        .filter(|t| t.in_flags)
+        .map(|t| {
+            let value = match t.name {
+                "idle_poll_us" => crate::idle_poll::setting().to_string(),
+                "log_level" => crate::logging::log_filter().unwrap_or_default(),
+                name if t.live => live_value(&nodes, name),
+                name => s
+                    .fixed_flags
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            };
+            FlagView {
+                name: t.name.to_string(),
+                value,
+                mutable: t.live,
+                help: t.help,
+                bounds: t.bounds.to_string(),
+            }
+        })
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -287,8 +294,27 @@ async fn set_flags(
         },
         None => s.manager.all(),
     };
-    // Validate everything first.
+    // Validate everything first, against the settings table.
     for (name, value) in &q {
+        let Some(setting) = raftkit_proto::settings::setting(name).filter(|t| t.in_flags) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown flag {name:?}; GET /flags lists them\n"),
+            )
+                .into_response();
+        };
+        if !setting.live {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{name} cannot be changed while the node runs; restart with the new value\n"
+                ),
+            )
+                .into_response();
+        }
+        if let Err(e) = setting.check(value) {
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
         if name == "log_level" {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
                 return (
@@ -304,22 +330,6 @@ async fn set_flags(
                 return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
             }
             continue;
-        }
-        if s.fixed_flags.iter().any(|(n, _)| n == name) {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{name} cannot be changed while the node runs; restart with the new value\n"
-                ),
-            )
-                .into_response();
-        }
-        if !crate::options::LiveOptions::NAMES.contains(&name.as_str()) {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("unknown flag {name:?}; GET /flags lists them\n"),
-            )
-                .into_response();
         }
         for n in &nodes {
             if let Err(e) = n.live_options().set(name, value) {

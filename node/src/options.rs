@@ -20,6 +20,16 @@ pub enum ReadMode {
     Lease,
 }
 
+impl ReadMode {
+    /// The name the `--read-mode` flag takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::ReadIndex => "read-index",
+            ReadMode::Lease => "lease",
+        }
+    }
+}
+
 impl std::str::FromStr for ReadMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -162,11 +172,23 @@ impl NodeOptions {
                 self.initial_conf.join(",")
             ));
         }
-        if !(10..=600_000).contains(&self.election_timeout_ms) {
-            return bad(format!(
-                "election timeout {} ms is outside 10..=600000",
-                self.election_timeout_ms
-            ));
+        // The bounds of the options that are node settings come from the
+        // settings table.
+        for (name, value) in [
+            ("election_timeout_ms", self.election_timeout_ms),
+            (
+                "snapshot_chunk_bytes",
+                u64::try_from(self.snapshot_chunk_bytes).unwrap_or(u64::MAX),
+            ),
+            (
+                "max_snapshot_installs",
+                u64::try_from(self.max_snapshot_installs).unwrap_or(u64::MAX),
+            ),
+            ("max_cluster_format", u64::from(self.max_cluster_format)),
+            ("catchup_margin", self.catchup_margin),
+        ] {
+            raftkit_proto::settings::validate(name, &value.to_string())
+                .map_err(RaftError::InvalidArgument)?;
         }
         if !(2..=ELECTION_TICKS as u64).contains(&self.heartbeat_factor) {
             return bad(format!(
@@ -182,27 +204,8 @@ impl NodeOptions {
         if self.max_inflight_msgs == 0 {
             return bad("max inflight messages must be positive".into());
         }
-        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > 16 << 20 {
-            return bad(format!(
-                "snapshot chunk size {} is outside 1..=16 MiB",
-                self.snapshot_chunk_bytes
-            ));
-        }
-        if self.max_snapshot_installs == 0 {
-            return bad("max snapshot installs must be at least 1 (followers behind a compacted log could never catch up)".into());
-        }
         if self.read_timeout_ms == 0 {
             return bad("read timeout must be positive".into());
-        }
-        if !(crate::cluster_format::BASE..=crate::cluster_format::NEWEST)
-            .contains(&self.max_cluster_format)
-        {
-            return bad(format!(
-                "max cluster format {} is outside {}..={} (what this build supports)",
-                self.max_cluster_format,
-                crate::cluster_format::BASE,
-                crate::cluster_format::NEWEST
-            ));
         }
         if self.storage.max_segment_bytes < 4096 {
             return bad(format!(
@@ -269,14 +272,16 @@ impl LiveOptions {
 
     /// Sets one option from text; the error names the option and the problem.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !Self::NAMES.contains(&name) {
+            return Err(format!("{name} cannot be changed while the node runs"));
+        }
+        // The bounds are the settings table's.
+        raftkit_proto::settings::validate(name, value)?;
         let v: u64 = value
             .trim()
             .parse()
             .map_err(|_| format!("{name}: {value:?} is not a non-negative integer"))?;
         match name {
-            "election_timeout_ms" if !(10..=600_000).contains(&v) => {
-                return Err(format!("election_timeout_ms: {v} is outside 10..=600000"))
-            }
             "election_timeout_ms" => self.election_timeout_ms = v,
             "snapshot_interval_s" => self.snapshot_interval_s = v,
             "snapshot_log_gap" => self.snapshot_log_gap = v,

@@ -139,72 +139,75 @@ impl ServerConfig {
         }
     }
 
-    /// The flags that cannot change while the node runs, for `/flags`.
-    pub fn fixed_flags(&self) -> Vec<(String, String)> {
+    /// The value of every setting of the table (`raftkit_proto::settings`)
+    /// this configuration holds, by name, as the flag takes it: what
+    /// [`ServerConfig::validate`] checks against the table's bounds and
+    /// what `/flags` shows (live ones as they were at start).
+    pub fn setting_values(&self) -> Vec<(&'static str, String)> {
         let groups: Vec<String> = self
             .groups
             .iter()
             .map(|(g, k)| format!("{g}:{}", k.as_str()))
             .collect();
+        let uri = |u: &Option<String>, kind: &str| {
+            u.clone()
+                .unwrap_or_else(|| format!("local://{{data_dir}}/{{group}}/{kind}"))
+        };
         vec![
-            ("listen".into(), self.listen.to_string()),
+            ("listen", self.listen.to_string()),
             (
-                "advertise".into(),
+                "advertise",
                 self.advertise
                     .clone()
                     .unwrap_or_else(|| self.listen.to_string()),
             ),
-            ("data_dir".into(), self.data_dir.display().to_string()),
-            ("groups".into(), groups.join(",")),
-            ("initial_conf".into(), self.initial_conf.join(",")),
-            ("sync".into(), self.sync.to_string()),
-            ("read_mode".into(), format!("{:?}", self.read_mode)),
-            ("session_idle_ms".into(), self.session_idle_ms.to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("groups", groups.join(",")),
+            ("initial_conf", self.initial_conf.join(",")),
+            ("election_timeout_ms", self.election_timeout_ms.to_string()),
+            ("snapshot_interval_s", self.snapshot_interval_s.to_string()),
+            ("snapshot_log_gap", self.snapshot_log_gap.to_string()),
+            ("snapshot_margin", self.snapshot_margin.to_string()),
+            ("catchup_margin", self.catchup_margin.to_string()),
             (
-                "snapshot_chunk_bytes".into(),
+                "snapshot_chunk_bytes",
                 self.snapshot_chunk_bytes.to_string(),
             ),
             (
-                "max_snapshot_installs".into(),
+                "snapshot_throttle_bytes_per_sec",
+                self.snapshot_throttle_bytes_per_sec.to_string(),
+            ),
+            (
+                "max_snapshot_installs",
                 self.max_snapshot_installs.to_string(),
             ),
-            (
-                "max_cluster_format".into(),
-                self.max_cluster_format.to_string(),
-            ),
-            (
-                "log_uri".into(),
-                self.log_uri
-                    .clone()
-                    .unwrap_or_else(|| "local://{data_dir}/{group}/log".into()),
-            ),
-            (
-                "raft_meta_uri".into(),
-                self.raft_meta_uri
-                    .clone()
-                    .unwrap_or_else(|| "local://{data_dir}/{group}/meta".into()),
-            ),
-            (
-                "snapshot_uri".into(),
-                self.snapshot_uri
-                    .clone()
-                    .unwrap_or_else(|| "local://{data_dir}/{group}/snapshot".into()),
-            ),
+            ("max_cluster_format", self.max_cluster_format.to_string()),
+            ("log_uri", uri(&self.log_uri, "log")),
+            ("raft_meta_uri", uri(&self.raft_meta_uri, "meta")),
+            ("snapshot_uri", uri(&self.snapshot_uri, "snapshot")),
+            ("sync", self.sync.to_string()),
+            ("session_idle_ms", self.session_idle_ms.to_string()),
+            ("read_mode", self.read_mode.as_str().to_string()),
+            ("idle_poll_us", self.idle_poll_us.to_string()),
         ]
+    }
+
+    /// The settings that cannot change while the node runs, for `/flags`.
+    pub fn fixed_flags(&self) -> Vec<(String, String)> {
+        self.setting_values()
+            .into_iter()
+            .filter(|(name, _)| {
+                raftkit_proto::settings::setting(name).is_some_and(|s| s.in_flags && !s.live)
+            })
+            .map(|(name, value)| (name.to_string(), value))
+            .collect()
     }
 
     /// Checks the parts that do not depend on a group.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.advertised()?;
-        if let crate::idle_poll::IdlePoll::Window(us) = self.idle_poll_us {
-            crate::idle_poll::check_window_us(us).map_err(ServerError::Config)?;
-        }
-        let max_idle = crate::services::sessions::MAX_IDLE_MS;
-        if !(1..=max_idle).contains(&self.session_idle_ms) {
-            return Err(ServerError::Config(format!(
-                "--session-idle-ms {} is out of range: 1..={max_idle} (100 years)",
-                self.session_idle_ms
-            )));
+        for (name, value) in self.setting_values() {
+            raftkit_proto::settings::validate(name, &value).map_err(ServerError::Config)?;
         }
         if self.groups.is_empty() {
             return Err(ServerError::Config("no group to host".into()));
