@@ -12,3 +12,5 @@ echo "== cargo clippy --features stage-trace (the latency-analysis build)"
 cargo clippy -p raftkit-node --features stage-trace --lib -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== packaging: Helm chart, deploy/, crds/, examples/ (scripts/check-packaging.sh)"
+scripts/check-packaging.sh
