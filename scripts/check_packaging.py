@@ -637,6 +637,7 @@ def main() -> int:
             raise Failed("an app container that runs as root passes")
         except Failed as e:
             ensure("runAsUser" in str(e), str(e))
+        ensure("defaults" in rendered, "the chart did not render with its defaults")
         dep = copy.deepcopy(one(rendered["defaults"], "Deployment"))
         dep["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
         try:
