@@ -14,3 +14,5 @@ echo "== cargo test"
 cargo test --workspace
 echo "== packaging: Helm chart, deploy/, crds/, examples/ (scripts/check-packaging.sh)"
 scripts/check-packaging.sh
+echo "== kind end to end (e2e/kind/run.sh; skips where kind, helm or image pulls are missing)"
+e2e/kind/run.sh
