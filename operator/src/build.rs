@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -379,6 +379,11 @@ pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTem
     let mut sc = spec.security_context.take().unwrap_or_default();
     sc.run_as_non_root = Some(true);
     sc.fs_group.get_or_insert(NODE_UID);
+    // What the "restricted" Pod Security Standard asks of every pod.
+    sc.seccomp_profile.get_or_insert(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    });
     spec.security_context = Some(sc);
     PodTemplateSpec {
         metadata: Some(meta),
@@ -548,6 +553,12 @@ mod tests {
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let pod_sc = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!(
+            pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "the restricted Pod Security Standard"
+        );
         let env = c.env.as_ref().expect("env");
         let advertise = env
             .iter()
