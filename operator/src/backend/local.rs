@@ -536,7 +536,8 @@ impl Workload for LocalBackend {
         writeln!(
             f,
             "{} {} {} raftcluster/{}: {}",
-            crate::controller::now(),
+            // Milliseconds: the benchmark times steps from these lines.
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             kind.as_str(),
             reason,
             build::cluster_name(rc),
