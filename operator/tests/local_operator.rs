@@ -319,6 +319,15 @@ async fn create_scale_up_scale_down_and_roll_under_load() {
     load.wait_for_progress(50, Duration::from_secs(20), "after the roll")
         .await;
 
+    // Scaling up again: demo-3 kept its volume (retainOnScaleDown) with the
+    // data of a removed member; it starts over empty and joins anew.
+    op.write_manifest(4, Some("roll-1"), false);
+    op.wait_running(4, "four members after scaling up again")
+        .await;
+    assert_eq!(pods_of(&op.events(), "WipePod"), ["demo-3"]);
+    load.wait_for_progress(50, Duration::from_secs(20), "after scaling up again")
+        .await;
+
     let tally = load.stop().await;
     tally.check(&client).await;
 }
