@@ -12,6 +12,9 @@
 //!  linearizability.rs a Wing-Gong-Lowe checker for register histories
 //!  conformance.rs     the storage conformance suite every backend must pass
 //!                     (public: backends outside the engine run it too)
+//!  load.rs            a counter workload and the checks of its history
+//!  docker.rs          container tests: the engine check, the image built by
+//!                     e2e/build-image.sh, a scope that removes what a test made
 //! ```
 //!
 //! Test support panics on what it cannot set up (that fails the test with
@@ -20,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod conformance;
+pub mod docker;
 pub mod linearizability;
 pub mod load;
 pub mod procs;
