@@ -458,6 +458,11 @@ pub fn plan(o: &Observation, opts: Options) -> Action {
         {
             return Action::Wait(Wait::DataLost);
         }
+        // Pods still starting (after a restart of everything) are not yet
+        // a reason for alarm.
+        if let Some(p) = w.pods.iter().find(|p| p.identity.is_none()) {
+            return Action::Wait(Wait::PodNotServing(p.name.clone()));
+        }
         return Action::Wait(Wait::NoMemberAnswers);
     };
     let Some(leader) = raft.leader else {
