@@ -189,3 +189,41 @@ pub fn refused_change(rc: &RaftCluster) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RaftClusterStatus, StateMachine};
+
+    fn rc(yaml: &str, status: Option<RaftClusterStatus>) -> RaftCluster {
+        let mut r: RaftCluster = serde_yaml::from_str(yaml).expect("parses");
+        r.status = status;
+        r
+    }
+
+    #[test]
+    fn the_state_machine_and_storage_class_cannot_change_after_bootstrap() {
+        let bootstrapped = RaftClusterStatus {
+            bootstrapped: true,
+            state_machine: Some(StateMachine::Counter),
+            storage_class_name: Some("fast".into()),
+            ..RaftClusterStatus::default()
+        };
+        let same = "metadata: {name: d}\nspec: {replicas: 3, storage: {storageClassName: fast}}\n";
+        assert_eq!(refused_change(&rc(same, Some(bootstrapped.clone()))), None);
+        let kv = "metadata: {name: d}\nspec: {replicas: 3, stateMachine: kv, storage: {storageClassName: fast}}\n";
+        let why = refused_change(&rc(kv, Some(bootstrapped.clone()))).expect("refused");
+        assert!(
+            why.contains("spec.stateMachine") && why.contains("runs counter"),
+            "{why}"
+        );
+        let slow = "metadata: {name: d}\nspec: {replicas: 3, storage: {storageClassName: slow}}\n";
+        let why = refused_change(&rc(slow, Some(bootstrapped))).expect("refused");
+        assert!(
+            why.contains("storageClassName") && why.contains("fast"),
+            "{why}"
+        );
+        // Before bootstrap anything goes.
+        assert_eq!(refused_change(&rc(kv, None)), None);
+    }
+}
