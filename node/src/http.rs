@@ -523,6 +523,14 @@ async fn readyz(State(manager): State<NodeManager>) -> Response {
         }
         groups.push((r.is_ready(), v));
     }
+    // A group the process will host but has not started yet is not ready:
+    // a server with one group started must not pass for ready.
+    for g in manager.pending() {
+        groups.push((
+            false,
+            serde_json::json!({"group": g, "ready": false, "reason": "starting"}),
+        ));
+    }
     let ready = !nodes.is_empty() && groups.iter().all(|(r, _)| *r);
     let mut body = serde_json::json!({
         "ready": ready,

@@ -13,6 +13,8 @@ use crate::node::Node;
 #[derive(Clone, Default)]
 pub struct NodeManager {
     nodes: Arc<RwLock<HashMap<String, Node>>>,
+    /// Groups this process was configured to host, started or not yet.
+    expected: Arc<RwLock<Vec<String>>>,
 }
 
 impl NodeManager {
@@ -41,10 +43,43 @@ impl NodeManager {
         self.nodes.read().get(group).cloned()
     }
 
+    /// Declares the groups this process will host (before starting them),
+    /// so readiness can tell a group not yet started from one not hosted.
+    pub fn expect(&self, groups: impl IntoIterator<Item = String>) {
+        let mut e = self.expected.write();
+        e.extend(groups);
+        e.sort();
+        e.dedup();
+    }
+
+    /// Groups declared with [`expect`](Self::expect) and not started yet.
+    pub fn pending(&self) -> Vec<String> {
+        let nodes = self.nodes.read();
+        self.expected
+            .read()
+            .iter()
+            .filter(|g| !nodes.contains_key(g.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Every hosted node, sorted by group name.
     pub fn all(&self) -> Vec<Node> {
         let mut v: Vec<Node> = self.nodes.read().values().cloned().collect();
         v.sort_by(|a, b| a.group().cmp(b.group()));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_declared_but_not_started_are_pending() {
+        let m = NodeManager::new();
+        assert!(m.pending().is_empty());
+        m.expect(["kv".to_string(), "counter".to_string(), "kv".to_string()]);
+        assert_eq!(m.pending(), ["counter", "kv"]);
     }
 }

@@ -551,6 +551,9 @@ pub async fn run(
     )
     .await?;
     tracing::info!(listen = %server.local_addr(), advertise = %advertise, "serving gRPC and HTTP");
+    server
+        .manager()
+        .expect(config.groups.iter().map(|(g, _)| g.clone()));
     for (group, kind) in &config.groups {
         if let Err(e) = server.start_group(config.node_options(group)?, *kind).await {
             server.shutdown().await;
