@@ -13,6 +13,8 @@ use raftkit_proto::pb::{
 };
 use raftkit_proto::status::from_status;
 
+use crate::pin::never_sent;
+
 use crate::*;
 
 impl ClusterClient {
@@ -158,29 +160,63 @@ impl ClusterClient {
             expected_conf_index: None,
             catch_up_timeout_ms: 0,
         };
-        let mut admin = self.admin(addr).await?;
-        self.single(addr, admin.reset_peers(req)).await
+        self.single(addr, Check::Cluster, |mut admin| {
+            let req = req.clone();
+            async move { admin.reset_peers(req).await }
+        })
+        .await
     }
 
     /// Makes the empty member `addr` a one-member group.
     pub async fn bootstrap(&self, addr: &str) -> Result<(), ClientError> {
-        let mut admin = self.admin(addr).await?;
-        self.single(
-            addr,
-            admin.bootstrap(GroupRequest {
-                group: self.group.clone(),
-            }),
-        )
+        let req = GroupRequest {
+            group: self.group.clone(),
+        };
+        self.single(addr, Check::Cluster, |mut admin| {
+            let req = req.clone();
+            async move { admin.bootstrap(req).await }
+        })
         .await
         .map(|_| ())
     }
 
-    pub(crate) async fn single<T>(
+    /// One admin call to the member at `addr` (no other member is asked).
+    /// A cached connection found ended is replaced once (the call was not
+    /// sent on it); with [`Check::Cluster`] the member must belong to this
+    /// client's cluster.
+    pub(crate) async fn single<T, F, Fut>(
         &self,
         addr: &str,
-        fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+        check: Check,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut replaced = false;
+        loop {
+            let admin = match check {
+                Check::Cluster => self.admin(addr).await?,
+                Check::None => self.admin_unchecked(addr).await?,
+            };
+            match tokio::time::timeout_at(deadline, call(admin)).await {
+                Ok(Err(s)) if !replaced && never_sent(&s) => {
+                    self.forget(addr);
+                    replaced = true;
+                }
+                answer => return self.single_answer(addr, answer),
+            }
+        }
+    }
+
+    fn single_answer<T>(
+        &self,
+        addr: &str,
+        answer: Result<Result<tonic::Response<T>, Status>, tokio::time::error::Elapsed>,
     ) -> Result<T, ClientError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        match answer {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => {
                 self.forget(addr);
@@ -209,44 +245,58 @@ impl ClusterClient {
         &self,
         addr: &str,
     ) -> Result<Vec<raftkit_proto::pb::SnapshotResult>, ClientError> {
-        let mut admin = self.admin(addr).await?;
         let req = GroupRequest {
             group: self.group.clone(),
         };
-        self.single(addr, admin.snapshot(req))
-            .await
-            .map(|r| r.groups)
+        self.single(addr, Check::None, |mut admin| {
+            let req = req.clone();
+            async move { admin.snapshot(req).await }
+        })
+        .await
+        .map(|r| r.groups)
     }
 
     /// The status of this client's group (every group when the client's
     /// group is empty) on one member.
     pub async fn member_status(&self, addr: &str) -> Result<Vec<NodeStatusReply>, ClientError> {
-        let mut admin = self.admin(addr).await?;
         let req = GroupRequest {
             group: self.group.clone(),
         };
-        self.single(addr, admin.status(req)).await.map(|r| r.groups)
+        self.single(addr, Check::None, |mut admin| {
+            let req = req.clone();
+            async move { admin.status(req).await }
+        })
+        .await
+        .map(|r| r.groups)
     }
 
     /// The state-machine digest of this client's group on one member, with
     /// the applied index it was taken at (compare members at equal indexes).
     pub async fn member_digest(&self, addr: &str) -> Result<Vec<GroupDigest>, ClientError> {
-        let mut admin = self.admin(addr).await?;
         let req = GroupRequest {
             group: self.group.clone(),
         };
-        self.single(addr, admin.digest(req)).await.map(|r| r.groups)
+        self.single(addr, Check::None, |mut admin| {
+            let req = req.clone();
+            async move { admin.digest(req).await }
+        })
+        .await
+        .map(|r| r.groups)
     }
 
     /// Who the replica at `addr` is, for this client's group: its raft id,
     /// whether it is empty, waiting to be added, a member or removed, its
     /// configuration and its version. Asked before adding a replica.
     pub async fn identity(&self, addr: &str) -> Result<Identity, ClientError> {
-        let mut admin = self.admin(addr).await?;
         let req = GroupRequest {
             group: self.group().to_string(),
         };
-        let r = self.single(addr, admin.identity(req)).await?;
+        let r = self
+            .single(addr, Check::None, |mut admin| {
+                let req = req.clone();
+                async move { admin.identity(req).await }
+            })
+            .await?;
         Ok(Identity {
             group: r.group.clone(),
             id: r.id,
@@ -266,13 +316,37 @@ impl ClusterClient {
         })
     }
 
+    /// Admin calls to the member at `addr`, once it stated this client's
+    /// cluster (or none): for calls that change something.
     pub(crate) async fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
+        let conn = self.conn(addr).await.map_err(|e| match e.foreign {
+            Some(f) => ClientError::WrongCluster(f.to_string()),
+            None => ClientError::Unavailable(format!("{addr}: {e}")),
+        })?;
+        Ok(AdminClient::new(conn.channel()))
+    }
+
+    /// Admin calls to the member at `addr`, whatever cluster it belongs
+    /// to: for the calls that ask it who it is and how it is.
+    pub(crate) async fn admin_unchecked(
+        &self,
+        addr: &str,
+    ) -> Result<AdminClient<Channel>, ClientError> {
         let conn = self
-            .conn(addr)
+            .conn_unchecked(addr)
             .await
             .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))?;
         Ok(AdminClient::new(conn.channel()))
     }
+}
+
+/// Whether an addressed call first checks the member's cluster.
+#[derive(Clone, Copy)]
+pub(crate) enum Check {
+    /// It changes something: the member must be of this client's cluster.
+    Cluster,
+    /// It asks the member who it is or how it is: any member.
+    None,
 }
 
 /// The single-step membership changes.

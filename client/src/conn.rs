@@ -1,4 +1,5 @@
-//! [`Conn`]: a client's connection to one member.
+//! [`Conn`]: a client's connection to one member, checked to belong to the
+//! client's cluster before it carries a request (see `pin`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,22 +8,27 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::mux::MuxStream;
+use super::pin::{ClusterPin, Foreign};
 
 /// How long opening a mux stream may take (connect, preface, answer).
 const MUX_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use raftkit_proto::pb::admin_client::AdminClient;
 use raftkit_proto::pb::counter_client::CounterClient;
 use raftkit_proto::pb::kv_client::KvClient;
 use raftkit_proto::pb::mux_reply::Result as Reply;
 use raftkit_proto::pb::mux_request::Call;
 use raftkit_proto::pb::{
     CasReply, CasRequest, CounterGetReply, CounterGetRequest, DeleteReply, DeleteRequest,
-    FetchAddReply, FetchAddRequest, GetReply, GetRequest, PutReply, PutRequest,
+    FetchAddReply, FetchAddRequest, GetReply, GetRequest, GroupRequest, MuxHello, PutReply,
+    PutRequest,
 };
 
 /// A connection to one member: its channel (admin and unary calls) and,
 /// unless the client asked for unary calls, the multiplexed call stream,
 /// opened on first use and reopened after it ends. A member that does not
 /// speak the mux stream (an older server) gets unary calls from then on.
+/// The channel is one TCP connection (`pin::OneConnection`), checked once
+/// ([`Conn::check_channel`]); each mux stream is checked as it opens.
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Conn {
@@ -30,6 +36,24 @@ pub struct Conn {
     /// The member's address, for the mux stream.
     addr: String,
     mux: Option<Arc<MuxSlot>>,
+    /// The cluster this connection's requests may go to.
+    pin: Arc<ClusterPin>,
+    /// The channel's member stated the client's cluster (or none).
+    channel_checked: Arc<AtomicBool>,
+    /// Set when the member stated another cluster: nothing is sent to it.
+    foreign: ForeignSlot,
+}
+
+/// See [`Conn::foreign_slot`].
+pub(crate) type ForeignSlot = Arc<parking_lot::Mutex<Option<Foreign>>>;
+
+/// Why a channel's check did not admit it.
+#[derive(Debug)]
+pub(crate) enum CheckError {
+    /// The member belongs to another cluster.
+    Foreign(Foreign),
+    /// The member did not answer the check (nothing else was sent).
+    Failed(Status),
 }
 
 #[derive(Default)]
@@ -81,12 +105,63 @@ macro_rules! calls {
 }
 
 impl Conn {
-    pub(crate) fn new(channel: Channel, addr: &str, mux: bool) -> Conn {
+    pub(crate) fn new(channel: Channel, addr: &str, mux: bool, pin: Arc<ClusterPin>) -> Conn {
         Conn {
             channel,
             addr: addr.to_string(),
             mux: mux.then(Arc::default),
+            pin,
+            channel_checked: Arc::default(),
+            foreign: Arc::default(),
         }
+    }
+
+    /// Where this connection records the other cluster its member stated
+    /// (then no request was sent on it); one reference count to keep.
+    pub(crate) fn foreign_slot(&self) -> ForeignSlot {
+        self.foreign.clone()
+    }
+
+    fn admit(&self, stated: &str) -> Result<(), Foreign> {
+        self.pin.admit(&self.addr, stated).inspect_err(|f| {
+            tracing::warn!(addr = %self.addr, theirs = %f.theirs, ours = %f.ours, "member belongs to another cluster; not using it");
+            *self.foreign.lock() = Some(f.clone());
+        })
+    }
+
+    /// Asks the channel's member which cluster its replica of the group
+    /// belongs to (once per channel; `timeout` bounds it). A member that
+    /// does not host the group, or predates the identity call, states
+    /// none and is accepted.
+    pub(crate) async fn check_channel(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<(), CheckError> {
+        if self.channel_checked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let req = GroupRequest {
+            group: self.pin.group.clone(),
+        };
+        let stated =
+            match tokio::time::timeout(timeout, AdminClient::new(self.channel()).identity(req))
+                .await
+            {
+                Ok(Ok(r)) => r.into_inner().cluster_id,
+                Ok(Err(s)) if matches!(s.code(), Code::NotFound | Code::Unimplemented) => {
+                    String::new()
+                }
+                Ok(Err(s)) => return Err(CheckError::Failed(s)),
+                Err(_) => {
+                    return Err(CheckError::Failed(Status::unavailable(format!(
+                        "{}: no identity within {timeout:?}",
+                        self.addr
+                    ))))
+                }
+            };
+        self.admit(&stated).map_err(CheckError::Foreign)?;
+        self.channel_checked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The member's channel, for calls the mux stream does not carry.
@@ -116,6 +191,32 @@ impl Conn {
             return Ok(s);
         }
         let s = Arc::new(MuxStream::open(&self.addr, MUX_OPEN_TIMEOUT).await?);
+        // The stream is published only once its member stated the client's
+        // cluster (or none): no call goes out on it before.
+        let hello = Call::Hello(MuxHello {
+            group: self.pin.group.clone(),
+        });
+        let stated = match tokio::time::timeout(MUX_OPEN_TIMEOUT, s.call(hello)).await {
+            Ok(Ok(Reply::Hello(h))) => h.cluster_id,
+            // A server from before the hello: it answers "no call".
+            Ok(Err(e)) if e.code() == Code::InvalidArgument => String::new(),
+            Ok(Ok(other)) => {
+                return Err(Status::internal(format!(
+                    "{}: the member answered hello with {other:?}",
+                    self.addr
+                )))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "{}: no hello within {MUX_OPEN_TIMEOUT:?}",
+                    self.addr
+                )))
+            }
+        };
+        if let Err(f) = self.admit(&stated) {
+            return Err(Status::failed_precondition(f.to_string()));
+        }
         *slot.open.lock() = Some(s.clone());
         Ok(s)
     }
@@ -183,7 +284,8 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        let conn = Conn::new(channel, &addr.to_string(), true);
+        let pin = Arc::new(ClusterPin::new("counter".into()));
+        let conn = Conn::new(channel, &addr.to_string(), true, pin);
         assert!(conn.uses_mux());
         let add = |delta| FetchAddRequest {
             group: "counter".into(),

@@ -27,6 +27,11 @@ pub enum ClientError {
     /// The caller's input is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The only members left belong to another cluster than the client's
+    /// (an address that changed hands): nothing was sent to them, so the
+    /// call was certainly not applied.
+    #[error("{0}")]
+    WrongCluster(String),
 }
 
 impl ClientError {
@@ -34,7 +39,9 @@ impl ClientError {
     pub fn is_definitely_not_applied(&self) -> bool {
         match self {
             ClientError::Raft(e) => e.is_definitely_not_applied(),
-            ClientError::InvalidArgument(_) | ClientError::Refused(_) => true,
+            ClientError::InvalidArgument(_)
+            | ClientError::Refused(_)
+            | ClientError::WrongCluster(_) => true,
             // Only "no such group here" uses this code: it reached no group.
             ClientError::Rpc {
                 code: tonic::Code::NotFound,
@@ -75,6 +82,7 @@ impl ClientError {
             ClientError::Unavailable(_) => ErrorKind::Unavailable,
             ClientError::Refused(_) => ErrorKind::Refused,
             ClientError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ClientError::WrongCluster(_) => ErrorKind::WrongCluster,
         }
     }
 
@@ -123,6 +131,8 @@ pub enum ErrorKind {
     SessionExpired,
     /// The member does not host the group.
     GroupNotHosted,
+    /// The members left belong to another cluster than the client's.
+    WrongCluster,
     /// A transport failure or a status from something else than a node.
     Transport,
 }
@@ -217,5 +227,8 @@ mod tests {
             ClientError::Refused("every member refused".into()).kind(),
             ErrorKind::Refused
         );
+        let foreign = ClientError::WrongCluster("a:1 belongs to cluster 1".into());
+        assert_eq!(foreign.kind(), ErrorKind::WrongCluster);
+        assert_eq!(foreign.outcome(), Outcome::NotApplied);
     }
 }

@@ -19,6 +19,14 @@
 //! [`MAX_IN_FLIGHT`] sequence
 //! numbers past the oldest unanswered one, then wait for room.
 //!
+//! A client is pinned to one cluster: it learns the cluster id from the
+//! first member that states one (or is given it,
+//! [`ClusterClient::with_cluster_id`]) and never sends a request to a member
+//! of another cluster, checked once per connection, not per request (see
+//! `pin`). Such a member is dropped from the route table; when no other
+//! member is left the call fails with [`ErrorKind::WrongCluster`], certainly
+//! not applied.
+//!
 //! Any other write whose outcome is unknown (the leader stepped down, a
 //! timeout, a connection lost mid-call) is not retried: the error goes back
 //! to the caller, who must treat the write as possibly applied.
@@ -28,6 +36,7 @@
 //! `conn` and `mux` (one member's connection and its multiplexed stream),
 //! `error` (what a call fails with), `probe` (plain HTTP to a node's port),
 //! `cluster_status` (one typed view of a group from all its members),
+//! `pin` (the cluster a client's connections must belong to),
 //! `admin_client` (`AdminClient`: what an operator calls).
 
 use std::collections::HashMap;
@@ -45,6 +54,7 @@ mod counter;
 mod error;
 mod kv;
 mod mux;
+mod pin;
 pub mod probe;
 mod route;
 mod session;
@@ -67,6 +77,11 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// every other member), unless it answers in the meantime.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
+/// How long a member found in another cluster is kept out of the route
+/// table (a member's configuration may still list its address); after
+/// that it may be learned again, and is checked again on connecting.
+const FOREIGN_FOR: Duration = Duration::from_secs(30);
+
 /// A client for one group of a cluster. See the module documentation.
 pub struct ClusterClient {
     /// Known members; grows when a member reports others (route table).
@@ -79,6 +94,10 @@ pub struct ClusterClient {
     /// Members that let an attempt time out, until when they are avoided.
     suspects: Mutex<HashMap<String, Instant>>,
     conns: Mutex<HashMap<String, Conn>>,
+    /// The cluster every member asked must belong to (see `pin`).
+    pin: Arc<pin::ClusterPin>,
+    /// Members found in another cluster, kept out of the route table until then.
+    foreign: Mutex<HashMap<String, Instant>>,
     /// One unary gRPC call per request instead of the member's mux stream.
     unary: bool,
     next: AtomicUsize,

@@ -1,6 +1,6 @@
 //! Finding the member to ask: the member list, the cached leader,
-//! redirects, suspects (members that let an attempt time out) and the retry
-//! loop within a call's deadline.
+//! redirects, suspects (members that let an attempt time out), members of
+//! another cluster (dropped), and the retry loop within a call's deadline.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +18,12 @@ use raftkit_proto::status::from_status;
 use raftkit_proto::validate_addr;
 use raftkit_proto::RaftError;
 
+use crate::conn::CheckError;
+use crate::pin::{never_sent, ClusterPin, Foreign, OneConnection};
 use crate::*;
+
+/// How long the cluster check of a new connection may take at most.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClusterClient {
     /// `addrs` are members' `host:port`; `timeout` bounds each call with retries.
@@ -36,9 +41,12 @@ impl ClusterClient {
             validate_addr(a)
                 .map_err(|e| ClientError::InvalidArgument(format!("cluster address {e}")))?;
         }
+        let group = group.into();
         Ok(ClusterClient {
             addrs: Mutex::new(addrs),
-            group: group.into(),
+            pin: Arc::new(ClusterPin::new(group.clone())),
+            foreign: Mutex::new(HashMap::new()),
+            group,
             timeout,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             leader: Mutex::new(None),
@@ -66,6 +74,31 @@ impl ClusterClient {
     pub fn with_attempt_timeout(mut self, attempt: Duration) -> Self {
         self.attempt_timeout = attempt.max(Duration::from_millis(1));
         self
+    }
+
+    /// Sends requests only to members of cluster `id` (16 hex digits, as
+    /// `ClusterStatus::cluster_id` and `Identity::cluster_id` give it), instead
+    /// of the cluster of the first member that states one. Empty: learn it.
+    pub fn with_cluster_id(self, id: &str) -> Result<Self, ClientError> {
+        let id = id.trim();
+        if id.len() > 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ClientError::InvalidArgument(format!(
+                "cluster id {id:?}: expected up to 16 hex digits"
+            )));
+        }
+        let id = if id.is_empty() {
+            String::new()
+        } else {
+            format!("{:0>16}", id.to_ascii_lowercase())
+        };
+        self.pin.expect(&id);
+        Ok(self)
+    }
+
+    /// The cluster this client sends requests to: given, or learned from
+    /// the first member that stated one (none yet: not known).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.pin.id()
     }
 
     pub fn group(&self) -> &str {
@@ -101,11 +134,13 @@ impl ClusterClient {
             else {
                 continue;
             };
+            let foreign = self.foreign_members();
             let mut known = self.addrs.lock();
             for g in r.into_inner().groups {
                 for m in g.voters.iter().chain(&g.learners).chain(&g.voters_outgoing) {
                     if !m.addr.is_empty()
                         && !known.contains(&m.addr)
+                        && !foreign.contains(&m.addr)
                         && validate_addr(&m.addr).is_ok()
                     {
                         known.push(m.addr.clone());
@@ -121,14 +156,77 @@ impl ClusterClient {
         self.leader.lock().clone()
     }
 
+    /// The connection to `addr` for a request: checked to belong to this
+    /// client's cluster (once per connection, see `pin`).
     pub(crate) async fn conn(&self, addr: &str) -> Result<Conn, ConnectError> {
+        let mut conn = self.conn_unchecked(addr).await?;
+        let mut checked = conn
+            .check_channel(self.attempt_timeout.min(CHECK_TIMEOUT))
+            .await;
+        if matches!(&checked, Err(CheckError::Failed(s)) if never_sent(s)) {
+            // A cached, unchecked connection had ended: make a new one.
+            self.forget(addr);
+            conn = self.conn_unchecked(addr).await?;
+            checked = conn
+                .check_channel(self.attempt_timeout.min(CHECK_TIMEOUT))
+                .await;
+        }
+        match checked {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                self.forget(addr);
+                Err(match e {
+                    CheckError::Foreign(f) => ConnectError {
+                        message: f.to_string(),
+                        refused: false,
+                        foreign: Some(f),
+                    },
+                    CheckError::Failed(s) => ConnectError {
+                        message: format!("cluster check: {}", s.message()),
+                        refused: false,
+                        foreign: None,
+                    },
+                })
+            }
+        }
+    }
+
+    /// The connection to `addr` without the cluster check, for calls that
+    /// ask one chosen member who it is (identity, status, digest).
+    pub(crate) async fn conn_unchecked(&self, addr: &str) -> Result<Conn, ConnectError> {
         if let Some(c) = self.conns.lock().get(addr) {
             return Ok(c.clone());
         }
         let ch = connect(addr).await?;
-        let conn = Conn::new(ch, addr, !self.unary);
+        let conn = Conn::new(ch, addr, !self.unary, self.pin.clone());
         self.conns.lock().insert(addr.to_string(), conn.clone());
         Ok(conn)
+    }
+
+    /// The members found in another cluster lately.
+    fn foreign_members(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut f = self.foreign.lock();
+        f.retain(|_, until| *until > now);
+        f.keys().cloned().collect()
+    }
+
+    /// The member `f.addr` belongs to another cluster: it leaves the route
+    /// table (and is not learned again for a while). An error when it was
+    /// the last member the client knew.
+    pub(crate) fn drop_foreign(&self, f: &Foreign) -> Result<(), ClientError> {
+        self.forget(&f.addr);
+        self.foreign
+            .lock()
+            .insert(f.addr.clone(), Instant::now() + FOREIGN_FOR);
+        let mut addrs = self.addrs.lock();
+        if addrs.iter().any(|a| *a != f.addr) {
+            addrs.retain(|a| *a != f.addr);
+            return Ok(());
+        }
+        Err(ClientError::WrongCluster(format!(
+            "{f}; no other member is known"
+        )))
     }
 
     pub(crate) fn forget(&self, addr: &str) {
@@ -243,12 +341,15 @@ impl ClusterClient {
                     // Not connected: the request was certainly not sent.
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
-                    refused.note(&addr, &e, &self.addrs())?;
-                    sleep_until_or(deadline, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    refused.note(&addr, &e, &self.addrs(), self)?;
+                    if e.foreign.is_none() {
+                        sleep_until_or(deadline, backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
                     continue;
                 }
             };
+            let foreign = ch.foreign_slot();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = match retry {
                 Retry::Idempotent => remaining.min(self.attempt_timeout),
@@ -278,6 +379,20 @@ impl ClusterClient {
                 }
                 Err(s) => s,
             };
+            let stated_other = foreign.lock().clone();
+            if let Some(f) = stated_other {
+                // Its mux stream stated another cluster before any call.
+                last = f.to_string();
+                refused.foreign = Some(f.clone());
+                self.drop_foreign(&f)?;
+                continue;
+            }
+            if never_sent(&status) {
+                // The member's connection had ended; the next one is checked.
+                last = format!("{addr}: {}", status.message());
+                self.forget(&addr);
+                continue;
+            }
             match from_status(&status) {
                 Some(RaftError::NotLeader { leader: Some(l) })
                     if l.addr != addr && self.is_suspect(&l.addr) =>
@@ -370,17 +485,34 @@ impl ClusterClient {
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     self.forget(&addr);
-                    refused.note(&addr, &e, &self.addrs())?;
-                    sleep_until_or(deadline, Duration::from_millis(20)).await;
+                    refused.note(&addr, &e, &self.addrs(), self)?;
+                    if e.foreign.is_none() {
+                        sleep_until_or(deadline, Duration::from_millis(20)).await;
+                    }
                     continue;
                 }
             };
+            let foreign = ch.foreign_slot();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = remaining.min(self.attempt_timeout);
             match tokio::time::timeout(attempt, call(ch, self.group.clone())).await {
                 Ok(Ok(v)) => {
                     self.answered(&addr);
                     return Ok(v);
+                }
+                Ok(Err(_)) if foreign.lock().is_some() => {
+                    let stated_other = foreign.lock().clone();
+                    if let Some(f) = stated_other {
+                        last = f.to_string();
+                        refused.foreign = Some(f.clone());
+                        self.drop_foreign(&f)?;
+                    }
+                    continue;
+                }
+                Ok(Err(status)) if never_sent(&status) => {
+                    last = format!("{addr}: {}", status.message());
+                    self.forget(&addr);
+                    continue;
                 }
                 Ok(Err(status)) => match from_status(&status) {
                     Some(e) if !e.is_retryable() => return Err(ClientError::Raft(e)),
@@ -440,20 +572,26 @@ pub(crate) async fn connect(addr: &str) -> Result<tonic::transport::Channel, Con
         .map_err(|e| ConnectError {
             message: e.to_string(),
             refused: false,
+            foreign: None,
         })?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    ep.connect().await.map_err(|e| ConnectError {
-        message: format!(
-            "{e}: {}",
-            std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        ),
-        refused: is_refused(&e),
-    })
+    // One TCP connection per channel, never re-made behind the client's
+    // back: a new connection is a new `Conn`, checked again (see `pin`).
+    ep.connect_with_connector(OneConnection::new(addr))
+        .await
+        .map_err(|e| ConnectError {
+            message: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+            refused: is_refused(&e),
+            foreign: None,
+        })
 }
 
 /// Why a connection to a member could not be made.
@@ -462,6 +600,8 @@ pub(crate) struct ConnectError {
     pub(crate) message: String,
     /// Nothing listens there: the connection was refused at once.
     pub(crate) refused: bool,
+    /// The member belongs to another cluster (nothing was sent to it).
+    pub(crate) foreign: Option<Foreign>,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -488,8 +628,15 @@ fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
 /// has, nothing listens at any of the addresses: that is known at once, so
 /// the call fails then (like etcdctl's dial timeout) instead of waiting out
 /// its deadline, which is kept for members that answer slowly or not at all.
+/// A member of another cluster met during the call is dropped from the
+/// route table (an error when it was the last); when the rest refuse, the
+/// error says the member left belongs to another cluster.
 #[derive(Default)]
-pub(crate) struct Refusals(std::collections::BTreeSet<String>);
+pub(crate) struct Refusals {
+    refused: std::collections::BTreeSet<String>,
+    /// A member of another cluster met during this call.
+    foreign: Option<Foreign>,
+}
 
 impl Refusals {
     pub(crate) fn note(
@@ -497,18 +644,34 @@ impl Refusals {
         addr: &str,
         e: &ConnectError,
         members: &[String],
+        client: &ClusterClient,
     ) -> Result<(), ClientError> {
+        if let Some(f) = &e.foreign {
+            self.foreign = Some(f.clone());
+            client.drop_foreign(f)?;
+            return self.all_refused(&client.addrs());
+        }
         if !e.refused {
             return Ok(());
         }
-        self.0.insert(addr.to_string());
-        if members.iter().all(|m| self.0.contains(m)) {
-            return Err(ClientError::Refused(format!(
-                "every member refused the connection ({}): is the cluster running at these addresses?",
-                members.join(", ")
-            )));
+        self.refused.insert(addr.to_string());
+        self.all_refused(members)
+    }
+
+    fn all_refused(&self, members: &[String]) -> Result<(), ClientError> {
+        if self.refused.is_empty() || !members.iter().all(|m| self.refused.contains(m)) {
+            return Ok(());
         }
-        Ok(())
+        let refused = format!(
+            "every member refused the connection ({})",
+            members.join(", ")
+        );
+        Err(match &self.foreign {
+            Some(f) => ClientError::WrongCluster(format!("{refused}, and {f}")),
+            None => ClientError::Refused(format!(
+                "{refused}: is the cluster running at these addresses?"
+            )),
+        })
     }
 }
 

@@ -335,6 +335,14 @@ async fn foreign_dropped(addr: &str) -> u64 {
 /// stops and A0 returns to its address, where B's leader keeps sending
 /// (address reuse after a restart). A0 must drop all of it, count it, and
 /// keep A's term, leader and log; and A refuses to add B's members.
+///
+/// Clients of B that knew b0's address never write into A (task of
+/// issue 18's cluster identity, on the client side): once B is gone and A0,
+/// now A's leader, is the only member they can reach, their writes fail as
+/// `WrongCluster`, certainly not applied, and A holds none of them. One
+/// client pinned itself by talking to b0 (unary calls: its channel to b0
+/// must not silently reconnect to A0), one by its mux stream to b0, one was
+/// given B's id and knows only the address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_traffic_from_another_cluster_is_dropped() {
     let fault_injection = [("RAFTKIT_FAULT_INJECTION", "1")];
@@ -424,6 +432,20 @@ async fn raft_traffic_from_another_cluster_is_dropped() {
             .await
             .unwrap();
     }
+    // Clients of B that talked to b0 (checked connections to b0 cached).
+    let b_only_b0 = |unary: bool| {
+        ClusterClient::new(vec![b_addrs[0].clone()], "kv", Duration::from_secs(10))
+            .unwrap()
+            .with_unary_calls(unary)
+    };
+    let (b_unary, b_mux) = (b_only_b0(true), b_only_b0(false));
+    for c in [&b_unary, &b_mux] {
+        assert_eq!(
+            c.get(Bytes::from_static(b"b0")).await.unwrap().as_deref(),
+            Some(&b"B"[..])
+        );
+        assert_eq!(c.cluster_id().as_deref(), Some(b_cluster.as_str()));
+    }
     // b0 leaves the address; B's leader keeps sending to it.
     let b0 = b_addrs[0].clone();
     b[0].kill9();
@@ -497,4 +519,38 @@ async fn raft_traffic_from_another_cluster_is_dropped() {
             .contains(&format!("holds data of cluster {b_cluster}")),
         "{e}"
     );
+
+    // B goes away, and A0 (at b0's old address) leads A: a write of B's
+    // clients that reached A0 would be applied in A.
+    b[1].kill9();
+    b[2].kill9();
+    admin_a.transfer_leader(Some(&a.addrs[0])).await.unwrap();
+    let b_given = ClusterClient::new(vec![a.addrs[0].clone()], "kv", Duration::from_secs(10))
+        .unwrap()
+        .with_cluster_id(&b_cluster)
+        .unwrap();
+    for (name, c) in [("unary", &b_unary), ("mux", &b_mux), ("given", &b_given)] {
+        let key = Bytes::from(format!("from-b-{name}"));
+        let e = c
+            .put(key.clone(), Bytes::from_static(b"B"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongCluster, "{name}: {e}");
+        assert!(e.is_definitely_not_applied(), "{name}: {e}");
+        assert!(e.to_string().contains(&a_cluster), "{name}: {e}");
+        assert_eq!(
+            client_a.get(key).await.unwrap(),
+            None,
+            "{name}: B's write reached A"
+        );
+    }
+    // A client of A at the same address is served as before.
+    let a_given = ClusterClient::new(vec![a.addrs[0].clone()], "kv", Duration::from_secs(10))
+        .unwrap()
+        .with_cluster_id(&a_cluster)
+        .unwrap();
+    a_given
+        .put(Bytes::from_static(b"a-given"), Bytes::from_static(b"A"))
+        .await
+        .unwrap();
 }

@@ -103,19 +103,10 @@ impl From<NodeStatus> for NodeStatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_log_format: crate::storage::LOG_FORMAT,
             catchup_margin: s.catchup_margin,
-            cluster_id: cluster_hex(s.cluster_id),
+            cluster_id: super::cluster_hex(s.cluster_id),
             cluster_format: s.cluster_format,
             max_cluster_format: s.max_cluster_format,
         }
-    }
-}
-
-/// A cluster id as 16 hex digits; empty for none.
-fn cluster_hex(id: u64) -> String {
-    if id == 0 {
-        String::new()
-    } else {
-        format!("{id:016x}")
     }
 }
 
@@ -239,7 +230,7 @@ impl Admin for AdminService {
             voters_outgoing: members(&conf.voters_outgoing),
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_log_format: crate::storage::LOG_FORMAT,
-            cluster_id: cluster_hex(ident.cluster_id),
+            cluster_id: super::cluster_hex(ident.cluster_id),
             max_cluster_format: ident.max_cluster_format,
         }))
     }

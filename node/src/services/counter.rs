@@ -177,6 +177,11 @@ pub struct CounterService {
 }
 
 impl CounterService {
+    /// The cluster id of `group`'s replica (0: none known yet).
+    pub fn cluster_id(&self, group: &str) -> Result<u64, Status> {
+        self.groups.get(group).map(|(node, _)| node.cluster_id())
+    }
+
     pub fn new(groups: GroupTable<CounterState>, session_idle_ms: u64) -> Self {
         CounterService {
             groups,

@@ -292,6 +292,11 @@ pub struct KvService {
 }
 
 impl KvService {
+    /// The cluster id of `group`'s replica (0: none known yet).
+    pub fn cluster_id(&self, group: &str) -> Result<u64, Status> {
+        self.groups.get(group).map(|(node, _)| node.cluster_id())
+    }
+
     pub fn new(groups: GroupTable<KvState>, session_idle_ms: u64) -> Self {
         KvService {
             groups,

@@ -194,3 +194,12 @@ pub fn require_leader(node: &Node) -> Result<(), Status> {
         }))
     }
 }
+
+/// A cluster id as 16 hex digits; empty for none.
+pub(crate) fn cluster_hex(id: u64) -> String {
+    if id == 0 {
+        String::new()
+    } else {
+        format!("{id:016x}")
+    }
+}

@@ -21,7 +21,7 @@ use crate::pb::counter_server::Counter;
 use crate::pb::kv_server::Kv;
 use crate::pb::mux_reply::Result as Reply;
 use crate::pb::mux_request::Call;
-use crate::pb::{MuxReply, MuxRequest};
+use crate::pb::{MuxHelloReply, MuxReply, MuxRequest};
 
 pub use raftkit_proto::mux::{
     into_result, read_frame, FrameWriter, MAX_FRAME, MAX_QUEUED_BYTES, MUX_PREFACE,
@@ -105,6 +105,17 @@ fn call(
                         .map(|r| Reply::CounterGet(r.into_inner())),
                 )
             });
+        }
+        Some(Call::Hello(h)) => {
+            // The replica's cluster, from whichever service hosts the group
+            // (an atomic read); none stated when neither does.
+            let id = kv
+                .cluster_id(&h.group)
+                .or_else(|_| counter.cluster_id(&h.group))
+                .unwrap_or(0);
+            reply(Ok(Reply::Hello(MuxHelloReply {
+                cluster_id: super::cluster_hex(id),
+            })))
         }
         None => reply(Err(Status::invalid_argument(
             "mux request carries no call (a newer client than this server?)",
