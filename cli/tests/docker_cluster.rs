@@ -11,7 +11,8 @@
 //!    linearizable read or write, and once reconnected it catches up
 //!    (equal state digests through `raftkit digest`);
 //! 3. no acknowledged increment is lost or doubled (the counter checks of
-//!    `raftkit_testkit::load`).
+//!    `raftkit_testkit::load`), and the history of each key of a KV
+//!    workload running beside it is linearizable.
 //!
 //! Each container has two networks: `raft` (internal: only the members,
 //! by alias) and `front` (where its port is published on 127.0.0.1 for the
@@ -22,11 +23,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use raftkit_client::{ClusterClient, ReadConsistency};
 use raftkit_testkit::docker::{self, docker, DockerScope};
+use raftkit_testkit::linearizability::{check_register, Event, RegOp, Val};
 use raftkit_testkit::load::CounterLoad;
 use raftkit_testkit::procs::{free_ports, raft_stat};
 use raftkit_testkit::wait_until_async;
@@ -97,6 +102,8 @@ impl DockerCluster {
                 &advertise,
                 "--initial-conf",
                 &initial,
+                "--groups",
+                "counter:counter,kv:kv",
                 "--election-timeout-ms",
                 "1000",
             ],
@@ -166,24 +173,114 @@ impl DockerCluster {
     }
 }
 
+/// Keys of the KV workload.
+const KEYS: usize = 3;
+
+/// Writers and readers on a few KV keys, recording each operation for the
+/// linearizability checker (a put whose outcome is unknown may take effect
+/// at any time after it was invoked).
+struct KvLoad {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<(usize, Event)>>>,
+}
+
+fn parse(v: Option<Bytes>) -> Val {
+    v.map(|b| {
+        String::from_utf8_lossy(&b)
+            .parse()
+            .expect("a value the test wrote")
+    })
+}
+
+impl KvLoad {
+    fn start(client: Arc<ClusterClient>, workers: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|w| {
+                let (client, stop) = (client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut history = Vec::new();
+                    let mut next = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = rand::random_range(0..KEYS);
+                        let key_bytes = Bytes::from(format!("key-{key}"));
+                        let invoked = Instant::now();
+                        if rand::random_bool(0.5) {
+                            let id = (w << 32) | next;
+                            next += 1;
+                            let r = client.put(key_bytes, Bytes::from(id.to_string())).await;
+                            let (completed, prev) = match r {
+                                Ok(prev) => (Some(Instant::now()), Some(parse(prev))),
+                                Err(e) if e.is_definitely_not_applied() => continue,
+                                Err(_) => (None, None),
+                            };
+                            let op = RegOp::Put { value: id, prev };
+                            history.push((
+                                key,
+                                Event {
+                                    invoked,
+                                    completed,
+                                    op,
+                                },
+                            ));
+                        } else if let Ok(v) = client.get(key_bytes).await {
+                            let op = RegOp::Get { value: parse(v) };
+                            let completed = Some(Instant::now());
+                            history.push((
+                                key,
+                                Event {
+                                    invoked,
+                                    completed,
+                                    op,
+                                },
+                            ));
+                        }
+                    }
+                    history
+                })
+            })
+            .collect();
+        KvLoad { stop, workers }
+    }
+
+    /// Stops the workers and checks each key's history; returns how many
+    /// operations were checked.
+    async fn stop_and_check(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut per_key: Vec<Vec<Event>> = vec![Vec::new(); KEYS];
+        for w in self.workers {
+            for (k, e) in w.await.unwrap() {
+                per_key[k].push(e);
+            }
+        }
+        for (k, h) in per_key.iter().enumerate() {
+            if let Err(e) = check_register(h) {
+                panic!("key-{k}: not linearizable: {e}");
+            }
+        }
+        per_key.iter().map(Vec::len).sum()
+    }
+}
+
 /// `raftkit --output json digest` against every member's host address:
-/// (applied index, digest) per member.
-fn digests(addrs: &[String]) -> Vec<Option<(u64, String)>> {
+/// (group, applied index, digest) of each group, per member.
+fn digests(addrs: &[String]) -> Vec<Option<Vec<(String, u64, String)>>> {
     let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
         .args(["--cluster", &addrs.join(","), "--output", "json", "digest"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let group = |g: &serde_json::Value| {
+        Some((
+            g["group"].as_str()?.to_string(),
+            g["applied_index"].as_u64()?,
+            g["digest"].as_str()?.to_string(),
+        ))
+    };
     v.as_array()
         .map(|rows| {
             rows.iter()
-                .map(|r| {
-                    let g = &r["groups"][0];
-                    Some((
-                        g["applied_index"].as_u64()?,
-                        g["digest"].as_str()?.to_string(),
-                    ))
-                })
+                .map(|r| r["groups"].as_array()?.iter().map(group).collect())
                 .collect()
         })
         .unwrap_or_default()
@@ -206,7 +303,10 @@ async fn three_members_in_containers_survive_a_replaced_leader_and_a_partition()
 
     let client =
         Arc::new(ClusterClient::new(c.host_addrs(), "counter", Duration::from_secs(20)).unwrap());
-    let load = CounterLoad::start(client.clone(), 4);
+    let load = CounterLoad::start(client.clone(), 3);
+    let kv_client =
+        Arc::new(ClusterClient::new(c.host_addrs(), "kv", Duration::from_secs(20)).unwrap());
+    let kv_load = KvLoad::start(kv_client, 3);
     load.wait_for_progress(50, PROGRESS, "at the start").await;
 
     // 1. The leader's container dies and is replaced: same name, alias and
@@ -305,6 +405,7 @@ async fn three_members_in_containers_survive_a_replaced_leader_and_a_partition()
     // The probe's write counts as one more write of unknown outcome.
     tally.unknown += u64::from(probe_unknown);
     let total = tally.check(&client).await;
+    let kv_ops = kv_load.stop_and_check().await;
     let addrs = c.host_addrs();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -318,7 +419,7 @@ async fn three_members_in_containers_survive_a_replaced_leader_and_a_partition()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
-        "{} increments acknowledged, {} failed, final value {total}, in {:?}",
+        "{} increments acknowledged, {} failed, final value {total}; {kv_ops} KV operations linearizable; in {:?}",
         tally.acked.len(),
         tally.failed,
         started.elapsed()

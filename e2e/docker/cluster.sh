@@ -38,7 +38,8 @@ up() {
         docker volume create "$prefix-data$i" >/dev/null
         docker create --name "$prefix-n$i" --network "$front" -p "127.0.0.1:810$i:8080" \
             -v "$prefix-data$i:/var/lib/raftkit" "$image" \
-            --advertise "n$i:8080" --initial-conf n0:8080,n1:8080,n2:8080 >/dev/null
+            --advertise "n$i:8080" --initial-conf n0:8080,n1:8080,n2:8080 \
+            --groups counter:counter,kv:kv >/dev/null
         docker network connect --alias "n$i" "$raft" "$prefix-n$i"
         docker start "$prefix-n$i" >/dev/null
     done
