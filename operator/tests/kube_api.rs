@@ -40,44 +40,13 @@ struct Seen {
     body: Value,
 }
 
-/// Takes the next request and answers it with `status` and `body`.
-async fn answer(handle: &mut ApiHandle, status: StatusCode, body: Value) -> Seen {
+/// Takes the next request and answers it with `status` and `body`, or with
+/// the request's own body (`None`: an apply echoed as the server stores it).
+async fn respond(handle: &mut ApiHandle, status: StatusCode, body: Option<Value>) -> Seen {
     let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .expect("a request within 5 s")
         .expect("the client is alive");
-    let seen_method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body_value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| serde_yaml::from_slice(&bytes).expect("a JSON or YAML body"))
-    };
-    let reply = Response::builder()
-        .status(status)
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap();
-    send.send_response(reply);
-    Seen {
-        method: seen_method,
-        path,
-        query,
-        content_type,
-        body: body_value,
-    }
-}
-
-/// Echoes an apply: the object as sent, as the server would store it.
-async fn echo(handle: &mut ApiHandle) -> Seen {
-    let (req, send) = handle.next_request().await.expect("a request");
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -87,11 +56,16 @@ async fn echo(handle: &mut ApiHandle) -> Seen {
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    let sent = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    let reply = body.unwrap_or_else(|| sent.clone());
     send.send_response(
         Response::builder()
-            .status(StatusCode::OK)
-            .body(Body::from(bytes.to_vec()))
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
             .unwrap(),
     );
     Seen {
@@ -99,8 +73,16 @@ async fn echo(handle: &mut ApiHandle) -> Seen {
         path,
         query,
         content_type,
-        body,
+        body: sent,
     }
+}
+
+async fn answer(handle: &mut ApiHandle, status: StatusCode, body: Value) -> Seen {
+    respond(handle, status, Some(body)).await
+}
+
+async fn echo(handle: &mut ApiHandle) -> Seen {
+    respond(handle, StatusCode::OK, None).await
 }
 
 fn not_found() -> Value {
@@ -251,6 +233,27 @@ fn lease(holder: &str, renewed: &str, transitions: i32) -> Value {
     })
 }
 
+/// Replica op-a contending for the lease, against a fresh mock server.
+fn contend() -> (
+    tokio::task::JoinHandle<Result<Outcome, raftkit_operator::Error>>,
+    ApiHandle,
+) {
+    let (client, handle) = mock_client();
+    let lock = LeaseLock::new(
+        client,
+        "ops",
+        "raftkit-operator",
+        "op-a",
+        Duration::from_secs(15),
+    );
+    (
+        tokio::spawn(async move { lock.try_acquire_or_renew().await }),
+        handle,
+    )
+}
+
+const LONG_AGO: &str = "2020-01-01T00:00:00.000000Z";
+
 fn now_micro() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
@@ -262,15 +265,7 @@ async fn the_lease_is_created_when_missing_kept_when_held_and_taken_over_when_ex
     let path = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/raftkit-operator";
 
     // Missing: created with this replica as holder.
-    let (client, mut handle) = mock_client();
-    let lock = LeaseLock::new(
-        client,
-        "ops",
-        "raftkit-operator",
-        "op-a",
-        Duration::from_secs(15),
-    );
-    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    let (call, mut handle) = contend();
     let s = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;
     assert_eq!((s.method, s.path.as_str()), (Method::GET, path));
     let s = echo(&mut handle).await;
@@ -280,36 +275,15 @@ async fn the_lease_is_created_when_missing_kept_when_held_and_taken_over_when_ex
     assert_eq!(call.await.unwrap().unwrap(), Outcome::Held);
 
     // Held by another replica and fresh: nothing is written.
-    let (client, mut handle) = mock_client();
-    let lock = LeaseLock::new(
-        client,
-        "ops",
-        "raftkit-operator",
-        "op-a",
-        Duration::from_secs(15),
-    );
-    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
+    let (call, mut handle) = contend();
     answer(&mut handle, StatusCode::OK, lease("op-b", &now_micro(), 3)).await;
     assert_eq!(call.await.unwrap().unwrap(), Outcome::HeldBy("op-b".into()));
     drop(handle);
 
     // Held by another replica but expired: taken over, conditionally on
     // the version read.
-    let (client, mut handle) = mock_client();
-    let lock = LeaseLock::new(
-        client,
-        "ops",
-        "raftkit-operator",
-        "op-a",
-        Duration::from_secs(15),
-    );
-    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
-    answer(
-        &mut handle,
-        StatusCode::OK,
-        lease("op-b", "2020-01-01T00:00:00.000000Z", 3),
-    )
-    .await;
+    let (call, mut handle) = contend();
+    answer(&mut handle, StatusCode::OK, lease("op-b", LONG_AGO, 3)).await;
     let s = echo(&mut handle).await;
     assert_eq!((s.method, s.path.as_str()), (Method::PUT, path));
     assert_eq!(s.body["metadata"]["resourceVersion"], "41");
@@ -319,21 +293,8 @@ async fn the_lease_is_created_when_missing_kept_when_held_and_taken_over_when_ex
 
     // Two contenders race for the expired lease: the loser's write is
     // refused (409) and it does not act.
-    let (client, mut handle) = mock_client();
-    let lock = LeaseLock::new(
-        client,
-        "ops",
-        "raftkit-operator",
-        "op-a",
-        Duration::from_secs(15),
-    );
-    let call = tokio::spawn(async move { lock.try_acquire_or_renew().await });
-    answer(
-        &mut handle,
-        StatusCode::OK,
-        lease("op-b", "2020-01-01T00:00:00.000000Z", 3),
-    )
-    .await;
+    let (call, mut handle) = contend();
+    answer(&mut handle, StatusCode::OK, lease("op-b", LONG_AGO, 3)).await;
     let s = answer(&mut handle, StatusCode::CONFLICT, conflict()).await;
     assert_eq!(s.method, Method::PUT);
     assert!(matches!(call.await.unwrap().unwrap(), Outcome::HeldBy(_)));

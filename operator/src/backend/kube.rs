@@ -77,6 +77,15 @@ impl KubeBackend {
     }
 }
 
+/// A deletion of something already gone is done.
+fn gone_is_done<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A pod's state as the plan needs it.
 pub fn pod_state(rc: &RaftCluster, namespace: &str, ordinal: u32, pod: Option<&Pod>) -> PodState {
     let name = build::pod_name(rc, ordinal);
@@ -190,30 +199,22 @@ impl Workload for KubeBackend {
     }
 
     async fn restart_pod(&self, rc: &RaftCluster, pod: &str) -> Result<(), Error> {
-        match self
-            .api::<Pod>(rc)
-            .delete(pod, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Already gone: the StatefulSet recreates it.
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // Already gone is fine: the StatefulSet recreates it.
+        gone_is_done(
+            self.api::<Pod>(rc)
+                .delete(pod, &DeleteParams::default())
+                .await,
+        )
     }
 
     async fn wipe_pod(&self, rc: &RaftCluster, pod: &str) -> Result<(), Error> {
         // The claim goes first (it is released once the pod is gone), then
         // the pod; the StatefulSet recreates both, the volume empty.
-        match self
-            .api::<PersistentVolumeClaim>(rc)
-            .delete(&build::pvc_name(pod), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        gone_is_done(
+            self.api::<PersistentVolumeClaim>(rc)
+                .delete(&build::pvc_name(pod), &DeleteParams::default())
+                .await,
+        )?;
         self.restart_pod(rc, pod).await
     }
 
@@ -236,15 +237,11 @@ impl Workload for KubeBackend {
         if delete_volumes {
             for o in replicas..before {
                 let pvc = build::pvc_name(&build::pod_name(rc, o));
-                match self
-                    .api::<PersistentVolumeClaim>(rc)
-                    .delete(&pvc, &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                gone_is_done(
+                    self.api::<PersistentVolumeClaim>(rc)
+                        .delete(&pvc, &DeleteParams::default())
+                        .await,
+                )?;
             }
         }
         Ok(())

@@ -202,6 +202,16 @@ impl LocalBackend {
         self.cfg.work_dir.join(pod)
     }
 
+    /// Deletes a pod's volume (its data directory).
+    fn delete_volume(&self, pod: &str) -> Result<(), Error> {
+        let dir = self.data_dir(pod);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(Error::io(format!("deleting {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
     fn pid_file(&self, pod: &str) -> PathBuf {
         self.cfg.work_dir.join("pods").join(format!("{pod}.json"))
     }
@@ -471,11 +481,7 @@ impl Workload for LocalBackend {
                 self.stop(&mut p).await;
             }
         }
-        let dir = self.data_dir(pod);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(Error::io(format!("deleting {}", dir.display())))?;
-        }
+        self.delete_volume(pod)?;
         self.supervise(&mut state)
     }
 
@@ -497,11 +503,7 @@ impl Workload for LocalBackend {
             if let Some(mut p) = state.pods.remove(&ordinal) {
                 self.stop(&mut p).await;
                 if delete_volumes {
-                    let dir = self.data_dir(&p.name);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)
-                            .map_err(Error::io(format!("deleting {}", dir.display())))?;
-                    }
+                    self.delete_volume(&p.name)?;
                 }
             }
         }
