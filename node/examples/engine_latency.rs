@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use raftkit_node::node::Node;
 use raftkit_node::options::NodeOptions;
 use raftkit_node::state_machine::{ApplyIter, StateMachine};
-use raftkit_node::transport::local::LocalNetwork;
+use raftkit_testkit::LocalNetwork;
 
 struct Echo;
 

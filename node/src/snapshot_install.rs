@@ -93,8 +93,12 @@ pub struct Chunk {
     pub crc32c: u32,
 }
 
-/// The receiving side of a transfer, as the sender sees it (gRPC to another
-/// process, or a direct call in tests).
+/// The receiving side of a transfer, as the sender sees it: gRPC to another
+/// process (`transport::net`), or direct calls of the receiving
+/// `Node::install_begin` / `install_chunk` / `install_commit` (the test
+/// network in `raftkit-testkit`, which injects its transfer faults here).
+/// A [`crate::transport::Transport`] implements `install_snapshot` by
+/// running [`send_snapshot`] over one.
 pub trait InstallClient: Send {
     /// Announces the snapshot; returns the bytes already held per file.
     fn begin(

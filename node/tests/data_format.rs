@@ -7,8 +7,7 @@
 use raftkit_node::node::Node;
 use raftkit_node::options::NodeOptions;
 use raftkit_node::storage::{self, RaftMeta, StorageOptions, LOG_FORMAT};
-use raftkit_node::transport::local::LocalNetwork;
-use raftkit_testkit::RecordingFsm;
+use raftkit_testkit::{LocalNetwork, RecordingFsm};
 
 fn options(dir: &std::path::Path) -> NodeOptions {
     let mut o = NodeOptions::new("g".to_string(), "solo.format:7000".to_string());

@@ -15,14 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, wait_until_async, Cluster, RecordingFsm};
+use common::{wait_until, wait_until_async, Cluster, LocalNetwork, RecordingFsm};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft::eraftpb::{Message, MessageType};
 use raftkit_node::error::{PeerId, StorageError};
 use raftkit_node::node::Node;
 use raftkit_node::options::NodeOptions;
 use raftkit_node::storage::{self, LogStorage, RaftMeta, StorageOptions};
-use raftkit_node::transport::local::LocalNetwork;
 
 // ------------------------------------------------------------ gated://
 

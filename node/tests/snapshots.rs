@@ -7,9 +7,8 @@ use raftkit_testkit as common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_until, wait_until_async, Cluster};
+use common::{wait_until, wait_until_async, Cluster, SnapshotFaults};
 use raftkit_node::options::NodeOptions;
-use raftkit_node::transport::local::SnapshotFaults;
 
 const T: Duration = Duration::from_secs(20);
 

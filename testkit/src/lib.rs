@@ -12,6 +12,9 @@
 //!  linearizability.rs a Wing-Gong-Lowe checker for register histories
 //!  conformance.rs     the storage conformance suite every backend must pass
 //!                     (public: backends outside the engine run it too)
+//!  local_network.rs   the in-process network (LocalNetwork): link cuts,
+//!                     isolation, drop rate, an interceptor, snapshot
+//!                     transfer faults; on the engine's Transport trait
 //!  load.rs            a counter workload and the checks of its history
 //!  docker.rs          container tests: the engine check, the image built by
 //!                     e2e/build-image.sh, a scope that removes what a test made
@@ -26,6 +29,7 @@ pub mod conformance;
 pub mod docker;
 pub mod linearizability;
 pub mod load;
+pub mod local_network;
 pub mod procs;
 
 use std::future::Future;
@@ -39,7 +43,8 @@ use raftkit_node::node::Node;
 use raftkit_node::options::NodeOptions;
 use raftkit_node::state_machine::{ApplyIter, StateMachine};
 use raftkit_node::storage::{SnapshotReader, SnapshotWriter};
-use raftkit_node::transport::local::LocalNetwork;
+
+pub use local_network::{Interceptor, LocalNetwork, SnapshotFaults};
 
 /// What the recording state machine saw.
 #[derive(Default, Debug, Clone)]

@@ -1,21 +1,96 @@
 //! A leader that removes itself while a proposal is written inline (issue
 //! 17, item 4): built step by step through the inbox, since the
 //! interleaving (the removal's commit and a new proposal in one Ready run by
-//! a sender's thread) is too narrow to hit by load alone.
+//! a sender's thread) is too narrow to hit by load alone. It drives the raft
+//! loop through crate-private hooks (`Node::inbox`, `RaftInbox::run_as_sender`),
+//! so it stays a unit test, over a minimal in-process network of its own
+//! (testkit's `LocalNetwork` is outside this crate).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use raft::eraftpb::{Message, MessageType};
 
 use super::RaftMsg;
 use crate::closure::{Done, Task};
-use crate::membership::PeerRef;
+use crate::membership::{PeerIdentity, PeerRef};
 use crate::node::Node;
 use crate::options::NodeOptions;
+use crate::snapshot_install::SnapshotJob;
 use crate::state_machine::{ApplyIter, StateMachine};
-use crate::transport::local::LocalNetwork;
+use crate::transport::{SnapshotSent, Transport, Unreachable};
+
+/// Sees every message `(from, to, message)`; `false` drops it.
+type Interceptor = Box<dyn Fn(&str, &str, &Message) -> bool + Send + Sync>;
+
+/// The nodes by address, and what may hold their messages back.
+#[derive(Clone, Default)]
+struct Net {
+    nodes: Arc<Mutex<HashMap<String, Node>>>,
+    interceptor: Arc<Mutex<Option<Interceptor>>>,
+}
+
+/// What a node at `me` sends through: straight into the destination's
+/// queue; no snapshots (this test never needs one).
+struct NetTransport {
+    net: Net,
+    me: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Net {
+    fn transport(&self, me: &str) -> Arc<dyn Transport> {
+        Arc::new(NetTransport {
+            net: self.clone(),
+            me: me.to_string(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn node(&self, addr: &str) -> Option<Node> {
+        self.nodes.lock().unwrap().get(addr).cloned()
+    }
+
+    fn set_interceptor(&self, f: Option<Interceptor>) {
+        *self.interceptor.lock().unwrap() = f;
+    }
+}
+
+impl Transport for NetTransport {
+    fn send(&self, _group: &str, to_addr: &str, msg: Message) -> Result<(), Unreachable> {
+        if let Some(f) = &*self.net.interceptor.lock().unwrap() {
+            if !f(&self.me, to_addr, &msg) {
+                return Ok(());
+            }
+        }
+        let node = self.net.node(to_addr).ok_or(Unreachable)?;
+        node.step(msg, Some(self.me.clone()));
+        Ok(())
+    }
+
+    fn install_snapshot(&self, _job: SnapshotJob, done: SnapshotSent) {
+        done(Err("this test network carries no snapshots".into()));
+    }
+
+    fn query_identity(
+        &self,
+        _group: &str,
+        addr: &str,
+    ) -> BoxFuture<'static, Result<PeerIdentity, String>> {
+        let (net, addr) = (self.net.clone(), addr.to_string());
+        Box::pin(async move {
+            let node = net.node(&addr).ok_or("not started yet")?;
+            node.identity().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.runtime.spawn(task);
+    }
+}
 
 /// Answers every write with its own data.
 struct Echo;
@@ -48,7 +123,7 @@ fn a_leader_removed_while_it_writes_inline_hands_over_instead_of_panicking() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let net = LocalNetwork::new();
+        let net = Net::default();
         let tag = format!("{:016x}", rand::random::<u64>());
         let addrs: Vec<String> = (0..3).map(|i| format!("n{i}.{tag}:7000")).collect();
         let nodes: Vec<Node> = addrs
@@ -63,7 +138,7 @@ fn a_leader_removed_while_it_writes_inline_hands_over_instead_of_panicking() {
                 o.raft_meta_uri = uri.clone();
                 o.snapshot_uri = uri;
                 let n = Node::start(o, Box::new(Echo), net.transport(a)).unwrap();
-                net.register(&n);
+                net.nodes.lock().unwrap().insert(a.clone(), n.clone());
                 n
             })
             .collect();
@@ -85,7 +160,7 @@ fn a_leader_removed_while_it_writes_inline_hands_over_instead_of_panicking() {
         let held: Arc<Mutex<Vec<(String, Message)>>> = Arc::default();
         {
             let (capture, held, to_leader) = (capture.clone(), held.clone(), addrs[l].clone());
-            net.set_interceptor(Some(Arc::new(move |from, to, m| {
+            net.set_interceptor(Some(Box::new(move |from, to, m| {
                 if to == to_leader
                     && m.get_msg_type() == MessageType::MsgAppendResponse
                     && capture.load(Ordering::SeqCst)

@@ -3,11 +3,12 @@
 //! The raft thread hands each outgoing message to a [`Transport`] with the
 //! destination's address; the call never blocks. Implementations:
 //! [`net::NetTransport`] (between processes: raft messages on framed TCP
-//! streams, [`stream`]; snapshots on gRPC) and [`local::LocalNetwork`]
-//! (in-process, with link faults, for tests).
+//! streams, [`stream`]; snapshots on gRPC). Tests run in-process clusters
+//! over `LocalNetwork` (crate `raftkit-testkit`), which implements this
+//! trait on the public API: [`crate::node::Node::step`], the
+//! `Node::install_*` calls and [`crate::snapshot_install::send_snapshot`].
 
 pub mod cluster_check;
-pub mod local;
 pub mod net;
 pub mod stream;
 

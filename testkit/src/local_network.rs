@@ -1,17 +1,24 @@
 //! An in-process network for tests: delivers raft messages straight into the
 //! destination node's queue, and can cut links (both ways or one way),
-//! isolate nodes and drop a random share of messages.
+//! isolate nodes, drop a random share of messages, rewrite or hold messages
+//! (an interceptor) and break or damage snapshot transfers.
+//!
+//! It stands on the engine's public seams only: it implements
+//! `raftkit_node::transport::Transport`, hands messages to `Node::step`,
+//! queries identities with `Node::identity`, and sends snapshots with
+//! `raftkit_node::snapshot_install::send_snapshot` through an
+//! `InstallClient` that calls the receiver's `Node::install_*` directly.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::Message;
 
-use super::{SnapshotSent, Transport, Unreachable};
-use crate::membership::PeerIdentity;
-use crate::node::Node;
-use crate::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
-use crate::storage::SnapshotMeta;
+use raftkit_node::membership::PeerIdentity;
+use raftkit_node::node::Node;
+use raftkit_node::snapshot_install::{send_snapshot, Chunk, InstallClient, SnapshotJob};
+use raftkit_node::storage::SnapshotMeta;
+use raftkit_node::transport::{SnapshotSent, Transport, Unreachable};
 
 /// Faults for snapshot transfers, each firing once.
 #[derive(Clone, Debug, Default)]
