@@ -5,118 +5,232 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::{Resettable, StyledStr};
 use clap::{ArgAction, Args};
 
 use crate::options::ReadMode;
 use crate::server::{ServerConfig, ServerError, StateMachineKind};
 
+/// The flags of `raftkit-node`. Each flag's help is the one line of its
+/// entry in the settings table (`raftkit_proto::settings::NODE_SETTINGS`,
+/// named like the field); a few add a longer explanation that `--help`
+/// shows after that line. The test below checks both ways.
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
-    /// Address to listen on for gRPC and HTTP.
-    #[arg(long, env = "RAFTKIT_LISTEN", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        env = "RAFTKIT_LISTEN",
+        value_name = "IP:PORT",
+        help = help("listen"),
+        long_help = long_help("listen"),
+    )]
     pub listen: SocketAddr,
-    /// Address peers and clients use to reach this node [default: --listen].
-    #[arg(long, env = "RAFTKIT_ADVERTISE", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "RAFTKIT_ADVERTISE",
+        value_name = "HOST:PORT",
+        help = help("advertise"),
+        long_help = long_help("advertise"),
+    )]
     pub advertise: Option<String>,
-    /// Directory for this node's log, meta and snapshots.
-    #[arg(long, env = "RAFTKIT_DATA_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "RAFTKIT_DATA_DIR",
+        value_name = "DIR",
+        help = help("data_dir"),
+        long_help = long_help("data_dir"),
+    )]
     pub data_dir: PathBuf,
-    /// Raft group name [default: the state machine's name].
-    #[arg(long, env = "RAFTKIT_GROUP", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "RAFTKIT_GROUP",
+        value_name = "NAME",
+        help = help("group"),
+        long_help = long_help("group"),
+    )]
     pub group: Option<String>,
-    /// Application the group runs.
     #[arg(
         long,
         env = "RAFTKIT_STATE_MACHINE",
         value_enum,
-        default_value = "counter"
+        default_value = "counter",
+        help = help("state_machine"),
+        long_help = long_help("state_machine"),
     )]
     pub state_machine: StateMachineKind,
-    /// Host several groups: NAME:STATE_MACHINE,... (instead of --group/--state-machine).
     #[arg(
         long,
         env = "RAFTKIT_GROUPS",
         value_name = "NAME:SM,...",
-        conflicts_with = "group"
+        conflicts_with = "group",
+        help = help("groups"),
+        long_help = long_help("groups"),
     )]
     pub groups: Option<String>,
-    /// Addresses of the first members; used only when the node has no data.
     #[arg(
         long,
         env = "RAFTKIT_INITIAL_CONF",
         value_name = "ADDR,ADDR,...",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help = help("initial_conf"),
+        long_help = long_help("initial_conf"),
     )]
     pub initial_conf: Vec<String>,
-    /// Election timeout in milliseconds.
-    #[arg(long, env = "RAFTKIT_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RAFTKIT_ELECTION_TIMEOUT_MS",
+        default_value_t = 1000,
+        help = help("election_timeout_ms"),
+        long_help = long_help("election_timeout_ms"),
+    )]
     pub election_timeout_ms: u64,
-    /// Seconds between snapshots (0: never).
-    #[arg(long, env = "RAFTKIT_SNAPSHOT_INTERVAL_S", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_INTERVAL_S",
+        default_value_t = 3600,
+        help = help("snapshot_interval_s"),
+        long_help = long_help("snapshot_interval_s"),
+    )]
     pub snapshot_interval_s: u64,
-    /// Also snapshot once this many entries were applied since the last
-    /// snapshot (0: never).
-    #[arg(long, env = "RAFTKIT_SNAPSHOT_LOG_GAP", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_LOG_GAP",
+        default_value_t = 100_000,
+        help = help("snapshot_log_gap"),
+        long_help = long_help("snapshot_log_gap"),
+    )]
     pub snapshot_log_gap: u64,
-    /// Entries kept before the snapshot when the log is compacted.
-    #[arg(long, env = "RAFTKIT_SNAPSHOT_MARGIN", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_MARGIN",
+        default_value_t = 1000,
+        help = help("snapshot_margin"),
+        long_help = long_help("snapshot_margin"),
+    )]
     pub snapshot_margin: u64,
-    /// Entries a member may lag the leader's last index and count as
-    /// caught up (promotion, leader transfer, readiness).
-    #[arg(long, env = "RAFTKIT_CATCHUP_MARGIN", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RAFTKIT_CATCHUP_MARGIN",
+        default_value_t = 1000,
+        help = help("catchup_margin"),
+        long_help = long_help("catchup_margin"),
+    )]
     pub catchup_margin: u64,
-    /// Chunk size for sending snapshots to followers (bytes).
-    #[arg(long, env = "RAFTKIT_SNAPSHOT_CHUNK_BYTES", default_value_t = 1 << 20)]
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_CHUNK_BYTES",
+        default_value_t = 1 << 20,
+        help = help("snapshot_chunk_bytes"),
+        long_help = long_help("snapshot_chunk_bytes"),
+    )]
     pub snapshot_chunk_bytes: usize,
-    /// Bandwidth a leader spends on snapshot transfers, bytes per second (0: unlimited).
     #[arg(
         long,
         env = "RAFTKIT_SNAPSHOT_THROTTLE_BYTES_PER_SEC",
-        default_value_t = 0
+        default_value_t = 0,
+        help = help("snapshot_throttle_bytes_per_sec"),
+        long_help = long_help("snapshot_throttle_bytes_per_sec"),
     )]
     pub snapshot_throttle_bytes_per_sec: u64,
-    /// Snapshot transfers a leader runs at once.
-    #[arg(long, env = "RAFTKIT_MAX_SNAPSHOT_INSTALLS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "RAFTKIT_MAX_SNAPSHOT_INSTALLS",
+        default_value_t = 2,
+        help = help("max_snapshot_installs"),
+        long_help = long_help("max_snapshot_installs"),
+    )]
     pub max_snapshot_installs: usize,
-    /// The highest cluster format this node claims and applies (1 to the
-    /// newest this build supports, 2); lower makes it behave as an older
-    /// build during a rolling upgrade.
-    #[arg(long, env = "RAFTKIT_MAX_CLUSTER_FORMAT", default_value_t = crate::cluster_format::NEWEST)]
+    #[arg(
+        long,
+        env = "RAFTKIT_MAX_CLUSTER_FORMAT",
+        default_value_t = crate::cluster_format::NEWEST,
+        help = help("max_cluster_format"),
+        long_help = long_help("max_cluster_format"),
+    )]
     pub max_cluster_format: u32,
-    /// Log storage URI; {group} and {data_dir} are substituted
-    /// [default: local://{data_dir}/{group}/log].
-    #[arg(long, env = "RAFTKIT_LOG_URI", value_name = "URI")]
+    #[arg(
+        long,
+        env = "RAFTKIT_LOG_URI",
+        value_name = "URI",
+        help = help("log_uri"),
+        long_help = long_help("log_uri"),
+    )]
     pub log_uri: Option<String>,
-    /// Raft meta storage URI [default: local://{data_dir}/{group}/meta].
-    #[arg(long, env = "RAFTKIT_RAFT_META_URI", value_name = "URI")]
+    #[arg(
+        long,
+        env = "RAFTKIT_RAFT_META_URI",
+        value_name = "URI",
+        help = help("raft_meta_uri"),
+        long_help = long_help("raft_meta_uri"),
+    )]
     pub raft_meta_uri: Option<String>,
-    /// Snapshot storage URI [default: local://{data_dir}/{group}/snapshot].
-    #[arg(long, env = "RAFTKIT_SNAPSHOT_URI", value_name = "URI")]
+    #[arg(
+        long,
+        env = "RAFTKIT_SNAPSHOT_URI",
+        value_name = "URI",
+        help = help("snapshot_uri"),
+        long_help = long_help("snapshot_uri"),
+    )]
     pub snapshot_uri: Option<String>,
-    /// fsync the log and meta before acknowledging (turning it off risks
-    /// losing acknowledged writes on power loss).
-    #[arg(long, env = "RAFTKIT_SYNC", default_value_t = true, action = ArgAction::Set, value_name = "true|false")]
+    #[arg(
+        long,
+        env = "RAFTKIT_SYNC",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_name = "true|false",
+        help = help("sync"),
+        long_help = long_help("sync"),
+    )]
     pub sync: bool,
-    /// How long an idle client session is remembered (ms, at most 100
-    /// years); a client must not retry one write for longer than this.
-    #[arg(long, env = "RAFTKIT_SESSION_IDLE_MS", default_value_t = crate::services::sessions::DEFAULT_IDLE_MS)]
+    #[arg(
+        long,
+        env = "RAFTKIT_SESSION_IDLE_MS",
+        default_value_t = crate::services::sessions::DEFAULT_IDLE_MS,
+        help = help("session_idle_ms"),
+        long_help = long_help("session_idle_ms"),
+    )]
     pub session_idle_ms: u64,
-    /// How linearizable reads are confirmed: read-index or lease.
-    #[arg(long, env = "RAFTKIT_READ_MODE", default_value = "read-index", value_parser = parse_read_mode)]
+    #[arg(
+        long,
+        env = "RAFTKIT_READ_MODE",
+        default_value = "read-index",
+        value_parser = parse_read_mode,
+        help = help("read_mode"),
+        long_help = long_help("read_mode"),
+    )]
     pub read_mode: ReadMode,
-    /// Keep idle CPUs awake (spinning at the lowest priority) for this
-    /// many µs after each raft input at light load, so the next wake-up
-    /// does not pay for a halted CPU (0: off). `auto`: 1000 µs unless the
-    /// cgroup has a CPU quota or only one CPU is usable, then off. Trades
-    /// idle CPU time for latency; see docs/architecture.md, "Idle
-    /// polling". Changeable at run time: POST /flags?idle_poll_us=N|auto.
-    #[arg(long, env = "RAFTKIT_IDLE_POLL_US", default_value = "auto", value_parser = parse_idle_poll)]
+    #[arg(
+        long,
+        env = "RAFTKIT_IDLE_POLL_US",
+        default_value = "auto",
+        value_parser = parse_idle_poll,
+        help = help("idle_poll_us"),
+        long_help = long_help("idle_poll_us"),
+    )]
     pub idle_poll_us: crate::idle_poll::IdlePoll,
-    /// Threads serving the network (gRPC and HTTP); 0: one per four CPUs,
-    /// at least one. Each group also runs its own raft, I/O and apply
-    /// threads, so networking needs fewer than the CPU count.
-    #[arg(long, env = "RAFTKIT_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    #[arg(
+        long,
+        env = "RAFTKIT_WORKER_THREADS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=256),
+        help = help("worker_threads"),
+        long_help = long_help("worker_threads"),
+    )]
     pub worker_threads: u16,
+}
+
+/// The settings table's one line of help for `name` (`-h`).
+fn help(name: &str) -> &'static str {
+    raftkit_proto::settings::setting(name).map_or("", |s| s.help)
+}
+
+/// What `--help` shows for `name`: the table's line, then its `more` when
+/// it has one (otherwise the line alone).
+fn long_help(name: &str) -> Resettable<StyledStr> {
+    match raftkit_proto::settings::setting(name) {
+        Some(s) if !s.more.is_empty() => Resettable::Value(format!("{} {}", s.help, s.more).into()),
+        _ => Resettable::Reset,
+    }
 }
 
 impl NodeArgs {
@@ -224,8 +338,8 @@ mod tests {
         t.node.into_config().map_err(|e| e.to_string())
     }
 
-    /// The flags, environment variables and defaults of `raftkit-node`,
-    /// and what `/flags` lists, agree with the one settings table
+    /// The flags, environment variables, defaults and help texts of
+    /// `raftkit-node`, and what `/flags` lists, agree with the one settings table
     /// (`raftkit_proto::settings`) the operator builds pods from.
     #[test]
     fn flags_env_defaults_and_the_flags_page_agree_with_the_settings_table() {
@@ -244,6 +358,13 @@ mod tests {
                 .unwrap_or_else(|| panic!("--{long} is missing from the settings table"));
             let env = arg.get_env().and_then(|e| e.to_str());
             assert_eq!(env, Some(s.env), "environment variable of --{long}");
+            // Help is written once, in the table: `-h` shows its line,
+            // `--help` that line and its `more`.
+            let help = arg.get_help().map(|h| h.to_string());
+            assert_eq!(help.as_deref(), Some(s.help), "help of --{long}");
+            let long_help = arg.get_long_help().map(|h| h.to_string());
+            let expected = (!s.more.is_empty()).then(|| format!("{} {}", s.help, s.more));
+            assert_eq!(long_help, expected, "long help of --{long}");
             let default: Vec<String> = arg
                 .get_default_values()
                 .iter()

@@ -4,9 +4,10 @@
 //! the node runs. The node checks every value against it ([`validate`]:
 //! on start for the numbers it was given, and on `POST /flags`) and lists
 //! `/flags` from it; the operator sets a pod's environment from it. The
-//! flags themselves are a clap derive in `node/src/config.rs`, whose test
-//! fails when a flag, environment variable or default disagrees with this
-//! table.
+//! flags themselves are a clap derive in `node/src/config.rs` that takes
+//! each flag's help from here (adding, for a few, a longer explanation
+//! `--help` shows after it), and whose test fails when a flag, environment
+//! variable, default or help disagrees with this table.
 
 /// What values a setting takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub struct Setting {
     pub bounds: Bounds,
     /// What it does, in one line.
     pub help: &'static str,
+    /// What `raftkit-node --help` adds after that line (empty: nothing).
+    pub more: &'static str,
 }
 
 impl Setting {
@@ -143,6 +146,7 @@ const fn flag(
         in_flags: true,
         bounds,
         help,
+        more: "",
     }
 }
 
@@ -156,6 +160,7 @@ const fn env_only(name: &'static str, env: &'static str, help: &'static str) -> 
         in_flags: false,
         bounds: Bounds::Text,
         help,
+        more: "",
     }
 }
 
@@ -183,7 +188,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         None,
         false,
         Bounds::Text,
-        "Address peers and clients use to reach this node (HOST:PORT).",
+        "Address peers and clients use to reach this node (HOST:PORT; default: --listen).",
     ),
     flag(
         "data_dir",
@@ -204,7 +209,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
             None,
             false,
             Bounds::Text,
-            "Raft group name.",
+            "Raft group name (default: the state machine's name).",
         )
     },
     Setting {
@@ -226,7 +231,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         None,
         false,
         Bounds::Text,
-        "Host several groups: NAME:STATE_MACHINE,...",
+        "Host several groups: NAME:STATE_MACHINE,... (instead of --group/--state-machine).",
     ),
     flag(
         "initial_conf",
@@ -280,7 +285,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         Some("1000"),
         true,
         number(0, ANY),
-        "Entries a member may lag the leader's last index and count as caught up.",
+        "Entries a member may lag the leader's last index and count as caught up (promotion, leader transfer, readiness).",
     ),
     flag(
         "snapshot_chunk_bytes",
@@ -309,15 +314,18 @@ pub const NODE_SETTINGS: &[Setting] = &[
         number(1, 1024),
         "Snapshot transfers a leader runs at once.",
     ),
-    flag(
-        "max_cluster_format",
-        "max-cluster-format",
-        "RAFTKIT_MAX_CLUSTER_FORMAT",
-        Some("2"),
-        false,
-        number(1, 2),
-        "The highest cluster format this node claims and applies.",
-    ),
+    Setting {
+        more: "It runs from 1 to the newest this build supports; lower makes the node behave as an older build during a rolling upgrade.",
+        ..flag(
+            "max_cluster_format",
+            "max-cluster-format",
+            "RAFTKIT_MAX_CLUSTER_FORMAT",
+            Some("2"),
+            false,
+            number(1, 2),
+            "The highest cluster format this node claims and applies.",
+        )
+    },
     flag(
         "log_uri",
         "log-uri",
@@ -325,7 +333,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         None,
         false,
         Bounds::Text,
-        "Log storage URI; {group} and {data_dir} are substituted.",
+        "Log storage URI; {group} and {data_dir} are substituted (default: local://{data_dir}/{group}/log).",
     ),
     flag(
         "raft_meta_uri",
@@ -334,7 +342,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         None,
         false,
         Bounds::Text,
-        "Raft meta storage URI.",
+        "Raft meta storage URI (default: local://{data_dir}/{group}/meta).",
     ),
     flag(
         "snapshot_uri",
@@ -343,27 +351,33 @@ pub const NODE_SETTINGS: &[Setting] = &[
         None,
         false,
         Bounds::Text,
-        "Snapshot storage URI.",
+        "Snapshot storage URI (default: local://{data_dir}/{group}/snapshot).",
     ),
-    flag(
-        "sync",
-        "sync",
-        "RAFTKIT_SYNC",
-        Some("true"),
-        false,
-        Bounds::Bool,
-        "fsync the log and meta before acknowledging.",
-    ),
-    flag(
-        "session_idle_ms",
-        "session-idle-ms",
-        "RAFTKIT_SESSION_IDLE_MS",
-        Some("600000"),
-        false,
-        // At most 100 years.
-        number(1, 100 * 365 * 24 * 3600 * 1000),
-        "How long an idle client session is remembered (ms, at most 100 years).",
-    ),
+    Setting {
+        more: "Turning it off risks losing acknowledged writes on power loss.",
+        ..flag(
+            "sync",
+            "sync",
+            "RAFTKIT_SYNC",
+            Some("true"),
+            false,
+            Bounds::Bool,
+            "fsync the log and meta before acknowledging.",
+        )
+    },
+    Setting {
+        more: "A client must not retry one write for longer than this.",
+        ..flag(
+            "session_idle_ms",
+            "session-idle-ms",
+            "RAFTKIT_SESSION_IDLE_MS",
+            Some("600000"),
+            false,
+            // At most 100 years.
+            number(1, 100 * 365 * 24 * 3600 * 1000),
+            "How long an idle client session is remembered (ms, at most 100 years).",
+        )
+    },
     flag(
         "read_mode",
         "read-mode",
@@ -371,23 +385,27 @@ pub const NODE_SETTINGS: &[Setting] = &[
         Some("read-index"),
         false,
         Bounds::OneOf(&["read-index", "lease"]),
-        "How linearizable reads are confirmed.",
-    ),
-    flag(
-        "idle_poll_us",
-        "idle-poll-us",
-        "RAFTKIT_IDLE_POLL_US",
-        Some("auto"),
-        true,
-        Bounds::NumberOr {
-            word: "auto",
-            min: 0,
-            max: 1_000_000,
-        },
-        "Keep idle CPUs awake this many µs after each raft input at light load (0: off).",
+        "How linearizable reads are confirmed: read-index or lease.",
     ),
     Setting {
+        more: "`auto`: 1000 µs unless the cgroup has a CPU quota or only one CPU is usable, then off. The spinning runs at the lowest priority, so that the next wake-up does not pay for a halted CPU: it trades idle CPU time for latency (see docs/architecture.md, \"Idle polling\"). Changeable at run time: POST /flags?idle_poll_us=N|auto.",
+        ..flag(
+            "idle_poll_us",
+            "idle-poll-us",
+            "RAFTKIT_IDLE_POLL_US",
+            Some("auto"),
+            true,
+            Bounds::NumberOr {
+                word: "auto",
+                min: 0,
+                max: 1_000_000,
+            },
+            "Keep idle CPUs awake this many µs after each raft input at light load (0: off).",
+        )
+    },
+    Setting {
         in_flags: false,
+        more: "Each group also runs its own raft, I/O and apply threads, so networking needs fewer than the CPU count.",
         ..flag(
             "worker_threads",
             "worker-threads",
@@ -408,6 +426,7 @@ pub const NODE_SETTINGS: &[Setting] = &[
         in_flags: true,
         bounds: Bounds::Text,
         help: "The log filter (tracing's EnvFilter syntax).",
+        more: "",
     },
     // Engine knobs for comparisons and fault tests, environment only.
     env_only(
