@@ -90,6 +90,11 @@ pub struct Cli {
     /// Raft group [default: counter for counter commands, kv for kv commands, all for status].
     #[arg(long, global = true, env = "RAFTKIT_CLI_GROUP", value_name = "NAME")]
     pub group: Option<String>,
+    /// The cluster the members must belong to (16 hex digits, as `raftkit
+    /// status --output json` shows it): a member of another cluster gets no
+    /// request [default: the first cluster a member names].
+    #[arg(long, global = true, env = "RAFTKIT_CLUSTER_ID", value_name = "HEX")]
+    pub cluster_id: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub output: Output,
@@ -432,11 +437,15 @@ fn client(cli: &Cli, default_group: &str) -> Result<ClusterClient, CliError> {
         .group
         .clone()
         .unwrap_or_else(|| default_group.to_string());
-    Ok(ClusterClient::new(
+    let c = ClusterClient::new(
         cli.cluster.clone(),
         group,
         Duration::from_millis(cli.timeout_ms),
-    )?)
+    )?;
+    Ok(match &cli.cluster_id {
+        Some(id) => c.with_cluster_id(id)?,
+        None => c,
+    })
 }
 
 fn emit(cli: &Cli, text_out: String, json_out: serde_json::Value) {

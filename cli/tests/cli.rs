@@ -106,6 +106,35 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["value"], 3);
 
+    // --cluster-id: the right one works; another cluster's is refused
+    // before anything is sent (not applied, exit 1).
+    let id = raftkit_client::ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(5))
+        .unwrap()
+        .cluster_status()
+        .await
+        .cluster_id
+        .expect("the cluster's id");
+    let o = raftkit(&conf, &["--cluster-id", &id, "counter", "fetch-add", "1"]);
+    assert_eq!(stdout(&o), "3", "{}", stderr(&o));
+    let other = if id == "1".repeat(16) { "2" } else { "1" }.repeat(16);
+    let o = raftkit(
+        &conf,
+        &["--cluster-id", &other, "counter", "fetch-add", "1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not applied"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&raftkit(one, &["counter", "get"])),
+        "4",
+        "the refused write was not applied"
+    );
+    let o = raftkit(&conf, &["--cluster-id", "xyz", "counter", "get"]);
+    assert!(
+        stderr(&o).contains("expected up to 16 hex digits"),
+        "{}",
+        stderr(&o)
+    );
+
     assert!(raftkit(&conf, &["kv", "put", "user/1", "ada"])
         .status
         .success());
