@@ -577,7 +577,9 @@ async fn a_snapshot_raft_ignores_is_never_published() {
     let mut c = Cluster::with(3, lagging_apply);
     let l = c.wait_leader(Duration::from_secs(10)).await;
     let f = (l + 1) % 3;
-    c.set_apply_delay(f, 100);
+    // 1 s per entry: F must still be applying when the snapshot arrives,
+    // even on a loaded machine (at 100 ms it once caught up first).
+    c.set_apply_delay(f, 1000);
     for i in 0..10 {
         c.node(l).propose(format!("w{i}")).await.unwrap();
     }
