@@ -51,6 +51,8 @@ pub struct LocalConfig {
 pub struct LocalBackend {
     cfg: LocalConfig,
     state: Mutex<State>,
+    /// Held while this backend runs: one operator per work directory.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// The persisted "StatefulSet".
@@ -145,6 +147,7 @@ impl LocalBackend {
     pub fn open(cfg: LocalConfig) -> Result<Self, Error> {
         std::fs::create_dir_all(cfg.work_dir.join("pods"))
             .map_err(Error::io(format!("creating {}", cfg.work_dir.display())))?;
+        let lock = lock_work_dir(&cfg.work_dir)?;
         let mut state = State::default();
         if let Ok(text) = std::fs::read_to_string(cfg.work_dir.join("workload.json")) {
             let c: Controller = serde_json::from_str(&text).map_err(|e| {
@@ -191,6 +194,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             cfg,
             state: Mutex::new(state),
+            _lock: lock,
         })
     }
 
@@ -391,6 +395,38 @@ impl LocalBackend {
     }
 }
 
+/// Takes the work directory's lock: two operators acting on the same pods
+/// would fight over them (each restarting what the other stops).
+fn lock_work_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    use std::io::{Read, Seek};
+    let path = dir.join("operator.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(format!("opening {}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            // Who holds it, for the next one's error message.
+            let _ = held.set_len(0);
+            let _ = held.seek(std::io::SeekFrom::Start(0));
+            let _ = writeln!(held, "{}", std::process::id());
+            Ok(held)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(Error::Workload(format!(
+                "another raftkit-operator (pid {}) runs on {}; stop it first, or pick another --work-dir",
+                pid.trim(),
+                dir.display()
+            )))
+        }
+    }
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(Error::io(format!("writing {}", tmp.display())))?;
@@ -546,5 +582,33 @@ impl Workload for LocalBackend {
             message
         )
         .map_err(Error::io(format!("writing {}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_operator_per_work_directory() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cfg = LocalConfig {
+            work_dir: d.path().to_path_buf(),
+            base_port: 20000,
+            node_binary: PathBuf::from("/nonexistent"),
+            grace: Duration::from_secs(1),
+        };
+        let first = LocalBackend::open(cfg.clone()).expect("the first opens");
+        let Err(e) = LocalBackend::open(cfg.clone()) else {
+            panic!("a second operator on the same work directory was let in");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("another raftkit-operator")
+                && msg.contains(&std::process::id().to_string()),
+            "{msg}"
+        );
+        drop(first);
+        LocalBackend::open(cfg).expect("free again once the first stopped");
     }
 }
