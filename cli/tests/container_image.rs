@@ -29,15 +29,27 @@ fn raftkit(addr: &str, args: &[&str]) -> (bool, String, String) {
 
 /// Retries `raftkit args` until it succeeds, within `within`; its stdout.
 fn raftkit_until_ok(addr: &str, args: &[&str], within: Duration) -> String {
+    raftkit_until(addr, args, within, |_| true)
+}
+
+/// Runs `raftkit ARGS` until it succeeds with an output `done` accepts
+/// (a node answers before its groups have started: `status` then lists
+/// nothing yet).
+fn raftkit_until(
+    addr: &str,
+    args: &[&str],
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + within;
     loop {
         let (ok, out, err) = raftkit(addr, args);
-        if ok {
+        if ok && done(&out) {
             return out;
         }
         assert!(
             Instant::now() < deadline,
-            "`raftkit {}` against {addr} kept failing: {err}",
+            "`raftkit {}` against {addr} kept failing or answering too early: {err}\n{out}",
             args.join(" ")
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -102,7 +114,9 @@ fn a_one_node_cluster_in_a_container_answers_the_host() {
     );
     docker(&["start", &node]).unwrap();
 
-    let status = raftkit_until_ok(&addr, &["status"], Duration::from_secs(30));
+    let status = raftkit_until(&addr, &["status"], Duration::from_secs(30), |out| {
+        out.contains("leader")
+    });
     assert!(
         status.contains(&addr) && status.contains("leader"),
         "raftkit status from the host:\n{status}"
