@@ -134,6 +134,13 @@ fn replication_state(s: &str) -> crate::pb::ReplicationState {
     }
 }
 
+/// A peer named by address or 16-hex-digit id; a bad one is an invalid
+/// argument.
+fn parse_peer(peer: &str) -> Result<PeerRef, Status> {
+    peer.parse()
+        .map_err(|e: String| to_status(RaftError::InvalidArgument(e)))
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
@@ -269,10 +276,7 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let node = self.node(&r.group)?;
         require_leader(&node)?;
-        let who: PeerRef = r
-            .peer
-            .parse()
-            .map_err(|e: String| to_status(RaftError::InvalidArgument(e)))?;
+        let who = parse_peer(&r.peer)?;
         let m = node
             .promote(&who, r.expected_conf_index)
             .await
@@ -301,10 +305,7 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let node = self.node(&r.group)?;
         require_leader(&node)?;
-        let who: PeerRef = r
-            .peer
-            .parse()
-            .map_err(|e: String| to_status(RaftError::InvalidArgument(e)))?;
+        let who = parse_peer(&r.peer)?;
         let m = node
             .remove_peer(&who, r.expected_conf_index)
             .await
