@@ -37,7 +37,9 @@
 //! `error` (what a call fails with), `probe` (plain HTTP to a node's port),
 //! `cluster_status` (one typed view of a group from all its members),
 //! `pin` (the cluster a client's connections must belong to),
-//! `admin_client` (`AdminClient`: what an operator calls).
+//! `admin_client` (`AdminClient`: what an operator calls), `dial` (every
+//! TCP connection to a node, and the process's hook over how member names
+//! resolve).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -51,6 +53,7 @@ mod admin_client;
 pub mod cluster_status;
 mod conn;
 mod counter;
+pub mod dial;
 mod error;
 mod kv;
 mod mux;

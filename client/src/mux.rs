@@ -42,10 +42,10 @@ impl MuxStream {
     pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<MuxStream, Status> {
         let unavailable = |e: std::io::Error| Status::unavailable(format!("{addr}: {e}"));
         let opened = tokio::time::timeout(timeout, async {
-            let mut tcp = tokio::net::TcpStream::connect(addr)
+            // The dial error names the address already.
+            let mut tcp = crate::dial::tcp(addr)
                 .await
-                .map_err(unavailable)?;
-            let _ = tcp.set_nodelay(true);
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             tcp.write_all(MUX_PREFACE).await.map_err(unavailable)?;
             let mut ack = [0u8; 8];
             match tcp.read_exact(&mut ack).await {

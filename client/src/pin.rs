@@ -162,8 +162,7 @@ impl tonic::codegen::Service<Uri> for OneConnection {
             });
         }
         Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = crate::dial::tcp(&addr).await?;
             Ok(hyper_util::rt::TokioIo::new(tcp))
         })
     }

@@ -11,7 +11,7 @@ pub async fn probe(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 /// string carrying the arguments); returns the status code and body.
 pub async fn request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut s = crate::dial::tcp(addr).await?;
     s.write_all(
         format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
     )

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::local::{LocalBackend, LocalConfig};
+use crate::backend::docker::DockerResolver;
+use crate::backend::local::{LocalBackend, LocalConfig, PodRuntime};
 use crate::backend::{EventType, Workload};
 use crate::crd::RaftCluster;
 use crate::plan::Action;
@@ -113,12 +114,27 @@ pub async fn run(opts: LocalOptions, shutdown: impl Future<Output = ()>) -> Resu
     let backend = LocalBackend::open(opts.backend.clone())?;
     let dir = opts.backend.work_dir.clone();
     rc = admit(rc, stored(&dir).as_ref());
+    let pods = match &opts.backend.runtime {
+        PodRuntime::Processes { base_port, .. } => format!("processes on 127.0.0.1:{base_port}.."),
+        PodRuntime::Containers(d) => {
+            // A missing image stops the start; a spec edited later to name
+            // one is retried, as a kubelet retries a pull.
+            crate::backend::docker::check_image(&rc.spec.image).await?;
+            // The pods' names resolve on Docker's network, not here.
+            DockerResolver::install(&d.network);
+            format!(
+                "containers of {} on Docker network {} (first pod {})",
+                rc.spec.image,
+                d.network,
+                d.pod_addr(&rc, 0)
+            )
+        }
+    };
     println!(
-        "raftkit-operator local: RaftCluster {} from {} ({} replicas), pods on 127.0.0.1:{}.., state in {}",
+        "raftkit-operator local: RaftCluster {} from {} ({} replicas), pods as {pods}, state in {}",
         crate::build::cluster_name(&rc),
         opts.manifest.display(),
         rc.spec.replicas,
-        opts.backend.base_port,
         dir.display()
     );
     tokio::pin!(shutdown);

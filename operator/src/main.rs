@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 
-use raftkit_operator::backend::local::LocalConfig;
+use raftkit_operator::backend::docker::DockerConfig;
+use raftkit_operator::backend::local::{LocalConfig, PodRuntime};
 use raftkit_operator::crd::RaftCluster;
 use raftkit_operator::local::{self, LocalOptions};
 
@@ -20,8 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the reconciler on this machine, pods as raftkit-node processes,
-    /// for one RaftCluster manifest (edits of the file are picked up).
+    /// Run the reconciler on this machine, pods as raftkit-node processes
+    /// (or containers), for one RaftCluster manifest (edits of the file are
+    /// picked up).
     Local {
         /// The RaftCluster YAML (the file you would `kubectl apply`).
         #[arg(long, value_name = "FILE")]
@@ -29,12 +31,22 @@ enum Command {
         /// Pods' data, logs, status.yaml and events.log.
         #[arg(long, value_name = "DIR", default_value = "raftkit-local")]
         work_dir: PathBuf,
-        /// Pod i listens on 127.0.0.1:<base-port + i>.
+        /// What a pod is: a raftkit-node process, or a container of
+        /// spec.image on a Docker network of its own (its DNS name stable,
+        /// its IP address new on each restart).
+        #[arg(long, value_enum, default_value_t = LocalBackendKind::Process)]
+        backend: LocalBackendKind,
+        /// Process pods: pod i listens on 127.0.0.1:<base-port + i>.
         #[arg(long, default_value_t = 8200)]
         base_port: u16,
-        /// The raftkit-node binary [default: beside this program, else on PATH].
+        /// Process pods: the raftkit-node binary [default: beside this
+        /// program, else on PATH].
         #[arg(long, value_name = "PATH")]
         node_binary: Option<PathBuf>,
+        /// Container pods: the Docker network [default: raftkit-<hash of
+        /// the work directory>].
+        #[arg(long, value_name = "NAME")]
+        network: Option<String>,
         /// Milliseconds between reconcile passes.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
         interval_ms: u64,
@@ -115,20 +127,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Local {
             manifest,
             work_dir,
+            backend,
             base_port,
             node_binary,
+            network,
             interval_ms,
             grace_secs,
         } => {
-            let node_binary = raftkit_cli::node_binary::find_node_binary(node_binary.as_deref())?;
             std::fs::create_dir_all(&work_dir)?;
             let work_dir = work_dir.canonicalize()?;
+            let runtime = match backend {
+                LocalBackendKind::Process => PodRuntime::Processes {
+                    node_binary: raftkit_cli::node_binary::find_node_binary(
+                        node_binary.as_deref(),
+                    )?,
+                    base_port,
+                },
+                LocalBackendKind::Docker => {
+                    let mut d = DockerConfig::for_work_dir(&work_dir);
+                    if let Some(n) = network {
+                        d.network = n;
+                    }
+                    PodRuntime::Containers(d)
+                }
+            };
             let opts = LocalOptions {
                 manifest,
                 backend: LocalConfig {
                     work_dir,
-                    base_port,
-                    node_binary,
+                    runtime,
                     grace: Duration::from_secs(grace_secs),
                 },
                 interval: Duration::from_millis(interval_ms),
@@ -137,6 +164,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `raftkit-operator local` runs a pod as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LocalBackendKind {
+    Process,
+    Docker,
 }
 
 /// Ctrl-C or SIGTERM.

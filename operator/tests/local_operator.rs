@@ -1,5 +1,6 @@
 //! `raftkit-operator local` end to end: the real binary reconciles a
-//! RaftCluster manifest with pods as real `raftkit-node` processes, while a
+//! RaftCluster manifest with pods as real `raftkit-node` processes (or, in
+//! the last test, containers of our image on a Docker network), while a
 //! client writes all along and its history is checked (no acknowledged
 //! increment lost or doubled, real-time order kept). The tests edit the
 //! manifest, kill pods and the operator, and read `status.yaml` and
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use raftkit_client::ClusterClient;
+use raftkit_operator::backend::docker::{DockerConfig, DockerResolver};
 use raftkit_operator::crd::{RaftCluster, RaftClusterStatus};
+use raftkit_testkit::docker;
 use raftkit_testkit::load::CounterLoad;
 use raftkit_testkit::procs::node_binary;
 
@@ -32,21 +35,52 @@ fn free_port_range(n: u16) -> u16 {
     }
 }
 
+/// What the operator runs pods as.
+enum Pods {
+    /// Processes on 127.0.0.1:<base port + i>.
+    Processes { base_port: u16 },
+    /// Containers of `image` on the work directory's Docker network.
+    Containers { image: String, docker: DockerConfig },
+}
+
 /// One operator process, its manifest and work directory, and the pods it
 /// runs (all stopped on drop).
 struct Operator {
     dir: tempfile::TempDir,
-    base_port: u16,
+    pods: Pods,
     child: Option<Child>,
     runs: u32,
 }
 
 impl Operator {
     fn start(replicas: u32) -> Operator {
+        Operator::start_with(
+            replicas,
+            Pods::Processes {
+                base_port: free_port_range(9),
+            },
+        )
+    }
+
+    /// With pods as containers of `image`; this test process resolves
+    /// their names as the operator does.
+    fn start_in_containers(replicas: u32, image: String) -> Operator {
         let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let docker = DockerConfig::for_work_dir(&work.canonicalize().unwrap());
+        DockerResolver::install(&docker.network);
+        Operator::start_in(dir, replicas, Pods::Containers { image, docker })
+    }
+
+    fn start_with(replicas: u32, pods: Pods) -> Operator {
+        Operator::start_in(tempfile::tempdir().unwrap(), replicas, pods)
+    }
+
+    fn start_in(dir: tempfile::TempDir, replicas: u32, pods: Pods) -> Operator {
         let mut op = Operator {
             dir,
-            base_port: free_port_range(9),
+            pods,
             child: None,
             runs: 0,
         };
@@ -67,8 +101,12 @@ impl Operator {
         let annotations = restarted_at
             .map(|r| format!("  annotations:\n    raftkit.io/restartedAt: \"{r}\"\n"))
             .unwrap_or_default();
+        let image = match &self.pods {
+            Pods::Processes { .. } => String::new(),
+            Pods::Containers { image, .. } => format!("  image: {image}\n"),
+        };
         let text = format!(
-            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n"
+            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n{image}  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n"
         );
         let tmp = self.dir.path().join("rc.yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -80,14 +118,22 @@ impl Operator {
         let out =
             std::fs::File::create(self.dir.path().join(format!("operator-{}.out", self.runs)))
                 .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftkit-operator"))
-            .args(["local", "--manifest"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftkit-operator"));
+        cmd.args(["local", "--manifest"])
             .arg(self.manifest())
             .arg("--work-dir")
-            .arg(self.work())
-            .args(["--base-port", &self.base_port.to_string()])
-            .arg("--node-binary")
-            .arg(node_binary())
+            .arg(self.work());
+        match &self.pods {
+            Pods::Processes { base_port } => {
+                cmd.args(["--base-port", &base_port.to_string()])
+                    .arg("--node-binary")
+                    .arg(node_binary());
+            }
+            Pods::Containers { .. } => {
+                cmd.args(["--backend", "docker"]);
+            }
+        }
+        let child = cmd
             .args(["--interval-ms", "200", "--grace-secs", "10"])
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
@@ -113,10 +159,50 @@ impl Operator {
             .join("--- restarted ---\n")
     }
 
+    /// Pod `ordinal`'s address.
+    fn addr(&self, ordinal: u16) -> String {
+        match &self.pods {
+            Pods::Processes { base_port } => format!("127.0.0.1:{}", base_port + ordinal),
+            Pods::Containers { docker, .. } => format!(
+                "demo-{ordinal}.demo-peers.{}:{}",
+                docker.network,
+                raftkit_operator::build::NODE_PORT
+            ),
+        }
+    }
+
     fn addrs(&self, n: u16) -> Vec<String> {
-        (0..n)
-            .map(|i| format!("127.0.0.1:{}", self.base_port + i))
-            .collect()
+        (0..n).map(|i| self.addr(i)).collect()
+    }
+
+    /// Kills pod `pod`'s node at once (SIGKILL; as a container, `docker
+    /// kill`, which its supervising `docker run` reports as an exit).
+    fn kill_pod(&self, pod: &str) {
+        match &self.pods {
+            Pods::Processes { .. } => {
+                kill(Pid::from_raw(self.pid(pod).unwrap()), Signal::SIGKILL).unwrap();
+            }
+            Pods::Containers { docker, .. } => {
+                let host = format!("{pod}.demo-peers.{}", docker.network);
+                docker::docker(&["kill", &host]).unwrap();
+            }
+        }
+    }
+
+    /// Pod `pod`'s container's IP address now (containers only).
+    fn container_ip(&self, pod: &str) -> Option<String> {
+        let Pods::Containers { docker, .. } = &self.pods else {
+            return None;
+        };
+        let host = format!("{pod}.demo-peers.{}", docker.network);
+        docker::docker(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &host,
+        ])
+        .ok()
+        .filter(|ip| !ip.is_empty())
     }
 
     fn client(&self) -> Arc<ClusterClient> {
@@ -150,8 +236,8 @@ impl Operator {
         loop {
             let st = client.cluster_status().await;
             if let Some(l) = st.leader {
-                let port: u16 = l.addr.rsplit(':').next().unwrap().parse().unwrap();
-                return format!("demo-{}", port - self.base_port);
+                let ordinal = (0..9).find(|&i| self.addr(i) == l.addr).unwrap();
+                return format!("demo-{ordinal}");
             }
             assert!(Instant::now() < deadline, "no leader: {st:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -221,6 +307,20 @@ impl Drop for Operator {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
+        }
+        if let Pods::Containers { docker: d, .. } = &self.pods {
+            // What a killed operator left: its containers and network.
+            let label = format!(
+                "label={}={}",
+                raftkit_operator::backend::docker::WORK_DIR_LABEL,
+                self.work().canonicalize().unwrap_or(self.work()).display()
+            );
+            if let Ok(ids) = docker::docker(&["ps", "-aq", "--filter", &label]) {
+                for id in ids.split_whitespace() {
+                    let _ = docker::docker(&["rm", "--force", id]);
+                }
+            }
+            let _ = docker::docker(&["network", "rm", &d.network]);
         }
     }
 }
@@ -349,7 +449,7 @@ async fn leader_killed_mid_roll_and_a_member_that_lost_its_disk_is_replaced() {
     })
     .await;
     let leader = op.leader_pod(&client).await;
-    kill(Pid::from_raw(op.pid(&leader).unwrap()), Signal::SIGKILL).unwrap();
+    op.kill_pod(&leader);
     op.wait_status(
         Duration::from_secs(60),
         "the roll to finish after the leader was killed",
@@ -370,7 +470,7 @@ async fn leader_killed_mid_roll_and_a_member_that_lost_its_disk_is_replaced() {
     let leader = op.leader_pod(&client).await;
     let s = op.status().unwrap();
     let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
-    kill(Pid::from_raw(op.pid(&victim.pod).unwrap()), Signal::SIGKILL).unwrap();
+    op.kill_pod(&victim.pod);
     std::fs::remove_dir_all(op.work().join(&victim.pod)).unwrap();
     let s = op
         .wait_status(Duration::from_secs(60), "the member to be replaced", |s| {
@@ -458,4 +558,106 @@ async fn a_paused_cluster_takes_no_action_until_resumed() {
     }
     op.write_manifest(3, None, false);
     op.wait_running(3, "three members after resuming").await;
+}
+
+/// The same reconciler with pods as containers of our image on a Docker
+/// network (`--backend docker`): peers and clients reach each pod by its
+/// DNS name while every restart gives it a new container, and with it
+/// another IP address. Scale, a roll with its leader killed, and the
+/// replacement of a member that lost its disk, under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_containers_pods_move_address_while_the_cluster_scales_rolls_and_replaces() {
+    let Some(image) = docker::image() else {
+        return; // `docker::image` said why (no Docker engine answers).
+    };
+    let op = Operator::start_in_containers(3, image.clone());
+    // Dropped before `op`: its container leaves the network first.
+    let scope = docker::DockerScope::new("op-containers");
+    let s = op.wait_running(3, "three containers after creation").await;
+    assert!(available(&s), "Available after creation: {s:#?}");
+    let client = op.client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(30), "after creation")
+        .await;
+
+    op.write_manifest(4, None, false);
+    op.wait_running(4, "four members after scaling up").await;
+    op.write_manifest(3, None, false);
+    op.wait_running(3, "three members after scaling down").await;
+    assert_eq!(pods_of(&op.events(), "RemoveMember"), ["demo-3"]);
+    load.wait_for_progress(50, Duration::from_secs(30), "after scaling")
+        .await;
+
+    // A roll: every pod gets a new container. At its first restart the
+    // leader's container is killed, and another container takes its IP
+    // address at once (Docker hands out the lowest free one, so a pod made
+    // again alone would get its old one back): the leader comes back at a
+    // new address, known to its peers only by name.
+    let ips_before: Vec<_> = (0..3)
+        .map(|i| op.container_ip(&format!("demo-{i}")).unwrap())
+        .collect();
+    let old_revision = op.status().unwrap().update_revision;
+    op.write_manifest(3, Some("roll-1"), false);
+    op.wait_event(Duration::from_secs(30), "the roll's first restart", |e| {
+        e.contains(" RestartPod ")
+    })
+    .await;
+    let leader = op.leader_pod(&client).await;
+    let leader_ip = op.container_ip(&leader).unwrap();
+    op.kill_pod(&leader);
+    let Pods::Containers { docker: d, .. } = &op.pods else {
+        unreachable!()
+    };
+    // A node that joins nothing: it only holds the address.
+    let squatter = scope.create(
+        "squatter",
+        &[
+            "--network",
+            &d.network,
+            &image,
+            "--advertise",
+            "squatter:8080",
+        ],
+    );
+    docker::docker(&["start", &squatter]).unwrap();
+    op.wait_status(Duration::from_secs(90), "the roll to finish", |s| {
+        s.phase == "Running"
+            && s.update_revision != old_revision
+            && s.current_revision == s.update_revision
+            && s.members.len() == 3
+            && s.members.iter().all(|m| m.voter && m.healthy)
+    })
+    .await;
+    let ips_after: Vec<_> = (0..3)
+        .map(|i| op.container_ip(&format!("demo-{i}")).unwrap())
+        .collect();
+    eprintln!("addresses before the roll {ips_before:?}, after {ips_after:?}");
+    let leader_now = op.container_ip(&leader).unwrap();
+    assert_ne!(
+        leader_now, leader_ip,
+        "the killed leader came back at its old address: the test did not exercise what it is for"
+    );
+    load.wait_for_progress(50, Duration::from_secs(30), "after the roll")
+        .await;
+
+    // A follower's container dies and its volume is lost: the operator
+    // replaces the member.
+    let leader = op.leader_pod(&client).await;
+    let s = op.status().unwrap();
+    let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
+    op.kill_pod(&victim.pod);
+    std::fs::remove_dir_all(op.work().join(&victim.pod)).unwrap();
+    op.wait_status(Duration::from_secs(90), "the member to be replaced", |s| {
+        s.phase == "Running"
+            && s.members.len() == 3
+            && s.members.iter().all(|m| m.voter && m.healthy)
+            && s.members
+                .iter()
+                .any(|m| m.pod == victim.pod && m.raft_id != victim.raft_id)
+    })
+    .await;
+    load.wait_for_progress(50, Duration::from_secs(30), "after the replacement")
+        .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
 }

@@ -1,14 +1,18 @@
-//! The local workload: pods as `raftkit-node` processes on this machine,
+//! The local workload: pods as `raftkit-node` processes on this machine, or
+//! as containers of the resource's image on a Docker network (`docker`),
 //! with what a StatefulSet and a kubelet give a pod on Kubernetes.
 //!
-//! - Pod `<name>-<i>` listens on `127.0.0.1:<base-port + i>` (its stable
-//!   address) with its data in `<work-dir>/<name>-<i>` (its volume) and its
+//! - Pod `<name>-<i>` has a stable address: `127.0.0.1:<base-port + i>` as
+//!   a process, its DNS name on the network as a container (whose IP
+//!   address changes each time it is made again). Its data is in
+//!   `<work-dir>/<name>-<i>` (its volume, mounted into a container) and its
 //!   output in `<work-dir>/<name>-<i>.log`; its settings come as environment
 //!   variables from the node's settings table, as in a pod.
-//! - A pod whose process exits is started again after a back-off, like a
-//!   kubelet restarts a container. Deleting a pod (a restart) stops it with
-//!   SIGTERM, which makes the node hand its leadership over, then SIGKILL
-//!   after the grace period; it comes back from the current revision.
+//! - A pod whose process (or container) exits is started again after a
+//!   back-off, like a kubelet restarts a container. Deleting a pod (a
+//!   restart) stops it with SIGTERM, which makes the node hand its
+//!   leadership over, then SIGKILL after the grace period; it comes back
+//!   from the current revision.
 //! - The "StatefulSet" (replicas, revision, the spec pods start from) and
 //!   each pod's pid are kept in `<work-dir>/workload.json` and
 //!   `<work-dir>/pods/`, so an operator that was stopped or killed finds its
@@ -27,6 +31,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::docker::{self, DockerConfig};
 use super::{EventType, PodState, Workload, WorkloadState};
 use crate::build;
 use crate::crd::{RaftCluster, RaftClusterStatus};
@@ -38,19 +43,31 @@ use crate::Error;
 pub struct LocalConfig {
     /// Data, logs, status and events.
     pub work_dir: PathBuf,
-    /// Pod `i` listens on `base_port + i`.
-    pub base_port: u16,
-    /// The `raftkit-node` binary pods run.
-    pub node_binary: PathBuf,
+    pub runtime: PodRuntime,
     /// How long a stopping node may take before SIGKILL (Kubernetes'
     /// `terminationGracePeriodSeconds`).
     pub grace: Duration,
+}
+
+/// What a local pod is.
+#[derive(Clone, Debug)]
+pub enum PodRuntime {
+    /// A `raftkit-node` process; pod `i` listens on `127.0.0.1:<base_port + i>`.
+    Processes {
+        node_binary: PathBuf,
+        base_port: u16,
+    },
+    /// A container of the resource's image (`spec.image`) on a Docker
+    /// network, reached by its DNS name (see `docker`).
+    Containers(DockerConfig),
 }
 
 /// The local backend (see the module docs).
 pub struct LocalBackend {
     cfg: LocalConfig,
     state: Mutex<State>,
+    /// The containers' network exists (checked once per run).
+    network_ready: std::sync::atomic::AtomicBool,
     /// Held while this backend runs: one operator per work directory.
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
@@ -73,6 +90,10 @@ struct State {
 struct Pod {
     name: String,
     revision: String,
+    /// The image its container runs (containers only).
+    image: String,
+    /// Its container's name, which is also its DNS name (containers only).
+    container: Option<String>,
     /// The node's environment: a process that exits is started again with
     /// it (a kubelet restarts a container of the same pod; only a deleted
     /// pod comes back from the controller's newer revision).
@@ -94,6 +115,8 @@ enum Proc {
 struct PidFile {
     pid: i32,
     revision: String,
+    #[serde(default)]
+    image: String,
     env: Vec<(String, String)>,
 }
 
@@ -129,16 +152,17 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-/// `pid` is a node of ours: its environment names `data_dir`.
+/// Set on every pod's process (the node, or the `docker run` of its
+/// container) to its volume's path: how a restarted operator knows a pid
+/// is still its pod (pids are reused).
+const POD_MARKER: &str = "RAFTKIT_LOCAL_POD_VOLUME";
+
+/// `pid` is the process of the pod whose volume is `data_dir`.
 fn is_our_node(pid: i32, data_dir: &Path) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    let want = format!(
-        "{}={}",
-        raftkit_proto::settings::setting("data_dir").map_or("RAFTKIT_DATA_DIR", |s| s.env),
-        data_dir.display()
-    );
+    let want = format!("{POD_MARKER}={}", data_dir.display());
     env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
 }
 
@@ -181,6 +205,8 @@ impl LocalBackend {
                         Pod {
                             name,
                             revision: pf.revision,
+                            image: pf.image,
+                            container: None,
                             env: pf.env,
                             proc: Some(Proc::Adopted(pf.pid)),
                             restart_at: None,
@@ -194,12 +220,32 @@ impl LocalBackend {
         Ok(LocalBackend {
             cfg,
             state: Mutex::new(state),
+            network_ready: Default::default(),
             _lock: lock,
         })
     }
 
-    fn addr(&self, ordinal: u32) -> String {
-        format!("127.0.0.1:{}", u32::from(self.cfg.base_port) + ordinal)
+    /// Pod `ordinal`'s stable address.
+    fn addr(&self, rc: &RaftCluster, ordinal: u32) -> String {
+        match &self.cfg.runtime {
+            PodRuntime::Processes { base_port, .. } => {
+                format!("127.0.0.1:{}", u32::from(*base_port) + ordinal)
+            }
+            PodRuntime::Containers(d) => d.pod_addr(rc, ordinal),
+        }
+    }
+
+    /// Before the first container starts: the network exists (once per
+    /// run; processes need nothing).
+    async fn prepare(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if let PodRuntime::Containers(d) = &self.cfg.runtime {
+            if !self.network_ready.load(Ordering::Acquire) {
+                d.ensure_network(&self.cfg.work_dir).await?;
+                self.network_ready.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
     }
 
     fn data_dir(&self, pod: &str) -> PathBuf {
@@ -227,23 +273,47 @@ impl LocalBackend {
     }
 
     /// Creates pod `ordinal` from the controller's template and revision.
-    fn create(&self, c: &Controller, ordinal: u32) -> Result<Pod, Error> {
+    async fn create(&self, c: &Controller, ordinal: u32) -> Result<Pod, Error> {
         let name = build::pod_name(&c.template, ordinal);
-        let addr = self.addr(ordinal);
+        let addr = self.addr(&c.template, ordinal);
         let data_dir = self.data_dir(&name);
-        let env = build::node_env(&c.template, &addr, &addr, &data_dir.display().to_string())
-            .map_err(|e| Error::Workload(e.to_string()))?;
-        self.run(name, c.revision.clone(), env, 0)
+        let env = match &self.cfg.runtime {
+            PodRuntime::Processes { .. } => {
+                build::node_env(&c.template, &addr, &addr, &data_dir.display().to_string())
+            }
+            PodRuntime::Containers(_) => build::node_env(
+                &c.template,
+                &format!("0.0.0.0:{}", build::NODE_PORT),
+                &addr,
+                build::DATA_DIR,
+            ),
+        }
+        .map_err(|e| Error::Workload(e.to_string()))?;
+        let pod = Pod {
+            name,
+            revision: c.revision.clone(),
+            image: c.template.spec.image.clone(),
+            container: self.container(&c.template, ordinal),
+            env,
+            proc: None,
+            restart_at: None,
+            exits: 0,
+        };
+        self.run(pod).await
     }
 
-    /// Starts a pod's node process.
-    fn run(
-        &self,
-        name: String,
-        revision: String,
-        env: Vec<(String, String)>,
-        exits: u32,
-    ) -> Result<Pod, Error> {
+    /// The name of pod `ordinal`'s container (containers only).
+    fn container(&self, rc: &RaftCluster, ordinal: u32) -> Option<String> {
+        match &self.cfg.runtime {
+            PodRuntime::Processes { .. } => None,
+            PodRuntime::Containers(d) => Some(d.pod_host(rc, ordinal)),
+        }
+    }
+
+    /// Starts a pod's node: its process, or the `docker run` of its
+    /// container (after removing a container left from before).
+    async fn run(&self, mut pod: Pod) -> Result<Pod, Error> {
+        let name = pod.name.clone();
         let data_dir = self.data_dir(&name);
         std::fs::create_dir_all(&data_dir)
             .map_err(Error::io(format!("creating {}", data_dir.display())))?;
@@ -256,44 +326,63 @@ impl LocalBackend {
         let log2 = log
             .try_clone()
             .map_err(Error::io(format!("opening {}", log_path.display())))?;
-        let mut cmd = tokio::process::Command::new(&self.cfg.node_binary);
+        let (mut cmd, what) = match (&self.cfg.runtime, &pod.container) {
+            (PodRuntime::Containers(d), Some(host)) => {
+                d.prepare_volume(&data_dir)?;
+                d.remove_container(host).await;
+                let cmd = d.run_command(
+                    &pod.image,
+                    host,
+                    &name,
+                    &pod.env,
+                    &data_dir,
+                    &self.cfg.work_dir,
+                );
+                (cmd, format!("docker run {}", pod.image))
+            }
+            (PodRuntime::Processes { node_binary, .. }, _) => {
+                let mut cmd = tokio::process::Command::new(node_binary);
+                cmd.envs(pod.env.iter().map(|(k, v)| (k, v)));
+                (cmd, node_binary.display().to_string())
+            }
+            (PodRuntime::Containers(_), None) => {
+                return Err(Error::Workload(format!("pod {name} has no container name")))
+            }
+        };
         // Only the pod's own settings: none leak in from the operator's
-        // environment.
+        // environment (set ones win over these removals).
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("RAFTKIT_") {
+            if k.to_string_lossy().starts_with("RAFTKIT_")
+                && !pod.env.iter().any(|(e, _)| k.to_str() == Some(e.as_str()))
+            {
                 cmd.env_remove(k);
             }
         }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        cmd.env(POD_MARKER, &data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             // Its own process group: a Ctrl-C in the operator's terminal
             // reaches the operator, which stops the pods in order.
             .process_group(0);
-        let child = cmd.spawn().map_err(Error::io(format!(
-            "starting {} for pod {name}",
-            self.cfg.node_binary.display()
-        )))?;
+        let child = cmd
+            .spawn()
+            .map_err(Error::io(format!("starting {what} for pod {name}")))?;
         let proc = Proc::Child(child);
         if let Some(pid) = proc.pid() {
             let pf = serde_json::to_string(&PidFile {
                 pid,
-                revision: revision.clone(),
-                env: env.clone(),
+                revision: pod.revision.clone(),
+                image: pod.image.clone(),
+                env: pod.env.clone(),
             })
             .map_err(|e| Error::Workload(e.to_string()))?;
             write_atomic(&self.pid_file(&name), pf.as_bytes())?;
         }
-        tracing::info!(pod = %name, revision = %revision, "pod started");
-        Ok(Pod {
-            name,
-            revision,
-            env,
-            proc: Some(proc),
-            restart_at: None,
-            exits,
-        })
+        tracing::info!(pod = %name, revision = %pod.revision, "pod started");
+        pod.proc = Some(proc);
+        pod.restart_at = None;
+        Ok(pod)
     }
 
     /// Stops a pod's process: SIGTERM, then SIGKILL after the grace period.
@@ -308,6 +397,12 @@ impl LocalBackend {
                 if Instant::now() >= deadline {
                     tracing::warn!(pod = %pod.name, "did not stop within the grace period; killing it");
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    if let (PodRuntime::Containers(d), Some(host)) =
+                        (&self.cfg.runtime, &pod.container)
+                    {
+                        // SIGKILL is not passed on to the container.
+                        d.remove_container(host).await;
+                    }
                     let hard = Instant::now() + Duration::from_secs(5);
                     while proc.exited().is_none() && Instant::now() < hard {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -322,49 +417,39 @@ impl LocalBackend {
 
     /// What a kubelet does between passes: start missing pods, start again
     /// those whose process exited (after a back-off).
-    fn supervise(&self, state: &mut State) -> Result<(), Error> {
+    async fn supervise(&self, state: &mut State) -> Result<(), Error> {
         let Some(c) = state.controller.clone() else {
             return Ok(());
         };
+        self.prepare().await?;
         for ordinal in 0..c.replicas {
-            let Some(pod) = state.pods.get_mut(&ordinal) else {
-                let pod = self.create(&c, ordinal)?;
+            let Some(mut pod) = state.pods.remove(&ordinal) else {
+                let pod = self.create(&c, ordinal).await?;
                 state.pods.insert(ordinal, pod);
                 continue;
             };
-            let due = {
-                {
-                    if let Some(proc) = pod.proc.as_mut() {
-                        if let Some(why) = proc.exited() {
-                            pod.proc = None;
-                            pod.exits += 1;
-                            let backoff = Duration::from_secs(u64::from(pod.exits.min(5)));
-                            pod.restart_at = Some(Instant::now() + backoff);
-                            tracing::warn!(pod = %pod.name, status = %why, ?backoff, "pod's node exited; starting it again");
-                            eprintln!(
-                                "pod {} exited ({why}); starting it again in {}s (log: {})",
-                                pod.name,
-                                backoff.as_secs(),
-                                self.cfg
-                                    .work_dir
-                                    .join(format!("{}.log", pod.name))
-                                    .display()
-                            );
-                        }
-                    }
-                    pod.proc.is_none() && pod.restart_at.is_none_or(|t| Instant::now() >= t)
-                }
-            };
-            if due {
-                let (name, revision, env, exits) = (
-                    pod.name.clone(),
-                    pod.revision.clone(),
-                    pod.env.clone(),
-                    pod.exits,
+            if let Some(why) = pod.proc.as_mut().and_then(Proc::exited) {
+                pod.proc = None;
+                pod.exits += 1;
+                let backoff = Duration::from_secs(u64::from(pod.exits.min(5)));
+                pod.restart_at = Some(Instant::now() + backoff);
+                tracing::warn!(pod = %pod.name, status = %why, ?backoff, "pod's node exited; starting it again");
+                eprintln!(
+                    "pod {} exited ({why}); starting it again in {}s (log: {})",
+                    pod.name,
+                    backoff.as_secs(),
+                    self.cfg
+                        .work_dir
+                        .join(format!("{}.log", pod.name))
+                        .display()
                 );
-                let pod = self.run(name, revision, env, exits)?;
-                state.pods.insert(ordinal, pod);
             }
+            let due = pod.proc.is_none() && pod.restart_at.is_none_or(|t| Instant::now() >= t);
+            if pod.container.is_none() {
+                pod.container = self.container(&c.template, ordinal);
+            }
+            let pod = if due { self.run(pod).await? } else { pod };
+            state.pods.insert(ordinal, pod);
         }
         Ok(())
     }
@@ -381,6 +466,9 @@ impl LocalBackend {
         }
         for p in &mut pods {
             self.stop(p).await;
+        }
+        if let PodRuntime::Containers(d) = &self.cfg.runtime {
+            d.remove_network().await;
         }
     }
 
@@ -436,14 +524,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 impl Workload for LocalBackend {
     async fn observe(&self, _rc: &RaftCluster) -> Result<Option<WorkloadState>, Error> {
         let mut state = self.state.lock().await;
-        self.supervise(&mut state)?;
+        self.supervise(&mut state).await?;
         let Some(c) = state.controller.clone() else {
             return Ok(None);
         };
         let highest = state.pods.keys().next_back().map_or(0, |o| o + 1);
         let mut pods = Vec::new();
         for ordinal in 0..c.replicas.max(highest) {
-            let addr = self.addr(ordinal);
+            let addr = self.addr(&c.template, ordinal);
             let (phase, running, revision) = match state.pods.get_mut(&ordinal) {
                 Some(p) if p.proc.is_some() => (PodPhase::Running, true, Some(p.revision.clone())),
                 Some(p) => (PodPhase::Pending, false, Some(p.revision.clone())),
@@ -486,6 +574,9 @@ impl Workload for LocalBackend {
     }
 
     async fn apply(&self, rc: &RaftCluster, replicas: u32, revision: &str) -> Result<(), Error> {
+        if let PodRuntime::Containers(_) = &self.cfg.runtime {
+            docker::check_image(&rc.spec.image).await?;
+        }
         let mut state = self.state.lock().await;
         let mut template = rc.clone();
         template.status = None;
@@ -496,7 +587,7 @@ impl Workload for LocalBackend {
         };
         self.save_controller(&c)?;
         state.controller = Some(c);
-        self.supervise(&mut state)
+        self.supervise(&mut state).await
     }
 
     async fn restart_pod(&self, _rc: &RaftCluster, pod: &str) -> Result<(), Error> {
@@ -507,7 +598,7 @@ impl Workload for LocalBackend {
         if let Some(mut p) = state.pods.remove(&ordinal) {
             self.stop(&mut p).await;
         }
-        self.supervise(&mut state)
+        self.supervise(&mut state).await
     }
 
     async fn wipe_pod(&self, _rc: &RaftCluster, pod: &str) -> Result<(), Error> {
@@ -518,7 +609,7 @@ impl Workload for LocalBackend {
             }
         }
         self.delete_volume(pod)?;
-        self.supervise(&mut state)
+        self.supervise(&mut state).await
     }
 
     async fn shrink(
@@ -594,8 +685,10 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let cfg = LocalConfig {
             work_dir: d.path().to_path_buf(),
-            base_port: 20000,
-            node_binary: PathBuf::from("/nonexistent"),
+            runtime: PodRuntime::Processes {
+                base_port: 20000,
+                node_binary: PathBuf::from("/nonexistent"),
+            },
             grace: Duration::from_secs(1),
         };
         let first = LocalBackend::open(cfg.clone()).expect("the first opens");

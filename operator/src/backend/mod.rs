@@ -1,9 +1,11 @@
 //! The workload seam: what the reconciler needs from wherever pods run.
-//! `local` runs pods as `raftkit-node` processes on this machine (with
-//! StatefulSet-like names, addresses and persistent data directories).
+//! `local` runs pods as `raftkit-node` processes on this machine, or as
+//! containers on a Docker network (`docker`), with StatefulSet-like names,
+//! addresses and persistent data directories.
 //! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap through
 //! kube-rs) implements the same trait.
 
+pub mod docker;
 pub mod kube;
 pub mod local;
 
