@@ -29,6 +29,14 @@ impl AdminClient {
         })
     }
 
+    /// Connects over mutual TLS with `tls`'s certificate (an admin
+    /// certificate, `raftkit_tls::ROLE_ADMIN`, for the membership steps).
+    pub fn with_tls(self, tls: Arc<raftkit_tls::Tls>) -> Self {
+        AdminClient {
+            cluster: self.cluster.with_tls(tls),
+        }
+    }
+
     /// The group as its members describe it (see [`ClusterStatus`]).
     pub async fn cluster_status(&self) -> ClusterStatus {
         self.cluster.cluster_status().await

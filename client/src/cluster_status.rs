@@ -268,10 +268,11 @@ impl ClusterClient {
             for addr in addrs.drain(..).filter(|a| asked.insert(a.clone())) {
                 let group = self.group().to_string();
                 let attempt = self.attempt_timeout;
+                let dialer = self.dialer().clone();
                 // Connected in the task: members that are down cost one
                 // connect timeout in all, not one each.
                 tasks.spawn(async move {
-                    let answer = match crate::route::connect(&addr).await {
+                    let answer = match crate::route::connect(&dialer, &addr).await {
                         Err(e) => Err(e.to_string()),
                         Ok(ch) => ask_status(&mut AdminRpc::new(ch), group, attempt).await,
                     };

@@ -38,6 +38,8 @@ pub struct Conn {
     mux: Option<Arc<MuxSlot>>,
     /// The cluster this connection's requests may go to.
     pin: Arc<ClusterPin>,
+    /// How the mux stream is opened (plain or TLS, as the channel).
+    dialer: crate::dial::Dialer,
     /// The channel's member stated the client's cluster (or none).
     channel_checked: Arc<AtomicBool>,
     /// Set when the member stated another cluster: nothing is sent to it.
@@ -105,12 +107,19 @@ macro_rules! calls {
 }
 
 impl Conn {
-    pub(crate) fn new(channel: Channel, addr: &str, mux: bool, pin: Arc<ClusterPin>) -> Conn {
+    pub(crate) fn new(
+        channel: Channel,
+        addr: &str,
+        mux: bool,
+        pin: Arc<ClusterPin>,
+        dialer: crate::dial::Dialer,
+    ) -> Conn {
         Conn {
             channel,
             addr: addr.to_string(),
             mux: mux.then(Arc::default),
             pin,
+            dialer,
             channel_checked: Arc::default(),
             foreign: Arc::default(),
         }
@@ -190,7 +199,7 @@ impl Conn {
         if let Some(s) = slot.current() {
             return Ok(s);
         }
-        let s = Arc::new(MuxStream::open(&self.addr, MUX_OPEN_TIMEOUT).await?);
+        let s = Arc::new(MuxStream::open(&self.dialer, &self.addr, MUX_OPEN_TIMEOUT).await?);
         // The stream is published only once its member stated the client's
         // cluster (or none): no call goes out on it before.
         let hello = Call::Hello(MuxHello {
@@ -285,7 +294,13 @@ mod tests {
             .await
             .unwrap();
         let pin = Arc::new(ClusterPin::new("counter".into()));
-        let conn = Conn::new(channel, &addr.to_string(), true, pin);
+        let conn = Conn::new(
+            channel,
+            &addr.to_string(),
+            true,
+            pin,
+            crate::dial::Dialer::plain(),
+        );
         assert!(conn.uses_mux());
         let add = |delta| FetchAddRequest {
             group: "counter".into(),

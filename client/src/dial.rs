@@ -1,6 +1,7 @@
-//! Where every TCP connection this crate makes to a node starts (gRPC
-//! channels, mux streams, HTTP probes), and the one hook a process has over
-//! how member names turn into addresses.
+//! Where every connection this crate makes to a node starts (gRPC
+//! channels, mux streams, HTTP probes): [`Dialer`], plain or mutual TLS
+//! (`raftkit-tls`), and the one hook a process has over how member names
+//! turn into addresses.
 //!
 //! Members are named as their peers name them: a Kubernetes pod by its DNS
 //! name under the headless Service, a container by its alias on a Docker
@@ -18,6 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use raftkit_tls::Tls;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What a [`Resolver`] answers: the address, or `None` for a name it does
@@ -74,6 +77,109 @@ pub async fn tcp(addr: &str) -> io::Result<TcpStream> {
     .map_err(named)?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// How a client's connections are made: plain TCP, or mutual TLS with the
+/// client's certificate (the member's certificate must name the host it
+/// was dialled by and chain to the CA).
+#[derive(Clone, Debug, Default)]
+pub struct Dialer {
+    tls: Option<Arc<Tls>>,
+}
+
+impl Dialer {
+    pub fn plain() -> Dialer {
+        Dialer::default()
+    }
+
+    pub fn tls(tls: Arc<Tls>) -> Dialer {
+        Dialer { tls: Some(tls) }
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A connection to `addr` (`host:port`), TLS set up when configured.
+    pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
+        let tcp = tcp(addr).await?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => Ok(Stream::Tls(Box::new(
+                raftkit_tls::connect(tls, tcp, addr).await?,
+            ))),
+        }
+    }
+}
+
+/// A connection a [`Dialer`] made.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<raftkit_tls::ClientStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 #[cfg(test)]

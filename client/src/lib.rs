@@ -99,6 +99,8 @@ pub struct ClusterClient {
     conns: Mutex<HashMap<String, Conn>>,
     /// The cluster every member asked must belong to (see `pin`).
     pin: Arc<pin::ClusterPin>,
+    /// How connections are made: plain or TLS (see `dial`).
+    dialer: dial::Dialer,
     /// Members found in another cluster, kept out of the route table until then.
     foreign: Mutex<HashMap<String, Instant>>,
     /// One unary gRPC call per request instead of the member's mux stream.

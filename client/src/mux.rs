@@ -39,11 +39,16 @@ impl MuxStream {
     /// replies to their callers. A member that does not acknowledge the
     /// preface (it does not speak the mux stream) gives `Unimplemented`:
     /// nothing was sent, unary calls are the way to reach it.
-    pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<MuxStream, Status> {
+    pub(crate) async fn open(
+        dialer: &crate::dial::Dialer,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<MuxStream, Status> {
         let unavailable = |e: std::io::Error| Status::unavailable(format!("{addr}: {e}"));
         let opened = tokio::time::timeout(timeout, async {
             // The dial error names the address already.
-            let mut tcp = crate::dial::tcp(addr)
+            let mut tcp = dialer
+                .connect(addr)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             tcp.write_all(MUX_PREFACE).await.map_err(unavailable)?;
@@ -57,7 +62,24 @@ impl MuxStream {
         })
         .await
         .map_err(|_| Status::unavailable(format!("{addr}: no mux stream within {timeout:?}")))??;
-        let (rd, wr) = opened.into_split();
+        // A plain connection keeps the direct send path; TLS goes through
+        // the writer's task.
+        let (rd, out): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, _) = match opened {
+            crate::dial::Stream::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                (
+                    Box::new(rd),
+                    FrameWriter::new(wr, tokio::runtime::Handle::current()),
+                )
+            }
+            tls @ crate::dial::Stream::Tls(_) => {
+                let (rd, wr) = tokio::io::split(tls);
+                (
+                    Box::new(rd),
+                    FrameWriter::over(wr, tokio::runtime::Handle::current()),
+                )
+            }
+        };
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let w = waiting.clone();
         tokio::spawn(async move {
@@ -83,7 +105,7 @@ impl MuxStream {
             w.calls.clear();
         });
         Ok(MuxStream {
-            out: FrameWriter::new(wr, tokio::runtime::Handle::current()),
+            out,
             waiting,
             next_id: AtomicU64::new(1),
         })

@@ -108,13 +108,15 @@ impl ClusterPin {
 #[derive(Clone)]
 pub(crate) struct OneConnection {
     addr: String,
+    dialer: crate::dial::Dialer,
     used: Arc<AtomicBool>,
 }
 
 impl OneConnection {
-    pub(crate) fn new(addr: &str) -> OneConnection {
+    pub(crate) fn new(dialer: &crate::dial::Dialer, addr: &str) -> OneConnection {
         OneConnection {
             addr: addr.to_string(),
+            dialer: dialer.clone(),
             used: Arc::default(),
         }
     }
@@ -137,13 +139,11 @@ impl std::fmt::Display for ConnectionEnded {
 impl std::error::Error for ConnectionEnded {}
 
 type Connecting = Pin<
-    Box<
-        dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>>> + Send,
-    >,
+    Box<dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<crate::dial::Stream>>> + Send>,
 >;
 
 impl tonic::codegen::Service<Uri> for OneConnection {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Response = hyper_util::rt::TokioIo<crate::dial::Stream>;
     type Error = std::io::Error;
     type Future = Connecting;
 
@@ -152,7 +152,7 @@ impl tonic::codegen::Service<Uri> for OneConnection {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let addr = self.addr.clone();
+        let (addr, dialer) = (self.addr.clone(), self.dialer.clone());
         if self.used.swap(true, Ordering::AcqRel) {
             return Box::pin(async move {
                 Err(std::io::Error::new(
@@ -162,8 +162,8 @@ impl tonic::codegen::Service<Uri> for OneConnection {
             });
         }
         Box::pin(async move {
-            let tcp = crate::dial::tcp(&addr).await?;
-            Ok(hyper_util::rt::TokioIo::new(tcp))
+            let stream = dialer.connect(&addr).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
 }

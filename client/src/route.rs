@@ -45,6 +45,7 @@ impl ClusterClient {
         Ok(ClusterClient {
             addrs: Mutex::new(addrs),
             pin: Arc::new(ClusterPin::new(group.clone())),
+            dialer: crate::dial::Dialer::plain(),
             foreign: Mutex::new(HashMap::new()),
             group,
             timeout,
@@ -65,6 +66,19 @@ impl ClusterClient {
     pub fn with_unary_calls(mut self, unary: bool) -> Self {
         self.unary = unary;
         self
+    }
+
+    /// Connects to members over mutual TLS with `tls`'s certificate (each
+    /// member's certificate must name the host it is dialled by).
+    pub fn with_tls(mut self, tls: Arc<raftkit_tls::Tls>) -> Self {
+        self.dialer = crate::dial::Dialer::tls(tls);
+        self.conns.lock().clear();
+        self
+    }
+
+    /// How this client connects (plain or TLS).
+    pub fn dialer(&self) -> &crate::dial::Dialer {
+        &self.dialer
     }
 
     /// How long a retryable call (a read, a session write) waits for one
@@ -197,8 +211,8 @@ impl ClusterClient {
         if let Some(c) = self.conns.lock().get(addr) {
             return Ok(c.clone());
         }
-        let ch = connect(addr).await?;
-        let conn = Conn::new(ch, addr, !self.unary, self.pin.clone());
+        let ch = connect(&self.dialer, addr).await?;
+        let conn = Conn::new(ch, addr, !self.unary, self.pin.clone(), self.dialer.clone());
         self.conns.lock().insert(addr.to_string(), conn.clone());
         Ok(conn)
     }
@@ -567,7 +581,10 @@ fn gave_up(timeout: Duration, last: &str, maybe_applied: bool) -> ClientError {
 }
 
 /// A gRPC channel to the member at `addr` (500 ms to connect, keepalive).
-pub(crate) async fn connect(addr: &str) -> Result<tonic::transport::Channel, ConnectError> {
+pub(crate) async fn connect(
+    dialer: &crate::dial::Dialer,
+    addr: &str,
+) -> Result<tonic::transport::Channel, ConnectError> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ConnectError {
             message: e.to_string(),
@@ -580,7 +597,7 @@ pub(crate) async fn connect(addr: &str) -> Result<tonic::transport::Channel, Con
         .keep_alive_timeout(Duration::from_secs(5));
     // One TCP connection per channel, never re-made behind the client's
     // back: a new connection is a new `Conn`, checked again (see `pin`).
-    ep.connect_with_connector(OneConnection::new(addr))
+    ep.connect_with_connector(OneConnection::new(dialer, addr))
         .await
         .map_err(|e| ConnectError {
             message: format!(

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tonic::Status;
 
@@ -47,16 +47,41 @@ pub const MAX_QUEUED_BYTES: usize = 2 * MAX_FRAME;
 /// one whose peer lets more than `max_queued` bytes pile up is shut down
 /// (the peer's reader then ends the stream).
 pub struct FrameWriter {
-    wr: OwnedWriteHalf,
+    wr: Sink,
     /// Bytes waiting, and whether a flushing task is running.
     queued: parking_lot::Mutex<(Vec<u8>, bool)>,
     runtime: tokio::runtime::Handle,
     max_queued: usize,
 }
 
+/// Where a [`FrameWriter`] writes.
+enum Sink {
+    /// A plain connection: frames go out directly when nothing is queued.
+    Tcp(OwnedWriteHalf),
+    /// Any other stream (TLS): every frame is queued and written by the
+    /// flushing task, which owns the stream while it writes. `None` once
+    /// the connection was given up.
+    Io(tokio::sync::Mutex<Option<BoxedWrite>>),
+}
+
+type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 impl FrameWriter {
     pub fn new(wr: OwnedWriteHalf, runtime: tokio::runtime::Handle) -> Arc<Self> {
         FrameWriter::with_limit(wr, runtime, MAX_QUEUED_BYTES)
+    }
+
+    /// A writer over any stream (a TLS connection's write half).
+    pub fn over(
+        wr: impl AsyncWrite + Send + Unpin + 'static,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(FrameWriter {
+            wr: Sink::Io(tokio::sync::Mutex::new(Some(Box::new(wr)))),
+            queued: parking_lot::Mutex::new((Vec::new(), false)),
+            runtime,
+            max_queued: MAX_QUEUED_BYTES,
+        })
     }
 
     /// Like [`FrameWriter::new`], giving the connection up past `max_queued` bytes.
@@ -66,7 +91,7 @@ impl FrameWriter {
         max_queued: usize,
     ) -> Arc<Self> {
         Arc::new(FrameWriter {
-            wr,
+            wr: Sink::Tcp(wr),
             queued: parking_lot::Mutex::new((Vec::new(), false)),
             runtime,
             max_queued,
@@ -83,8 +108,8 @@ impl FrameWriter {
         }
         let mut q = self.queued.lock();
         let (queued, flushing) = &mut *q;
-        if queued.is_empty() && !*flushing {
-            let socket: &tokio::net::TcpStream = self.wr.as_ref();
+        if let (Sink::Tcp(wr), true) = (&self.wr, queued.is_empty() && !*flushing) {
+            let socket: &tokio::net::TcpStream = wr.as_ref();
             match send_now(socket, &frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => queued.extend_from_slice(&frame[n..]),
@@ -95,9 +120,19 @@ impl FrameWriter {
                 queued = queued.len(),
                 "closing a mux stream whose peer does not read"
             );
-            let socket: &tokio::net::TcpStream = self.wr.as_ref();
-            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
-            queued.clear();
+            match &self.wr {
+                Sink::Tcp(wr) => {
+                    let socket: &tokio::net::TcpStream = wr.as_ref();
+                    let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+                    queued.clear();
+                }
+                Sink::Io(_) => {
+                    // The flushing task runs (frames are queued); it
+                    // drops the stream when it sees the mark.
+                    queued.clear();
+                    queued.push(GIVE_UP);
+                }
+            }
             return;
         } else {
             queued.extend_from_slice(&frame);
@@ -110,6 +145,10 @@ impl FrameWriter {
     }
 
     async fn flush(&self) {
+        if let Sink::Io(io) = &self.wr {
+            return self.flush_io(io).await;
+        }
+        let Sink::Tcp(wr) = &self.wr else { return };
         loop {
             let buf = {
                 let mut q = self.queued.lock();
@@ -121,14 +160,44 @@ impl FrameWriter {
             };
             let mut at = 0;
             while at < buf.len() {
-                if self.wr.writable().await.is_err() {
+                if wr.writable().await.is_err() {
                     return;
                 }
-                match self.wr.try_write(&buf[at..]) {
+                match wr.try_write(&buf[at..]) {
                     Ok(n) => at += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
                 }
+            }
+        }
+    }
+}
+
+/// Queued alone in place of the frames of a stream given up (see
+/// [`FrameWriter::send`]); a frame is never one byte long.
+const GIVE_UP: u8 = 0xff;
+
+impl FrameWriter {
+    /// The flushing task of a [`Sink::Io`] stream.
+    async fn flush_io(&self, io: &tokio::sync::Mutex<Option<BoxedWrite>>) {
+        let mut wr = io.lock().await;
+        loop {
+            let buf = {
+                let mut q = self.queued.lock();
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                std::mem::take(&mut q.0)
+            };
+            let Some(w) = wr.as_mut() else { continue };
+            if buf.as_slice() == [GIVE_UP] {
+                let _ = w.shutdown().await;
+                *wr = None;
+                continue;
+            }
+            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                *wr = None; // failed: its reader ends the stream
             }
         }
     }
@@ -201,6 +270,19 @@ mod tests {
         let (client, server) = connected_pair().await;
         let (_rd, wr) = client.into_split();
         let out = FrameWriter::new(wr, tokio::runtime::Handle::current());
+        arrive_whole_and_in_order(out, server).await;
+    }
+
+    /// The same over a stream that is not a socket (as a TLS connection
+    /// is): every frame goes through the writer's task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_over_any_stream_arrive_whole_and_in_order() {
+        let (client, server) = tokio::io::duplex(16 << 10);
+        let out = FrameWriter::over(client, tokio::runtime::Handle::current());
+        arrive_whole_and_in_order(out, server).await;
+    }
+
+    async fn arrive_whole_and_in_order(out: Arc<FrameWriter>, server: impl AsyncRead + Unpin) {
         // Sent from a thread outside the runtime, as a done runs; far more
         // than the socket holds, so most of it queues for the flushing task
         // while the reader drains.
