@@ -196,7 +196,7 @@ impl ClusterClient {
                         foreign: Some(f),
                     },
                     CheckError::Failed(s) => ConnectError {
-                        message: format!("cluster check: {}", s.message()),
+                        message: format!("cluster check: {}", with_causes(&s)),
                         refused: false,
                         foreign: None,
                     },
@@ -609,6 +609,21 @@ pub(crate) async fn connect(
             refused: is_refused(&e),
             foreign: None,
         })
+}
+
+/// A status's message and what caused it (a TLS alert under "transport
+/// error", say), for errors a person reads.
+fn with_causes(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Why a connection to a member could not be made.

@@ -217,6 +217,40 @@ pub struct NodeArgs {
         long_help = long_help("worker_threads"),
     )]
     pub worker_threads: u16,
+    #[arg(
+        long,
+        env = "RAFTKIT_TLS_CERT",
+        value_name = "FILE",
+        help = help("tls_cert"),
+        long_help = long_help("tls_cert"),
+    )]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "RAFTKIT_TLS_KEY",
+        value_name = "FILE",
+        help = help("tls_key"),
+        long_help = long_help("tls_key"),
+    )]
+    pub tls_key: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "RAFTKIT_TLS_CA",
+        value_name = "FILE",
+        help = help("tls_ca"),
+        long_help = long_help("tls_ca"),
+    )]
+    pub tls_ca: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "RAFTKIT_TLS_PLAIN_PROBES",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_name = "true|false",
+        help = help("tls_plain_probes"),
+        long_help = long_help("tls_plain_probes"),
+    )]
+    pub tls_plain_probes: bool,
 }
 
 /// The settings table's one line of help for `name` (`-h`).
@@ -248,6 +282,36 @@ impl NodeArgs {
             .enable_all()
             .on_thread_start(crate::raft_loop::mark_server_runtime_thread)
             .build()
+    }
+}
+
+/// The TLS files, all three or none.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<raftkit_tls::TlsFiles>, ServerError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(raftkit_tls::TlsFiles {
+            cert: Some(cert),
+            key: Some(key),
+            ca,
+        })),
+        (c, k, a) => {
+            let missing: Vec<&str> = [
+                (c.is_none(), "--tls-cert"),
+                (k.is_none(), "--tls-key"),
+                (a.is_none(), "--tls-ca"),
+            ]
+            .into_iter()
+            .filter_map(|(m, f)| m.then_some(f))
+            .collect();
+            Err(ServerError::Config(format!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca together; missing {}",
+                missing.join(", ")
+            )))
+        }
     }
 }
 
@@ -315,6 +379,8 @@ impl NodeArgs {
             read_mode: self.read_mode,
             session_idle_ms: self.session_idle_ms,
             idle_poll_us: self.idle_poll_us,
+            tls: tls_files(self.tls_cert, self.tls_key, self.tls_ca)?,
+            tls_plain_probes: self.tls_plain_probes,
         };
         config.validate()?;
         Ok(config)

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod node;
 pub mod node_manager;
 pub mod options;
+pub mod port_tls;
 pub(crate) mod raft_loop;
 pub(crate) mod raft_store;
 pub mod server;

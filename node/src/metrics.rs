@@ -370,8 +370,68 @@ pub fn render(
             );
         }
     }
+    let _ = writeln!(o, "# HELP raftkit_tls_refused_total Connections and calls refused by TLS, by reason.\n# TYPE raftkit_tls_refused_total counter");
+    for (reason, n) in TLS_REFUSED.counts() {
+        let _ = writeln!(o, "raftkit_tls_refused_total{{reason=\"{reason}\"}} {n}");
+    }
     o
 }
+
+/// Why TLS refused a connection or a call (see `port_tls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRefusal {
+    /// The handshake failed: no certificate, another CA, expired, ...
+    Handshake,
+    /// A plain connection to a TLS port (other than an allowed probe).
+    Plain,
+    /// The certificate lacks the role the call needs.
+    Role,
+    /// Raft traffic from a certificate that does not name its sender.
+    NotMember,
+}
+
+impl TlsRefusal {
+    const ALL: [TlsRefusal; 4] = [
+        TlsRefusal::Handshake,
+        TlsRefusal::Plain,
+        TlsRefusal::Role,
+        TlsRefusal::NotMember,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsRefusal::Handshake => "handshake",
+            TlsRefusal::Plain => "plain",
+            TlsRefusal::Role => "role",
+            TlsRefusal::NotMember => "not_member",
+        }
+    }
+}
+
+/// Refusals of this process, by reason.
+#[derive(Default)]
+pub struct TlsRefusals([AtomicU64; 4]);
+
+impl TlsRefusals {
+    pub fn count(&self, why: TlsRefusal) {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        TlsRefusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.0[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// One per process: there is one port.
+pub static TLS_REFUSED: TlsRefusals = TlsRefusals([
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+]);
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -29,6 +29,7 @@ use crate::pb::admin_server::AdminServer;
 use crate::pb::counter_server::CounterServer;
 use crate::pb::kv_server::KvServer;
 use crate::pb::snapshot_install_server::SnapshotInstallServer;
+use crate::port_tls::{Peer, ServerIo};
 use crate::services::admin::AdminService;
 use crate::services::counter::{CounterFsm, CounterService, CounterState};
 use crate::services::kv::{KvFsm, KvService, KvState};
@@ -121,6 +122,10 @@ pub struct ServerConfig {
     /// Idle polling window after each light-load raft input (µs; 0: off),
     /// or `auto` (see `idle_poll`).
     pub idle_poll_us: crate::idle_poll::IdlePoll,
+    /// Mutual TLS on the port (`--tls-cert`, `--tls-key`, `--tls-ca`).
+    pub tls: Option<raftkit_tls::TlsFiles>,
+    /// With TLS, plain HTTP probes of /livez, /healthz, /readyz, /metrics.
+    pub tls_plain_probes: bool,
 }
 
 impl ServerConfig {
@@ -144,6 +149,13 @@ impl ServerConfig {
     /// [`ServerConfig::validate`] checks against the table's bounds and
     /// what `/flags` shows (live ones as they were at start).
     pub fn setting_values(&self) -> Vec<(&'static str, String)> {
+        let tls_path = |pick: fn(&raftkit_tls::TlsFiles) -> Option<&std::path::Path>| {
+            self.tls
+                .as_ref()
+                .and_then(pick)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
         let groups: Vec<String> = self
             .groups
             .iter()
@@ -189,6 +201,10 @@ impl ServerConfig {
             ("session_idle_ms", self.session_idle_ms.to_string()),
             ("read_mode", self.read_mode.as_str().to_string()),
             ("idle_poll_us", self.idle_poll_us.to_string()),
+            ("tls_cert", tls_path(|f| f.cert.as_deref())),
+            ("tls_key", tls_path(|f| f.key.as_deref())),
+            ("tls_ca", tls_path(|f| Some(f.ca.as_path()))),
+            ("tls_plain_probes", self.tls_plain_probes.to_string()),
         ]
     }
 
@@ -295,6 +311,18 @@ impl Server {
         fixed_flags: Vec<(String, String)>,
         session_idle_ms: u64,
     ) -> Result<Server, ServerError> {
+        Server::bind_tls(listen, advertise, fixed_flags, session_idle_ms, None).await
+    }
+
+    /// [`Server::bind`] with mutual TLS on the port when `tls` is given
+    /// (see `port_tls`).
+    pub async fn bind_tls(
+        listen: SocketAddr,
+        advertise: &str,
+        fixed_flags: Vec<(String, String)>,
+        session_idle_ms: u64,
+        tls: Option<PortTls>,
+    ) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -305,7 +333,11 @@ impl Server {
         let manager = NodeManager::new();
         let counters = GroupTable::new("counter");
         let kvs = GroupTable::new("kv");
-        let transport = NetTransport::new(advertise, tokio::runtime::Handle::current());
+        let transport = NetTransport::with_tls(
+            advertise,
+            tokio::runtime::Handle::current(),
+            tls.as_ref().map(|t| t.tls.clone()),
+        );
         let raft_streams = RaftStreamServer::new(
             manager.clone(),
             transport.metrics(),
@@ -323,11 +355,13 @@ impl Server {
                 .add_service(CounterServer::from_arc(counter_service.clone()))
                 .add_service(KvServer::from_arc(kv_service.clone()))
                 .into_axum_router();
-        let app = grpc.merge(crate::http::router(crate::http::HttpState {
-            manager: manager.clone(),
-            transport: Some(transport.metrics()),
-            fixed_flags: Arc::new(fixed_flags),
-        }));
+        let app = grpc
+            .merge(crate::http::router(crate::http::HttpState {
+                manager: manager.clone(),
+                transport: Some(transport.metrics()),
+                fixed_flags: Arc::new(fixed_flags),
+            }))
+            .layer(axum::middleware::from_fn(crate::port_tls::authorize));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (http_tx, http_rx) = tokio::sync::mpsc::channel(64);
         let accepting = tokio::spawn(accept(
@@ -335,6 +369,7 @@ impl Server {
             http_tx,
             raft_streams.clone(),
             (kv_mux.clone(), counter_mux.clone()),
+            tls.map(Arc::new),
         ));
         let http = HttpConnections {
             rx: http_rx,
@@ -347,7 +382,11 @@ impl Server {
             // Streaming calls (the client mux) need not end on their own:
             // give connections a grace period, then stop regardless.
             let (grace_tx, grace_rx) = oneshot::channel::<()>();
-            let graceful = axum::serve(http, app).with_graceful_shutdown(async move {
+            let graceful = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<crate::port_tls::Peer>(),
+            )
+            .with_graceful_shutdown(async move {
                 stop.await;
                 let _ = grace_tx.send(());
             });
@@ -455,9 +494,10 @@ enum App {
 /// byte of both prefaces.
 async fn accept(
     listener: TcpListener,
-    http: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+    http: tokio::sync::mpsc::Sender<(ServerIo, Peer)>,
     raft: RaftStreamServer,
     mux: (Arc<KvService>, Arc<CounterService>),
+    tls: Option<Arc<PortTls>>,
 ) {
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -471,11 +511,25 @@ async fn accept(
         };
         // Small replies must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let (http, raft) = (http.clone(), raft.clone());
+        let (http, raft, tls) = (http.clone(), raft.clone(), tls.clone());
         let (kv, counter) = mux.clone();
         tokio::spawn(async move {
             let mut first = [0u8; 1];
-            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
+            let peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await;
+            if let Some(tls) = tls {
+                // Closed, failed or silent: dropped.
+                if let Ok(Ok(1)) = peeked {
+                    tls.serve(tcp, addr, first[0], http, raft, (kv, counter))
+                        .await;
+                }
+                return;
+            }
+            let plain = Peer {
+                addr,
+                identity: None,
+                tls_port: false,
+            };
+            match peeked {
                 Ok(Ok(1)) if first[0] == PREFACE[0] && opens_mux_stream(&tcp).await => {
                     let mut tcp = tcp;
                     let mut preface = [0u8; 8];
@@ -488,7 +542,7 @@ async fn accept(
                     _ => tracing::warn!(remote = %addr, "cannot take over a raft stream"),
                 },
                 Ok(Ok(n)) if n > 0 => {
-                    let _ = http.send((tcp, addr)).await;
+                    let _ = http.send((ServerIo::Plain(tcp), plain)).await;
                 }
                 _ => {} // closed, failed or silent: drop it
             }
@@ -512,15 +566,100 @@ async fn opens_mux_stream(tcp: &tokio::net::TcpStream) -> bool {
     false
 }
 
+/// The port's TLS: the files, and whether plain probes are answered.
+pub struct PortTls {
+    pub tls: Arc<raftkit_tls::Tls>,
+    pub plain_probes: bool,
+}
+
+/// How long a TLS handshake (and the first bytes after it) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PortTls {
+    /// Serves a connection on a TLS port whose first byte is `first`: a
+    /// TLS handshake, then sorted as a plain connection is; or a plain
+    /// probe when allowed; anything else is dropped and counted.
+    async fn serve(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        first: u8,
+        http: tokio::sync::mpsc::Sender<(ServerIo, Peer)>,
+        raft: RaftStreamServer,
+        (kv, counter): (Arc<KvService>, Arc<CounterService>),
+    ) {
+        use crate::metrics::{TlsRefusal, TLS_REFUSED};
+        if first != raftkit_tls::HANDSHAKE_RECORD {
+            // An HTTP request starts with its method's capital letters.
+            if self.plain_probes && first.is_ascii_uppercase() {
+                let peer = Peer {
+                    addr,
+                    identity: None,
+                    tls_port: true,
+                };
+                let _ = http.send((ServerIo::Plain(tcp), peer)).await;
+            } else {
+                TLS_REFUSED.count(TlsRefusal::Plain);
+                tracing::debug!(remote = %addr, "dropped a plain connection to the TLS port");
+            }
+            return;
+        }
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let (mut s, id) = raftkit_tls::accept(&self.tls, tcp).await?;
+            let mut head = vec![0u8; 1];
+            s.read_exact(&mut head).await?;
+            if head[0] == PREFACE[0] {
+                head.resize(8, 0);
+                s.read_exact(&mut head[1..]).await?;
+            }
+            Ok::<_, std::io::Error>((s, id, head))
+        })
+        .await;
+        let (mut s, id, head) = match accepted {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                TLS_REFUSED.count(TlsRefusal::Handshake);
+                tracing::info!(remote = %addr, error = %e, "refused a TLS connection");
+                return;
+            }
+            Err(_) => {
+                TLS_REFUSED.count(TlsRefusal::Handshake);
+                tracing::info!(remote = %addr, "refused a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        };
+        if head.as_slice() == MUX_PREFACE {
+            if s.write_all(MUX_PREFACE).await.is_ok() && s.flush().await.is_ok() {
+                crate::services::mux::serve_stream(s, kv, counter).await;
+            }
+        } else if head[0] == PREFACE[0] {
+            match raftkit_tls::into_blocking(s) {
+                Ok(blocking) => raft.serve_tls(blocking, head, id),
+                Err(e) => {
+                    tracing::warn!(remote = %addr, error = %e, "cannot take over a raft stream")
+                }
+            }
+        } else {
+            let peer = Peer {
+                addr,
+                identity: Some(Arc::new(id)),
+                tls_port: true,
+            };
+            let io = ServerIo::Tls(Box::new(crate::port_tls::Prefixed::new(head, s)));
+            let _ = http.send((io, peer)).await;
+        }
+    }
+}
+
 /// The HTTP and gRPC connections [`accept`] sorted out, as axum's listener.
-struct HttpConnections {
-    rx: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
+pub struct HttpConnections {
+    rx: tokio::sync::mpsc::Receiver<(ServerIo, Peer)>,
     local_addr: SocketAddr,
 }
 
 impl axum::serve::Listener for HttpConnections {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
+    type Io = ServerIo;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -530,8 +669,12 @@ impl axum::serve::Listener for HttpConnections {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local_addr)
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.local_addr,
+            identity: None,
+            tls_port: false,
+        })
     }
 }
 
@@ -543,11 +686,39 @@ pub async fn run(
     config.validate()?;
     crate::idle_poll::apply(config.idle_poll_us).map_err(ServerError::Config)?;
     let advertise = config.advertised()?;
-    let server = Server::bind(
+    let tls = match &config.tls {
+        None => {
+            tracing::warn!(
+                listen = %config.listen,
+                "running without TLS: anyone who reaches this port can send raft messages, change membership and set flags (see --tls-cert)"
+            );
+            None
+        }
+        Some(files) => {
+            let fault_injection =
+                raftkit_proto::settings::from_env("fault_injection").is_some_and(|v| v == "1");
+            let allowed = raftkit_proto::settings::from_env("fault_injection_with_tls")
+                .is_some_and(|v| v == "1");
+            if fault_injection && !allowed {
+                return Err(ServerError::Config(
+                    "RAFTKIT_FAULT_INJECTION=1 with TLS on: its /debug endpoints cut links and fail writes; set RAFTKIT_FAULT_INJECTION_WITH_TLS=1 to allow them (admin certificates only)".into(),
+                ));
+            }
+            let tls = raftkit_tls::Tls::load(files.clone())
+                .map_err(|e| ServerError::Config(format!("TLS: {e}")))?;
+            tracing::info!(cert = ?files.cert, ca = %files.ca.display(), plain_probes = config.tls_plain_probes, "mutual TLS on the port");
+            Some(PortTls {
+                tls,
+                plain_probes: config.tls_plain_probes,
+            })
+        }
+    };
+    let server = Server::bind_tls(
         config.listen,
         &advertise,
         config.fixed_flags(),
         config.session_idle_ms,
+        tls,
     )
     .await?;
     tracing::info!(listen = %server.local_addr(), advertise = %advertise, "serving gRPC and HTTP");

@@ -416,6 +416,45 @@ pub const NODE_SETTINGS: &[Setting] = &[
             "Threads serving the network (0: one per four CPUs, at least one).",
         )
     },
+    Setting {
+        more: "With --tls-key and --tls-ca, every connection to the port is mutual TLS: raft and mux streams, gRPC and HTTP. Roles come from the certificate's OU: raftkit-node (a member; its SANs name its advertised host), raftkit-admin (membership, leadership, snapshots, flags), anything else the CA signed (Counter, KV, status). Files are reloaded when they change.",
+        ..flag(
+            "tls_cert",
+            "tls-cert",
+            "RAFTKIT_TLS_CERT",
+            None,
+            false,
+            Bounds::Text,
+            "PEM certificate of this node (turns TLS on, with --tls-key and --tls-ca).",
+        )
+    },
+    flag(
+        "tls_key",
+        "tls-key",
+        "RAFTKIT_TLS_KEY",
+        None,
+        false,
+        Bounds::Text,
+        "PEM private key of --tls-cert.",
+    ),
+    flag(
+        "tls_ca",
+        "tls-ca",
+        "RAFTKIT_TLS_CA",
+        None,
+        false,
+        Bounds::Text,
+        "PEM CA certificates peers' and clients' certificates must chain to.",
+    ),
+    flag(
+        "tls_plain_probes",
+        "tls-plain-probes",
+        "RAFTKIT_TLS_PLAIN_PROBES",
+        Some("true"),
+        false,
+        Bounds::Bool,
+        "With TLS on, also answer plain HTTP GET /livez, /healthz, /readyz and /metrics (probes, scrapers).",
+    ),
     // Not a flag: the log filter, from RUST_LOG; changeable in /flags.
     Setting {
         name: "log_level",
@@ -453,6 +492,11 @@ pub const NODE_SETTINGS: &[Setting] = &[
         "fault_injection",
         "RAFTKIT_FAULT_INJECTION",
         "1: serve the /debug fault-injection endpoints.",
+    ),
+    env_only(
+        "fault_injection_with_tls",
+        "RAFTKIT_FAULT_INJECTION_WITH_TLS",
+        "1: allow RAFTKIT_FAULT_INJECTION=1 with TLS on (its endpoints let an admin cut links).",
     ),
     env_only(
         "stage_trace",

@@ -39,6 +39,26 @@ pub async fn serve(tcp: tokio::net::TcpStream, kv: Arc<KvService>, counter: Arc<
         return;
     }
     let out = FrameWriter::new(wr, tokio::runtime::Handle::current());
+    serve_calls(rd, out, kv, counter).await;
+}
+
+/// Serves a mux stream over any connection (TLS) whose preface was read
+/// and acknowledged.
+pub async fn serve_stream<S>(stream: S, kv: Arc<KvService>, counter: Arc<CounterService>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let out = FrameWriter::over(wr, tokio::runtime::Handle::current());
+    serve_calls(rd, out, kv, counter).await;
+}
+
+async fn serve_calls(
+    rd: impl tokio::io::AsyncRead + Unpin,
+    out: Arc<FrameWriter>,
+    kv: Arc<KvService>,
+    counter: Arc<CounterService>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let mut buf = Vec::new();

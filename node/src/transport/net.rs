@@ -50,12 +50,17 @@ pub struct NetTransport {
     formats: Arc<PeerFormats>,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
+    /// Mutual TLS to peers (raft streams, snapshot installs, identity).
+    tls: Option<Arc<raftkit_tls::Tls>>,
 }
 
 impl NetTransport {
-    /// `me` is this process's advertised address; snapshot transfers run on
-    /// `runtime`.
-    pub fn new(me: impl Into<String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+    /// [`NetTransport::new`] whose connections use mutual TLS with `tls`.
+    pub fn with_tls(
+        me: impl Into<String>,
+        runtime: tokio::runtime::Handle,
+        tls: Option<Arc<raftkit_tls::Tls>>,
+    ) -> Arc<Self> {
         Arc::new(NetTransport {
             me: me.into(),
             metrics: Arc::default(),
@@ -64,7 +69,14 @@ impl NetTransport {
             formats: Arc::default(),
             closed: AtomicBool::new(false),
             runtime,
+            tls,
         })
+    }
+
+    /// `me` is this process's advertised address; snapshot transfers run on
+    /// `runtime`.
+    pub fn new(me: impl Into<String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        NetTransport::with_tls(me, runtime, None)
     }
 
     /// Bytes sent and received per peer.
@@ -97,7 +109,13 @@ impl NetTransport {
         if let Some(l) = links.get(addr).filter(|l| !l.is_closed()) {
             return Ok(l.clone());
         }
-        let l = Link::start(&self.me, addr, self.metrics.clone(), self.hello.clone());
+        let l = Link::start_tls(
+            &self.me,
+            addr,
+            self.metrics.clone(),
+            self.hello.clone(),
+            self.tls.clone(),
+        );
         links.insert(addr.to_string(), l.clone());
         Ok(l)
     }
@@ -142,6 +160,7 @@ impl Transport for NetTransport {
             from_addr: self.me.clone(),
             cluster_id: self.hello.cluster_id(&job.group),
             client: None,
+            tls: self.tls.clone(),
         };
         self.runtime.spawn(async move {
             let result = send_snapshot(&mut client, &job).await;
@@ -154,11 +173,9 @@ impl Transport for NetTransport {
         group: &str,
         addr: &str,
     ) -> futures::future::BoxFuture<'static, Result<PeerIdentity, String>> {
-        let (group, addr) = (group.to_string(), addr.to_string());
+        let (group, addr, tls) = (group.to_string(), addr.to_string(), self.tls.clone());
         Box::pin(async move {
-            let ch = endpoint(&addr)
-                .map_err(|e| e.to_string())?
-                .connect()
+            let ch = channel(&addr, tls)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             let mut admin = AdminClient::new(ch);
@@ -201,6 +218,7 @@ struct GrpcInstallClient {
     /// The sender's cluster id, stated in every call.
     cluster_id: u64,
     client: Option<SnapshotInstallClient<tonic::transport::Channel>>,
+    tls: Option<Arc<raftkit_tls::Tls>>,
 }
 
 /// How long one install call may take before the attempt counts as broken.
@@ -211,9 +229,7 @@ impl GrpcInstallClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = endpoint(&self.addr)
-            .map_err(|e| e.to_string())?
-            .connect()
+        let ch = channel(&self.addr, self.tls.clone())
             .await
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
         let c = SnapshotInstallClient::new(ch).max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -290,6 +306,36 @@ impl InstallClient for GrpcInstallClient {
             Err(s) => Err(self.failed(s)),
         }
     }
+}
+
+/// A gRPC channel to a peer: plain, or mutual TLS (the peer's certificate
+/// must name the address's host).
+async fn channel(
+    addr: &str,
+    tls: Option<Arc<raftkit_tls::Tls>>,
+) -> Result<tonic::transport::Channel, String> {
+    let ep = endpoint(addr).map_err(|e| e.to_string())?;
+    let Some(tls) = tls else {
+        return ep.connect().await.map_err(|e| e.to_string());
+    };
+    let addr = addr.to_string();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (addr, tls) = (addr.clone(), tls.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let s = raftkit_tls::connect(&tls, tcp, &addr).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+        }
+    });
+    ep.connect_with_connector(connector).await.map_err(|e| {
+        format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
+    })
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {

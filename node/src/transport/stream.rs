@@ -363,10 +363,44 @@ enum LinkStatus {
     Down,
 }
 
+/// A link's connection: plain, or TLS (written only by one thread at a
+/// time, as the link's `writing` flag already guarantees).
+enum Wire {
+    Plain(TcpStream),
+    Tls {
+        sock: TcpStream,
+        stream: Box<Mutex<raftkit_tls::BlockingClient>>,
+    },
+}
+
+impl Wire {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls { sock, .. } => sock,
+        }
+    }
+
+    fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Wire::Plain(s) => (&*s).write_all(bytes),
+            Wire::Tls { stream, .. } => {
+                let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = self.socket().shutdown(Shutdown::Both);
+    }
+}
+
 struct LinkState {
     status: LinkStatus,
     /// The connection, while it is usable.
-    conn: Option<Arc<TcpStream>>,
+    conn: Option<Arc<Wire>>,
     /// Bytes waiting for the writer thread, in order.
     queued: Vec<u8>,
     /// The writer thread is writing bytes taken from `queued`.
@@ -388,6 +422,8 @@ pub struct Link {
     hello: Arc<Hello>,
     /// How long the link may go without a send before it stops.
     idle: Duration,
+    /// Mutual TLS to the peer (its certificate must name the address's host).
+    tls: Option<Arc<raftkit_tls::Tls>>,
 }
 
 impl Link {
@@ -399,7 +435,18 @@ impl Link {
         metrics: Arc<TransportMetrics>,
         hello: Arc<Hello>,
     ) -> Arc<Link> {
-        Link::start_with_idle(me, addr, metrics, hello, IDLE_LINK)
+        Link::start_with_idle(me, addr, metrics, hello, IDLE_LINK, None)
+    }
+
+    /// [`Link::start`] over mutual TLS when `tls` is given.
+    pub fn start_tls(
+        me: &str,
+        addr: &str,
+        metrics: Arc<TransportMetrics>,
+        hello: Arc<Hello>,
+        tls: Option<Arc<raftkit_tls::Tls>>,
+    ) -> Arc<Link> {
+        Link::start_with_idle(me, addr, metrics, hello, IDLE_LINK, tls)
     }
 
     fn start_with_idle(
@@ -408,6 +455,7 @@ impl Link {
         metrics: Arc<TransportMetrics>,
         hello: Arc<Hello>,
         idle: Duration,
+        tls: Option<Arc<raftkit_tls::Tls>>,
     ) -> Arc<Link> {
         let link = Arc::new(Link {
             addr: addr.to_string(),
@@ -424,6 +472,7 @@ impl Link {
             metrics,
             hello,
             idle,
+            tls,
         });
         let (writer, me) = (link.clone(), me.to_string());
         let spawned = std::thread::Builder::new()
@@ -477,8 +526,12 @@ impl Link {
             return Err(Unreachable);
         }
         self.metrics.add_sent(&self.addr, frame.len());
+        // Plain connections only: a TLS frame is encrypted and written by
+        // the link's thread.
         let direct = match &s.conn {
-            Some(conn) if s.queued.is_empty() && !s.writing => Some(conn.clone()),
+            Some(conn) if matches!(**conn, Wire::Plain(_)) && s.queued.is_empty() && !s.writing => {
+                Some(conn.clone())
+            }
             _ => None,
         };
         let Some(conn) = direct else {
@@ -486,7 +539,7 @@ impl Link {
             self.wake.notify_all();
             return Ok(());
         };
-        match send_now(&*conn, frame) {
+        match send_now(conn.socket(), frame) {
             Ok(n) if n == frame.len() => Ok(()),
             Ok(n) => {
                 s.queued.extend_from_slice(&frame[n..]);
@@ -509,7 +562,7 @@ impl Link {
         let mut s = self.lock();
         s.closed = true;
         if let Some(c) = s.conn.take() {
-            let _ = c.shutdown(Shutdown::Both);
+            c.shutdown();
         }
         self.wake.notify_all();
     }
@@ -530,13 +583,13 @@ impl Link {
             let (hello_generation, hello) = self.hello.frame();
             let mut opening = preface.clone();
             opening.extend_from_slice(&hello);
-            match connect(&self.addr, &opening) {
+            match connect(&self.addr, &opening, self.tls.as_deref()) {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     {
                         let mut s = self.lock();
                         if s.closed {
-                            let _ = conn.shutdown(Shutdown::Both);
+                            conn.shutdown();
                             return;
                         }
                         s.conn = Some(conn.clone());
@@ -548,7 +601,7 @@ impl Link {
                     if self.write_queued(&conn) {
                         return;
                     }
-                    let _ = conn.shutdown(Shutdown::Both);
+                    conn.shutdown();
                     tracing::debug!(peer = %self.addr, "raft stream lost");
                 }
                 Err(e) => {
@@ -590,14 +643,14 @@ impl Link {
         tracing::debug!(peer = %self.addr, "idle link stopped");
         s.closed = true;
         if let Some(c) = s.conn.take() {
-            let _ = c.shutdown(Shutdown::Both);
+            c.shutdown();
         }
         true
     }
 
     /// Writes queued bytes to `conn` until the link is closed (returns
     /// true) or the connection fails (returns false).
-    fn write_queued(&self, conn: &TcpStream) -> bool {
+    fn write_queued(&self, conn: &Wire) -> bool {
         let mut spare = Vec::new();
         loop {
             let mut batch = {
@@ -624,7 +677,7 @@ impl Link {
                 s.writing = true;
                 std::mem::replace(&mut s.queued, std::mem::take(&mut spare))
             };
-            let written = (&*conn).write_all(&batch);
+            let written = conn.write_all(&batch);
             let mut s = self.lock();
             s.writing = false;
             if let Err(e) = written {
@@ -639,16 +692,29 @@ impl Link {
 
 pub use raftkit_proto::mux::send_now;
 
-/// Connects to `addr` and sends the preface (and the hello).
-fn connect(addr: &str, preface: &[u8]) -> std::io::Result<TcpStream> {
+/// Connects to `addr` (over TLS with `tls`) and sends the preface (and
+/// the hello).
+fn connect(addr: &str, preface: &[u8], tls: Option<&raftkit_tls::Tls>) -> std::io::Result<Wire> {
     let mut last = None;
     for sa in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
             Ok(mut conn) => {
                 tune(&conn)?;
                 conn.set_write_timeout(Some(DEAD_PEER_TIMEOUT))?;
-                conn.write_all(preface)?;
-                return Ok(conn);
+                let Some(tls) = tls else {
+                    conn.write_all(preface)?;
+                    return Ok(Wire::Plain(conn));
+                };
+                // The handshake must not wait on a peer that does not answer.
+                conn.set_read_timeout(Some(DEAD_PEER_TIMEOUT))?;
+                let sock = conn.try_clone()?;
+                let mut stream = raftkit_tls::connect_blocking(tls, conn, addr)?;
+                stream.write_all(preface)?;
+                stream.flush()?;
+                return Ok(Wire::Tls {
+                    sock,
+                    stream: Box::new(Mutex::new(stream)),
+                });
             }
             Err(e) => last = Some(e),
         }
@@ -675,6 +741,25 @@ fn tune(conn: &TcpStream) -> std::io::Result<()> {
 }
 
 // --------------------------------------------------------------- receiving
+
+/// An accepted raft stream: plain, or TLS with its first bytes read.
+enum Incoming {
+    Plain(TcpStream),
+    Tls {
+        stream: Box<raftkit_tls::BlockingServer>,
+        prefix: Vec<u8>,
+        identity: raftkit_tls::PeerIdentity,
+    },
+}
+
+impl Incoming {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Incoming::Plain(c) => c,
+            Incoming::Tls { stream, .. } => stream.get_ref(),
+        }
+    }
+}
 
 struct Reader {
     conn: TcpStream,
@@ -712,6 +797,26 @@ impl RaftStreamServer {
 
     /// Serves an accepted connection whose first byte is a raft preface's.
     pub fn serve(&self, conn: TcpStream) {
+        self.serve_incoming(Incoming::Plain(conn));
+    }
+
+    /// Serves a TLS connection that opened with `prefix` (the preface's
+    /// first bytes, read to tell it from a mux stream) from `identity`.
+    pub fn serve_tls(
+        &self,
+        stream: raftkit_tls::BlockingServer,
+        prefix: Vec<u8>,
+        identity: raftkit_tls::PeerIdentity,
+    ) {
+        self.serve_incoming(Incoming::Tls {
+            stream: Box::new(stream),
+            prefix,
+            identity,
+        });
+    }
+
+    fn serve_incoming(&self, incoming: Incoming) {
+        let conn = incoming.socket();
         let Ok(handle) = conn.try_clone() else {
             return;
         };
@@ -728,7 +833,7 @@ impl RaftStreamServer {
         let spawned = std::thread::Builder::new()
             .name("raftkit-stream-in".into())
             .spawn(move || {
-                this.read_stream(id, conn);
+                this.read_stream(id, incoming);
                 this.readers().remove(&id);
             });
         match spawned {
@@ -745,11 +850,25 @@ impl RaftStreamServer {
         }
     }
 
-    fn read_stream(&self, stream: u64, conn: TcpStream) {
+    fn read_stream(&self, stream: u64, incoming: Incoming) {
+        let Ok(conn) = incoming.socket().try_clone() else {
+            return;
+        };
         let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let _ = tune(&conn);
         let _ = conn.set_read_timeout(Some(PREFACE_TIMEOUT));
-        let mut r = BufReader::with_capacity(256 << 10, &conn);
+        let (reader, identity): (Box<dyn Read + Send>, _) = match incoming {
+            Incoming::Plain(c) => (Box::new(c), None),
+            Incoming::Tls {
+                stream,
+                prefix,
+                identity,
+            } => (
+                Box::new(std::io::Cursor::new(prefix).chain(stream)),
+                Some(identity),
+            ),
+        };
+        let mut r = BufReader::with_capacity(256 << 10, reader);
         let from = match read_preface(&mut r) {
             Ok(from) => from,
             Err(e) => {
@@ -757,6 +876,21 @@ impl RaftStreamServer {
                 return;
             }
         };
+        // Over TLS, the sender's certificate must be a member's that names
+        // the address it states (so no member speaks for another).
+        if let Some(id) = &identity {
+            if !(id.is_node() && id.names(raftkit_tls::host_of(&from))) {
+                crate::metrics::TLS_REFUSED.count(crate::metrics::TlsRefusal::NotMember);
+                tracing::warn!(
+                    remote = %peer,
+                    from = %from,
+                    certificate = %id.describe(),
+                    "refused a raft stream: the certificate is not a member's certificate naming {}",
+                    raftkit_tls::host_of(&from)
+                );
+                return;
+            }
+        }
         let _ = conn.set_read_timeout(None);
         tracing::debug!(from = %from, "raft stream accepted");
         let from_addr = (!from.is_empty()).then(|| from.clone());
@@ -1043,7 +1177,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let idle = Duration::from_millis(300);
-        let link = Link::start_with_idle("me:1", &addr, Arc::default(), Arc::default(), idle);
+        let link = Link::start_with_idle("me:1", &addr, Arc::default(), Arc::default(), idle, None);
         let (mut conn, _) = listener.accept().unwrap();
         assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
         // Kept open while used.
