@@ -9,7 +9,8 @@ and jsonschema. No cluster is needed. It:
 - renders charts/raftkit-operator with Helm's library for the default values
   and a few overrides, checks what each rendering holds (least-privilege
   RBAC, a Role instead of a ClusterRole when one namespace is watched, the
-  restricted security context, probes, the env the operator reads), lints
+  restricted security context, probes, the env the operator reads, the
+  NetworkPolicy of RaftCluster pods and exactly whom it admits), lints
   the chart, and checks values.schema.json refuses bad values;
 - validates every rendered object and every file in crds/, deploy/ and
   examples/ against the Kubernetes schemas, strictly (unknown fields fail);
@@ -72,6 +73,13 @@ LEASE_RULES: dict[tuple[str, str], set[str]] = {
 
 # Failed checkov checks we accept, each with why. A skip no longer needed
 # fails too, so this table stays true.
+#
+# CKV2_K8S_6 (pods without a NetworkPolicy) passes, but not because the
+# operator's own pods have a policy: checkov reads the chart's policy for
+# RaftCluster pods (a podSelector by matchExpressions, no matchLabels) as
+# selecting every pod it scans. The operator's pods accept connections
+# only on their metrics port and need egress to the API server and to every
+# RaftCluster pod; their admission is left to the cluster's own policies.
 CHECKOV_SKIPS: dict[str, str] = {
     "CKV_K8S_43": "image by digest: raftkit:<version> is built from this "
     "repository and loaded into the cluster (kind load, a private registry); "
@@ -81,10 +89,6 @@ CHECKOV_SKIPS: dict[str, str] = {
     "clusters; image.pullPolicy sets it",
     "CKV_K8S_38": "the operator talks to the API server, so its pods need "
     "their ServiceAccount token",
-    "CKV2_K8S_6": "no NetworkPolicy: the operator accepts connections only on "
-    "its metrics port and needs egress to the API server and to every "
-    "RaftCluster pod, whose addresses depend on the cluster; admission of "
-    "traffic is left to the cluster's own policies",
 }
 # The same for the Dockerfile (when there is one).
 # The Dockerfile explains its own skips in `# checkov:skip=` comments
@@ -436,6 +440,92 @@ def check_service(objs: list[dict[str, Any]], values: dict[str, Any]) -> None:
            "the metrics Service's port")
 
 
+def build_rs_const(name: str) -> str:
+    """A constant of operator/src/build.rs (the operator's object builders),
+    so the chart's policy is checked against what the operator makes."""
+    text = (ROOT / "operator" / "src" / "build.rs").read_text()
+    m = re.search(rf"pub const {name}: [^=]+= \"?([^\";]+)\"?;", text)
+    ensure(m is not None, f"operator/src/build.rs has no constant {name}")
+    return m.group(1)
+
+
+def network_policy_namespaces(values: dict[str, Any]) -> list[str]:
+    """Where the chart must put the NetworkPolicy of RaftCluster pods."""
+    np = values["networkPolicy"]
+    if not np["enabled"]:
+        return []
+    if values["watchNamespace"]:
+        return [values["watchNamespace"]]
+    return sorted(set(np.get("clusterNamespaces", [])))
+
+
+def port_matches(entry: dict[str, Any], port: int, protocol: str) -> bool:
+    if entry.get("protocol", "TCP") != protocol:
+        return False
+    if "port" not in entry:
+        return True
+    ensure(isinstance(entry["port"], int), f"a named port {entry['port']!r}: check by number")
+    return entry["port"] <= port <= entry.get("endPort", entry["port"])
+
+
+def admitted(policy: dict[str, Any], port: int, protocol: str = "TCP") -> list[dict] | None:
+    """The peers `policy` admits to `port`: None for anyone, [] for no one."""
+    peers: list[dict] = []
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports and not any(port_matches(p, port, protocol) for p in ports):
+            continue
+        if not rule.get("from"):
+            return None
+        peers += [p for p in rule["from"] if p not in peers]
+    return peers
+
+
+def canonical(peers: list[dict] | None) -> list[str] | None:
+    return None if peers is None else sorted(json.dumps(p, sort_keys=True) for p in peers)
+
+
+def check_network_policy(objs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """One policy per namespace that holds RaftClusters; it selects every
+    RaftCluster pod (the label build.rs puts on them) and admits their node
+    port exactly from RaftCluster pods of the namespace, the operator's pods
+    and the allowed namespaces; other ports open to all or closed, as asked."""
+    cluster_label = build_rs_const("CLUSTER_LABEL")
+    node_port = int(build_rs_const("NODE_PORT"))
+    policies = by_kind(objs, "NetworkPolicy")
+    want_ns = network_policy_namespaces(values)
+    got_ns = sorted(p["metadata"]["namespace"] for p in policies)
+    ensure(got_ns == want_ns, f"NetworkPolicies in {got_ns}, expected in {want_ns}")
+    operator_pods = one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    np = values["networkPolicy"]
+    raftcluster_pods = {"matchExpressions": [{"key": cluster_label, "operator": "Exists"}]}
+    expected = [
+        {"podSelector": raftcluster_pods},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+         "podSelector": {"matchLabels": operator_pods}},
+    ] + [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+         for ns in np.get("allowedNamespaces", [])]
+    for p in policies:
+        spec = p["spec"]
+        where = ident(p)
+        ensure(spec["podSelector"] == raftcluster_pods,
+               f"{where} selects {spec['podSelector']}, not every pod labelled {cluster_label}")
+        ensure(spec.get("policyTypes") == ["Ingress"] and "egress" not in spec,
+               f"{where} must be about ingress only, has {spec.get('policyTypes')}")
+        got = canonical(admitted(p, node_port))
+        ensure(got == canonical(expected),
+               f"{where} admits port {node_port} from {got if got is not None else 'anyone'}, "
+               f"expected exactly {canonical(expected)}")
+        others = [(1, "TCP"), (node_port - 1, "TCP"), (node_port + 1, "TCP"), (65535, "TCP"),
+                  (53, "UDP"), (9000, "SCTP")]
+        for port, proto in others:
+            got = admitted(p, port, proto)
+            if np.get("otherPortsOpen", True):
+                ensure(got is None, f"{where}: otherPortsOpen, yet {proto} {port} admits only {got}")
+            else:
+                ensure(got == [], f"{where}: otherPortsOpen false, yet {proto} {port} admits {got}")
+
+
 # Renderings checked: (name, values given to helm, what to expect).
 SCENARIOS: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
@@ -445,6 +535,11 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [
       "image": {"repository": "registry.example/raftkit", "tag": "0.1.0-rc1", "pullPolicy": "Always"}}),
     ("replicas=3, metrics port 9090, lease 30 s",
      {"replicas": 3, "metrics": {"port": 9090, "service": {"port": 9090}}, "leaseDurationSecs": 30}),
+    ("every namespace watched, NetworkPolicy in team-a and team-b, apps from frontend, other ports closed",
+     {"networkPolicy": {"clusterNamespaces": ["team-a", "team-b"], "allowedNamespaces": ["frontend"],
+                        "otherPortsOpen": False}}),
+    ("watchNamespace=apps, NetworkPolicy off",
+     {"watchNamespace": "apps", "networkPolicy": {"enabled": False}}),
 ]
 
 
@@ -535,7 +630,11 @@ def main() -> int:
             chart.validate_schema(defaults)
             bad = [{"replicas": 0}, {"replica": 2}, {"image": {"pullPolicy": "Sometimes"}},
                    {"watchNamespace": "Not_A_Namespace"}, {"leaseDurationSecs": 1},
-                   {"metrics": {"service": {"enabled": "yes"}}}]
+                   {"metrics": {"service": {"enabled": "yes"}}},
+                   {"networkPolicy": {"enabled": "yes"}},
+                   {"networkPolicy": {"allowedNamespaces": ["Not_A_Namespace"]}},
+                   {"networkPolicy": {"allowNamespaces": ["apps"]}},
+                   {"watchNamespace": "apps", "networkPolicy": {"clusterNamespaces": ["b"]}}]
             for b in bad:
                 try:
                     chart.validate_schema(chart.merge_values(b))
@@ -565,6 +664,7 @@ def main() -> int:
             check_deployment(objs, values)
             check_rbac(objs, values["watchNamespace"])
             check_service(objs, values)
+            check_network_policy(objs, values)
             for o in objs:
                 validate_k8s(o, f"chart ({name})")
             return f"{len(objs)} objects: " + ", ".join(sorted(ident(o) for o in objs))
@@ -614,10 +714,14 @@ def main() -> int:
             "readMode sometimes (enum)": ("raft", "readMode", "sometimes"),
             "unknown field spec.raft.tick": ("raft", "tick", 1),
             "name Demo (not a DNS label)": ("metadata", "name", "Demo"),
+            "unknown field spec.tls.secretNam": ("tls", "secretNam", "mine"),
+            "tls.enabled 'yes' (boolean)": ("tls", "enabled", "yes"),
+            "tls.secretName '' (minLength 1)": ("tls", "secretName", ""),
         }
         for what, (where, key, value) in broken.items():
             o = copy.deepcopy(example)
             target = {"spec": o["spec"], "raft": o["spec"].setdefault("raft", {}),
+                      "tls": o["spec"].setdefault("tls", {"enabled": True}),
                       "metadata": o["metadata"]}[where]
             if value is None:
                 target.pop(key, None)
@@ -645,6 +749,65 @@ def main() -> int:
         return f"{len(broken) + 2} broken inputs refused"
 
     run.check("the validators refuse broken inputs", validators_bite)
+
+    def network_policy_check_bites() -> str:
+        # check_network_policy must refuse a policy that admits too much or
+        # too little, each for its own reason, or its passes above prove
+        # nothing. Two renderings: other ports closed (with an allowed
+        # namespace) and open.
+        closed, open_ = SCENARIOS[4][0], SCENARIOS[1][0]
+        for name in (closed, open_):
+            ensure(name in rendered and by_kind(rendered[name], "NetworkPolicy"),
+                   f"scenario {name!r} rendered no NetworkPolicy")
+
+        def node_rule(p: dict) -> dict:
+            return p["spec"]["ingress"][0]
+
+        def add_rule(rule: dict) -> Callable[[dict], None]:
+            return lambda p: p["spec"]["ingress"].append(rule)
+
+        # what -> (scenario, mutation, words the refusal must hold)
+        broken: dict[str, tuple[str, Callable[[dict], Any], str]] = {
+            "from every namespace": (
+                closed, lambda p: node_rule(p)["from"].append({"namespaceSelector": {}}), "admits port 8080"),
+            "from anyone (no from)": (closed, lambda p: node_rule(p).pop("from"), "from anyone"),
+            "the node port moved to 8081": (
+                closed, lambda p: node_rule(p)["ports"][0].update(port=8081), "admits port 8080 from []"),
+            "the operator's pods from any namespace": (
+                closed, lambda p: node_rule(p)["from"][1].pop("namespaceSelector"), "admits port 8080"),
+            "the allowed namespace dropped": (
+                closed, lambda p: node_rule(p)["from"].pop(), "admits port 8080"),
+            "every pod of the namespace selected": (
+                closed, lambda p: p["spec"].update(podSelector={}), "not every pod labelled"),
+            "egress too": (
+                closed, lambda p: p["spec"].update(policyTypes=["Ingress", "Egress"]), "ingress only"),
+            "other ports closed, yet UDP 53 open": (
+                closed, add_rule({"ports": [{"protocol": "UDP", "port": 53}]}), "UDP 53 admits"),
+            "other ports open, yet 8080 among them": (
+                open_, add_rule({"ports": [{"protocol": "TCP", "port": 1, "endPort": 65535}]}),
+                "from anyone"),
+            "other ports open, yet UDP left out": (
+                open_, lambda p: p["spec"]["ingress"][1]["ports"].pop(2), "UDP 53 admits only []"),
+        }
+        for what, (name, mutate, words) in broken.items():
+            bad = copy.deepcopy(rendered[name])
+            mutate(by_kind(bad, "NetworkPolicy")[0])
+            try:
+                check_network_policy(bad, merged_values[name])
+            except Failed as e:
+                ensure(words in str(e), f"a NetworkPolicy with {what} is refused for another "
+                       f"reason than expected ({words!r}): {e}")
+                continue
+            raise Failed(f"a NetworkPolicy with {what} passes")
+        try:
+            check_network_policy([o for o in rendered[closed] if o["kind"] != "NetworkPolicy"],
+                                 merged_values[closed])
+            raise Failed("a missing NetworkPolicy passes")
+        except Failed as e:
+            ensure("expected in" in str(e), str(e))
+        return f"{len(broken) + 1} broken policies refused, each for its reason"
+
+    run.check("the NetworkPolicy check refuses broken policies", network_policy_check_bites)
 
     def deploy_is_chart_defaults() -> str:
         # deploy/ is hand-written for reading; it must install what

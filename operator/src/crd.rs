@@ -78,6 +78,9 @@ pub struct RaftClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserved_object")]
     pub template: Option<PodTemplateSpec>,
+    /// Mutual TLS on the node port [default: none: plaintext].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
     /// Stop acting (status stays current; deletion is not blocked).
     #[serde(default)]
     pub paused: bool,
@@ -158,6 +161,44 @@ fn default_size() -> String {
 
 fn yes() -> bool {
     true
+}
+
+/// Mutual TLS between members, and from the operator and applications.
+/// Roles come from the certificate subject's organizational unit:
+/// `raftkit-node` (a member), `raftkit-admin` (membership, leadership,
+/// snapshots), anything else the CA signed (use `raftkit-client`): Counter
+/// and KV calls and status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.enabled || !has(self.secretName)").message("secretName needs enabled: true"),
+    validation = Rule::new("has(self.secretName) == has(self.adminSecretName)").message("secretName and adminSecretName go together")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve and dial with mutual TLS [default: false]. Without
+    /// `secretName` the operator makes the certificates, in Secrets it
+    /// owns: the CA (`<cluster>-tls-ca`), each member's
+    /// (`<cluster>-tls-nodes`), its own admin certificate
+    /// (`<cluster>-tls-admin`) and one for applications
+    /// (`<cluster>-tls-client`: `tls.crt`, `tls.key`, `ca.crt`), and renews
+    /// them before they expire; members reload them without a restart.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The user's Secret of member certificates instead of the operator's
+    /// [default: none]: `ca.crt`, and `<pod>.crt` and `<pod>.key` for every
+    /// pod the cluster may run (`<cluster>-0` up to `<cluster>-<replicas-1>`),
+    /// each with organizational unit `raftkit-node`, usable for server and
+    /// client authentication, and naming the pod's DNS name
+    /// `<pod>.<cluster>-peers.<namespace>.svc`. The user renews them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// With `secretName`: a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`)
+    /// of the same CA with organizational unit `raftkit-admin`, which the
+    /// operator presents to the members [default: none].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub admin_secret_name: Option<String>,
 }
 
 /// Raft settings of every member (node flags).
@@ -355,6 +396,17 @@ impl RaftClusterSpec {
         if self.storage.size.trim().is_empty() {
             return bad("storage.size", "must not be empty".into());
         }
+        if let Some(tls) = &self.tls {
+            if tls.secret_name.is_some() && !tls.enabled {
+                return bad("tls.secretName", "needs enabled: true".into());
+            }
+            if tls.secret_name.is_some() != tls.admin_secret_name.is_some() {
+                return bad(
+                    "tls.adminSecretName",
+                    "secretName and adminSecretName go together".into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -409,6 +461,29 @@ mod tests {
             e.to_string(),
             "spec.raft.electionTimeoutMs: 50 is out of range 100..=60000"
         );
+    }
+
+    #[test]
+    fn tls_is_off_unless_asked_for_and_a_users_secret_needs_it_on() {
+        let rc = parse("metadata: {name: d}\nspec: {replicas: 3}\n");
+        assert_eq!(rc.spec.tls, None);
+        let mut rc = parse(
+            "metadata: {name: d}\nspec: {replicas: 3, tls: {enabled: true, secretName: mine, adminSecretName: mine-admin}}\n",
+        );
+        let tls = rc.spec.tls.clone().expect("tls");
+        assert!(tls.enabled);
+        assert_eq!(tls.secret_name.as_deref(), Some("mine"));
+        assert!(rc.spec.validate().is_ok());
+        rc.spec.tls = Some(TlsSpec {
+            enabled: false,
+            ..tls.clone()
+        });
+        assert_eq!(rc.spec.validate().unwrap_err().field, "tls.secretName");
+        rc.spec.tls = Some(TlsSpec {
+            admin_secret_name: None,
+            ..tls
+        });
+        assert_eq!(rc.spec.validate().unwrap_err().field, "tls.adminSecretName");
     }
 
     #[test]

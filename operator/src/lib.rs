@@ -18,6 +18,9 @@
 //!   from the node's settings table).
 //! - [`backend`]: where pods run; [`backend::local`] runs them as processes.
 //! - [`local`]: `raftkit-operator local`, the loop around the local backend.
+//! - [`tls`]: the certificates the operator issues for a cluster's mutual
+//!   TLS (CA, members, admin, client), their renewal and Secrets (pure; not
+//!   yet wired into a pass).
 
 pub mod act;
 pub mod backend;
@@ -31,6 +34,7 @@ pub mod observe;
 pub mod plan;
 pub mod run;
 pub mod status;
+pub mod tls;
 
 /// What can go wrong in a pass.
 #[derive(Debug, thiserror::Error)]

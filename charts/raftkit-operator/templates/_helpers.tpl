@@ -65,3 +65,17 @@ packaging test checks they agree. */}}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* The namespaces that get the NetworkPolicy of RaftCluster pods, as a
+JSON list (networkpolicy.yaml says why): watchNamespace, or
+networkPolicy.clusterNamespaces when every namespace is watched; none when
+networkPolicy.enabled is false. */}}
+{{- define "raftkit-operator.networkPolicyNamespaces" -}}
+{{- if not .Values.networkPolicy.enabled -}}
+[]
+{{- else if .Values.watchNamespace -}}
+{{- list .Values.watchNamespace | toJson -}}
+{{- else -}}
+{{- .Values.networkPolicy.clusterNamespaces | default list | uniq | toJson -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,1238 @@
+//! The certificates of a RaftCluster's mutual TLS when the operator makes
+//! them (`spec.tls.enabled` without `secretName`): a CA per cluster, each
+//! pod's certificate (named by its stable DNS name), the operator's admin
+//! certificate and a client certificate for applications; when one is due
+//! for renewal; the Secrets that hold them; and what a pod mounts. Pure:
+//! no client, no I/O, the caller passes the time.
+//!
+//! ```text
+//!  <cluster>-tls-ca      ca.crt ca.key            ClusterCa::generate / from_secret
+//!        │ signs
+//!        ├─► <cluster>-tls-nodes   ca.crt <pod>.crt <pod>.key   node_certs (OU raftkit-node)
+//!        ├─► <cluster>-tls-admin   tls.crt tls.key ca.crt       admin_secret (OU raftkit-admin)
+//!        └─► <cluster>-tls-client  tls.crt tls.key ca.crt       client_secret (OU raftkit-client)
+//! ```
+//!
+//! Renewal needs no restart: the pods mount the nodes' Secret as a whole
+//! directory (never by `subPath`), so the kubelet swaps the files in place
+//! and the node reloads them. Certificates are not part of the pod
+//! revision (`build::revision`), so a renewal rolls nothing.
+//!
+//! Keys are ECDSA P-256 (rcgen's default, which rustls takes), written as
+//! PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{EnvVar, Secret, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::Resource;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::build::{cluster_name, labels, pod_addr, pod_name};
+use crate::crd::RaftCluster;
+
+/// Organizational unit of a member's certificate.
+pub const OU_NODE: &str = "raftkit-node";
+/// Organizational unit of a certificate that may change membership,
+/// transfer leadership, snapshot and set flags.
+pub const OU_ADMIN: &str = "raftkit-admin";
+/// Organizational unit of an application's certificate: Counter and KV
+/// calls and status.
+pub const OU_CLIENT: &str = "raftkit-client";
+/// Organization of every certificate the operator issues.
+pub const ORGANIZATION: &str = "raftkit";
+
+const DAY: u64 = 24 * 60 * 60;
+/// How long the CA is valid. Its renewal is not automated yet (it needs a
+/// trust bundle of old and new CA while the leaves move over).
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * DAY);
+/// How long a member's, the admin's and the client's certificates are
+/// valid.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * DAY);
+/// Certificates start this long before they are issued, so a node whose
+/// clock is a little behind the operator's accepts them at once.
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Renew a certificate once less than a third of its lifetime remains (30
+/// days of 90).
+pub const RENEW_WHEN_REMAINING: LifetimeShare = LifetimeShare {
+    numerator: 1,
+    denominator: 3,
+};
+
+/// Where a pod sees its Secret of certificates.
+pub const TLS_DIR: &str = "/etc/raftkit/tls";
+/// The pod volume of that Secret.
+pub const TLS_VOLUME: &str = "tls";
+/// The node's settings (PEM file paths); it reloads the files when they
+/// change.
+pub const ENV_TLS_CERT: &str = "RAFTKIT_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "RAFTKIT_TLS_KEY";
+pub const ENV_TLS_CA: &str = "RAFTKIT_TLS_CA";
+/// Keys of the Secrets.
+pub const CA_CRT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+pub const TLS_CRT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+/// The Secret type of a certificate and its key (`tls.crt`, `tls.key`).
+pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
+const SECRET_TYPE_OPAQUE: &str = "Opaque";
+
+/// What went wrong with a certificate, a key or a Secret; each names what.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rcgen refused to make a key or a certificate.
+    #[error("issuing {what}: {source}")]
+    Issue {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A PEM that should hold one X.509 certificate does not.
+    #[error("{what}: not a PEM X.509 certificate: {problem}")]
+    BadCertificate { what: String, problem: String },
+    /// A PEM that should hold a private key does not.
+    #[error("{what}: not a PEM private key: {source}")]
+    BadKey {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The private key is not the certificate's.
+    #[error("{what}: the private key does not belong to the certificate")]
+    KeyMismatch { what: String },
+    /// A Secret lacks a key it must have.
+    #[error("Secret {secret}: no key `{key}`")]
+    MissingKey { secret: String, key: String },
+    /// A Secret's value is not text.
+    #[error("Secret {secret}: key `{key}` is not UTF-8 PEM")]
+    NotUtf8 { secret: String, key: String },
+    /// A time no certificate can carry.
+    #[error("time {0:?} is before 1970 or past what X.509 can hold")]
+    BadTime(SystemTime),
+}
+
+type Result<T, E = TlsError> = std::result::Result<T, E>;
+
+/// Whom a certificate is for: its organizational unit, and what it may
+/// authenticate as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A member: server and client certificate at once.
+    Node,
+    /// The operator.
+    Admin,
+    /// Applications.
+    Client,
+}
+
+impl Role {
+    pub fn organizational_unit(self) -> &'static str {
+        match self {
+            Role::Node => OU_NODE,
+            Role::Admin => OU_ADMIN,
+            Role::Client => OU_CLIENT,
+        }
+    }
+
+    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Role::Node => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Role::Admin | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        }
+    }
+}
+
+/// A share of a certificate's lifetime, `numerator / denominator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifetimeShare {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for IssuedCert {
+    /// Without the private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[elided]")
+            .finish()
+    }
+}
+
+/// Why a certificate was issued in place of what a Secret held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reissue {
+    /// The Secret held none for it (a new pod, or a new Secret).
+    Missing,
+    /// Less than [`RENEW_WHEN_REMAINING`] of its lifetime remained, or it
+    /// expired.
+    Renewal,
+    /// Its names or its role are not the ones it should carry now.
+    Changed,
+    /// Another CA signed it.
+    OtherCa,
+    /// It, or its key, could not be read (the reason).
+    Unreadable(String),
+}
+
+/// A Secret to apply, and the certificates in it that are new.
+#[derive(Debug)]
+pub struct CertSecret {
+    pub secret: Secret,
+    /// (pod or role, why) of every certificate issued rather than kept.
+    pub issued: Vec<(String, Reissue)>,
+}
+
+// ------------------------------------------------------------------ names
+
+/// The CA's Secret: `ca.crt`, `ca.key`.
+pub fn ca_secret_name(rc: &RaftCluster) -> String {
+    format!("{}-tls-ca", cluster_name(rc))
+}
+
+/// The members' Secret: `ca.crt`, and `<pod>.crt`, `<pod>.key` per pod.
+pub fn nodes_secret_name(rc: &RaftCluster) -> String {
+    format!("{}-tls-nodes", cluster_name(rc))
+}
+
+/// The operator's admin certificate: `tls.crt`, `tls.key`, `ca.crt`.
+pub fn admin_secret_name(rc: &RaftCluster) -> String {
+    format!("{}-tls-admin", cluster_name(rc))
+}
+
+/// The applications' client certificate: `tls.crt`, `tls.key`, `ca.crt`.
+pub fn client_secret_name(rc: &RaftCluster) -> String {
+    format!("{}-tls-client", cluster_name(rc))
+}
+
+/// Key of pod `pod`'s certificate in the members' Secret.
+pub fn pod_cert_key(pod: &str) -> String {
+    format!("{pod}.crt")
+}
+
+/// Key of pod `pod`'s private key in the members' Secret.
+pub fn pod_key_key(pod: &str) -> String {
+    format!("{pod}.key")
+}
+
+/// Pod `ordinal`'s stable DNS name: the host part of the address it
+/// advertises ([`pod_addr`]), which its certificate must name.
+pub fn pod_dns_name(rc: &RaftCluster, namespace: &str, ordinal: u32) -> String {
+    let addr = pod_addr(rc, namespace, ordinal);
+    match addr.rsplit_once(':') {
+        Some((host, _port)) => host.to_string(),
+        None => addr,
+    }
+}
+
+/// The names pod `ordinal`'s certificate carries:
+/// - its stable DNS name `<pod>.<cluster>-peers.<namespace>.svc`, which it
+///   advertises and peers and the operator dial;
+/// - the client Service's names (`<cluster>`, `<cluster>.<namespace>`,
+///   `<cluster>.<namespace>.svc`), which applications dial and which lead
+///   to any ready member;
+/// - in sidecar mode (`spec.template`) `localhost` and `127.0.0.1`, which
+///   the app beside its node dials. Probes need neither: the kubelet does
+///   not check the certificate of an HTTPS probe. Without a sidecar no one
+///   dials a member by `localhost`, so its certificate does not claim it.
+pub fn node_sans(rc: &RaftCluster, namespace: &str, ordinal: u32) -> Vec<String> {
+    let cluster = cluster_name(rc);
+    let mut sans = vec![
+        pod_dns_name(rc, namespace, ordinal),
+        cluster.to_string(),
+        format!("{cluster}.{namespace}"),
+        format!("{cluster}.{namespace}.svc"),
+    ];
+    if rc.spec.template.is_some() {
+        sans.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    }
+    sans
+}
+
+// ----------------------------------------------------------------- the CA
+
+/// A cluster's CA: its certificate, and the key that signs the others.
+pub struct ClusterCa {
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for ClusterCa {
+    /// Without the private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// A new CA for `rc`, valid [`CA_VALIDITY`] from `now`.
+    pub fn generate(rc: &RaftCluster, now: SystemTime) -> Result<Self> {
+        let what = format!("the CA of {}", cluster_name(rc));
+        let issue = |source| TlsError::Issue {
+            what: what.clone(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(issue)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject(&format!("RaftKit CA {}", cluster_name(rc)), None);
+        // Leaves only: no intermediate CA below it.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params, now, CA_VALIDITY)?;
+        let cert = params.self_signed(&key).map_err(issue)?;
+        Ok(ClusterCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA read back from its PEM certificate and key (`what` names
+    /// where they came from, for errors).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(|source| TlsError::BadKey {
+            what: what.to_string(),
+            source,
+        })?;
+        let spki = with_cert(cert_pem, what, |c| c.public_key().raw.to_vec())?;
+        if spki != key.subject_public_key_info() {
+            return Err(TlsError::KeyMismatch {
+                what: what.to_string(),
+            });
+        }
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| TlsError::BadCertificate {
+                what: what.to_string(),
+                problem: e.to_string(),
+            })?;
+        Ok(ClusterCa {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer,
+        })
+    }
+
+    /// The CA read back from its Secret ([`ca_secret_name`]).
+    pub fn from_secret(secret: &Secret) -> Result<Self> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let cert = secret_text(secret, CA_CRT)?;
+        let key = secret_text(secret, CA_KEY)?;
+        Self::from_pem(&cert, &key, &format!("Secret {name}"))
+    }
+
+    /// The CA's certificate, PEM: what every party trusts.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA's Secret, owned by `rc`.
+    pub fn secret(&self, rc: &RaftCluster) -> Secret {
+        secret(
+            rc,
+            ca_secret_name(rc),
+            SECRET_TYPE_OPAQUE,
+            [
+                (CA_CRT.to_string(), self.cert_pem.clone()),
+                (CA_KEY.to_string(), self.key_pem.clone()),
+            ],
+        )
+    }
+
+    /// A certificate for `role` named `common_name` with `sans`, valid
+    /// [`LEAF_VALIDITY`] from `now`, with a new key.
+    pub fn issue(
+        &self,
+        role: Role,
+        common_name: &str,
+        sans: &[String],
+        now: SystemTime,
+    ) -> Result<IssuedCert> {
+        let what = format!(
+            "the {} certificate {common_name}",
+            role.organizational_unit()
+        );
+        let issue = |source| TlsError::Issue {
+            what: what.clone(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(issue)?;
+        let mut params = CertificateParams::new(sans.to_vec()).map_err(issue)?;
+        params.distinguished_name = subject(common_name, Some(role.organizational_unit()));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = role.extended_key_usages();
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, now, LEAF_VALIDITY)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(issue)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Pod `ordinal`'s certificate: common name the pod's name (a common
+    /// name holds at most 64 characters, a DNS name may not fit), names
+    /// [`node_sans`].
+    pub fn issue_node(
+        &self,
+        rc: &RaftCluster,
+        namespace: &str,
+        ordinal: u32,
+        now: SystemTime,
+    ) -> Result<IssuedCert> {
+        self.issue(
+            Role::Node,
+            &pod_name(rc, ordinal),
+            &node_sans(rc, namespace, ordinal),
+            now,
+        )
+    }
+
+    /// Why `cert` cannot stay a certificate for `role` named `sans`, or
+    /// `None` when it can: it parses, `key_pem` is its key, this CA signed
+    /// it, it names exactly `sans` with `role`'s organizational unit, and
+    /// more than [`RENEW_WHEN_REMAINING`] of its lifetime is left.
+    pub fn reissue_reason(
+        &self,
+        cert: &IssuedCert,
+        role: Role,
+        sans: &[String],
+        now: SystemTime,
+    ) -> Option<Reissue> {
+        let key = match KeyPair::from_pem(&cert.key_pem) {
+            Ok(k) => k,
+            Err(e) => return Some(Reissue::Unreadable(format!("the key: {e}"))),
+        };
+        let checked = with_cert(&self.cert_pem, "the CA", |ca| {
+            with_cert(&cert.cert_pem, "the certificate", |c| {
+                if c.public_key().raw != key.subject_public_key_info().as_slice() {
+                    Some(Reissue::Unreadable(
+                        "the key does not belong to the certificate".into(),
+                    ))
+                } else if c.verify_signature(Some(ca.public_key())).is_err() {
+                    Some(Reissue::OtherCa)
+                } else if subject_alt_names(c) != sans
+                    || organizational_units(c) != [role.organizational_unit()]
+                {
+                    Some(Reissue::Changed)
+                } else {
+                    None
+                }
+            })
+        })
+        .and_then(|inner| inner);
+        match checked {
+            Err(e) => Some(Reissue::Unreadable(e.to_string())),
+            Ok(Some(why)) => Some(why),
+            Ok(None) => match needs_renewal(&cert.cert_pem, now, RENEW_WHEN_REMAINING) {
+                Ok(true) => Some(Reissue::Renewal),
+                Ok(false) => None,
+                Err(e) => Some(Reissue::Unreadable(e.to_string())),
+            },
+        }
+    }
+}
+
+fn subject(common_name: &str, organizational_unit: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    if let Some(ou) = organizational_unit {
+        dn.push(DnType::OrganizationalUnitName, ou);
+    }
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn set_validity(params: &mut CertificateParams, now: SystemTime, valid: Duration) -> Result<()> {
+    let at = |t: SystemTime| {
+        unix_secs(t)
+            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+            .ok_or(TlsError::BadTime(t))
+    };
+    params.not_before = at(now.checked_sub(BACKDATE).ok_or(TlsError::BadTime(now))?)?;
+    params.not_after = at(now.checked_add(valid).ok_or(TlsError::BadTime(now))?)?;
+    Ok(())
+}
+
+// ------------------------------------------------------------ renewal
+
+/// Whether `cert_pem` is due for renewal at `now`: less than `threshold`
+/// of its lifetime (not before to not after) remains, or it has expired.
+/// A certificate not valid yet (the operator's clock behind) is not due.
+pub fn needs_renewal(cert_pem: &str, now: SystemTime, threshold: LifetimeShare) -> Result<bool> {
+    let (not_before, not_after) = with_cert(cert_pem, "the certificate", |c| {
+        (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        )
+    })?;
+    let now = unix_secs(now).ok_or(TlsError::BadTime(now))?;
+    let lifetime = i128::from(not_after) - i128::from(not_before);
+    let remaining = i128::from(not_after) - i128::from(now);
+    if remaining <= 0 || lifetime <= 0 {
+        return Ok(true);
+    }
+    Ok(remaining * i128::from(threshold.denominator) < lifetime * i128::from(threshold.numerator))
+}
+
+fn unix_secs(t: SystemTime) -> Option<i64> {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok(),
+        Err(e) => i64::try_from(e.duration().as_secs()).ok().map(|s| -s),
+    }
+}
+
+// ------------------------------------------------------ reading certs
+
+/// `f` applied to the one certificate of `pem`.
+fn with_cert<T>(pem: &str, what: &str, f: impl FnOnce(&X509Certificate<'_>) -> T) -> Result<T> {
+    let bad = |problem: String| TlsError::BadCertificate {
+        what: what.to_string(),
+        problem,
+    };
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    if pem.label != "CERTIFICATE" {
+        return Err(bad(format!("a PEM block of `{}`", pem.label)));
+    }
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    Ok(f(&cert))
+}
+
+/// The DNS names and IP addresses a certificate names, in its order (IPs
+/// written as `CertificateParams::new` takes them).
+fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn organizational_units(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject()
+        .iter_organizational_unit()
+        .filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect()
+}
+
+// ------------------------------------------------------------ Secrets
+
+/// A Secret owned by `rc` (owner reference, the labels of every owned
+/// object), as `build` makes the other owned objects.
+fn secret(
+    rc: &RaftCluster,
+    name: String,
+    type_: &str,
+    data: impl IntoIterator<Item = (String, String)>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: rc.metadata.namespace.clone(),
+            labels: Some(labels(rc)),
+            owner_references: rc.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.to_string()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The text under `key` of `secret`.
+fn secret_text(secret: &Secret, key: &str) -> Result<String> {
+    let name = || secret.metadata.name.clone().unwrap_or_default();
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| TlsError::MissingKey {
+            secret: name(),
+            key: key.to_string(),
+        })?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| TlsError::NotUtf8 {
+        secret: name(),
+        key: key.to_string(),
+    })
+}
+
+/// The certificate and key under `cert_key`, `key_key` of `secret`, if
+/// both are there and text.
+fn cert_in(secret: Option<&Secret>, cert_key: &str, key_key: &str) -> Option<IssuedCert> {
+    let s = secret?;
+    Some(IssuedCert {
+        cert_pem: secret_text(s, cert_key).ok()?,
+        key_pem: secret_text(s, key_key).ok()?,
+    })
+}
+
+/// `kept` if it can stay a certificate for `role` named `sans`, else what
+/// `issue` makes, with why.
+fn keep_or_issue(
+    ca: &ClusterCa,
+    kept: Option<IssuedCert>,
+    role: Role,
+    sans: &[String],
+    now: SystemTime,
+    issue: impl FnOnce() -> Result<IssuedCert>,
+) -> Result<(IssuedCert, Option<Reissue>)> {
+    if let Some(c) = kept {
+        return match ca.reissue_reason(&c, role, sans, now) {
+            None => Ok((c, None)),
+            Some(why) => Ok((issue()?, Some(why))),
+        };
+    }
+    Ok((issue()?, Some(Reissue::Missing)))
+}
+
+/// The members' Secret ([`nodes_secret_name`]) for pods `ordinals`: each
+/// pod's certificate from `current` (the Secret as it is) when it can stay
+/// ([`ClusterCa::reissue_reason`]), a new one otherwise; pods outside
+/// `ordinals` are left out. So a cluster scaled from 3 to 5 gets
+/// certificates for pods 3 and 4 and keeps those of 0 to 2.
+pub fn node_certs(
+    ca: &ClusterCa,
+    rc: &RaftCluster,
+    namespace: &str,
+    ordinals: std::ops::Range<u32>,
+    current: Option<&Secret>,
+    now: SystemTime,
+) -> Result<CertSecret> {
+    let mut data = vec![(CA_CRT.to_string(), ca.cert_pem.clone())];
+    let mut issued = Vec::new();
+    for ordinal in ordinals {
+        let pod = pod_name(rc, ordinal);
+        let (cert_key, key_key) = (pod_cert_key(&pod), pod_key_key(&pod));
+        let sans = node_sans(rc, namespace, ordinal);
+        let kept = cert_in(current, &cert_key, &key_key);
+        let (cert, why) = keep_or_issue(ca, kept, Role::Node, &sans, now, || {
+            ca.issue_node(rc, namespace, ordinal, now)
+        })?;
+        if let Some(why) = why {
+            issued.push((pod, why));
+        }
+        data.push((cert_key, cert.cert_pem));
+        data.push((key_key, cert.key_pem));
+    }
+    Ok(CertSecret {
+        secret: secret(rc, nodes_secret_name(rc), SECRET_TYPE_OPAQUE, data),
+        issued,
+    })
+}
+
+/// The operator's admin Secret ([`admin_secret_name`]): the certificate of
+/// `current` when it can stay ([`ClusterCa::reissue_reason`]), a new one
+/// otherwise.
+pub fn admin_secret(
+    ca: &ClusterCa,
+    rc: &RaftCluster,
+    current: Option<&Secret>,
+    now: SystemTime,
+) -> Result<CertSecret> {
+    let name = admin_secret_name(rc);
+    leaf_secret(ca, rc, Role::Admin, name, "raftkit-operator", current, now)
+}
+
+/// The applications' Secret ([`client_secret_name`]), as [`admin_secret`].
+pub fn client_secret(
+    ca: &ClusterCa,
+    rc: &RaftCluster,
+    current: Option<&Secret>,
+    now: SystemTime,
+) -> Result<CertSecret> {
+    let common_name = format!("{}-client", cluster_name(rc));
+    leaf_secret(
+        ca,
+        rc,
+        Role::Client,
+        client_secret_name(rc),
+        &common_name,
+        current,
+        now,
+    )
+}
+
+/// A `kubernetes.io/tls` Secret of a client certificate for `role` (no
+/// names: it is never a server's), with `ca.crt` so its holder can check
+/// the members.
+fn leaf_secret(
+    ca: &ClusterCa,
+    rc: &RaftCluster,
+    role: Role,
+    name: String,
+    common_name: &str,
+    current: Option<&Secret>,
+    now: SystemTime,
+) -> Result<CertSecret> {
+    let kept = cert_in(current, TLS_CRT, TLS_KEY);
+    let (cert, why) = keep_or_issue(ca, kept, role, &[], now, || {
+        ca.issue(role, common_name, &[], now)
+    })?;
+    let issued = why
+        .map(|why| (role.organizational_unit().to_string(), why))
+        .into_iter()
+        .collect();
+    Ok(CertSecret {
+        secret: secret(
+            rc,
+            name,
+            SECRET_TYPE_TLS,
+            [
+                (TLS_CRT.to_string(), cert.cert_pem),
+                (TLS_KEY.to_string(), cert.key_pem),
+                (CA_CRT.to_string(), ca.cert_pem.clone()),
+            ],
+        ),
+        issued,
+    })
+}
+
+// ------------------------------------------------------ the pod's part
+
+/// What a pod template adds for TLS: the members' Secret as a volume, its
+/// mount, and the node's settings pointing at this pod's files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodTls {
+    pub volume: Volume,
+    pub mount: VolumeMount,
+    /// Uses `$(POD_NAME)`: goes after the `POD_NAME` variable in the node
+    /// container's `env` (Kubernetes expands only variables declared
+    /// before).
+    pub env: Vec<EnvVar>,
+}
+
+/// The pod's part for `rc`, or `None` when TLS is off. The Secret is the
+/// user's `spec.tls.secretName` or the operator's [`nodes_secret_name`];
+/// it is mounted whole (no `subPath`), so renewed files reach the running
+/// node, read-only, readable by the node's group (the pod's `fsGroup`).
+pub fn pod_tls(rc: &RaftCluster) -> Option<PodTls> {
+    let tls = rc.spec.tls.as_ref().filter(|t| t.enabled)?;
+    let secret_name = tls
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| nodes_secret_name(rc));
+    let env = |name: &str, file: &str| EnvVar {
+        name: name.to_string(),
+        value: Some(format!("{TLS_DIR}/{file}")),
+        ..EnvVar::default()
+    };
+    Some(PodTls {
+        volume: Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        mount: VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        env: vec![
+            env(ENV_TLS_CERT, &pod_cert_key("$(POD_NAME)")),
+            env(ENV_TLS_KEY, &pod_key_key("$(POD_NAME)")),
+            env(ENV_TLS_CA, CA_CRT),
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::collections::BTreeMap;
+
+    const DEMO: &str =
+        "metadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3, tls: {enabled: true}}\n";
+
+    fn rc(yaml: &str) -> RaftCluster {
+        serde_yaml::from_str(yaml).expect("parses")
+    }
+
+    /// 2027-01-15, a fixed "now".
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")
+    }
+
+    /// The chain check rustls makes: `cert` verified up to `ca_pem` for
+    /// `usage` at `at`.
+    fn verify(
+        ca_pem: &str,
+        cert: &IssuedCert,
+        usage: webpki::KeyUsage,
+        at: SystemTime,
+    ) -> Result<(), webpki::Error> {
+        let ca = der(ca_pem);
+        let anchor = webpki::anchor_from_trusted_cert(&ca)?;
+        let leaf = der(&cert.cert_pem);
+        let ee = webpki::EndEntityCert::try_from(&leaf)?;
+        let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).expect("after 1970"));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            at,
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn valid_for(cert: &IssuedCert, name: &str) -> bool {
+        let leaf = der(&cert.cert_pem);
+        let ee = webpki::EndEntityCert::try_from(&leaf).expect("parses");
+        let name = ServerName::try_from(name.to_string()).expect("a server name");
+        ee.verify_is_valid_for_subject_name(&name).is_ok()
+    }
+
+    fn ous(cert: &IssuedCert) -> Vec<String> {
+        with_cert(&cert.cert_pem, "test", organizational_units).expect("parses")
+    }
+
+    fn sans(cert: &IssuedCert) -> Vec<String> {
+        with_cert(&cert.cert_pem, "test", subject_alt_names).expect("parses")
+    }
+
+    fn pod_cert(secret: &Secret, pod: &str) -> IssuedCert {
+        cert_in(Some(secret), &pod_cert_key(pod), &pod_key_key(pod)).expect("the pod's files")
+    }
+
+    fn keys(secret: &Secret) -> Vec<String> {
+        secret
+            .data
+            .as_ref()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The advertised address of pod `pod` as its template sets it
+    /// (`$(POD_NAME)` expanded), without the port.
+    fn advertised_host(r: &RaftCluster, namespace: &str, pod: &str) -> String {
+        let t = build::pod_template(r, namespace, "rev");
+        let node = &t.spec.expect("spec").containers[0];
+        let var = raftkit_proto::settings::setting("advertise")
+            .expect("advertise")
+            .env;
+        let value = node
+            .env
+            .as_ref()
+            .and_then(|env| env.iter().find(|e| e.name == var))
+            .and_then(|e| e.value.clone())
+            .expect("the advertise variable");
+        let addr = value.replace("$(POD_NAME)", pod);
+        addr.rsplit_once(':').expect("host:port").0.to_string()
+    }
+
+    #[test]
+    fn each_pods_certificate_names_its_stable_dns_name_and_chains_to_the_ca() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let nodes = node_certs(&ca, &r, "prod", 0..3, None, t0()).expect("certs");
+        assert_eq!(nodes.issued.len(), 3);
+        for i in 0..3 {
+            let pod = format!("demo-{i}");
+            let cert = pod_cert(&nodes.secret, &pod);
+            let dns = format!("demo-{i}.demo-peers.prod.svc");
+            assert_eq!(
+                dns,
+                advertised_host(&r, "prod", &pod),
+                "what the pod advertises"
+            );
+            assert_eq!(
+                build::pod_addr(&r, "prod", i),
+                format!("{dns}:{}", build::NODE_PORT)
+            );
+            assert_eq!(
+                sans(&cert),
+                [dns.as_str(), "demo", "demo.prod", "demo.prod.svc"],
+                "its own DNS name and the client Service's names, nothing else"
+            );
+            assert!(valid_for(&cert, &dns));
+            let other = format!("demo-{}.demo-peers.prod.svc", (i + 1) % 3);
+            assert!(!valid_for(&cert, &other), "never another pod's name");
+            assert!(!valid_for(&cert, "localhost"), "no sidecar, no localhost");
+            assert_eq!(ous(&cert), [OU_NODE]);
+            verify(ca.cert_pem(), &cert, webpki::KeyUsage::server_auth(), t0())
+                .expect("a server certificate of the CA");
+            verify(ca.cert_pem(), &cert, webpki::KeyUsage::client_auth(), t0())
+                .expect("and a client certificate");
+        }
+        let other_ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let cert = pod_cert(&nodes.secret, "demo-0");
+        assert!(
+            verify(
+                other_ca.cert_pem(),
+                &cert,
+                webpki::KeyUsage::server_auth(),
+                t0()
+            )
+            .is_err(),
+            "another cluster's CA does not accept it"
+        );
+    }
+
+    #[test]
+    fn in_sidecar_mode_a_pods_certificate_also_names_localhost_for_the_app_beside_it() {
+        let r = rc(concat!(
+            "metadata: {name: app, namespace: ns}\n",
+            "spec:\n  replicas: 1\n  tls: {enabled: true}\n  template:\n",
+            "    spec: {containers: [{name: app, image: 'my/app:1'}]}\n",
+        ));
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let cert = ca.issue_node(&r, "ns", 0, t0()).expect("cert");
+        assert_eq!(
+            sans(&cert),
+            [
+                "app-0.app-peers.ns.svc",
+                "app",
+                "app.ns",
+                "app.ns.svc",
+                "localhost",
+                "127.0.0.1"
+            ]
+        );
+        assert!(valid_for(&cert, "localhost"));
+        assert!(valid_for(&cert, "127.0.0.1"));
+    }
+
+    #[test]
+    fn the_admin_and_client_certificates_carry_their_roles_and_authenticate_clients_only() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        for (made, name, ou) in [
+            (
+                admin_secret(&ca, &r, None, t0()),
+                "demo-tls-admin",
+                OU_ADMIN,
+            ),
+            (
+                client_secret(&ca, &r, None, t0()),
+                "demo-tls-client",
+                OU_CLIENT,
+            ),
+        ] {
+            let made = made.expect("secret");
+            let s = &made.secret;
+            assert_eq!(s.metadata.name.as_deref(), Some(name));
+            assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE_TLS));
+            assert_eq!(keys(s), [CA_CRT, TLS_CRT, TLS_KEY]);
+            assert_eq!(secret_text(s, CA_CRT).expect("ca.crt"), ca.cert_pem());
+            let cert = cert_in(Some(s), TLS_CRT, TLS_KEY).expect("cert");
+            assert_eq!(ous(&cert), [ou]);
+            assert!(sans(&cert).is_empty());
+            verify(ca.cert_pem(), &cert, webpki::KeyUsage::client_auth(), t0())
+                .expect("a client certificate of the CA");
+            assert!(
+                verify(ca.cert_pem(), &cert, webpki::KeyUsage::server_auth(), t0()).is_err(),
+                "{ou} cannot serve as a member"
+            );
+            assert_eq!(made.issued, [(ou.to_string(), Reissue::Missing)]);
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_once_less_than_a_third_of_its_lifetime_remains() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
+        let lifetime = LEAF_VALIDITY + BACKDATE;
+        let not_after = t0() + LEAF_VALIDITY;
+        let renew_from = not_after - lifetime / 3;
+        let due = |at| needs_renewal(&cert.cert_pem, at, RENEW_WHEN_REMAINING).expect("parses");
+        assert!(!due(t0()));
+        assert!(
+            !due(t0() - BACKDATE - Duration::from_secs(60)),
+            "not valid yet"
+        );
+        assert!(!due(renew_from), "exactly a third left");
+        assert!(
+            due(renew_from + Duration::from_secs(1)),
+            "less than a third left"
+        );
+        assert!(due(not_after + Duration::from_secs(1)), "expired");
+        let half = LifetimeShare {
+            numerator: 1,
+            denominator: 2,
+        };
+        let halfway = not_after - lifetime / 2;
+        assert!(!needs_renewal(&cert.cert_pem, halfway, half).expect("parses"));
+        assert!(
+            needs_renewal(&cert.cert_pem, halfway + Duration::from_secs(1), half).expect("parses")
+        );
+        assert!(matches!(
+            needs_renewal("not a certificate", t0(), RENEW_WHEN_REMAINING),
+            Err(TlsError::BadCertificate { .. })
+        ));
+        // 30 days of 90: renewed with 29 days left, not with 31.
+        let day = Duration::from_secs(DAY);
+        assert!(!due(not_after - 31 * day));
+        assert!(due(not_after - 29 * day));
+    }
+
+    #[test]
+    fn scaled_from_three_to_five_the_new_pods_get_certificates_and_the_old_keep_theirs() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let three = node_certs(&ca, &r, "prod", 0..3, None, t0()).expect("3");
+        // A later pass reads the CA back from its Secret, as the operator will.
+        let ca_again = ClusterCa::from_secret(&ca.secret(&r)).expect("the CA read back");
+        let later = t0() + 10 * Duration::from_secs(DAY);
+        let five = node_certs(&ca_again, &r, "prod", 0..5, Some(&three.secret), later).expect("5");
+        assert_eq!(
+            five.issued,
+            [
+                ("demo-3".to_string(), Reissue::Missing),
+                ("demo-4".to_string(), Reissue::Missing)
+            ]
+        );
+        for pod in ["demo-0", "demo-1", "demo-2"] {
+            assert_eq!(
+                pod_cert(&five.secret, pod),
+                pod_cert(&three.secret, pod),
+                "{pod} kept"
+            );
+        }
+        for (i, pod) in [(3, "demo-3"), (4, "demo-4")] {
+            let cert = pod_cert(&five.secret, pod);
+            assert_eq!(sans(&cert)[0], format!("{pod}.demo-peers.prod.svc"));
+            verify(ca.cert_pem(), &cert, webpki::KeyUsage::server_auth(), later)
+                .expect("signed by the same CA, read back");
+            assert!(valid_for(&cert, &pod_dns_name(&r, "prod", i)));
+        }
+        let mut want: Vec<String> = (0..5)
+            .flat_map(|i| [format!("demo-{i}.crt"), format!("demo-{i}.key")])
+            .collect();
+        want.push(CA_CRT.into());
+        want.sort();
+        assert_eq!(keys(&five.secret), want);
+        // Back to three: the removed pods' keys leave the Secret.
+        let back = node_certs(&ca, &r, "prod", 0..3, Some(&five.secret), later).expect("3");
+        assert!(back.issued.is_empty());
+        assert_eq!(keys(&back.secret), keys(&three.secret));
+        // 61 days after issue, every certificate is renewed.
+        let due = t0() + 61 * Duration::from_secs(DAY);
+        let renewed = node_certs(&ca, &r, "prod", 0..3, Some(&back.secret), due).expect("3");
+        assert_eq!(renewed.issued.len(), 3);
+        assert!(renewed
+            .issued
+            .iter()
+            .all(|(_, why)| *why == Reissue::Renewal));
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_stay_is_replaced_and_says_why() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
+        let sans0 = node_sans(&r, "prod", 0);
+        let why = |c: &IssuedCert, sans: &[String]| ca.reissue_reason(c, Role::Node, sans, t0());
+        assert_eq!(why(&cert, &sans0), None);
+        assert_eq!(
+            why(&cert, &node_sans(&r, "other", 0)),
+            Some(Reissue::Changed)
+        );
+        assert_eq!(
+            ca.reissue_reason(&cert, Role::Admin, &sans0, t0()),
+            Some(Reissue::Changed),
+            "the role is part of what it must be"
+        );
+        let foreign = ClusterCa::generate(&r, t0())
+            .and_then(|other| other.issue_node(&r, "prod", 0, t0()))
+            .expect("cert");
+        assert_eq!(why(&foreign, &sans0), Some(Reissue::OtherCa));
+        let swapped = IssuedCert {
+            key_pem: ca.issue_node(&r, "prod", 1, t0()).expect("cert").key_pem,
+            ..cert.clone()
+        };
+        assert!(matches!(
+            why(&swapped, &sans0),
+            Some(Reissue::Unreadable(_))
+        ));
+        let garbled = IssuedCert {
+            cert_pem: cert.cert_pem.replace('A', "B"),
+            ..cert.clone()
+        };
+        assert!(matches!(
+            why(&garbled, &sans0),
+            Some(Reissue::Unreadable(_))
+        ));
+        // node_certs replaces it in the Secret.
+        let mut s = node_certs(&ca, &r, "prod", 0..1, None, t0())
+            .expect("s")
+            .secret;
+        s.data
+            .as_mut()
+            .expect("data")
+            .insert(pod_key_key("demo-0"), ByteString(b"junk".to_vec()));
+        let again = node_certs(&ca, &r, "prod", 0..1, Some(&s), t0()).expect("s");
+        assert!(
+            matches!(again.issued.as_slice(), [(pod, Reissue::Unreadable(_))] if pod == "demo-0")
+        );
+    }
+
+    #[test]
+    fn the_secrets_are_owned_by_the_cluster_and_a_bad_ca_secret_is_an_error_naming_it() {
+        let mut r = rc(DEMO);
+        r.metadata.uid = Some("u-1".into());
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let ca_secret = ca.secret(&r);
+        let nodes = node_certs(&ca, &r, "prod", 0..1, None, t0())
+            .expect("s")
+            .secret;
+        for (s, name) in [(&ca_secret, "demo-tls-ca"), (&nodes, "demo-tls-nodes")] {
+            assert_eq!(s.metadata.name.as_deref(), Some(name));
+            assert_eq!(s.metadata.namespace.as_deref(), Some("prod"));
+            assert_eq!(s.type_.as_deref(), Some("Opaque"));
+            let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.controller),
+                ("RaftCluster", Some(true))
+            );
+            let labels = s.metadata.labels.as_ref().expect("labels");
+            assert_eq!(
+                labels.get(build::CLUSTER_LABEL).map(String::as_str),
+                Some("demo")
+            );
+        }
+        assert_eq!(keys(&ca_secret), [CA_CRT, CA_KEY]);
+        assert!(with_cert(ca.cert_pem(), "ca", |c| c.is_ca()).expect("parses"));
+
+        let mut missing = ca_secret.clone();
+        missing.data.as_mut().expect("data").remove(CA_KEY);
+        let e = ClusterCa::from_secret(&missing).expect_err("no key");
+        assert_eq!(e.to_string(), "Secret demo-tls-ca: no key `ca.key`");
+        let mut wrong_key = ca_secret.clone();
+        let other = ClusterCa::generate(&r, t0()).expect("CA").secret(&r);
+        wrong_key
+            .data
+            .as_mut()
+            .expect("data")
+            .insert(CA_KEY.into(), other.data.expect("data")[CA_KEY].clone());
+        assert!(matches!(
+            ClusterCa::from_secret(&wrong_key),
+            Err(TlsError::KeyMismatch { what }) if what == "Secret demo-tls-ca"
+        ));
+        assert!(
+            !format!("{ca:?}").contains("PRIVATE KEY"),
+            "Debug shows no key"
+        );
+        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
+        assert!(!format!("{cert:?}").contains("PRIVATE KEY"));
+        assert!(
+            cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "PKCS#8"
+        );
+    }
+
+    #[test]
+    fn the_pod_mounts_the_members_secret_and_points_the_node_at_its_own_files() {
+        let r = rc(DEMO);
+        assert_eq!(
+            pod_tls(&rc("metadata: {name: demo}\nspec: {replicas: 3}\n")),
+            None
+        );
+        assert_eq!(
+            pod_tls(&rc(
+                "metadata: {name: demo}\nspec: {replicas: 3, tls: {enabled: false}}\n"
+            )),
+            None
+        );
+        let p = pod_tls(&r).expect("tls on");
+        let source = p.volume.secret.as_ref().expect("a Secret volume");
+        assert_eq!(source.secret_name.as_deref(), Some("demo-tls-nodes"));
+        assert_eq!(p.mount.name, p.volume.name);
+        assert_eq!(p.mount.mount_path, TLS_DIR);
+        assert_eq!(p.mount.sub_path, None, "renewed files must reach the node");
+        assert_eq!(p.mount.read_only, Some(true));
+        // Each path, with `$(POD_NAME)` expanded, is a file of the Secret.
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let nodes = node_certs(&ca, &r, "prod", 0..3, None, t0())
+            .expect("s")
+            .secret;
+        let files = keys(&nodes);
+        let env: BTreeMap<_, _> = p
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().expect("a value")))
+            .collect();
+        assert_eq!(
+            env.keys().copied().collect::<Vec<_>>(),
+            [ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY]
+        );
+        for value in env.values() {
+            let path = value.replace("$(POD_NAME)", "demo-2");
+            let file = path
+                .strip_prefix(&format!("{TLS_DIR}/"))
+                .expect("under the mount");
+            assert!(
+                files.iter().any(|f| f == file),
+                "{file} is not in {files:?}"
+            );
+        }
+        assert_eq!(env[ENV_TLS_CERT], "/etc/raftkit/tls/$(POD_NAME).crt");
+        let users = rc(concat!(
+            "metadata: {name: demo}\n",
+            "spec: {replicas: 3, tls: {enabled: true, secretName: mine, adminSecretName: mine-admin}}\n",
+        ));
+        let p = pod_tls(&users).expect("tls on");
+        assert_eq!(
+            p.volume.secret.and_then(|s| s.secret_name).as_deref(),
+            Some("mine")
+        );
+    }
+}
