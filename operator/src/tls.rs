@@ -33,19 +33,21 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
-use crate::build::{cluster_name, labels, pod_addr, pod_name};
+use raftkit_proto::settings;
+
+use crate::build::{cluster_name, labels, pod_addr, pod_name, UnknownSetting};
 use crate::crd::RaftCluster;
 
-/// Organizational unit of a member's certificate.
-pub const OU_NODE: &str = "raftkit-node";
+/// Organizational unit of a member's certificate (the node's own
+/// constant: the node reads roles from it).
+pub const OU_NODE: &str = raftkit_tls::ROLE_NODE;
 /// Organizational unit of a certificate that may change membership,
 /// transfer leadership, snapshot and set flags.
-pub const OU_ADMIN: &str = "raftkit-admin";
+pub const OU_ADMIN: &str = raftkit_tls::ROLE_ADMIN;
 /// Organizational unit of an application's certificate: Counter and KV
 /// calls and status.
-pub const OU_CLIENT: &str = "raftkit-client";
+pub const OU_CLIENT: &str = raftkit_tls::ROLE_CLIENT;
 /// Organization of every certificate the operator issues.
 pub const ORGANIZATION: &str = "raftkit";
 
@@ -70,11 +72,6 @@ pub const RENEW_WHEN_REMAINING: LifetimeShare = LifetimeShare {
 pub const TLS_DIR: &str = "/etc/raftkit/tls";
 /// The pod volume of that Secret.
 pub const TLS_VOLUME: &str = "tls";
-/// The node's settings (PEM file paths); it reloads the files when they
-/// change.
-pub const ENV_TLS_CERT: &str = "RAFTKIT_TLS_CERT";
-pub const ENV_TLS_KEY: &str = "RAFTKIT_TLS_KEY";
-pub const ENV_TLS_CA: &str = "RAFTKIT_TLS_CA";
 /// Keys of the Secrets.
 pub const CA_CRT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
@@ -233,13 +230,10 @@ pub fn pod_key_key(pod: &str) -> String {
 }
 
 /// Pod `ordinal`'s stable DNS name: the host part of the address it
-/// advertises ([`pod_addr`]), which its certificate must name.
+/// advertises ([`pod_addr`]), taken as the node takes it
+/// (`raftkit_tls::host_of`), which its certificate must name.
 pub fn pod_dns_name(rc: &RaftCluster, namespace: &str, ordinal: u32) -> String {
-    let addr = pod_addr(rc, namespace, ordinal);
-    match addr.rsplit_once(':') {
-        Some((host, _port)) => host.to_string(),
-        None => addr,
-    }
+    raftkit_tls::host_of(&pod_addr(rc, namespace, ordinal)).to_string()
 }
 
 /// The names pod `ordinal`'s certificate carries:
@@ -435,9 +429,7 @@ impl ClusterCa {
                     ))
                 } else if c.verify_signature(Some(ca.public_key())).is_err() {
                     Some(Reissue::OtherCa)
-                } else if subject_alt_names(c) != sans
-                    || organizational_units(c) != [role.organizational_unit()]
-                {
+                } else if !names_exactly(c, role, sans) {
                     Some(Reissue::Changed)
                 } else {
                     None
@@ -523,36 +515,15 @@ fn with_cert<T>(pem: &str, what: &str, f: impl FnOnce(&X509Certificate<'_>) -> T
     Ok(f(&cert))
 }
 
-/// The DNS names and IP addresses a certificate names, in its order (IPs
-/// written as `CertificateParams::new` takes them).
-fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
-    let Ok(Some(ext)) = cert.subject_alternative_name() else {
-        return Vec::new();
+/// Whether `cert`, read as the node reads it (`raftkit_tls::PeerIdentity`),
+/// has `role` as its only organizational unit and names `sans`, no more.
+fn names_exactly(cert: &X509Certificate<'_>, role: Role, sans: &[String]) -> bool {
+    let Ok(id) = raftkit_tls::PeerIdentity::from_der(cert.as_raw()) else {
+        return false;
     };
-    ext.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::Ipv4Addr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::Ipv6Addr::from(a).to_string()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn organizational_units(cert: &X509Certificate<'_>) -> Vec<String> {
-    cert.subject()
-        .iter_organizational_unit()
-        .filter_map(|a| a.as_str().ok().map(str::to_string))
-        .collect()
+    id.units == [role.organizational_unit()]
+        && id.dns_names.len() + id.ips.len() == sans.len()
+        && sans.iter().all(|name| id.names(name))
 }
 
 // ------------------------------------------------------------ Secrets
@@ -749,18 +720,25 @@ pub struct PodTls {
 /// user's `spec.tls.secretName` or the operator's [`nodes_secret_name`];
 /// it is mounted whole (no `subPath`), so renewed files reach the running
 /// node, read-only, readable by the node's group (the pod's `fsGroup`).
-pub fn pod_tls(rc: &RaftCluster) -> Option<PodTls> {
-    let tls = rc.spec.tls.as_ref().filter(|t| t.enabled)?;
+/// The variables are the node's settings `tls_cert`, `tls_key`, `tls_ca`
+/// (PEM file paths; the node reloads the files when they change).
+pub fn pod_tls(rc: &RaftCluster) -> Result<Option<PodTls>, UnknownSetting> {
+    let Some(tls) = rc.spec.tls.as_ref().filter(|t| t.enabled) else {
+        return Ok(None);
+    };
     let secret_name = tls
         .secret_name
         .clone()
         .unwrap_or_else(|| nodes_secret_name(rc));
-    let env = |name: &str, file: &str| EnvVar {
-        name: name.to_string(),
-        value: Some(format!("{TLS_DIR}/{file}")),
-        ..EnvVar::default()
+    let env = |name: &'static str, file: &str| {
+        let setting = settings::setting(name).ok_or(UnknownSetting(name))?;
+        Ok(EnvVar {
+            name: setting.env.to_string(),
+            value: Some(format!("{TLS_DIR}/{file}")),
+            ..EnvVar::default()
+        })
     };
-    Some(PodTls {
+    Ok(Some(PodTls {
         volume: Volume {
             name: TLS_VOLUME.into(),
             secret: Some(SecretVolumeSource {
@@ -777,11 +755,11 @@ pub fn pod_tls(rc: &RaftCluster) -> Option<PodTls> {
             ..VolumeMount::default()
         },
         env: vec![
-            env(ENV_TLS_CERT, &pod_cert_key("$(POD_NAME)")),
-            env(ENV_TLS_KEY, &pod_key_key("$(POD_NAME)")),
-            env(ENV_TLS_CA, CA_CRT),
+            env("tls_cert", &pod_cert_key("$(POD_NAME)"))?,
+            env("tls_key", &pod_key_key("$(POD_NAME)"))?,
+            env("tls_ca", CA_CRT)?,
         ],
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -840,12 +818,20 @@ mod tests {
         ee.verify_is_valid_for_subject_name(&name).is_ok()
     }
 
-    fn ous(cert: &IssuedCert) -> Vec<String> {
-        with_cert(&cert.cert_pem, "test", organizational_units).expect("parses")
+    /// The certificate as the node reads a peer's.
+    fn identity(cert: &IssuedCert) -> raftkit_tls::PeerIdentity {
+        raftkit_tls::PeerIdentity::from_der(&der(&cert.cert_pem)).expect("parses")
     }
 
+    fn ous(cert: &IssuedCert) -> Vec<String> {
+        identity(cert).units
+    }
+
+    /// Its DNS names, then its IP addresses.
     fn sans(cert: &IssuedCert) -> Vec<String> {
-        with_cert(&cert.cert_pem, "test", subject_alt_names).expect("parses")
+        let id = identity(cert);
+        let ips = id.ips.iter().map(|ip| ip.to_string());
+        id.dns_names.iter().cloned().chain(ips).collect()
     }
 
     fn pod_cert(secret: &Secret, pod: &str) -> IssuedCert {
@@ -861,8 +847,8 @@ mod tests {
     }
 
     /// The advertised address of pod `pod` as its template sets it
-    /// (`$(POD_NAME)` expanded), without the port.
-    fn advertised_host(r: &RaftCluster, namespace: &str, pod: &str) -> String {
+    /// (`$(POD_NAME)` expanded).
+    fn advertised(r: &RaftCluster, namespace: &str, pod: &str) -> String {
         let t = build::pod_template(r, namespace, "rev");
         let node = &t.spec.expect("spec").containers[0];
         let var = raftkit_proto::settings::setting("advertise")
@@ -874,8 +860,7 @@ mod tests {
             .and_then(|env| env.iter().find(|e| e.name == var))
             .and_then(|e| e.value.clone())
             .expect("the advertise variable");
-        let addr = value.replace("$(POD_NAME)", pod);
-        addr.rsplit_once(':').expect("host:port").0.to_string()
+        value.replace("$(POD_NAME)", pod)
     }
 
     #[test]
@@ -888,9 +873,10 @@ mod tests {
             let pod = format!("demo-{i}");
             let cert = pod_cert(&nodes.secret, &pod);
             let dns = format!("demo-{i}.demo-peers.prod.svc");
+            let advertised = advertised(&r, "prod", &pod);
             assert_eq!(
                 dns,
-                advertised_host(&r, "prod", &pod),
+                raftkit_tls::host_of(&advertised),
                 "what the pod advertises"
             );
             assert_eq!(
@@ -907,6 +893,12 @@ mod tests {
             assert!(!valid_for(&cert, &other), "never another pod's name");
             assert!(!valid_for(&cert, "localhost"), "no sidecar, no localhost");
             assert_eq!(ous(&cert), [OU_NODE]);
+            let id = identity(&cert);
+            assert!(
+                id.is_node() && id.names(raftkit_tls::host_of(&advertised)),
+                "the node takes it as a member's for its advertised address"
+            );
+            assert!(!id.is_admin());
             verify(ca.cert_pem(), &cert, webpki::KeyUsage::server_auth(), t0())
                 .expect("a server certificate of the CA");
             verify(ca.cert_pem(), &cert, webpki::KeyUsage::client_auth(), t0())
@@ -1183,16 +1175,17 @@ mod tests {
     fn the_pod_mounts_the_members_secret_and_points_the_node_at_its_own_files() {
         let r = rc(DEMO);
         assert_eq!(
-            pod_tls(&rc("metadata: {name: demo}\nspec: {replicas: 3}\n")),
+            pod_tls(&rc("metadata: {name: demo}\nspec: {replicas: 3}\n")).expect("env"),
             None
         );
         assert_eq!(
             pod_tls(&rc(
                 "metadata: {name: demo}\nspec: {replicas: 3, tls: {enabled: false}}\n"
-            )),
+            ))
+            .expect("env"),
             None
         );
-        let p = pod_tls(&r).expect("tls on");
+        let p = pod_tls(&r).expect("env").expect("tls on");
         let source = p.volume.secret.as_ref().expect("a Secret volume");
         assert_eq!(source.secret_name.as_deref(), Some("demo-tls-nodes"));
         assert_eq!(p.mount.name, p.volume.name);
@@ -1212,7 +1205,8 @@ mod tests {
             .collect();
         assert_eq!(
             env.keys().copied().collect::<Vec<_>>(),
-            [ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY]
+            ["RAFTKIT_TLS_CA", "RAFTKIT_TLS_CERT", "RAFTKIT_TLS_KEY"],
+            "the node's variables"
         );
         for value in env.values() {
             let path = value.replace("$(POD_NAME)", "demo-2");
@@ -1224,12 +1218,12 @@ mod tests {
                 "{file} is not in {files:?}"
             );
         }
-        assert_eq!(env[ENV_TLS_CERT], "/etc/raftkit/tls/$(POD_NAME).crt");
+        assert_eq!(env["RAFTKIT_TLS_CERT"], "/etc/raftkit/tls/$(POD_NAME).crt");
         let users = rc(concat!(
             "metadata: {name: demo}\n",
             "spec: {replicas: 3, tls: {enabled: true, secretName: mine, adminSecretName: mine-admin}}\n",
         ));
-        let p = pod_tls(&users).expect("tls on");
+        let p = pod_tls(&users).expect("env").expect("tls on");
         assert_eq!(
             p.volume.secret.and_then(|s| s.secret_name).as_deref(),
             Some("mine")
