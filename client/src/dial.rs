@@ -100,6 +100,26 @@ impl Dialer {
         self.tls.is_some()
     }
 
+    /// Why a TLS member refuses this client, found by a connection of its
+    /// own (on a failure path only): after the handshake, a member that
+    /// does not accept our certificate sends an alert (in TLS 1.3 a
+    /// client learns it only on its first read, which an HTTP/2 channel
+    /// reports as "connection closed"). `None` without TLS, or when the
+    /// member says nothing within a second.
+    pub async fn diagnose(&self, addr: &str) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        self.tls.as_ref()?;
+        let mut s = match self.connect(addr).await {
+            Ok(s) => s,
+            Err(e) => return Some(e.to_string()),
+        };
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(std::time::Duration::from_secs(1), s.read(&mut b)).await {
+            Ok(Err(e)) => Some(format!("TLS with {addr}: {e}")),
+            _ => None,
+        }
+    }
+
     /// A connection to `addr` (`host:port`), TLS set up when configured.
     pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
         let tcp = tcp(addr).await?;

@@ -110,6 +110,9 @@ pub(crate) struct OneConnection {
     addr: String,
     dialer: crate::dial::Dialer,
     used: Arc<AtomicBool>,
+    /// Why the connection failed, once it did (a TLS alert the member
+    /// sent, say): a later call is told.
+    why: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl OneConnection {
@@ -118,32 +121,91 @@ impl OneConnection {
             addr: addr.to_string(),
             dialer: dialer.clone(),
             used: Arc::default(),
+            why: Arc::default(),
         }
     }
 }
 
-/// The member's first connection ended; the channel does not reconnect.
+/// The member's first connection ended (and why, when known); the channel
+/// does not reconnect.
 #[derive(Debug)]
-pub(crate) struct ConnectionEnded(String);
+pub(crate) struct ConnectionEnded(String, Option<String>);
 
 impl std::fmt::Display for ConnectionEnded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the connection to {} ended (a new one is made and checked)",
-            self.0
-        )
+        match &self.1 {
+            Some(why) => write!(
+                f,
+                "the connection to {} ended: {why} (a new one is made and checked)",
+                self.0
+            ),
+            None => write!(
+                f,
+                "the connection to {} ended (a new one is made and checked)",
+                self.0
+            ),
+        }
+    }
+}
+
+/// A connection that remembers its first I/O error.
+pub(crate) struct Watched {
+    inner: crate::dial::Stream,
+    why: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl Watched {
+    fn note<T>(&self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r {
+            self.why.lock().get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.note(r)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.note(r)
     }
 }
 
 impl std::error::Error for ConnectionEnded {}
 
-type Connecting = Pin<
-    Box<dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<crate::dial::Stream>>> + Send>,
->;
+type Connecting =
+    Pin<Box<dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<Watched>>> + Send>>;
 
 impl tonic::codegen::Service<Uri> for OneConnection {
-    type Response = hyper_util::rt::TokioIo<crate::dial::Stream>;
+    type Response = hyper_util::rt::TokioIo<Watched>;
     type Error = std::io::Error;
     type Future = Connecting;
 
@@ -152,18 +214,19 @@ impl tonic::codegen::Service<Uri> for OneConnection {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let (addr, dialer) = (self.addr.clone(), self.dialer.clone());
+        let (addr, dialer, why) = (self.addr.clone(), self.dialer.clone(), self.why.clone());
         if self.used.swap(true, Ordering::AcqRel) {
+            let why = why.lock().clone();
             return Box::pin(async move {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
-                    ConnectionEnded(addr),
+                    ConnectionEnded(addr, why),
                 ))
             });
         }
         Box::pin(async move {
-            let stream = dialer.connect(&addr).await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
+            let inner = dialer.connect(&addr).await?;
+            Ok(hyper_util::rt::TokioIo::new(Watched { inner, why }))
         })
     }
 }

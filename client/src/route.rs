@@ -189,6 +189,10 @@ impl ClusterClient {
             Ok(()) => Ok(conn),
             Err(e) => {
                 self.forget(addr);
+                let diagnosis = match &e {
+                    CheckError::Failed(_) => self.dialer.diagnose(addr).await,
+                    CheckError::Foreign(_) => None,
+                };
                 Err(match e {
                     CheckError::Foreign(f) => ConnectError {
                         message: f.to_string(),
@@ -196,7 +200,10 @@ impl ClusterClient {
                         foreign: Some(f),
                     },
                     CheckError::Failed(s) => ConnectError {
-                        message: format!("cluster check: {}", with_causes(&s)),
+                        message: match diagnosis {
+                            Some(d) => format!("cluster check: {}: {d}", with_causes(&s)),
+                            None => format!("cluster check: {}", with_causes(&s)),
+                        },
                         refused: false,
                         foreign: None,
                     },

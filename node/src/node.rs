@@ -86,6 +86,10 @@ pub struct RoleView {
     pub leader: Option<PeerId>,
     /// This replica is a voter or learner of the configuration it knows.
     pub member: bool,
+    /// The addresses of the configuration's voters, learners and outgoing
+    /// voters; `None` while this replica knows no configuration (it waits
+    /// to be added). Who may send it raft traffic over TLS (`port_tls`).
+    pub members: Option<Arc<[String]>>,
 }
 
 /// Whether a replica caught up with its group since it started: it has
@@ -467,6 +471,7 @@ impl Node {
                     .chain(&conf_state.learners)
                     .chain(&conf_state.voters_outgoing)
                     .any(|v| *v == id),
+                members: None,
             }),
             error: RwLock::new(None),
             cluster_format: std::sync::atomic::AtomicU32::new(
@@ -984,6 +989,12 @@ impl Node {
     /// Role, term and leader as last published by the raft thread.
     pub fn view(&self) -> RoleView {
         self.inner.shared.view.read().clone()
+    }
+
+    /// The addresses of the members of the configuration this replica
+    /// knows (voters, learners, outgoing voters); `None` before it knows one.
+    pub fn member_addrs(&self) -> Option<Arc<[String]>> {
+        self.inner.shared.view.read().members.clone()
     }
 
     /// Whether this replica currently believes it is the leader.

@@ -149,6 +149,29 @@ impl AsyncWrite for ServerIo {
     }
 }
 
+/// Whether raft messages of `node`'s group may come over TLS from the
+/// member at `from` (the address its stream's preface states) with
+/// certificate `id`: a member's certificate naming `from`'s host, and
+/// `from` a member of the configuration this replica knows (any member's
+/// certificate while it knows none: it waits to be added).
+pub fn admits_raft(node: &crate::node::Node, id: &PeerIdentity, from: &str) -> bool {
+    id.is_node()
+        && id.names(raftkit_tls::host_of(from))
+        && node
+            .member_addrs()
+            .is_none_or(|m| m.iter().any(|a| a == from))
+}
+
+/// Whether a snapshot install for `node`'s group may come from certificate
+/// `id`: a member's certificate naming the host of one of the members this
+/// replica knows (any member's while it knows none).
+pub fn admits_install(node: &crate::node::Node, id: &PeerIdentity) -> bool {
+    id.is_node()
+        && node
+            .member_addrs()
+            .is_none_or(|m| m.iter().any(|a| id.names(raftkit_tls::host_of(a))))
+}
+
 /// Paths a plain connection may `GET` on a TLS port.
 const PLAIN_PROBES: [&str; 4] = ["/livez", "/healthz", "/readyz", "/metrics"];
 

@@ -12,7 +12,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use raftkit_client::{AdminClient, ClusterClient};
-use raftkit_testkit::procs::start_cluster;
+use raftkit_node::transport::stream::{encode_frame, encode_preface};
+use raftkit_testkit::procs::{free_ports, wait_http_ok, Proc};
 use raftkit_tls::issue::{Ca, LeafSpec};
 use raftkit_tls::{Tls, TlsFiles, ROLE_ADMIN, ROLE_CLIENT, ROLE_NODE};
 
@@ -48,29 +49,52 @@ async fn refused(addr: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /metrics"))
 }
 
+/// Three nodes on 127.0.0.11-13, each with its own certificate naming its
+/// own address.
+async fn tls_cluster(d: &std::path::Path, ca: &Ca) -> (Vec<String>, Vec<Proc>) {
+    let ports = free_ports(3);
+    let addrs: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.{}:{}", 11 + i, ports[i]))
+        .collect();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let mut procs = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let host = raftkit_tls::host_of(addr);
+        let files = tls(
+            d,
+            ca,
+            &format!("node{i}"),
+            Some(LeafSpec::new(host, ROLE_NODE, &[host], DAY)),
+        );
+        let args = vec![
+            "--initial-conf".to_string(),
+            addrs.join(","),
+            "--tls-cert".to_string(),
+            s(files.cert.as_ref().unwrap()),
+            "--tls-key".to_string(),
+            s(files.key.as_ref().unwrap()),
+            "--tls-ca".to_string(),
+            s(&files.ca),
+        ];
+        procs.push(Proc::start(addr, &d.join(format!("n{i}")), d, &args));
+    }
+    for p in &procs {
+        assert!(
+            wait_http_ok(&p.addr, "/readyz", Duration::from_secs(30)).await,
+            "{} not ready (a plain probe):\n{}",
+            p.addr,
+            p.log_tail(20)
+        );
+    }
+    (addrs, procs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca = Ca::new("raftkit test CA", DAY).unwrap();
-    let node = tls(
-        d,
-        &ca,
-        "node",
-        Some(LeafSpec::new("node", ROLE_NODE, &["127.0.0.1"], DAY)),
-    );
-    let s = |p: &std::path::Path| p.display().to_string();
-    let args = [
-        "--tls-cert".to_string(),
-        s(node.cert.as_ref().unwrap()),
-        "--tls-key".to_string(),
-        s(node.key.as_ref().unwrap()),
-        "--tls-ca".to_string(),
-        s(&node.ca),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cluster = start_cluster(3, &args, &[]).await;
-    let addrs = cluster.addrs.clone();
+    let (addrs, mut procs) = tls_cluster(d, &ca).await;
 
     // A client with a certificate of the CA: writes replicate over TLS.
     let app = Tls::load(tls(
@@ -154,27 +178,60 @@ async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
         "still serving after the transfer"
     );
 
-    // A raft stream whose member certificate names another host.
+    // Raft streams: a member's certificate that names another host than
+    // the one its stream states, and a node certificate of a host that is
+    // no member, are both refused.
     let impostor = Tls::load(tls(
         d,
         &ca,
         "impostor",
-        Some(LeafSpec::new("x", ROLE_NODE, &["127.0.0.9"], DAY)),
+        Some(LeafSpec::new("x", ROLE_NODE, &["127.0.0.12"], DAY)),
     ))
     .unwrap();
-    let before = refused(&addrs[0], "not_member").await;
-    let tcp = std::net::TcpStream::connect(&addrs[0]).unwrap();
-    let mut s = raftkit_tls::connect_blocking(&impostor, tcp, &addrs[0]).unwrap();
-    let preface = raftkit_node::transport::stream::encode_preface(&addrs[1]).unwrap();
-    s.write_all(&preface).unwrap();
-    s.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while refused(&addrs[0], "not_member").await <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the impostor's raft stream was not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let stranger = Tls::load(tls(
+        d,
+        &ca,
+        "stranger",
+        Some(LeafSpec::new("y", ROLE_NODE, &["127.0.0.19"], DAY)),
+    ))
+    .unwrap();
+    let mut frame = Vec::new();
+    let mut heartbeat = raft::eraftpb::Message::default();
+    heartbeat.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    heartbeat.term = 1_000;
+    encode_frame(&mut frame, "counter", &heartbeat).unwrap();
+    for (what, t, from) in [
+        (
+            "a certificate naming another host",
+            &impostor,
+            addrs[0].clone(),
+        ),
+        (
+            "a node that is no member",
+            &stranger,
+            "127.0.0.19:1".to_string(),
+        ),
+    ] {
+        let before = refused(&addrs[1], "not_member").await;
+        let tcp = std::net::TcpStream::connect(&addrs[1]).unwrap();
+        let mut s = raftkit_tls::connect_blocking(t, tcp, &addrs[1]).unwrap();
+        s.write_all(&encode_preface(&from).unwrap()).unwrap();
+        s.write_all(&frame).unwrap();
+        s.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused(&addrs[1], "not_member").await <= before {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: its raft stream was not refused"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    cluster.stop_all();
+    // The heartbeat of term 1000 was never stepped: the term stands.
+    let st = as_admin.cluster_status().await;
+    assert!(st.term < 1_000, "a refused message reached raft: {st:?}");
+    assert_eq!(client.fetch_add(1).await.unwrap(), 21);
+    for p in &mut procs {
+        p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
 }

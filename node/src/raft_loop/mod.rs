@@ -1431,11 +1431,21 @@ impl RaftLoop {
         let member = cs.voters.contains(&me)
             || cs.learners.contains(&me)
             || cs.voters_outgoing.contains(&me);
+        let members: Vec<String> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .map(|id| self.peer(*id).addr)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let members = (!members.is_empty()).then(|| Arc::from(members));
         *self.shared.view.write() = RoleView {
             role,
             term: raft.term,
             leader: self.leader_peer(),
             member,
+            members,
         };
     }
 
@@ -1676,6 +1686,7 @@ impl RaftLoop {
             term: self.raw.raft.term,
             leader: None,
             member: false,
+            members: None,
         };
         let _ = self.apply_tx.send(ApplyMsg::Shutdown);
         tracing::info!(group = %self.opts.group, "raft node stopped");

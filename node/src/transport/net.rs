@@ -359,7 +359,14 @@ impl SnapshotInstallService {
 
     /// The replica a call is for, if it takes snapshots from a sender of
     /// cluster `sender` (see `cluster_check`).
-    fn node(&self, group: &str, to: u64, sender: u64, from: &str) -> Result<Node, Status> {
+    fn node(
+        &self,
+        group: &str,
+        to: u64,
+        sender: u64,
+        from: &str,
+        tls: Option<&raftkit_tls::PeerIdentity>,
+    ) -> Result<Node, Status> {
         let node = self
             .manager
             .get(group)
@@ -370,6 +377,15 @@ impl SnapshotInstallService {
                 node.peer_id().id
             )));
         }
+        if let Some(id) = tls {
+            if !crate::port_tls::admits_install(&node, id) {
+                crate::metrics::TLS_REFUSED.count(crate::metrics::TlsRefusal::NotMember);
+                return Err(Status::permission_denied(format!(
+                    "snapshot install refused: {} is not the certificate of a member of group {group}",
+                    id.describe()
+                )));
+            }
+        }
         if !super::cluster_check::admits(&node, sender, from, "a snapshot install") {
             return Err(Status::failed_precondition(format!(
                 "snapshot from cluster {sender:016x} refused: this replica belongs to cluster {:016x}",
@@ -378,6 +394,14 @@ impl SnapshotInstallService {
         }
         Ok(node)
     }
+}
+
+/// The certificate of a call that came over TLS.
+fn tls_identity<T>(request: &Request<T>) -> Option<raftkit_tls::PeerIdentity> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::port_tls::Peer>>()
+        .and_then(|c| c.0.identity.as_deref().cloned())
 }
 
 /// The remote address of a call, for logs.
@@ -405,8 +429,9 @@ impl SnapshotInstall for SnapshotInstallService {
         request: Request<InstallBeginRequest>,
     ) -> Result<Response<InstallBeginReply>, Status> {
         let from = remote(&request);
+        let tls = tls_identity(&request);
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to, r.cluster_id, &from)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &from, tls.as_ref())?;
         let meta: SnapshotMeta = serde_json::from_slice(&r.meta)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot meta: {e}")))?;
         let held = blocking(move || node.install_begin(meta)).await?;
@@ -423,8 +448,9 @@ impl SnapshotInstall for SnapshotInstallService {
         request: Request<InstallChunkRequest>,
     ) -> Result<Response<InstallChunkReply>, Status> {
         let from = remote(&request);
+        let tls = tls_identity(&request);
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to, r.cluster_id, &from)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &from, tls.as_ref())?;
         let chunk = Chunk {
             index: r.index,
             term: r.term,
@@ -441,8 +467,21 @@ impl SnapshotInstall for SnapshotInstallService {
         &self,
         request: Request<InstallCommitRequest>,
     ) -> Result<Response<InstallCommitReply>, Status> {
+        let tls = tls_identity(&request);
         let r = request.into_inner();
-        let node = self.node(&r.group, r.to, r.cluster_id, &r.from_addr)?;
+        let node = self.node(&r.group, r.to, r.cluster_id, &r.from_addr, tls.as_ref())?;
+        // The raft message it carries is the sender's: its certificate
+        // must name the address it states.
+        if let Some(id) = &tls {
+            if !crate::port_tls::admits_raft(&node, id, &r.from_addr) {
+                crate::metrics::TLS_REFUSED.count(crate::metrics::TlsRefusal::NotMember);
+                return Err(Status::permission_denied(format!(
+                    "snapshot commit refused: {} does not name member {}",
+                    id.describe(),
+                    r.from_addr
+                )));
+            }
+        }
         let msg = Message::parse_from_bytes(&r.raft_message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         if crate::failpoint::is_cut(&r.from_addr, crate::failpoint::Direction::In) {

@@ -936,6 +936,14 @@ impl RaftStreamServer {
             crate::stage_trace::message("netrecv", &frame.msg);
             match self.manager.get(&frame.group) {
                 Some(node) => {
+                    if let Some(id) = &identity {
+                        if !crate::port_tls::admits_raft(&node, id, &from) {
+                            crate::metrics::TLS_REFUSED
+                                .count(crate::metrics::TlsRefusal::NotMember);
+                            tracing::debug!(group = %frame.group, from = %from, "dropped raft messages: the sender is not a member of the group");
+                            continue;
+                        }
+                    }
                     let sender = clusters.get(&frame.group).map_or(0, |c| c.0);
                     if super::cluster_check::admits(&node, sender, &from, "raft messages") {
                         node.step(frame.msg, from_addr.clone())
