@@ -68,6 +68,9 @@ pub struct BenchConfig {
     pub unary: bool,
     /// RaftKit: every client writes through one session.
     pub shared_session: bool,
+    /// RaftKit: mutual TLS with this certificate.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<raftkit_tls::Tls>>,
 }
 
 /// The result of a run.
@@ -264,9 +267,12 @@ impl RaftKitOp {
             // Rotate the member list so follower reads spread over members.
             let mut eps = endpoints.to_vec();
             eps.rotate_left(i % endpoints.len().max(1));
-            let c = ClusterClient::new(eps, group, Duration::from_secs(10))
+            let mut c = ClusterClient::new(eps, group, Duration::from_secs(10))
                 .map_err(|e| e.to_string())?
                 .with_unary_calls(cfg.unary);
+            if let Some(tls) = &cfg.tls {
+                c = c.with_tls(tls.clone());
+            }
             conns.push(c);
         }
         let sessions = (0..if cfg.shared_session { 1 } else { cfg.clients })
@@ -638,6 +644,7 @@ mod tests {
             conns: clients,
             unary: false,
             shared_session: false,
+            tls: None,
         }
     }
 

@@ -95,6 +95,18 @@ pub struct Cli {
     /// request [default: the first cluster a member names].
     #[arg(long, global = true, env = "RAFTKIT_CLUSTER_ID", value_name = "HEX")]
     pub cluster_id: Option<String>,
+    /// PEM certificate to present to TLS members (with --tls-key and
+    /// --tls-ca). Its OU is its role: raftkit-admin for membership,
+    /// leadership, snapshots; any other for counter, kv and status.
+    #[arg(long, global = true, env = "RAFTKIT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "RAFTKIT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificates the members' certificates must chain to; turns
+    /// TLS on (alone: no certificate is presented).
+    #[arg(long, global = true, env = "RAFTKIT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub output: Output,
@@ -390,15 +402,44 @@ fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The TLS files of `--tls-cert/--tls-key/--tls-ca`, loaded; `None` without
+/// `--tls-ca`.
+fn tls(cli: &Cli) -> Result<Option<std::sync::Arc<raftkit_tls::Tls>>, CliError> {
+    let Some(ca) = &cli.tls_ca else {
+        if cli.tls_cert.is_some() || cli.tls_key.is_some() {
+            return Err(CliError::refused(
+                "--tls-cert and --tls-key need --tls-ca (the CA the members' certificates chain to)",
+                2,
+            ));
+        }
+        return Ok(None);
+    };
+    let files = raftkit_tls::TlsFiles {
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+        ca: ca.clone(),
+    };
+    raftkit_tls::Tls::load(files)
+        .map(Some)
+        .map_err(|e| CliError::refused(format!("TLS: {e}"), 2))
+}
+
+/// `c` over TLS when the flags ask for it.
+fn secured(cli: &Cli, c: ClusterClient) -> Result<ClusterClient, CliError> {
+    Ok(match tls(cli)? {
+        Some(t) => c.with_tls(t),
+        None => c,
+    })
+}
+
 /// A client for admin commands; an empty group lets a single-group node choose.
 fn admin_client(cli: &Cli, catch_up_ms: Option<u64>) -> Result<ClusterClient, CliError> {
     let group = cli.group.clone().unwrap_or_default();
     let timeout = cli.timeout_ms.max(catch_up_ms.map_or(0, |c| c + 10_000));
-    Ok(ClusterClient::new(
-        cli.cluster.clone(),
-        group,
-        Duration::from_millis(timeout),
-    )?)
+    secured(
+        cli,
+        ClusterClient::new(cli.cluster.clone(), group, Duration::from_millis(timeout))?,
+    )
 }
 
 fn member_list(ms: &[raftkit_proto::pb::Member]) -> Vec<String> {
@@ -437,10 +478,13 @@ fn client(cli: &Cli, default_group: &str) -> Result<ClusterClient, CliError> {
         .group
         .clone()
         .unwrap_or_else(|| default_group.to_string());
-    let c = ClusterClient::new(
-        cli.cluster.clone(),
-        group,
-        Duration::from_millis(cli.timeout_ms),
+    let c = secured(
+        cli,
+        ClusterClient::new(
+            cli.cluster.clone(),
+            group,
+            Duration::from_millis(cli.timeout_ms),
+        )?,
     )?;
     Ok(match &cli.cluster_id {
         Some(id) => c.with_cluster_id(id)?,
@@ -733,6 +777,7 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
         },
         unary: b.unary,
         shared_session: b.shared_session,
+        tls: tls(cli)?,
     };
     if b.unary && b.system == BenchSystem::Etcd {
         return Err(bad(
@@ -787,10 +832,13 @@ async fn bench(cli: &Cli, b: &BenchArgs) -> Result<(), CliError> {
 }
 
 async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {
-    let c = ClusterClient::new(
-        vec![peer.to_string()],
-        cli.group.clone().unwrap_or_default(),
-        Duration::from_millis(cli.timeout_ms),
+    let c = secured(
+        cli,
+        ClusterClient::new(
+            vec![peer.to_string()],
+            cli.group.clone().unwrap_or_default(),
+            Duration::from_millis(cli.timeout_ms),
+        )?,
     )?;
     let results = c.member_snapshot(peer).await?;
     let failed = results.iter().filter(|r| !r.error.is_empty()).count();

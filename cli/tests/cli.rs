@@ -813,3 +813,87 @@ async fn each_error_says_whether_the_write_may_have_been_applied() {
         stderr(&o)
     );
 }
+
+/// `--tls-cert/--tls-key/--tls-ca` (or `RAFTKIT_TLS_*`) reach a cluster
+/// with mutual TLS on; without them, or with an application's certificate
+/// for an admin command, the CLI says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_flags_reach_a_tls_cluster_and_a_refusal_says_why() {
+    use raftkit_tls::issue::{Ca, LeafSpec};
+    let day = Duration::from_secs(86_400);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("cli test CA", day).unwrap();
+    let ca_path = d.join("ca.crt");
+    std::fs::write(&ca_path, &ca.issued.cert_pem).unwrap();
+    let issue = |stem: &str, role: &str, names: &[&str]| {
+        let (c, k) = ca
+            .issue(&LeafSpec::new(stem, role, names, day))
+            .unwrap()
+            .write(d, stem)
+            .unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let (node_cert, node_key) = issue("node", raftkit_tls::ROLE_NODE, &["127.0.0.1"]);
+    let ca_arg = ca_path.display().to_string();
+    let mut cluster = common::procs::start_cluster(
+        3,
+        &[
+            "--tls-cert",
+            &node_cert,
+            "--tls-key",
+            &node_key,
+            "--tls-ca",
+            &ca_arg,
+        ],
+        &[],
+    )
+    .await;
+    let conf = cluster.addrs.join(",");
+    let (app_cert, app_key) = issue("app", raftkit_tls::ROLE_CLIENT, &[]);
+    let app = [
+        "--tls-cert",
+        &app_cert,
+        "--tls-key",
+        &app_key,
+        "--tls-ca",
+        &ca_arg,
+    ];
+
+    let with = |tls: &[&str], args: &[&str]| {
+        let all: Vec<&str> = tls.iter().chain(args).copied().collect();
+        raftkit(&conf, &all)
+    };
+    let o = with(&app, &["counter", "fetch-add", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0");
+
+    let o = raftkit(&conf, &["counter", "fetch-add", "1"]);
+    assert!(!o.status.success(), "a plain client was served");
+    assert!(stderr(&o).contains("needs mutual TLS"), "{}", stderr(&o));
+
+    let o = with(&app, &["transfer-leader", "any"]);
+    assert!(!o.status.success(), "an application moved leadership");
+    assert!(stderr(&o).contains("OU=raftkit-admin"), "{}", stderr(&o));
+
+    // An admin certificate, from the environment as in a pod.
+    let (admin_cert, admin_key) = issue("admin", raftkit_tls::ROLE_ADMIN, &[]);
+    let o = Command::new(env!("CARGO_BIN_EXE_raftkit"))
+        .args([
+            "--cluster",
+            &conf,
+            "--timeout-ms",
+            "10000",
+            "transfer-leader",
+            "any",
+        ])
+        .env("RAFTKIT_TLS_CERT", &admin_cert)
+        .env("RAFTKIT_TLS_KEY", &admin_key)
+        .env("RAFTKIT_TLS_CA", &ca_arg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = with(&app, &["counter", "get"]);
+    assert_eq!(stdout(&o), "5", "{}", stderr(&o));
+    cluster.stop_all();
+}
