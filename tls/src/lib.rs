@@ -66,13 +66,21 @@ pub enum TlsError {
     Certificate(String),
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: p.clone(),
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
         source,
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    parse_certs(&read(path)?, &path.display().to_string())
+}
+
+/// PEM certificates from `bytes`; `p` names where they came from.
+fn parse_certs(bytes: &[u8], p: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let p = p.to_string();
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: p.clone(),
@@ -88,13 +96,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: p.clone(),
-        source,
-    })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
-        path: p,
+    parse_key(&read(path)?, &path.display().to_string())
+}
+
+fn parse_key(bytes: &[u8], p: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| TlsError::Pem {
+        path: p.to_string(),
         what: format!("holds no PEM private key: {e}"),
     })
 }
@@ -141,14 +148,7 @@ impl TlsFiles {
 
     fn load(&self) -> Result<Loaded, TlsError> {
         let stamp = self.stamp();
-        let mut roots = RootCertStore::empty();
-        for ca in read_certs(&self.ca)? {
-            roots.add(ca).map_err(|source| TlsError::Rustls {
-                what: format!("{}: not a usable CA certificate", self.ca.display()),
-                source,
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let ca = read_certs(&self.ca)?;
         let pair = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => Some((read_certs(c)?, read_key(k)?)),
             (None, None) => None,
@@ -165,6 +165,26 @@ impl TlsFiles {
                 )))
             }
         };
+        build(ca, &self.ca.display().to_string(), pair, stamp)
+    }
+}
+
+/// The configurations for a CA, and our certificate and key if any.
+fn build(
+    ca: Vec<CertificateDer<'static>>,
+    ca_from: &str,
+    pair: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    stamp: Stamp,
+) -> Result<Loaded, TlsError> {
+    {
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c).map_err(|source| TlsError::Rustls {
+                what: format!("{ca_from}: not a usable CA certificate"),
+                source,
+            })?;
+        }
+        let roots = Arc::new(roots);
         let rustls_err = |what: &str| {
             let what = what.to_string();
             move |source| TlsError::Rustls { what, source }
@@ -212,7 +232,8 @@ impl TlsFiles {
 /// open keep theirs). A changed set that does not load is reported once
 /// and the last good one stays.
 pub struct Tls {
-    files: TlsFiles,
+    /// `None`: made from PEM in memory, never reloaded.
+    files: Option<TlsFiles>,
     current: RwLock<Arc<Loaded>>,
     /// When the files were last looked at, and the stamp that last failed.
     checked: Mutex<(Instant, Option<Stamp>)>,
@@ -230,27 +251,60 @@ impl Tls {
     pub fn load(files: TlsFiles) -> Result<Arc<Tls>, TlsError> {
         let loaded = files.load()?;
         Ok(Arc::new(Tls {
-            files,
+            files: Some(files),
             current: RwLock::new(Arc::new(loaded)),
             checked: Mutex::new((Instant::now(), None)),
         }))
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// A TLS identity from PEM text (the operator's, read from Secrets):
+    /// `cert_and_key` (none: present no certificate) and the CA
+    /// certificates. It is not reloaded; make a new one for new PEM.
+    pub fn from_pem(cert_and_key: Option<(&str, &str)>, ca: &str) -> Result<Arc<Tls>, TlsError> {
+        let pair = match cert_and_key {
+            Some((c, k)) => Some((
+                parse_certs(c.as_bytes(), "the certificate")?,
+                parse_key(k.as_bytes(), "the key")?,
+            )),
+            None => None,
+        };
+        let loaded = build(
+            parse_certs(ca.as_bytes(), "the CA certificate")?,
+            "the CA certificate",
+            pair,
+            Vec::new(),
+        )?;
+        Ok(Arc::new(Tls {
+            files: None,
+            current: RwLock::new(Arc::new(loaded)),
+            checked: Mutex::new((Instant::now(), None)),
+        }))
+    }
+
+    /// The files it follows (`None` when made from PEM).
+    pub fn files(&self) -> Option<&TlsFiles> {
+        self.files.as_ref()
     }
 
     fn fresh(&self) -> Arc<Loaded> {
+        if let Some(files) = &self.files {
+            self.follow(files);
+        }
+        self.current.read().clone()
+    }
+
+    /// Loads `files` again if they changed (at most once a second).
+    fn follow(&self, files: &TlsFiles) {
         {
             let mut checked = self.checked.lock();
             if checked.0.elapsed() >= RELOAD_CHECK {
                 checked.0 = Instant::now();
-                let stamp = self.files.stamp();
+                let stamp = files.stamp();
                 let current = self.current.read().clone();
                 if stamp != current.stamp && checked.1.as_ref() != Some(&stamp) {
-                    match self.files.load() {
+                    match files.load() {
                         Ok(l) => {
-                            tracing::info!(cert = ?self.files.cert, "TLS files changed; new connections use them");
+                            tracing::info!(cert = ?files.cert, "TLS files changed; new connections use them");
                             *self.current.write() = Arc::new(l);
                             checked.1 = None;
                         }
@@ -262,17 +316,19 @@ impl Tls {
                 }
             }
         }
-        self.current.read().clone()
     }
 
     /// Loads the files now if they changed (tests; serving does this by
     /// itself). `Ok(true)` when a new set was loaded.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
         let current = self.current.read().clone();
-        if self.files.stamp() == current.stamp {
+        if files.stamp() == current.stamp {
             return Ok(false);
         }
-        let l = self.files.load()?;
+        let l = files.load()?;
         *self.current.write() = Arc::new(l);
         Ok(true)
     }

@@ -269,3 +269,22 @@ async fn a_certificate_replaced_on_disk_is_used_by_new_connections() {
     call(&client, addr, "n0-renamed").await.unwrap();
     task.await.unwrap()[0].as_ref().unwrap();
 }
+
+#[tokio::test]
+async fn an_identity_from_pem_in_memory_connects_as_one_from_files() {
+    let ca = Ca::new("test CA", DAY).unwrap();
+    let d = Dir::new();
+    let server_tls = Tls::load(d.files("node", Some(&node(&ca, "n0")), &ca)).unwrap();
+    let admin = ca
+        .issue(&LeafSpec::new("operator", ROLE_ADMIN, &[], DAY))
+        .unwrap();
+    let client =
+        Tls::from_pem(Some((&admin.cert_pem, &admin.key_pem)), &ca.issued.cert_pem).unwrap();
+    assert!(client.files().is_none());
+    assert!(client.own_identity().unwrap().is_admin());
+    let (addr, task) = server(server_tls).await;
+    call(&client, addr, "n0").await.unwrap();
+    assert!(task.await.unwrap()[0].as_ref().unwrap().is_admin());
+    let e = Tls::from_pem(Some(("garbage", &admin.key_pem)), &ca.issued.cert_pem).unwrap_err();
+    assert!(e.to_string().contains("the certificate"), "{e}");
+}
