@@ -178,10 +178,19 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Frame>,
     if len < 2 {
         return Err(format!("frame of {len} bytes is too short for its header"));
     }
+    // Grown as the bytes arrive, never to the length a header claims: a
+    // sender that states 64 MiB and sends nothing costs next to nothing.
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf)
+    let got = r
+        .by_ref()
+        .take(len as u64)
+        .read_to_end(buf)
         .map_err(|e| format!("reading a frame of {len} bytes: {e}"))?;
+    if got < len {
+        return Err(format!(
+            "reading a frame of {len} bytes: the stream ended after {got}"
+        ));
+    }
     let group_len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
     let Some(group) = buf.get(2..2 + group_len) else {
         return Err(format!(
@@ -1014,6 +1023,19 @@ mod tests {
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
         let e = read_frame(&mut &huge[..], &mut buf).unwrap_err();
         assert!(e.contains("exceeds"), "{e}");
+
+        // The largest length a header may claim, then a few bytes: what is
+        // allocated follows what arrived, not the claim.
+        let mut claim = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        claim.extend_from_slice(&[7; 100]);
+        let mut fresh = Vec::new();
+        let e = read_frame(&mut &claim[..], &mut fresh).unwrap_err();
+        assert!(e.contains("ended after 100"), "{e}");
+        assert!(
+            fresh.capacity() < 64 << 10,
+            "{} bytes allocated",
+            fresh.capacity()
+        );
 
         // A group length that runs past the frame.
         let bad = [0, 0, 0, 3, 0, 9, b'g'];
