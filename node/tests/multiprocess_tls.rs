@@ -4,7 +4,8 @@
 //! refused; a client certificate cannot change membership while an admin
 //! one can; a raft stream whose certificate does not name its sender is
 //! dropped; every refusal is counted in `raftkit_tls_refused_total`, which
-//! a plain probe may read.
+//! a plain probe may read; a certificate rotated on disk is presented by
+//! new connections; the cluster fails over with TLS on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -104,6 +105,7 @@ async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
         Some(LeafSpec::new("app", ROLE_CLIENT, &[], DAY)),
     ))
     .unwrap();
+    let app_tls = app.clone();
     let client = ClusterClient::new(addrs.clone(), "counter", Duration::from_secs(20))
         .unwrap()
         .with_tls(app.clone());
@@ -123,9 +125,21 @@ async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
         Some(LeafSpec::new("app", ROLE_CLIENT, &[], DAY)),
     ))
     .unwrap();
+    let expired = Tls::load(tls(
+        d,
+        &ca,
+        "expired",
+        Some(LeafSpec {
+            not_before: std::time::SystemTime::now() - 3 * DAY,
+            not_after: std::time::SystemTime::now() - DAY,
+            ..LeafSpec::new("app", ROLE_CLIENT, &[], DAY)
+        }),
+    ))
+    .unwrap();
     for (what, t, want) in [
         ("no certificate", none, "CertificateRequired"),
         ("another CA", other, "UnknownIssuer"),
+        ("expired", expired, "CertificateExpired"),
     ] {
         let c = ClusterClient::new(vec![addrs[0].clone()], "counter", Duration::from_secs(2))
             .unwrap()
@@ -231,6 +245,51 @@ async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
     let st = as_admin.cluster_status().await;
     assert!(st.term < 1_000, "a refused message reached raft: {st:?}");
     assert_eq!(client.fetch_add(1).await.unwrap(), 21);
+
+    // A member's certificate rotated on disk: new connections get the new
+    // one, without a restart; connections already open go on.
+    let host1 = raftkit_tls::host_of(&addrs[1]).to_string();
+    ca.issue(&LeafSpec::new("rotated", ROLE_NODE, &[&host1], DAY))
+        .unwrap()
+        .write(d, "node1")
+        .unwrap();
+    let presented = || async {
+        let tcp = tokio::net::TcpStream::connect(&addrs[1]).await.unwrap();
+        let s = raftkit_tls::connect(&app_tls, tcp, &addrs[1])
+            .await
+            .unwrap();
+        let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        raftkit_tls::PeerIdentity::from_der(&der)
+            .unwrap()
+            .common_name
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presented().await != "rotated" {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.fetch_add(1).await.unwrap(), 22);
+
+    // The leader dies: the others elect one over TLS and go on.
+    let leader = as_admin
+        .cluster_status()
+        .await
+        .leader
+        .expect("a leader")
+        .addr;
+    let i = addrs.iter().position(|a| *a == leader).unwrap();
+    procs[i].kill9();
+    assert_eq!(
+        client.fetch_add(1).await.unwrap(),
+        23,
+        "no write lost across the failover"
+    );
+    let st = as_admin.cluster_status().await;
+    assert!(st.leader.as_ref().is_some_and(|l| l.addr != leader), "{st:?}");
     for p in &mut procs {
         p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
