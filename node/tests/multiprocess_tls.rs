@@ -289,8 +289,78 @@ async fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
         "no write lost across the failover"
     );
     let st = as_admin.cluster_status().await;
-    assert!(st.leader.as_ref().is_some_and(|l| l.addr != leader), "{st:?}");
+    assert!(
+        st.leader.as_ref().is_some_and(|l| l.addr != leader),
+        "{st:?}"
+    );
     for p in &mut procs {
         p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
+}
+
+/// Bad TLS start-ups are refused with a message that says what to do: a
+/// certificate without its key and CA, and the fault-injection endpoints
+/// (which cut links and fail writes) with TLS on unless explicitly allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_start_ups_that_would_be_unsafe_or_incomplete_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("raftkit test CA", DAY).unwrap();
+    let node = tls(
+        d,
+        &ca,
+        "node",
+        Some(LeafSpec::new("n", ROLE_NODE, &["127.0.0.1"], DAY)),
+    );
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca_path) = (
+        s(node.cert.as_ref().unwrap()),
+        s(node.key.as_ref().unwrap()),
+        s(&node.ca),
+    );
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut p = Proc::start_with_env(
+            &addr,
+            &d.join("data"),
+            d,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            env,
+        );
+        let status = p.wait_exit(Duration::from_secs(10));
+        (status, p.log_tail(5))
+    };
+
+    let (status, log) = run(&["--tls-cert", &cert], &[]);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started with half the TLS flags"
+    );
+    assert!(log.contains("missing --tls-key, --tls-ca"), "{log}");
+
+    let all = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca_path];
+    let (status, log) = run(&all, &[("RAFTKIT_FAULT_INJECTION", "1")]);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "fault injection with TLS started"
+    );
+    assert!(log.contains("RAFTKIT_FAULT_INJECTION_WITH_TLS=1"), "{log}");
+
+    let mut p = Proc::start_with_env(
+        &addr,
+        &d.join("data"),
+        d,
+        &all.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        &[
+            ("RAFTKIT_FAULT_INJECTION", "1"),
+            ("RAFTKIT_FAULT_INJECTION_WITH_TLS", "1"),
+        ],
+    );
+    assert!(
+        wait_http_ok(&addr, "/livez", Duration::from_secs(10)).await,
+        "refused although allowed: {}",
+        p.log_tail(5)
+    );
+    p.kill9();
 }
