@@ -21,6 +21,7 @@
 //! Keys are ECDSA P-256 (rcgen's default, which rustls takes), written as
 //! PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -236,9 +237,22 @@ pub fn pod_dns_name(rc: &RaftCluster, namespace: &str, ordinal: u32) -> String {
     raftkit_tls::host_of(&pod_addr(rc, namespace, ordinal)).to_string()
 }
 
-/// The names pod `ordinal`'s certificate carries:
-/// - its stable DNS name `<pod>.<cluster>-peers.<namespace>.svc`, which it
-///   advertises and peers and the operator dial;
+/// The pods member certificates are issued for: ordinal → the host of the
+/// address the pod advertises, which its certificate must name. On
+/// Kubernetes its stable DNS name ([`dns_hosts`]); the local backend's
+/// pods advertise `127.0.0.1` (processes) or a name on a Docker network.
+pub type PodHosts = BTreeMap<u32, String>;
+
+/// Pods `ordinals` by their stable DNS names ([`pod_dns_name`]).
+pub fn dns_hosts(rc: &RaftCluster, namespace: &str, ordinals: std::ops::Range<u32>) -> PodHosts {
+    ordinals
+        .map(|o| (o, pod_dns_name(rc, namespace, o)))
+        .collect()
+}
+
+/// The names the certificate of a pod advertising `host` carries:
+/// - `host`, which it advertises and peers and the operator dial (on
+///   Kubernetes its stable DNS name `<pod>.<cluster>-peers.<namespace>.svc`);
 /// - the client Service's names (`<cluster>`, `<cluster>.<namespace>`,
 ///   `<cluster>.<namespace>.svc`), which applications dial and which lead
 ///   to any ready member;
@@ -246,10 +260,12 @@ pub fn pod_dns_name(rc: &RaftCluster, namespace: &str, ordinal: u32) -> String {
 ///   the app beside its node dials. Probes need neither: the kubelet does
 ///   not check the certificate of an HTTPS probe. Without a sidecar no one
 ///   dials a member by `localhost`, so its certificate does not claim it.
-pub fn node_sans(rc: &RaftCluster, namespace: &str, ordinal: u32) -> Vec<String> {
+///
+/// Each name once (a local pod advertising `127.0.0.1` in sidecar mode).
+pub fn node_sans(rc: &RaftCluster, namespace: &str, host: &str) -> Vec<String> {
     let cluster = cluster_name(rc);
     let mut sans = vec![
-        pod_dns_name(rc, namespace, ordinal),
+        host.to_string(),
         cluster.to_string(),
         format!("{cluster}.{namespace}"),
         format!("{cluster}.{namespace}.svc"),
@@ -257,6 +273,8 @@ pub fn node_sans(rc: &RaftCluster, namespace: &str, ordinal: u32) -> Vec<String>
     if rc.spec.template.is_some() {
         sans.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
     }
+    let mut seen = std::collections::BTreeSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
     sans
 }
 
@@ -388,20 +406,21 @@ impl ClusterCa {
         })
     }
 
-    /// Pod `ordinal`'s certificate: common name the pod's name (a common
-    /// name holds at most 64 characters, a DNS name may not fit), names
-    /// [`node_sans`].
+    /// Pod `ordinal`'s certificate, the pod advertising `host`: common
+    /// name the pod's name (a common name holds at most 64 characters, a
+    /// DNS name may not fit), names [`node_sans`].
     pub fn issue_node(
         &self,
         rc: &RaftCluster,
         namespace: &str,
         ordinal: u32,
+        host: &str,
         now: SystemTime,
     ) -> Result<IssuedCert> {
         self.issue(
             Role::Node,
             &pod_name(rc, ordinal),
-            &node_sans(rc, namespace, ordinal),
+            &node_sans(rc, namespace, host),
             now,
         )
     }
@@ -600,28 +619,28 @@ fn keep_or_issue(
     Ok((issue()?, Some(Reissue::Missing)))
 }
 
-/// The members' Secret ([`nodes_secret_name`]) for pods `ordinals`: each
-/// pod's certificate from `current` (the Secret as it is) when it can stay
-/// ([`ClusterCa::reissue_reason`]), a new one otherwise; pods outside
-/// `ordinals` are left out. So a cluster scaled from 3 to 5 gets
-/// certificates for pods 3 and 4 and keeps those of 0 to 2.
+/// The members' Secret ([`nodes_secret_name`]) for the pods of `hosts`:
+/// each pod's certificate from `current` (the Secret as it is) when it can
+/// stay ([`ClusterCa::reissue_reason`]), a new one otherwise; other pods
+/// are left out. So a cluster scaled from 3 to 5 gets certificates for
+/// pods 3 and 4 and keeps those of 0 to 2.
 pub fn node_certs(
     ca: &ClusterCa,
     rc: &RaftCluster,
     namespace: &str,
-    ordinals: std::ops::Range<u32>,
+    hosts: &PodHosts,
     current: Option<&Secret>,
     now: SystemTime,
 ) -> Result<CertSecret> {
     let mut data = vec![(CA_CRT.to_string(), ca.cert_pem.clone())];
     let mut issued = Vec::new();
-    for ordinal in ordinals {
+    for (&ordinal, host) in hosts {
         let pod = pod_name(rc, ordinal);
         let (cert_key, key_key) = (pod_cert_key(&pod), pod_key_key(&pod));
-        let sans = node_sans(rc, namespace, ordinal);
+        let sans = node_sans(rc, namespace, host);
         let kept = cert_in(current, &cert_key, &key_key);
         let (cert, why) = keep_or_issue(ca, kept, Role::Node, &sans, now, || {
-            ca.issue_node(rc, namespace, ordinal, now)
+            ca.issue_node(rc, namespace, ordinal, host, now)
         })?;
         if let Some(why) = why {
             issued.push((pod, why));
@@ -702,6 +721,152 @@ fn leaf_secret(
     })
 }
 
+// ------------------------------------------ the operator's Secrets
+
+/// The operator's Secrets of a cluster as they are (`None`: missing).
+#[derive(Clone, Debug, Default)]
+pub struct OwnedSecrets {
+    pub ca: Option<Secret>,
+    pub nodes: Option<Secret>,
+    pub admin: Option<Secret>,
+    pub client: Option<Secret>,
+}
+
+/// What the operator's Secrets of a cluster must hold now
+/// ([`owned_secrets`]).
+#[derive(Debug)]
+pub struct SecretsDue {
+    /// Secrets whose data differ from what is there, the CA's first: a
+    /// pass that stops after writing it signs with that CA next time.
+    pub to_write: Vec<Secret>,
+    /// Why they are written (for the step and its Event); `None` when
+    /// every Secret holds what it should.
+    pub due: Option<String>,
+    /// The operator's admin certificate (kept or new) with the CA's
+    /// certificate: what the operator presents to the members and trusts
+    /// of them. A new one works before it is written: the members trust
+    /// the CA, not the Secret.
+    pub admin: IssuedCert,
+    pub ca_pem: String,
+}
+
+/// The operator's Secrets for `rc` whose members are `hosts` (every pod
+/// that is or is about to be), from `current` at `now`: the CA kept (a new
+/// one when there is none; an unreadable one is an error, never replaced,
+/// as the members trust it), each certificate kept unless due
+/// ([`ClusterCa::reissue_reason`]), certificates of pods not in `hosts`
+/// dropped.
+pub fn owned_secrets(
+    rc: &RaftCluster,
+    namespace: &str,
+    hosts: &PodHosts,
+    current: &OwnedSecrets,
+    now: SystemTime,
+) -> Result<SecretsDue> {
+    let (ca, new_ca) = match &current.ca {
+        Some(s) => (ClusterCa::from_secret(s)?, false),
+        None => (ClusterCa::generate(rc, now)?, true),
+    };
+    let nodes = node_certs(&ca, rc, namespace, hosts, current.nodes.as_ref(), now)?;
+    let admin = admin_secret(&ca, rc, current.admin.as_ref(), now)?;
+    let client = client_secret(&ca, rc, current.client.as_ref(), now)?;
+    let mut why = Vec::new();
+    if new_ca {
+        why.push("a new CA".to_string());
+    }
+    let issued: Vec<_> = [&nodes, &admin, &client]
+        .into_iter()
+        .flat_map(|c| c.issued.iter().cloned())
+        .collect();
+    why.extend(describe_issued(&issued));
+    let dropped = dropped_pods(current.nodes.as_ref(), &nodes.secret);
+    if !dropped.is_empty() {
+        why.push(format!("dropped (no such pod): {}", dropped.join(", ")));
+    }
+    let (admin_cert, ca_pem) = client_identity(&admin.secret, None)?;
+    let mut to_write = Vec::new();
+    for (made, was) in [
+        (ca.secret(rc), &current.ca),
+        (nodes.secret, &current.nodes),
+        (admin.secret, &current.admin),
+        (client.secret, &current.client),
+    ] {
+        if was.as_ref().and_then(|w| w.data.as_ref()) != made.data.as_ref() {
+            if why.is_empty() {
+                // Nothing issued, yet the data differ (edited by hand).
+                why.push(format!(
+                    "{} restored",
+                    made.metadata.name.as_deref().unwrap_or("a Secret")
+                ));
+            }
+            to_write.push(made);
+        }
+    }
+    Ok(SecretsDue {
+        due: (!to_write.is_empty()).then(|| why.join("; ")),
+        to_write,
+        admin: admin_cert,
+        ca_pem,
+    })
+}
+
+/// `demo-0, demo-1: new; demo-2: renewed`: who got a certificate, by why.
+fn describe_issued(issued: &[(String, Reissue)]) -> Vec<String> {
+    let mut by_why: Vec<(String, Vec<&str>)> = Vec::new();
+    for (who, why) in issued {
+        let why = match why {
+            Reissue::Missing => "new".to_string(),
+            Reissue::Renewal => "renewed (less than a third of its lifetime left)".into(),
+            Reissue::Changed => "reissued (its names or role changed)".into(),
+            Reissue::OtherCa => "reissued (another CA signed it)".into(),
+            Reissue::Unreadable(e) => format!("reissued (unreadable: {e})"),
+        };
+        match by_why.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, whom)) => whom.push(who),
+            None => by_why.push((why, vec![who])),
+        }
+    }
+    by_why
+        .into_iter()
+        .map(|(why, whom)| format!("{}: {why}", whom.join(", ")))
+        .collect()
+}
+
+/// Pods whose certificate `was` holds and `now` does not.
+fn dropped_pods(was: Option<&Secret>, now: &Secret) -> Vec<String> {
+    let keys = |s: &Secret| -> Vec<String> {
+        s.data
+            .iter()
+            .flat_map(|d| d.keys())
+            .filter_map(|k| k.strip_suffix(".crt"))
+            .filter(|k| *k != "ca")
+            .map(str::to_string)
+            .collect()
+    };
+    let kept = keys(now);
+    was.map(keys)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !kept.contains(p))
+        .collect()
+}
+
+/// The certificate and key (`tls.crt`, `tls.key`) of a client's Secret,
+/// and the CA's certificate: its `ca.crt`, or else `ca_from`'s (the user's
+/// members' Secret, beside a `kubernetes.io/tls` admin Secret without one).
+pub fn client_identity(secret: &Secret, ca_from: Option<&Secret>) -> Result<(IssuedCert, String)> {
+    let cert = IssuedCert {
+        cert_pem: secret_text(secret, TLS_CRT)?,
+        key_pem: secret_text(secret, TLS_KEY)?,
+    };
+    let ca = match (secret_text(secret, CA_CRT), ca_from) {
+        (Ok(ca), _) => ca,
+        (Err(_), Some(other)) => secret_text(other, CA_CRT)?,
+        (Err(e), None) => return Err(e),
+    };
+    Ok((cert, ca))
+}
+
 // ------------------------------------------------------ the pod's part
 
 /// What a pod template adds for TLS: the members' Secret as a volume, its
@@ -716,28 +881,53 @@ pub struct PodTls {
     pub env: Vec<EnvVar>,
 }
 
-/// The pod's part for `rc`, or `None` when TLS is off. The Secret is the
-/// user's `spec.tls.secretName` or the operator's [`nodes_secret_name`];
-/// it is mounted whole (no `subPath`), so renewed files reach the running
-/// node, read-only, readable by the node's group (the pod's `fsGroup`).
-/// The variables are the node's settings `tls_cert`, `tls_key`, `tls_ca`
-/// (PEM file paths; the node reloads the files when they change).
+/// The Secret of member certificates the pods of `rc` use, or `None` when
+/// TLS is off: the user's `spec.tls.secretName` or the operator's
+/// [`nodes_secret_name`].
+pub fn pods_secret_name(rc: &RaftCluster) -> Option<String> {
+    let tls = rc.spec.tls.as_ref().filter(|t| t.enabled)?;
+    Some(
+        tls.secret_name
+            .clone()
+            .unwrap_or_else(|| nodes_secret_name(rc)),
+    )
+}
+
+/// The node's settings `tls_cert`, `tls_key`, `tls_ca` (PEM file paths;
+/// the node reloads the files when they change) for pod `pod` whose
+/// Secret's files are in `dir`: `<dir>/<pod>.crt`, `<dir>/<pod>.key`,
+/// `<dir>/ca.crt`, as (variable, value).
+pub fn pod_tls_env(dir: &str, pod: &str) -> Result<Vec<(String, String)>, UnknownSetting> {
+    [
+        ("tls_cert", pod_cert_key(pod)),
+        ("tls_key", pod_key_key(pod)),
+        ("tls_ca", CA_CRT.to_string()),
+    ]
+    .into_iter()
+    .map(|(name, file)| {
+        let setting = settings::setting(name).ok_or(UnknownSetting(name))?;
+        Ok((setting.env.to_string(), format!("{dir}/{file}")))
+    })
+    .collect()
+}
+
+/// The pod's part for `rc`, or `None` when TLS is off. The Secret
+/// ([`pods_secret_name`]) is mounted whole (no `subPath`), so renewed
+/// files reach the running node, read-only, readable by the node's group
+/// (the pod's `fsGroup`). The variables are [`pod_tls_env`] of the mount
+/// and `$(POD_NAME)`.
 pub fn pod_tls(rc: &RaftCluster) -> Result<Option<PodTls>, UnknownSetting> {
-    let Some(tls) = rc.spec.tls.as_ref().filter(|t| t.enabled) else {
+    let Some(secret_name) = pods_secret_name(rc) else {
         return Ok(None);
     };
-    let secret_name = tls
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| nodes_secret_name(rc));
-    let env = |name: &'static str, file: &str| {
-        let setting = settings::setting(name).ok_or(UnknownSetting(name))?;
-        Ok(EnvVar {
-            name: setting.env.to_string(),
-            value: Some(format!("{TLS_DIR}/{file}")),
+    let env = pod_tls_env(TLS_DIR, "$(POD_NAME)")?
+        .into_iter()
+        .map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
             ..EnvVar::default()
         })
-    };
+        .collect();
     Ok(Some(PodTls {
         volume: Volume {
             name: TLS_VOLUME.into(),
@@ -754,11 +944,7 @@ pub fn pod_tls(rc: &RaftCluster) -> Result<Option<PodTls>, UnknownSetting> {
             read_only: Some(true),
             ..VolumeMount::default()
         },
-        env: vec![
-            env("tls_cert", &pod_cert_key("$(POD_NAME)"))?,
-            env("tls_key", &pod_key_key("$(POD_NAME)"))?,
-            env("tls_ca", CA_CRT)?,
-        ],
+        env,
     }))
 }
 
@@ -867,7 +1053,8 @@ mod tests {
     fn each_pods_certificate_names_its_stable_dns_name_and_chains_to_the_ca() {
         let r = rc(DEMO);
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let nodes = node_certs(&ca, &r, "prod", 0..3, None, t0()).expect("certs");
+        let nodes =
+            node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..3), None, t0()).expect("certs");
         assert_eq!(nodes.issued.len(), 3);
         for i in 0..3 {
             let pod = format!("demo-{i}");
@@ -926,7 +1113,9 @@ mod tests {
             "    spec: {containers: [{name: app, image: 'my/app:1'}]}\n",
         ));
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let cert = ca.issue_node(&r, "ns", 0, t0()).expect("cert");
+        let cert = ca
+            .issue_node(&r, "ns", 0, &pod_dns_name(&r, "ns", 0), t0())
+            .expect("cert");
         assert_eq!(
             sans(&cert),
             [
@@ -981,7 +1170,9 @@ mod tests {
     fn a_certificate_is_renewed_once_less_than_a_third_of_its_lifetime_remains() {
         let r = rc(DEMO);
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
+        let cert = ca
+            .issue_node(&r, "prod", 0, &pod_dns_name(&r, "prod", 0), t0())
+            .expect("cert");
         let lifetime = LEAF_VALIDITY + BACKDATE;
         let not_after = t0() + LEAF_VALIDITY;
         let renew_from = not_after - lifetime / 3;
@@ -1020,11 +1211,20 @@ mod tests {
     fn scaled_from_three_to_five_the_new_pods_get_certificates_and_the_old_keep_theirs() {
         let r = rc(DEMO);
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let three = node_certs(&ca, &r, "prod", 0..3, None, t0()).expect("3");
+        let three =
+            node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..3), None, t0()).expect("3");
         // A later pass reads the CA back from its Secret, as the operator will.
         let ca_again = ClusterCa::from_secret(&ca.secret(&r)).expect("the CA read back");
         let later = t0() + 10 * Duration::from_secs(DAY);
-        let five = node_certs(&ca_again, &r, "prod", 0..5, Some(&three.secret), later).expect("5");
+        let five = node_certs(
+            &ca_again,
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..5),
+            Some(&three.secret),
+            later,
+        )
+        .expect("5");
         assert_eq!(
             five.issued,
             [
@@ -1053,12 +1253,28 @@ mod tests {
         want.sort();
         assert_eq!(keys(&five.secret), want);
         // Back to three: the removed pods' keys leave the Secret.
-        let back = node_certs(&ca, &r, "prod", 0..3, Some(&five.secret), later).expect("3");
+        let back = node_certs(
+            &ca,
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            Some(&five.secret),
+            later,
+        )
+        .expect("3");
         assert!(back.issued.is_empty());
         assert_eq!(keys(&back.secret), keys(&three.secret));
         // 61 days after issue, every certificate is renewed.
         let due = t0() + 61 * Duration::from_secs(DAY);
-        let renewed = node_certs(&ca, &r, "prod", 0..3, Some(&back.secret), due).expect("3");
+        let renewed = node_certs(
+            &ca,
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            Some(&back.secret),
+            due,
+        )
+        .expect("3");
         assert_eq!(renewed.issued.len(), 3);
         assert!(renewed
             .issued
@@ -1070,12 +1286,17 @@ mod tests {
     fn a_certificate_that_cannot_stay_is_replaced_and_says_why() {
         let r = rc(DEMO);
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
-        let sans0 = node_sans(&r, "prod", 0);
+        let cert = ca
+            .issue_node(&r, "prod", 0, &pod_dns_name(&r, "prod", 0), t0())
+            .expect("cert");
+        let sans0 = node_sans(&r, "prod", &pod_dns_name(&r, "prod", 0));
         let why = |c: &IssuedCert, sans: &[String]| ca.reissue_reason(c, Role::Node, sans, t0());
         assert_eq!(why(&cert, &sans0), None);
         assert_eq!(
-            why(&cert, &node_sans(&r, "other", 0)),
+            why(
+                &cert,
+                &node_sans(&r, "other", &pod_dns_name(&r, "other", 0))
+            ),
             Some(Reissue::Changed)
         );
         assert_eq!(
@@ -1084,11 +1305,14 @@ mod tests {
             "the role is part of what it must be"
         );
         let foreign = ClusterCa::generate(&r, t0())
-            .and_then(|other| other.issue_node(&r, "prod", 0, t0()))
+            .and_then(|other| other.issue_node(&r, "prod", 0, &pod_dns_name(&r, "prod", 0), t0()))
             .expect("cert");
         assert_eq!(why(&foreign, &sans0), Some(Reissue::OtherCa));
         let swapped = IssuedCert {
-            key_pem: ca.issue_node(&r, "prod", 1, t0()).expect("cert").key_pem,
+            key_pem: ca
+                .issue_node(&r, "prod", 1, &pod_dns_name(&r, "prod", 1), t0())
+                .expect("cert")
+                .key_pem,
             ..cert.clone()
         };
         assert!(matches!(
@@ -1104,14 +1328,22 @@ mod tests {
             Some(Reissue::Unreadable(_))
         ));
         // node_certs replaces it in the Secret.
-        let mut s = node_certs(&ca, &r, "prod", 0..1, None, t0())
+        let mut s = node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..1), None, t0())
             .expect("s")
             .secret;
         s.data
             .as_mut()
             .expect("data")
             .insert(pod_key_key("demo-0"), ByteString(b"junk".to_vec()));
-        let again = node_certs(&ca, &r, "prod", 0..1, Some(&s), t0()).expect("s");
+        let again = node_certs(
+            &ca,
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..1),
+            Some(&s),
+            t0(),
+        )
+        .expect("s");
         assert!(
             matches!(again.issued.as_slice(), [(pod, Reissue::Unreadable(_))] if pod == "demo-0")
         );
@@ -1123,7 +1355,7 @@ mod tests {
         r.metadata.uid = Some("u-1".into());
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
         let ca_secret = ca.secret(&r);
-        let nodes = node_certs(&ca, &r, "prod", 0..1, None, t0())
+        let nodes = node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..1), None, t0())
             .expect("s")
             .secret;
         for (s, name) in [(&ca_secret, "demo-tls-ca"), (&nodes, "demo-tls-nodes")] {
@@ -1163,7 +1395,9 @@ mod tests {
             !format!("{ca:?}").contains("PRIVATE KEY"),
             "Debug shows no key"
         );
-        let cert = ca.issue_node(&r, "prod", 0, t0()).expect("cert");
+        let cert = ca
+            .issue_node(&r, "prod", 0, &pod_dns_name(&r, "prod", 0), t0())
+            .expect("cert");
         assert!(!format!("{cert:?}").contains("PRIVATE KEY"));
         assert!(
             cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
@@ -1194,7 +1428,7 @@ mod tests {
         assert_eq!(p.mount.read_only, Some(true));
         // Each path, with `$(POD_NAME)` expanded, is a file of the Secret.
         let ca = ClusterCa::generate(&r, t0()).expect("CA");
-        let nodes = node_certs(&ca, &r, "prod", 0..3, None, t0())
+        let nodes = node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..3), None, t0())
             .expect("s")
             .secret;
         let files = keys(&nodes);
@@ -1228,5 +1462,164 @@ mod tests {
             p.volume.secret.and_then(|s| s.secret_name).as_deref(),
             Some("mine")
         );
+    }
+
+    fn names(secrets: &[Secret]) -> Vec<&str> {
+        secrets
+            .iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect()
+    }
+
+    /// What a pass writes, pass after pass: everything at first, the CA
+    /// first; nothing once written; a new pod's certificate; a removed
+    /// pod's dropped; renewals; and the admin identity it presents.
+    #[test]
+    fn the_owned_secrets_are_written_when_missing_or_due_and_left_alone_otherwise() {
+        let r = rc(DEMO);
+        let first = owned_secrets(
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            &OwnedSecrets::default(),
+            t0(),
+        )
+        .expect("first");
+        assert_eq!(
+            names(&first.to_write),
+            [
+                "demo-tls-ca",
+                "demo-tls-nodes",
+                "demo-tls-admin",
+                "demo-tls-client"
+            ],
+            "the CA first"
+        );
+        assert_eq!(
+            first.due.as_deref(),
+            Some("a new CA; demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: new")
+        );
+        let written = |d: &SecretsDue, was: &OwnedSecrets| {
+            let mut now = was.clone();
+            for s in &d.to_write {
+                let slot = match s.metadata.name.as_deref() {
+                    Some("demo-tls-ca") => &mut now.ca,
+                    Some("demo-tls-nodes") => &mut now.nodes,
+                    Some("demo-tls-admin") => &mut now.admin,
+                    Some("demo-tls-client") => &mut now.client,
+                    other => panic!("unexpected Secret {other:?}"),
+                };
+                *slot = Some(s.clone());
+            }
+            now
+        };
+        let stored = written(&first, &OwnedSecrets::default());
+        let again =
+            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, t0()).expect("again");
+        assert!(
+            again.to_write.is_empty() && again.due.is_none(),
+            "{again:?}"
+        );
+        assert_eq!(again.admin, first.admin, "the written admin certificate");
+        assert_eq!(again.ca_pem, first.ca_pem);
+        let admin = identity(&again.admin);
+        assert!(admin.is_admin());
+        raftkit_tls::Tls::from_pem(
+            Some((&again.admin.cert_pem, &again.admin.key_pem)),
+            &again.ca_pem,
+        )
+        .expect("an identity the admin client can use");
+
+        // Scale-up: only demo-3's certificate is new.
+        let four =
+            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..4), &stored, t0()).expect("four");
+        assert_eq!(names(&four.to_write), ["demo-tls-nodes"]);
+        assert_eq!(four.due.as_deref(), Some("demo-3: new"));
+        let stored = written(&four, &stored);
+        // Scale-down: demo-3's is dropped.
+        let three =
+            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, t0()).expect("three");
+        assert_eq!(names(&three.to_write), ["demo-tls-nodes"]);
+        assert_eq!(three.due.as_deref(), Some("dropped (no such pod): demo-3"));
+        let stored = written(&three, &stored);
+        // 61 days on: every leaf is renewed, the CA stays.
+        let later = t0() + 61 * Duration::from_secs(DAY);
+        let renewed = owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, later)
+            .expect("renewed");
+        assert_eq!(
+            names(&renewed.to_write),
+            ["demo-tls-nodes", "demo-tls-admin", "demo-tls-client"]
+        );
+        assert!(
+            renewed
+                .due
+                .as_deref()
+                .is_some_and(|d| d
+                    .starts_with("demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: renewed")),
+            "{:?}",
+            renewed.due
+        );
+        assert_ne!(renewed.admin, first.admin, "the renewed admin certificate");
+
+        // A CA Secret that cannot be read is an error, never replaced.
+        let mut broken = stored.clone();
+        if let Some(ca) = broken.ca.as_mut() {
+            ca.data.as_mut().expect("data").remove(CA_KEY);
+        }
+        assert!(matches!(
+            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &broken, t0()),
+            Err(TlsError::MissingKey { .. })
+        ));
+    }
+
+    #[test]
+    fn a_local_pods_certificate_names_the_host_it_advertises() {
+        let r = rc(DEMO);
+        let hosts = PodHosts::from([(0, "127.0.0.1".to_string()), (1, "127.0.0.1".to_string())]);
+        let made =
+            owned_secrets(&r, "default", &hosts, &OwnedSecrets::default(), t0()).expect("made");
+        let nodes = &made.to_write[1];
+        let cert = pod_cert(nodes, "demo-1");
+        assert_eq!(
+            sans(&cert),
+            ["demo", "demo.default", "demo.default.svc", "127.0.0.1"]
+        );
+        assert!(valid_for(&cert, "127.0.0.1"));
+        assert!(identity(&cert).names(raftkit_tls::host_of("127.0.0.1:8201")));
+        // In sidecar mode 127.0.0.1 is named once.
+        let sidecar = rc(concat!(
+            "metadata: {name: app}\n",
+            "spec:\n  replicas: 1\n  tls: {enabled: true}\n  template:\n",
+            "    spec: {containers: [{name: app, image: 'my/app:1'}]}\n",
+        ));
+        assert_eq!(
+            node_sans(&sidecar, "default", "127.0.0.1"),
+            [
+                "127.0.0.1",
+                "app",
+                "app.default",
+                "app.default.svc",
+                "localhost"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_users_admin_secret_without_a_ca_takes_the_members_secrets() {
+        let r = rc(DEMO);
+        let ca = ClusterCa::generate(&r, t0()).expect("CA");
+        let admin = admin_secret(&ca, &r, None, t0()).expect("admin").secret;
+        let mut bare = admin.clone();
+        bare.data.as_mut().expect("data").remove(CA_CRT);
+        let nodes = node_certs(&ca, &r, "prod", &dns_hosts(&r, "prod", 0..1), None, t0())
+            .expect("nodes")
+            .secret;
+        let (cert, ca_pem) = client_identity(&bare, Some(&nodes)).expect("identity");
+        assert_eq!(ca_pem, ca.cert_pem());
+        assert_eq!(client_identity(&admin, None).expect("identity").0, cert);
+        assert!(matches!(
+            client_identity(&bare, None),
+            Err(TlsError::MissingKey { key, .. }) if key == CA_CRT
+        ));
     }
 }
