@@ -115,6 +115,24 @@ impl FrameWriter {
                 Ok(n) => queued.extend_from_slice(&frame[n..]),
                 Err(_) => return, // the connection failed; its reader ends the stream
             }
+        } else if let (Sink::Io(io), true) = (&self.wr, queued.is_empty() && !*flushing) {
+            // The stream is free: write (encrypt) here, without waiting;
+            // the flushing task takes over what the socket did not take.
+            let Ok(mut w) = io.try_lock() else {
+                queued.extend_from_slice(&frame);
+                return self.start_flushing(flushing);
+            };
+            let Some(stream) = w.as_mut() else {
+                return; // given up, or failed: its reader ends the stream
+            };
+            match write_now(stream, &frame) {
+                Ok((n, true)) if n == frame.len() => return,
+                Ok((n, _)) => queued.extend_from_slice(&frame[n..]),
+                Err(_) => {
+                    *w = None;
+                    return;
+                }
+            }
         } else if queued.len() + frame.len() > self.max_queued {
             tracing::warn!(
                 queued = queued.len(),
@@ -137,6 +155,11 @@ impl FrameWriter {
         } else {
             queued.extend_from_slice(&frame);
         }
+        self.start_flushing(flushing);
+    }
+
+    /// Starts the flushing task unless it runs.
+    fn start_flushing(self: &Arc<Self>, flushing: &mut bool) {
         if !*flushing {
             *flushing = true;
             let this = self.clone();
@@ -181,25 +204,48 @@ impl FrameWriter {
     /// The flushing task of a [`Sink::Io`] stream.
     async fn flush_io(&self, io: &tokio::sync::Mutex<Option<BoxedWrite>>) {
         let mut wr = io.lock().await;
+        // The first round may have nothing queued: a direct write left
+        // bytes in the stream (TLS records the socket did not take).
+        let mut buf = std::mem::take(&mut self.queued.lock().0);
         loop {
-            let buf = {
-                let mut q = self.queued.lock();
-                if q.0.is_empty() {
-                    q.1 = false;
-                    return;
+            if let Some(w) = wr.as_mut() {
+                if buf.as_slice() == [GIVE_UP] {
+                    let _ = w.shutdown().await;
+                    *wr = None;
+                } else if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                    *wr = None; // failed: its reader ends the stream
                 }
-                std::mem::take(&mut q.0)
-            };
-            let Some(w) = wr.as_mut() else { continue };
-            if buf.as_slice() == [GIVE_UP] {
-                let _ = w.shutdown().await;
-                *wr = None;
-                continue;
             }
-            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
-                *wr = None; // failed: its reader ends the stream
+            let mut q = self.queued.lock();
+            if q.0.is_empty() {
+                q.1 = false;
+                return;
             }
+            buf = std::mem::take(&mut q.0);
         }
+    }
+}
+
+/// Writes what `w` takes of `bytes` now, without waiting (polled once with
+/// a waker that does nothing: a task polls again for the rest), then tries
+/// to flush it. Returns how many bytes it took and whether they are all
+/// on their way (flushed).
+fn write_now(w: &mut BoxedWrite, bytes: &[u8]) -> std::io::Result<(usize, bool)> {
+    use std::task::{Context, Poll};
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut at = 0;
+    while at < bytes.len() {
+        match std::pin::Pin::new(&mut *w).poll_write(&mut cx, &bytes[at..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => at += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok((at, false)),
+        }
+    }
+    match std::pin::Pin::new(&mut *w).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Ok((at, true)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok((at, false)),
     }
 }
 
