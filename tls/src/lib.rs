@@ -30,6 +30,10 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Stream
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+/// The rustls this crate is built on (for callers driving a connection
+/// themselves, as raft links do).
+pub use rustls;
+
 /// OU of a member's certificate.
 pub const ROLE_NODE: &str = "raftkit-node";
 /// OU of a certificate that may change the cluster.

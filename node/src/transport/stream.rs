@@ -419,6 +419,9 @@ struct LinkState {
     last_send: std::time::Instant,
     /// The hello generation last sent on this connection.
     hello_sent: u64,
+    /// A direct send left TLS records the socket did not take; the writer
+    /// thread flushes them.
+    tls_pending: bool,
 }
 
 /// The sending side of the stream to one destination address.
@@ -476,6 +479,7 @@ impl Link {
                 closed: false,
                 last_send: std::time::Instant::now(),
                 hello_sent: 0,
+                tls_pending: false,
             }),
             wake: Condvar::new(),
             metrics,
@@ -535,12 +539,8 @@ impl Link {
             return Err(Unreachable);
         }
         self.metrics.add_sent(&self.addr, frame.len());
-        // Plain connections only: a TLS frame is encrypted and written by
-        // the link's thread.
         let direct = match &s.conn {
-            Some(conn) if matches!(**conn, Wire::Plain(_)) && s.queued.is_empty() && !s.writing => {
-                Some(conn.clone())
-            }
+            Some(conn) if s.queued.is_empty() && !s.writing && !s.tls_pending => Some(conn.clone()),
             _ => None,
         };
         let Some(conn) = direct else {
@@ -548,7 +548,22 @@ impl Link {
             self.wake.notify_all();
             return Ok(());
         };
-        match send_now(conn.socket(), frame) {
+        let sent = match &*conn {
+            Wire::Plain(sock) => send_now(sock, frame),
+            Wire::Tls { sock, stream } => match stream.try_lock() {
+                // Encrypted here; records the socket does not take now
+                // are left to the writer thread.
+                Ok(mut st) => tls_send_now(&mut st.conn, sock, frame).map(|flushed| {
+                    if !flushed {
+                        s.tls_pending = true;
+                        self.wake.notify_all();
+                    }
+                    frame.len()
+                }),
+                Err(_) => Ok(0),
+            },
+        };
+        match sent {
             Ok(n) if n == frame.len() => Ok(()),
             Ok(n) => {
                 s.queued.extend_from_slice(&frame[n..]);
@@ -671,7 +686,7 @@ impl Link {
                     if s.conn.is_none() {
                         return false; // a direct send failed
                     }
-                    if !s.queued.is_empty() {
+                    if !s.queued.is_empty() || s.tls_pending {
                         break;
                     }
                     if self.stop_if_idle(&mut s) {
@@ -684,6 +699,8 @@ impl Link {
                         .0;
                 }
                 s.writing = true;
+                // Writing the batch flushes what a direct send left too.
+                s.tls_pending = false;
                 std::mem::replace(&mut s.queued, std::mem::take(&mut spare))
             };
             let written = conn.write_all(&batch);
@@ -700,6 +717,38 @@ impl Link {
 }
 
 pub use raftkit_proto::mux::send_now;
+
+/// Puts `frame` into the TLS connection (encrypting it) and writes what
+/// the socket takes without blocking; `Ok(true)` when nothing is left for
+/// the writer thread.
+fn tls_send_now(
+    conn: &mut raftkit_tls::rustls::ClientConnection,
+    sock: &TcpStream,
+    frame: &[u8],
+) -> std::io::Result<bool> {
+    /// `send_now` as a `Write` that says "would block" when full.
+    struct DontWait<'a>(&'a TcpStream);
+    impl Write for DontWait<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            match send_now(self.0, b)? {
+                0 if !b.is_empty() => Err(std::io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    conn.writer().write_all(frame)?;
+    while conn.wants_write() {
+        match conn.write_tls(&mut DontWait(sock)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
 
 /// Connects to `addr` (over TLS with `tls`) and sends the preface (and
 /// the hello).
@@ -718,6 +767,10 @@ fn connect(addr: &str, preface: &[u8], tls: Option<&raftkit_tls::Tls>) -> std::i
                 conn.set_read_timeout(Some(DEAD_PEER_TIMEOUT))?;
                 let sock = conn.try_clone()?;
                 let mut stream = raftkit_tls::connect_blocking(tls, conn, addr)?;
+                // At most one frame waits in it (a direct send the socket
+                // did not take; later frames queue in the link), whatever
+                // its size.
+                stream.conn.set_buffer_limit(None);
                 stream.write_all(preface)?;
                 stream.flush()?;
                 return Ok(Wire::Tls {
@@ -1073,16 +1126,67 @@ mod tests {
 
     #[test]
     fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
+        burst_arrives_whole_and_in_order(None);
+    }
+
+    /// The same over mutual TLS: frames are encrypted by the sending thread
+    /// when nothing waits, and the records the socket does not take are
+    /// flushed by the writer thread before anything queued after them.
+    #[test]
+    fn a_burst_over_tls_arrives_whole_and_in_order() {
+        use raftkit_tls::issue::{Ca, LeafSpec};
+        let day = Duration::from_secs(86_400);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("link test CA", day).unwrap();
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, &ca.issued.cert_pem).unwrap();
+        let tls = |stem: &str| {
+            let spec = LeafSpec::new(stem, raftkit_tls::ROLE_NODE, &["127.0.0.1"], day);
+            let (cert, key) = ca.issue(&spec).unwrap().write(dir.path(), stem).unwrap();
+            raftkit_tls::Tls::load(raftkit_tls::TlsFiles {
+                cert: Some(cert),
+                key: Some(key),
+                ca: ca_path.clone(),
+            })
+            .unwrap()
+        };
+        burst_arrives_whole_and_in_order(Some((tls("client"), tls("server"))));
+    }
+
+    fn burst_arrives_whole_and_in_order(
+        tls: Option<(Arc<raftkit_tls::Tls>, Arc<raftkit_tls::Tls>)>,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let link = Link::start("me:1", &addr, Arc::default(), Arc::default());
-        let (mut conn, _) = listener.accept().unwrap();
-        wait_until("the link is up", || link.lock().status == LinkStatus::Up);
+        let (client, server) = match tls {
+            Some((c, s)) => (Some(c), Some(s)),
+            None => (None, None),
+        };
+        let link = Link::start_with_idle(
+            "me:1",
+            &addr,
+            Arc::default(),
+            Arc::default(),
+            IDLE_LINK,
+            client,
+        );
+        let (tcp, _) = listener.accept().unwrap();
+        let mut conn: Box<dyn Read + Send> = match server {
+            None => Box::new(tcp),
+            Some(s) => {
+                let sc =
+                    raftkit_tls::rustls::ServerConnection::new(s.server_config().unwrap()).unwrap();
+                Box::new(raftkit_tls::rustls::StreamOwned::new(sc, tcp))
+            }
+        };
         // The reader drains while the sender fills: frames go directly,
-        // through the queue and the writer thread, and directly again.
+        // through the queue and the writer thread, and directly again. It
+        // starts late, so the socket fills whatever either side costs.
         let n = 1000u64;
+        let (go, wait) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             assert_eq!(read_preface(&mut conn).unwrap(), "me:1");
+            let _ = wait.recv();
             let mut r = BufReader::new(conn);
             let mut buf = Vec::new();
             for i in 0..n {
@@ -1091,10 +1195,15 @@ mod tests {
                 assert_eq!(f.msg.entries[0].data.len(), (i as usize % 7 + 1) << 12);
             }
         });
+        wait_until("the link is up", || link.lock().status == LinkStatus::Up);
         let mut queued_at_some_point = false;
         for i in 0..n {
+            if i == 300 {
+                let _ = go.send(());
+            }
             link.send(&frame(i, (i as usize % 7 + 1) << 12)).unwrap();
-            queued_at_some_point |= !link.lock().queued.is_empty();
+            let s = link.lock();
+            queued_at_some_point |= !s.queued.is_empty() || s.tls_pending;
         }
         reader.join().unwrap();
         assert!(queued_at_some_point, "the burst never filled the socket");
