@@ -1,35 +1,35 @@
 //! Act: carry out the one action the plan chose, through the workload
-//! backend (pods) or the nodes' admin API (membership, leadership,
-//! bootstrap). Every step is idempotent or conditional on the
+//! backend (pods, TLS Secrets) or the nodes' admin API (membership,
+//! leadership, bootstrap). Every step is idempotent or conditional on the
 //! configuration index it was planned from, so repeating one after a crash
 //! is safe.
 
 use std::time::Duration;
 
-use raftkit_client::AdminClient;
-
 use crate::backend::Workload;
 use crate::crd::RaftCluster;
-use crate::plan::{Action, Observation};
+use crate::observe::{admin_client, Observed};
+use crate::plan::Action;
 use crate::Error;
 
 /// How long a membership or leadership call may take, retries included.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Carries out `action`.
+/// Carries out `action`, planned from `observed`.
 pub async fn act<W: Workload>(
     rc: &RaftCluster,
     workload: &W,
-    o: &Observation,
+    observed: &Observed,
     action: &Action,
 ) -> Result<(), Error> {
+    let o = &observed.observation;
     let admin = || {
         let addrs: Vec<String> = o
             .workload
             .iter()
             .flat_map(|w| w.pods.iter().map(|p| p.addr.clone()))
             .collect();
-        AdminClient::new(addrs, rc.spec.state_machine.as_str(), STEP_TIMEOUT).map_err(Error::client)
+        admin_client(rc, addrs, &observed.tls, STEP_TIMEOUT)
     };
     let addr_of = |pod: &str| {
         o.workload
@@ -40,6 +40,13 @@ pub async fn act<W: Workload>(
             .ok_or_else(|| Error::Workload(format!("pod {pod} is not observed")))
     };
     match action {
+        // The CA's Secret first (`tls::owned_secrets` orders them).
+        Action::ApplyTls { .. } => {
+            for secret in &observed.tls.to_write {
+                workload.apply_secret(rc, secret).await?;
+            }
+            Ok(())
+        }
         Action::ApplyWorkload { replicas, revision } => {
             workload.apply(rc, *replicas, revision).await
         }

@@ -31,11 +31,13 @@ use crate::crd::RaftCluster;
 pub const NODE_PORT: u16 = 8080;
 
 /// Hash of everything a pod is started from: image, pull policy, state
-/// machine, raft flags, resources, the user's template, and the restart
-/// annotation. Pods of another revision are restarted, one at a time.
+/// machine, raft flags, resources, the user's template, the restart
+/// annotation, and with mutual TLS the Secret it mounts. Pods of another
+/// revision are restarted, one at a time. Certificates are not part of
+/// it: a renewed one reaches the running node, which reloads it.
 pub fn revision(rc: &RaftCluster) -> String {
     let s = &rc.spec;
-    let inputs = serde_json::json!({
+    let mut inputs = serde_json::json!({
         "image": s.image,
         "imagePullPolicy": s.image_pull_policy,
         "stateMachine": s.state_machine,
@@ -44,6 +46,10 @@ pub fn revision(rc: &RaftCluster) -> String {
         "template": s.template,
         "restartedAt": rc.restarted_at(),
     });
+    // Only when on: the revisions of clusters without TLS stay as they were.
+    if let Some(secret) = crate::tls::pods_secret_name(rc) {
+        inputs["tlsSecret"] = serde_json::Value::String(secret);
+    }
     let digest = Sha256::digest(inputs.to_string().as_bytes());
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -350,8 +356,15 @@ pub fn termination_grace_secs(rc: &RaftCluster) -> i64 {
 
 /// The pod template: the node alone, or with `spec.template` the user's
 /// containers with the node as a native sidecar (an init container that
-/// keeps running: it starts before the app and stops after it).
-pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTemplateSpec {
+/// keeps running: it starts before the app and stops after it). With
+/// mutual TLS the members' Secret is mounted whole and the node is pointed
+/// at its own files (`tls::pod_tls`); probes stay plain HTTP, which the
+/// node answers on its TLS port.
+pub fn pod_template(
+    rc: &RaftCluster,
+    namespace: &str,
+    revision: &str,
+) -> Result<PodTemplateSpec, UnknownSetting> {
     let mut t = rc.spec.template.clone().unwrap_or_default();
     let mut meta = t.metadata.take().unwrap_or_default();
     let mut pod_labels = meta.labels.take().unwrap_or_default();
@@ -360,6 +373,14 @@ pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTem
     meta.labels = Some(pod_labels);
     let mut spec: PodSpec = t.spec.take().unwrap_or_default();
     let mut node = node_container(rc, namespace);
+    let tls = crate::tls::pod_tls(rc)?;
+    if let Some(t) = &tls {
+        // After POD_NAME, which their paths use.
+        node.env.get_or_insert_with(Vec::new).extend(t.env.clone());
+        node.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(t.mount.clone());
+    }
     if rc.spec.template.is_some() {
         node.restart_policy = Some("Always".into());
         let mut inits = vec![node];
@@ -374,6 +395,7 @@ pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTem
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     });
+    volumes.extend(tls.map(|t| t.volume));
     spec.volumes = Some(volumes);
     spec.termination_grace_period_seconds = Some(termination_grace_secs(rc));
     let mut sc = spec.security_context.take().unwrap_or_default();
@@ -385,10 +407,10 @@ pub fn pod_template(rc: &RaftCluster, namespace: &str, revision: &str) -> PodTem
         ..SeccompProfile::default()
     });
     spec.security_context = Some(sc);
-    PodTemplateSpec {
+    Ok(PodTemplateSpec {
         metadata: Some(meta),
         spec: Some(spec),
-    }
+    })
 }
 
 /// The StatefulSet: `replicas` pods of `revision`, started in parallel and
@@ -398,9 +420,9 @@ pub fn stateful_set(
     namespace: &str,
     replicas: u32,
     revision: &str,
-) -> StatefulSet {
+) -> Result<StatefulSet, UnknownSetting> {
     let storage = &rc.spec.storage;
-    StatefulSet {
+    Ok(StatefulSet {
         metadata: meta(rc, cluster_name(rc).to_string()),
         spec: StatefulSetSpec {
             replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
@@ -414,7 +436,7 @@ pub fn stateful_set(
                 match_labels: Some(selector(rc)),
                 ..LabelSelector::default()
             },
-            template: pod_template(rc, namespace, revision),
+            template: pod_template(rc, namespace, revision)?,
             // The operator decides when a removed member's volume goes.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
@@ -445,7 +467,7 @@ pub fn stateful_set(
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
-    }
+    })
 }
 
 #[cfg(test)]
@@ -517,7 +539,7 @@ mod tests {
     #[test]
     fn the_statefulset_restarts_pods_only_when_told_and_starts_them_in_parallel() {
         let r = owned();
-        let sts = stateful_set(&r, "prod", 3, "abc");
+        let sts = stateful_set(&r, "prod", 3, "abc").expect("sts");
         let spec = &sts.spec;
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
@@ -608,7 +630,7 @@ mod tests {
             "    metadata: {labels: {team: a}}\n",
             "    spec:\n      containers:\n      - {name: app, image: 'my/app:1'}\n",
         ));
-        let t = pod_template(&r, "default", "abc");
+        let t = pod_template(&r, "default", "abc").expect("template");
         let pod = t.spec.expect("spec");
         assert_eq!(pod.containers.len(), 1);
         assert_eq!(pod.containers[0].name, "app");
@@ -626,5 +648,93 @@ mod tests {
         let labels = t.metadata.and_then(|m| m.labels).expect("labels");
         assert_eq!(labels.get("team").map(String::as_str), Some("a"));
         assert_eq!(labels.get(CLUSTER_LABEL).map(String::as_str), Some("demo"));
+    }
+
+    #[test]
+    fn with_tls_the_pod_mounts_the_members_secret_and_the_node_reads_its_own_files() {
+        let plain = rc(BASE);
+        let on = rc("metadata: {name: demo}\nspec: {replicas: 3, tls: {enabled: true}}\n");
+        let t = pod_template(&on, "prod", "abc").expect("template");
+        let pod = t.spec.expect("spec");
+        let volume = pod
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == crate::tls::TLS_VOLUME))
+            .expect("the TLS volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("demo-tls-nodes")
+        );
+        let node = &pod.containers[0];
+        let mount = node
+            .volume_mounts
+            .as_ref()
+            .and_then(|m| m.iter().find(|m| m.name == crate::tls::TLS_VOLUME))
+            .expect("mounted");
+        assert_eq!(mount.mount_path, crate::tls::TLS_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(mount.sub_path, None, "whole, so renewals reach the node");
+        let env = node.env.as_ref().expect("env");
+        let at = |name: &str| env.iter().position(|e| e.name == name);
+        let value = |name: &str| at(name).and_then(|i| env[i].value.clone());
+        assert_eq!(
+            value("RAFTKIT_TLS_CERT").as_deref(),
+            Some("/etc/raftkit/tls/$(POD_NAME).crt")
+        );
+        assert_eq!(
+            value("RAFTKIT_TLS_KEY").as_deref(),
+            Some("/etc/raftkit/tls/$(POD_NAME).key")
+        );
+        assert_eq!(
+            value("RAFTKIT_TLS_CA").as_deref(),
+            Some("/etc/raftkit/tls/ca.crt")
+        );
+        assert!(
+            at("POD_NAME") < at("RAFTKIT_TLS_CERT"),
+            "declared after POD_NAME, which it expands"
+        );
+        let readiness = node
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an HTTP readiness probe");
+        assert_eq!(
+            readiness.scheme, None,
+            "plain HTTP: the node answers probes without a certificate"
+        );
+
+        // Without TLS: none of it, and the revision is what it was.
+        let p = pod_template(&plain, "prod", "abc")
+            .expect("template")
+            .spec
+            .expect("spec");
+        assert!(p.volumes.iter().flatten().all(|v| v.secret.is_none()));
+        assert!(p.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| !e.name.starts_with("RAFTKIT_TLS")));
+        let pinned = rc("metadata: {name: demo}\nspec: {replicas: 3, image: 'raftkit:pinned'}\n");
+        assert_eq!(
+            revision(&pinned),
+            "ebd4eb56a0",
+            "the revisions of clusters without TLS are what they were before TLS (no roll on upgrade)"
+        );
+        let off = rc("metadata: {name: demo}\nspec: {replicas: 3, tls: {enabled: false}}\n");
+        assert_eq!(revision(&off), revision(&plain));
+        // TLS on mounts a Secret: another revision; another Secret too.
+        assert_ne!(revision(&on), revision(&plain));
+        let users = rc(concat!(
+            "metadata: {name: demo}\n",
+            "spec: {replicas: 3, tls: {enabled: true, secretName: mine, adminSecretName: mine-admin}}\n",
+        ));
+        assert_ne!(revision(&users), revision(&on));
+        // Certificates are not in it: nothing of them is in the resource.
+        let mut renewed = on.clone();
+        renewed.status = Some(crate::crd::RaftClusterStatus::default());
+        assert_eq!(revision(&renewed), revision(&on));
     }
 }

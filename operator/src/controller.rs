@@ -22,21 +22,22 @@ pub struct Pass {
 /// Runs one pass for `rc` (whose `status` is the stored status).
 #[tracing::instrument(skip_all, fields(cluster = %crate::build::cluster_name(rc)))]
 pub async fn reconcile<W: Workload>(rc: &RaftCluster, workload: &W) -> Result<Pass, Error> {
-    let (o, group) = observe::observe(rc, workload).await?;
+    let observed = observe::observe(rc, workload, std::time::SystemTime::now()).await?;
+    let (o, group) = (&observed.observation, observed.group.as_ref());
     let action = plan::plan(
-        &o,
+        o,
         Options {
             retain_on_scale_down: rc.spec.storage.retain_on_scale_down,
         },
     );
     let now = now();
-    let mut st = status::compute(rc, &o, group.as_ref(), &action, &now);
+    let mut st = status::compute(rc, o, group, &action, &now);
     if matches!(action, Action::Bootstrap { .. }) {
         // The intent is stored before the node is told: an operator that
         // stops in between resumes this very bootstrap, never another.
         workload.write_status(rc, &st).await?;
     }
-    let failed = match act::act(rc, workload, &o, &action).await {
+    let failed = match act::act(rc, workload, &observed, &action).await {
         Ok(()) => {
             if !matches!(action, Action::Wait(_) | Action::Done) {
                 workload

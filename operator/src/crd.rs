@@ -292,6 +292,10 @@ pub struct RaftClusterStatus {
     /// The storage class the cluster was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// Whether the cluster was bootstrapped with mutual TLS
+    /// (`spec.tls.enabled`); fixed from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_enabled: Option<bool>,
     /// The pod revision every member runs, once they all run the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
@@ -412,6 +416,11 @@ impl RaftClusterSpec {
 }
 
 impl RaftCluster {
+    /// `spec.tls.enabled` (off when `spec.tls` is not set).
+    pub fn tls_enabled(&self) -> bool {
+        self.spec.tls.as_ref().is_some_and(|t| t.enabled)
+    }
+
     /// The restart annotation's value, if set.
     pub fn restarted_at(&self) -> Option<&str> {
         self.metadata

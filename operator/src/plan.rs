@@ -13,7 +13,10 @@
 //! - rolling restart: followers first, one at a time, each back and caught
 //!   up before the next; then leadership moves to an updated follower;
 //!   then the old leader;
-//! - a member whose pod came back with an empty disk is replaced.
+//! - a member whose pod came back with an empty disk is replaced;
+//! - certificates first: with mutual TLS, the operator's Secrets are
+//!   written (a new pod's certificate, a renewal) before any other step, so
+//!   a pod never starts without its certificate.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +31,25 @@ pub struct Observation {
     pub workload: Option<WorkloadView>,
     /// The group as its members describe it; `None` when no member answered.
     pub raft: Option<RaftView>,
+    /// The cluster's mutual TLS material.
+    pub tls: TlsView,
+}
+
+/// The cluster's mutual TLS, as observe found it (with the time it was
+/// observed, so whether a certificate is due is decided there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TlsView {
+    /// TLS is off, or every certificate is in place: the operator's for
+    /// every pod that runs or is about to (the desired replicas included),
+    /// none due for renewal; or the user's Secrets.
+    #[default]
+    Ready,
+    /// The operator's Secrets must be written (why: a new CA, a pod's
+    /// certificate missing, one due for renewal, a removed pod's dropped).
+    Due(String),
+    /// TLS is on but cannot be used (why: a user's Secret is missing, the
+    /// CA's Secret cannot be read).
+    Unusable(String),
 }
 
 /// What the spec asks for.
@@ -135,6 +157,11 @@ pub struct RaftMember {
 /// The next step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Write the operator's TLS Secrets (CA, members', admin, client);
+    /// running members reload theirs, nothing restarts.
+    ApplyTls {
+        reason: String,
+    },
     /// Create or update the pods' controller: `replicas` pods from
     /// `revision` (existing pods are not restarted by this).
     ApplyWorkload {
@@ -220,6 +247,8 @@ pub enum Wait {
     },
     /// The replica's state is one the plan does not act on.
     UnexpectedReplica(String),
+    /// Mutual TLS is on but its certificates cannot be used (why).
+    TlsUnusable(String),
 }
 
 impl Wait {
@@ -239,6 +268,7 @@ impl Wait {
             Wait::DataLost => "DataLost",
             Wait::ForeignData { .. } => "ForeignData",
             Wait::UnexpectedReplica(_) => "UnexpectedReplica",
+            Wait::TlsUnusable(_) => "TlsUnusable",
         }
     }
 
@@ -252,6 +282,7 @@ impl Wait {
                 | Wait::DataLost
                 | Wait::ForeignData { .. }
                 | Wait::WouldLoseQuorum(_)
+                | Wait::TlsUnusable(_)
         )
     }
 }
@@ -290,6 +321,7 @@ impl fmt::Display for Wait {
                 "pod {pod} holds data of another cluster ({cluster_id}); delete its volume to let it join"
             ),
             Wait::UnexpectedReplica(p) => write!(f, "pod {p}'s replica is in an unexpected state"),
+            Wait::TlsUnusable(why) => write!(f, "mutual TLS cannot be used: {why}"),
         }
     }
 }
@@ -298,6 +330,7 @@ impl Action {
     /// The kind's name, for events, metrics and `status.operation`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Action::ApplyTls { .. } => "ApplyTls",
             Action::ApplyWorkload { .. } => "ApplyWorkload",
             Action::Bootstrap { .. } => "Bootstrap",
             Action::AddLearner { .. } => "AddLearner",
@@ -324,6 +357,7 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Action::ApplyTls { reason } => write!(f, "write the TLS Secrets: {reason}"),
             Action::ApplyWorkload { replicas, revision } => {
                 write!(
                     f,
@@ -420,6 +454,19 @@ pub fn plan(o: &Observation, opts: Options) -> Action {
     }
     if let Some(why) = &o.desired.refused {
         return Action::Wait(Wait::SpecRefused(why.clone()));
+    }
+    // Certificates before any other step: the pods of a scale-up (the
+    // desired replicas are among those observe certifies) get theirs
+    // before the workload grows, and renewals reach the running members,
+    // which reload them.
+    match &o.tls {
+        TlsView::Ready => {}
+        TlsView::Due(reason) => {
+            return Action::ApplyTls {
+                reason: reason.clone(),
+            }
+        }
+        TlsView::Unusable(why) => return Action::Wait(Wait::TlsUnusable(why.clone())),
     }
     let Some(w) = &o.workload else {
         // First pass: every pod starts at once (their servers come up in

@@ -67,6 +67,7 @@ fn healthy(n: u32) -> Observation {
             cluster_id: Some("c1".into()),
             members: (0..n).map(member).collect(),
         }),
+        tls: TlsView::Ready,
     }
 }
 
@@ -356,7 +357,76 @@ fn no_leader_and_joint_configurations_wait() {
     assert_eq!(p(&o), Action::Wait(Wait::JointConfiguration));
 }
 
+#[test]
+fn certificates_come_before_every_other_step_and_unusable_tls_waits() {
+    // A new cluster: its Secrets, then its pods.
+    let mut o = healthy(3);
+    o.workload = None;
+    o.raft = None;
+    o.recorded = Recorded::default();
+    o.tls = TlsView::Due("a new CA".into());
+    assert_eq!(
+        p(&o),
+        Action::ApplyTls {
+            reason: "a new CA".into()
+        }
+    );
+    o.tls = TlsView::Ready;
+    assert!(matches!(p(&o), Action::ApplyWorkload { replicas: 3, .. }));
+
+    // Scale-up: demo-3's certificate before the workload grows.
+    let mut o = healthy(3);
+    o.desired.replicas = 4;
+    o.tls = TlsView::Due("demo-3: new".into());
+    assert_eq!(
+        p(&o),
+        Action::ApplyTls {
+            reason: "demo-3: new".into()
+        }
+    );
+    o.tls = TlsView::Ready;
+    assert_eq!(
+        p(&o),
+        Action::ApplyWorkload {
+            replicas: 4,
+            revision: REV.into()
+        }
+    );
+
+    // A renewal in the middle of a roll goes first (nothing restarts for
+    // it); a paused cluster renews nothing.
+    let mut o = healthy(3);
+    o.desired.revision = "r2".into();
+    w(&mut o).revision = "r2".into();
+    o.tls = TlsView::Due("demo-1: renewed".into());
+    assert!(matches!(p(&o), Action::ApplyTls { .. }));
+    o.tls = TlsView::Ready;
+    assert!(matches!(p(&o), Action::RestartPod { .. }));
+    o.tls = TlsView::Due("demo-1: renewed".into());
+    o.desired.paused = true;
+    assert_eq!(p(&o), Action::Wait(Wait::Paused));
+
+    // Certificates that cannot be used stop everything, and say so.
+    let mut o = healthy(3);
+    o.desired.replicas = 5;
+    o.tls = TlsView::Unusable("Secret mine does not exist".into());
+    let a = p(&o);
+    assert_eq!(
+        a,
+        Action::Wait(Wait::TlsUnusable("Secret mine does not exist".into()))
+    );
+    assert!(matches!(&a, Action::Wait(w) if w.is_degraded()));
+}
+
 // ------------------------------------------------------------ properties
+
+fn arb_tls() -> impl Strategy<Value = TlsView> {
+    prop_oneof![
+        8 => Just(TlsView::Ready),
+        1 => Just(TlsView::Due("demo-1: renewed".into())),
+        1 => Just(TlsView::Unusable("no Secret".into())),
+    ]
+}
 
 fn arb_state() -> impl Strategy<Value = ReplicaState> {
     // Mostly members, so that healthy clusters (where restarts and
@@ -415,6 +485,7 @@ prop_compose! {
         bootstrapped in any::<bool>(),
         roll in any::<bool>(),
         settled in any::<bool>(),
+        tls in arb_tls(),
     )(
         pod_views in (0..pods).map(arb_pod).collect::<Vec<_>>(),
         members in (0..pods).map(arb_member).collect::<Vec<_>>(),
@@ -427,6 +498,7 @@ prop_compose! {
         bootstrapped in Just(bootstrapped),
         roll in Just(roll),
         settled in Just(settled),
+        tls in Just(tls),
     ) -> Observation {
         // Half the states are settled in shape (every pod a member, the
         // desired size): there restarts and transfers are planned.
@@ -455,6 +527,7 @@ prop_compose! {
                 cluster_id: Some("c1".into()),
                 members,
             }),
+            tls,
         }
     }
 }
@@ -567,6 +640,31 @@ proptest! {
                     prop_assert_eq!(pd.and_then(|p| p.revision.as_deref()), Some(o.desired.revision.as_str()), "{:?}", a);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn due_certificates_are_written_before_any_other_step(o in arb_observation()) {
+        let a = p(&o);
+        match &o.tls {
+            TlsView::Due(reason) => {
+                prop_assert_eq!(&a, &Action::ApplyTls { reason: reason.clone() });
+            }
+            TlsView::Unusable(_) => {
+                prop_assert!(matches!(a, Action::Wait(Wait::TlsUnusable(_))), "{a:?}");
+            }
+            TlsView::Ready => {
+                prop_assert!(!matches!(a, Action::ApplyTls { .. }), "{a:?}");
+            }
+        }
+        // So no pod is created, restarted or added while a certificate is
+        // missing or due.
+        if o.tls != TlsView::Ready {
+            prop_assert!(
+                !matches!(a, Action::ApplyWorkload { .. } | Action::RestartPod { .. } | Action::WipePod { .. })
+                    && !a.is_membership_change(),
+                "{a:?}"
+            );
         }
     }
 

@@ -91,6 +91,10 @@ pub fn compute(
         Action::Wait(w) if w.is_degraded() => "Degraded",
         _ if !bootstrapped => "Pending",
         Action::Bootstrap { .. } => "Bootstrapping",
+        // Certificates written for members that all run: still running.
+        Action::ApplyTls { .. } if !outdated && members.len() == o.desired.replicas as usize => {
+            "Running"
+        }
         Action::RestartPod { .. } | Action::TransferLeader { .. } if outdated => "Updating",
         Action::Done => "Running",
         _ if outdated && members.len() == o.desired.replicas as usize => "Updating",
@@ -180,6 +184,11 @@ pub fn compute(
         } else {
             None
         },
+        tls_enabled: if bootstrapped {
+            prev.tls_enabled.or(Some(rc.tls_enabled()))
+        } else {
+            None
+        },
         current_revision,
         update_revision: Some(o.desired.revision.clone()),
         operation: operation(prev.operation.as_ref(), action, now),
@@ -240,7 +249,9 @@ fn operation(prev: Option<&Operation>, action: &Action, now: &str) -> Option<Ope
         }),
         // Not steps of their own: a step in progress (a bootstrap not yet
         // seen done) stays recorded across them.
-        Action::ApplyWorkload { .. } | Action::ShrinkWorkload { .. } => prev.cloned(),
+        Action::ApplyTls { .. } | Action::ApplyWorkload { .. } | Action::ShrinkWorkload { .. } => {
+            prev.cloned()
+        }
         Action::Done => None,
     }
 }

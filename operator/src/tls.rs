@@ -1035,7 +1035,7 @@ mod tests {
     /// The advertised address of pod `pod` as its template sets it
     /// (`$(POD_NAME)` expanded).
     fn advertised(r: &RaftCluster, namespace: &str, pod: &str) -> String {
-        let t = build::pod_template(r, namespace, "rev");
+        let t = build::pod_template(r, namespace, "rev").expect("template");
         let node = &t.spec.expect("spec").containers[0];
         let var = raftkit_proto::settings::setting("advertise")
             .expect("advertise")

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use raftkit_client::dial::{Resolved, Resolver};
 
-use crate::build;
 use crate::crd::RaftCluster;
 use crate::Error;
+use crate::{build, tls};
 
 /// Where pods run as containers.
 #[derive(Clone, Debug)]
@@ -92,8 +92,11 @@ impl DockerConfig {
 
     /// The `docker run` that runs one pod: attached, removed when it
     /// exits, with the node's settings from the command's own environment
-    /// (`-e NAME`), the pod's volume at [`build::DATA_DIR`] and a read-only
-    /// root, as the pod template has it.
+    /// (`-e NAME`), the pod's volume at [`build::DATA_DIR`], its TLS
+    /// Secret's directory (if any) read-only at [`tls::TLS_DIR`] (the whole
+    /// directory, so files replaced in it reach the node, as a Secret
+    /// volume does) and a read-only root, as the pod template has it.
+    #[allow(clippy::too_many_arguments)] // one per part of a pod
     pub fn run_command(
         &self,
         image: &str,
@@ -101,6 +104,7 @@ impl DockerConfig {
         pod: &str,
         env: &[(String, String)],
         volume: &Path,
+        tls_secret: Option<&Path>,
         work_dir: &Path,
     ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("docker");
@@ -111,7 +115,11 @@ impl DockerConfig {
             .arg(format!("{WORK_DIR_LABEL}={}", work_dir.display()))
             .arg("-v")
             .arg(format!("{}:{}", volume.display(), build::DATA_DIR));
-        // As the image's user, which owns the volume (`prepare_volume`);
+        if let Some(dir) = tls_secret {
+            cmd.arg("-v")
+                .arg(format!("{}:{}:ro", dir.display(), tls::TLS_DIR));
+        }
+        // As the image's user, which owns the volume (`own_for_pods`);
         // an operator that is not root runs the node as itself instead.
         if !nix::unistd::geteuid().is_root() {
             cmd.arg("--user").arg(format!(
@@ -128,13 +136,14 @@ impl DockerConfig {
         cmd
     }
 
-    /// Gives the pod's volume to the image's user (when the operator is
-    /// root; otherwise the node runs as the operator's user).
-    pub fn prepare_volume(&self, dir: &Path) -> Result<(), Error> {
+    /// Gives what a pod mounts (its volume, its TLS Secret's directory
+    /// and files) to the image's user (when the operator is root;
+    /// otherwise the node runs as the operator's user).
+    pub fn own_for_pods(&self, path: &Path) -> Result<(), Error> {
         if nix::unistd::geteuid().is_root() {
             let id = u32::try_from(build::NODE_UID).unwrap_or(65532);
-            std::os::unix::fs::chown(dir, Some(id), Some(id))
-                .map_err(Error::io(format!("chown {}", dir.display())))?;
+            std::os::unix::fs::chown(path, Some(id), Some(id))
+                .map_err(Error::io(format!("chown {}", path.display())))?;
         }
         Ok(())
     }

@@ -1,10 +1,11 @@
 //! The Kubernetes workload: the StatefulSet, its Services, PodDisruptionBudget
-//! and ConfigMap (built by `build`, applied with server-side apply under one
-//! field manager, owned by the RaftCluster), its pods and their PVCs; the
-//! RaftCluster's status subresource; Events.
+//! and ConfigMap (built by `build`), and the TLS Secrets (built by `tls`),
+//! applied with server-side apply under one field manager, owned by the
+//! RaftCluster; its pods and their PVCs; the RaftCluster's status
+//! subresource; Events.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
@@ -194,8 +195,9 @@ impl Workload for KubeBackend {
             .await?;
         self.apply::<PodDisruptionBudget>(rc, &build::pod_disruption_budget(rc))
             .await?;
-        self.apply::<StatefulSet>(rc, &build::stateful_set(rc, &ns, replicas, revision))
-            .await
+        let sts = build::stateful_set(rc, &ns, replicas, revision)
+            .map_err(|e| Error::Workload(e.to_string()))?;
+        self.apply::<StatefulSet>(rc, &sts).await
     }
 
     async fn restart_pod(&self, rc: &RaftCluster, pod: &str) -> Result<(), Error> {
@@ -229,11 +231,9 @@ impl Workload for KubeBackend {
             return Ok(());
         };
         let before = current.replicas;
-        self.apply::<StatefulSet>(
-            rc,
-            &build::stateful_set(rc, &ns, replicas, &current.revision),
-        )
-        .await?;
+        let sts = build::stateful_set(rc, &ns, replicas, &current.revision)
+            .map_err(|e| Error::Workload(e.to_string()))?;
+        self.apply::<StatefulSet>(rc, &sts).await?;
         if delete_volumes {
             for o in replicas..before {
                 let pvc = build::pvc_name(&build::pod_name(rc, o));
@@ -245,6 +245,20 @@ impl Workload for KubeBackend {
             }
         }
         Ok(())
+    }
+
+    fn pod_addr(&self, rc: &RaftCluster, ordinal: u32) -> String {
+        build::pod_addr(rc, &Self::ns(rc), ordinal)
+    }
+
+    async fn read_secret(&self, rc: &RaftCluster, name: &str) -> Result<Option<Secret>, Error> {
+        Ok(self.api::<Secret>(rc).get_opt(name).await?)
+    }
+
+    async fn apply_secret(&self, rc: &RaftCluster, secret: &Secret) -> Result<(), Error> {
+        // Keys this field manager applied before and that are gone now
+        // are removed by the apply itself.
+        self.apply::<Secret>(rc, secret).await
     }
 
     async fn write_status(

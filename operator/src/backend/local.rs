@@ -17,6 +17,11 @@
 //!   each pod's pid are kept in `<work-dir>/workload.json` and
 //!   `<work-dir>/pods/`, so an operator that was stopped or killed finds its
 //!   pods still running and adopts them, as one restarted on Kubernetes does.
+//! - A Secret is a directory, `<work-dir>/tls/<secret>/`, one file per key
+//!   (mode 0600), each replaced whole (written aside, then renamed), so a
+//!   node that reloads its certificate never reads half a file. A process
+//!   pod's node is pointed at its own files there; a container gets the
+//!   directory mounted read-only where a pod mounts its Secret.
 //! - Status goes to `<work-dir>/status.yaml` (the whole resource, as
 //!   `kubectl get -o yaml` shows it), Events to `<work-dir>/events.log`.
 
@@ -26,6 +31,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -33,10 +41,10 @@ use tokio::sync::Mutex;
 
 use super::docker::{self, DockerConfig};
 use super::{EventType, PodState, Workload, WorkloadState};
-use crate::build;
 use crate::crd::{RaftCluster, RaftClusterStatus};
 use crate::plan::PodPhase;
 use crate::Error;
+use crate::{build, tls};
 
 /// Where and how local pods run.
 #[derive(Clone, Debug)]
@@ -98,6 +106,8 @@ struct Pod {
     /// it (a kubelet restarts a container of the same pod; only a deleted
     /// pod comes back from the controller's newer revision).
     env: Vec<(String, String)>,
+    /// The Secret of its TLS files (a container mounts its directory).
+    tls_secret: Option<String>,
     proc: Option<Proc>,
     /// When an exited process is started again.
     restart_at: Option<Instant>,
@@ -118,6 +128,8 @@ struct PidFile {
     #[serde(default)]
     image: String,
     env: Vec<(String, String)>,
+    #[serde(default)]
+    tls_secret: Option<String>,
 }
 
 impl Proc {
@@ -208,6 +220,7 @@ impl LocalBackend {
                             image: pf.image,
                             container: None,
                             env: pf.env,
+                            tls_secret: pf.tls_secret,
                             proc: Some(Proc::Adopted(pf.pid)),
                             restart_at: None,
                             exits: 0,
@@ -252,6 +265,12 @@ impl LocalBackend {
         self.cfg.work_dir.join(pod)
     }
 
+    /// Where Secret `name`'s files are: `<work-dir>/tls/<name>`.
+    fn secret_dir(&self, name: &str) -> Result<PathBuf, Error> {
+        check_file_name(name, "Secret name")?;
+        Ok(self.cfg.work_dir.join("tls").join(name))
+    }
+
     /// Deletes a pod's volume (its data directory).
     fn delete_volume(&self, pod: &str) -> Result<(), Error> {
         let dir = self.data_dir(pod);
@@ -277,7 +296,7 @@ impl LocalBackend {
         let name = build::pod_name(&c.template, ordinal);
         let addr = self.addr(&c.template, ordinal);
         let data_dir = self.data_dir(&name);
-        let env = match &self.cfg.runtime {
+        let mut env = match &self.cfg.runtime {
             PodRuntime::Processes { .. } => {
                 build::node_env(&c.template, &addr, &addr, &data_dir.display().to_string())
             }
@@ -289,12 +308,23 @@ impl LocalBackend {
             ),
         }
         .map_err(|e| Error::Workload(e.to_string()))?;
+        // Its own files of the members' Secret, by its name (nothing
+        // expands `$(POD_NAME)` here).
+        let tls_secret = tls::pods_secret_name(&c.template);
+        if let Some(secret) = &tls_secret {
+            let dir = match &self.cfg.runtime {
+                PodRuntime::Processes { .. } => self.secret_dir(secret)?.display().to_string(),
+                PodRuntime::Containers(_) => tls::TLS_DIR.to_string(),
+            };
+            env.extend(tls::pod_tls_env(&dir, &name).map_err(|e| Error::Workload(e.to_string()))?);
+        }
         let pod = Pod {
             name,
             revision: c.revision.clone(),
             image: c.template.spec.image.clone(),
             container: self.container(&c.template, ordinal),
             env,
+            tls_secret,
             proc: None,
             restart_at: None,
             exits: 0,
@@ -328,14 +358,20 @@ impl LocalBackend {
             .map_err(Error::io(format!("opening {}", log_path.display())))?;
         let (mut cmd, what) = match (&self.cfg.runtime, &pod.container) {
             (PodRuntime::Containers(d), Some(host)) => {
-                d.prepare_volume(&data_dir)?;
+                d.own_for_pods(&data_dir)?;
                 d.remove_container(host).await;
+                let tls_dir = pod
+                    .tls_secret
+                    .as_deref()
+                    .map(|s| self.secret_dir(s))
+                    .transpose()?;
                 let cmd = d.run_command(
                     &pod.image,
                     host,
                     &name,
                     &pod.env,
                     &data_dir,
+                    tls_dir.as_deref(),
                     &self.cfg.work_dir,
                 );
                 (cmd, format!("docker run {}", pod.image))
@@ -375,6 +411,7 @@ impl LocalBackend {
                 revision: pod.revision.clone(),
                 image: pod.image.clone(),
                 env: pod.env.clone(),
+                tls_secret: pod.tls_secret.clone(),
             })
             .map_err(|e| Error::Workload(e.to_string()))?;
             write_atomic(&self.pid_file(&name), pf.as_bytes())?;
@@ -515,6 +552,39 @@ fn lock_work_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Error> 
     }
 }
 
+/// `name` can be one file name (a Secret's, or one of its keys): no path
+/// separator, not `.` or `..`, no leading dot (files being written are
+/// hidden that way).
+fn check_file_name(name: &str, what: &str) -> Result<(), Error> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        return Err(Error::Workload(format!(
+            "{what} {name:?} cannot be a local file name"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/key` whole: to a hidden file beside it (mode
+/// 0600), then renamed over it, so a reader sees the old file or the new
+/// one, never a part.
+fn write_secret_file(dir: &Path, key: &str, bytes: &[u8]) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(key);
+    let tmp = dir.join(format!(".{key}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io(format!("renaming to {}", path.display())))?;
+    Ok(path)
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(Error::io(format!("writing {}", tmp.display())))?;
@@ -632,6 +702,84 @@ impl Workload for LocalBackend {
                 if delete_volumes {
                     self.delete_volume(&p.name)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn pod_addr(&self, rc: &RaftCluster, ordinal: u32) -> String {
+        self.addr(rc, ordinal)
+    }
+
+    async fn read_secret(&self, rc: &RaftCluster, name: &str) -> Result<Option<Secret>, Error> {
+        let dir = self.secret_dir(name)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()))(e)),
+        };
+        let mut data = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io(format!("reading {}", dir.display())))?;
+            let key = entry.file_name().to_string_lossy().to_string();
+            if key.starts_with('.') || !entry.path().is_file() {
+                continue; // a file being written
+            }
+            let bytes = std::fs::read(entry.path())
+                .map_err(Error::io(format!("reading {}", entry.path().display())))?;
+            data.insert(key, ByteString(bytes));
+        }
+        Ok(Some(Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: rc.metadata.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..Secret::default()
+        }))
+    }
+
+    async fn apply_secret(&self, rc: &RaftCluster, secret: &Secret) -> Result<(), Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let name = secret
+            .metadata
+            .name
+            .as_deref()
+            .ok_or_else(|| Error::Workload("a Secret without a name".into()))?;
+        let dir = self.secret_dir(name)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let containers = match &self.cfg.runtime {
+            PodRuntime::Containers(d) => Some(d),
+            PodRuntime::Processes { .. } => None,
+        };
+        if let Some(d) = containers {
+            d.own_for_pods(&dir)?;
+        }
+        let empty = BTreeMap::new();
+        let data = secret.data.as_ref().unwrap_or(&empty);
+        let current = self.read_secret(rc, name).await?.and_then(|s| s.data);
+        for (key, value) in data {
+            check_file_name(key, &format!("Secret {name}: key"))?;
+            // Unchanged files stay as they are: a node reloads only what
+            // changed.
+            if current.as_ref().and_then(|c| c.get(key)) == Some(value) {
+                continue;
+            }
+            let path = write_secret_file(&dir, key, &value.0)?;
+            if let Some(d) = containers {
+                d.own_for_pods(&path)?;
+            }
+        }
+        for key in current.iter().flat_map(|c| c.keys()) {
+            if !data.contains_key(key) {
+                let path = dir.join(key);
+                std::fs::remove_file(&path)
+                    .map_err(Error::io(format!("removing {}", path.display())))?;
             }
         }
         Ok(())

@@ -2,14 +2,16 @@
 //! `local` runs pods as `raftkit-node` processes on this machine, or as
 //! containers on a Docker network (`docker`), with StatefulSet-like names,
 //! addresses and persistent data directories.
-//! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap through
-//! kube-rs) implements the same trait.
+//! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap, Secrets
+//! through kube-rs) implements the same trait.
 
 pub mod docker;
 pub mod kube;
 pub mod local;
 
 use std::future::Future;
+
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::crd::{RaftCluster, RaftClusterStatus};
 use crate::plan::PodPhase;
@@ -96,6 +98,28 @@ pub trait Workload: Send + Sync {
         rc: &RaftCluster,
         replicas: u32,
         delete_volumes: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Pod `ordinal`'s address (`host:port`), stable across its restarts,
+    /// whether or not the pod exists yet: what its node advertises, so
+    /// what its certificate must name.
+    fn pod_addr(&self, rc: &RaftCluster, ordinal: u32) -> String;
+
+    /// The Secret `name` of `rc`'s namespace; `None` when there is none.
+    /// Only `metadata.name` and `data` are needed.
+    fn read_secret(
+        &self,
+        rc: &RaftCluster,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, Error>> + Send;
+
+    /// Creates or replaces a Secret of `rc` (keys it no longer has are
+    /// removed). A pod that mounts it sees each file change at once, whole
+    /// (never half written).
+    fn apply_secret(
+        &self,
+        rc: &RaftCluster,
+        secret: &Secret,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Stores the resource's status.
