@@ -1,7 +1,7 @@
 //! The exact requests the Kubernetes backend and the leader election make,
 //! against a mock API server (tower-test): server-side apply of every owned
-//! object under one field manager, the status subresource, Events, pod and
-//! claim deletion, and the Lease.
+//! object under one field manager (the TLS Secrets too), the status
+//! subresource, Events, pod and claim deletion, and the Lease.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -136,6 +136,93 @@ async fn the_workload_is_server_side_applied_object_by_object_under_one_field_ma
         "abc"
     );
     assert_eq!(seen[1].body["spec"]["publishNotReadyAddresses"], true);
+}
+
+/// The members' Secret the operator makes for `demo` in `prod`.
+fn nodes_secret() -> k8s_openapi::api::core::v1::Secret {
+    use raftkit_operator::tls;
+    let mut r = rc();
+    r.spec.tls = serde_yaml::from_str("{enabled: true}").unwrap();
+    let now = std::time::SystemTime::now();
+    let ca = tls::ClusterCa::generate(&r, now).unwrap();
+    let hosts = tls::dns_hosts(&r, "prod", 0..3);
+    tls::node_certs(&ca, &r, "prod", &hosts, None, now)
+        .unwrap()
+        .secret
+}
+
+#[tokio::test]
+async fn tls_secrets_are_read_by_name_and_server_side_applied_owned_by_the_cluster() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, None);
+    let r = rc();
+    let secret = nodes_secret();
+    let sent = secret.clone();
+    let call = tokio::spawn(async move {
+        let missing = backend.read_secret(&r, "demo-tls-ca").await?;
+        backend.apply_secret(&r, &sent).await?;
+        let back = backend.read_secret(&r, "demo-tls-nodes").await?;
+        Ok::<_, raftkit_operator::Error>((missing, back))
+    });
+    let s = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;
+    assert_eq!(
+        (s.method, s.path.as_str()),
+        (Method::GET, "/api/v1/namespaces/prod/secrets/demo-tls-ca")
+    );
+    let s = echo(&mut handle).await;
+    assert_applied(&s, "/api/v1/namespaces/prod/secrets/demo-tls-nodes");
+    let body = &s.body;
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["kind"], "Secret");
+    assert_eq!(body["type"], "Opaque");
+    assert_eq!(body["metadata"]["name"], "demo-tls-nodes");
+    assert_eq!(body["metadata"]["namespace"], "prod");
+    let owner = &body["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "RaftCluster");
+    assert_eq!(owner["uid"], "u-1");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(body["metadata"]["labels"]["raftkit.io/cluster"], "demo");
+    let data = body["data"].as_object().unwrap();
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt",
+            "demo-0.crt",
+            "demo-0.key",
+            "demo-1.crt",
+            "demo-1.key",
+            "demo-2.crt",
+            "demo-2.key"
+        ]
+    );
+    let pem: k8s_openapi::ByteString = serde_json::from_value(data["demo-1.crt"].clone()).unwrap();
+    assert!(
+        pem.0.starts_with(b"-----BEGIN CERTIFICATE-----"),
+        "base64 of the PEM"
+    );
+    assert!(
+        body.get("stringData").is_none(),
+        "data only: the apply owns exactly these keys"
+    );
+    // Read back as the server stores it.
+    let s = answer(
+        &mut handle,
+        StatusCode::OK,
+        serde_json::to_value(&secret).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s.method, s.path.as_str()),
+        (
+            Method::GET,
+            "/api/v1/namespaces/prod/secrets/demo-tls-nodes"
+        )
+    );
+    let (missing, back) = call.await.unwrap().unwrap();
+    assert!(missing.is_none(), "a missing Secret is None, not an error");
+    assert_eq!(back.unwrap().data, secret.data);
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use raftkit_operator::crd::{RaftCluster, RaftClusterStatus};
 use raftkit_testkit::docker;
 use raftkit_testkit::load::CounterLoad;
 use raftkit_testkit::procs::node_binary;
+use raftkit_tls::{Tls, TlsFiles};
 
 /// `n` consecutive free ports on 127.0.0.1, below the ephemeral range.
 fn free_port_range(n: u16) -> u16 {
@@ -48,6 +49,8 @@ enum Pods {
 struct Operator {
     dir: tempfile::TempDir,
     pods: Pods,
+    /// The manifest asks for mutual TLS (`tls: {enabled: true}`).
+    tls: bool,
     child: Option<Child>,
     runs: u32,
 }
@@ -78,9 +81,22 @@ impl Operator {
     }
 
     fn start_in(dir: tempfile::TempDir, replicas: u32, pods: Pods) -> Operator {
+        Operator::start_as(dir, replicas, pods, false)
+    }
+
+    /// Processes, the manifest asking for mutual TLS.
+    fn start_with_tls(replicas: u32) -> Operator {
+        let pods = Pods::Processes {
+            base_port: free_port_range(9),
+        };
+        Operator::start_as(tempfile::tempdir().unwrap(), replicas, pods, true)
+    }
+
+    fn start_as(dir: tempfile::TempDir, replicas: u32, pods: Pods, tls: bool) -> Operator {
         let mut op = Operator {
             dir,
             pods,
+            tls,
             child: None,
             runs: 0,
         };
@@ -105,8 +121,13 @@ impl Operator {
             Pods::Processes { .. } => String::new(),
             Pods::Containers { image, .. } => format!("  image: {image}\n"),
         };
+        let tls = if self.tls {
+            "  tls: {enabled: true}\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n{image}  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n"
+            "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n{image}  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n{tls}"
         );
         let tmp = self.dir.path().join("rc.yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -207,6 +228,28 @@ impl Operator {
 
     fn client(&self) -> Arc<ClusterClient> {
         Arc::new(ClusterClient::new(self.addrs(9), "counter", Duration::from_secs(15)).unwrap())
+    }
+
+    /// A Secret's files, as the local backend keeps them.
+    fn secret_dir(&self, secret: &str) -> PathBuf {
+        self.work().join("tls").join(secret)
+    }
+
+    /// A client with the applications' certificate the operator issued
+    /// (`<work-dir>/tls/demo-tls-client/`), as a user would load it.
+    fn tls_client(&self) -> Arc<ClusterClient> {
+        let dir = self.secret_dir("demo-tls-client");
+        let tls = Tls::load(TlsFiles {
+            cert: Some(dir.join("tls.crt")),
+            key: Some(dir.join("tls.key")),
+            ca: dir.join("ca.crt"),
+        })
+        .unwrap();
+        Arc::new(
+            ClusterClient::new(self.addrs(9), "counter", Duration::from_secs(15))
+                .unwrap()
+                .with_tls(tls),
+        )
     }
 
     fn status(&self) -> Option<RaftClusterStatus> {
@@ -657,6 +700,107 @@ async fn in_containers_pods_move_address_while_the_cluster_scales_rolls_and_repl
     })
     .await;
     load.wait_for_progress(50, Duration::from_secs(30), "after the replacement")
+        .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+/// `spec.tls: {enabled: true}` with nothing else: the operator makes a CA,
+/// every pod's certificate (naming the address the pod advertises), its
+/// own admin certificate and one for applications, each written before
+/// the pods that need it start; the members talk mutual TLS, a client with
+/// the applications' certificate writes while a plain one is refused, and
+/// a pod added by a scale-up gets its certificate first and joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_enabled_the_operator_issues_every_certificate_and_a_new_pod_gets_its_own() {
+    let op = Operator::start_with_tls(3);
+    let s = op.wait_running(3, "three members over mutual TLS").await;
+    assert!(available(&s), "Available: {s:#?}");
+    assert_eq!(s.tls_enabled, Some(true));
+    let events = op.events();
+    let first = |tag: &str| {
+        events
+            .iter()
+            .position(|e| e.contains(tag))
+            .unwrap_or_else(|| panic!("no {tag} event:\n{}", events.join("\n")))
+    };
+    let tls_step = first(" Normal ApplyTls ");
+    assert!(
+        tls_step < first(" Normal ApplyWorkload "),
+        "the Secrets before the pods:\n{}",
+        events.join("\n")
+    );
+    assert!(
+        events[tls_step].contains("a new CA")
+            && events[tls_step]
+                .contains("demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: new"),
+        "{}",
+        events[tls_step]
+    );
+    // Each pod's node reads its own files of the members' Secret.
+    let nodes = op.secret_dir("demo-tls-nodes");
+    let pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(op.work().join("pods/demo-1.json")).unwrap())
+            .unwrap();
+    let env: Vec<(String, String)> = serde_json::from_value(pod["env"].clone()).unwrap();
+    let var = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    assert_eq!(var("RAFTKIT_TLS_CERT"), Some(nodes.join("demo-1.crt")));
+    assert_eq!(var("RAFTKIT_TLS_KEY"), Some(nodes.join("demo-1.key")));
+    assert_eq!(var("RAFTKIT_TLS_CA"), Some(nodes.join("ca.crt")));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(nodes.join("demo-1.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a private key only its owner reads");
+    }
+
+    let client = op.tls_client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(20), "over mutual TLS")
+        .await;
+
+    // Without a certificate nothing but the probes answers.
+    let plain = ClusterClient::new(op.addrs(3), "counter", Duration::from_secs(2)).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), plain.fetch_add(1)).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a client without a certificate wrote: {refused:?}"
+    );
+    assert_eq!(
+        raftkit_client::probe::probe(&op.addr(0), "/readyz")
+            .await
+            .map(|(code, _)| code)
+            .ok(),
+        Some(200),
+        "plain probes still answer"
+    );
+
+    // Scale-up: demo-3's certificate is written before its pod starts.
+    op.write_manifest(4, None, false);
+    op.wait_running(4, "four members after scaling up over TLS")
+        .await;
+    let events = op.events();
+    let issued = events
+        .iter()
+        .position(|e| e.contains(" Normal ApplyTls ") && e.contains("demo-3: new"))
+        .unwrap_or_else(|| panic!("demo-3's certificate:\n{}", events.join("\n")));
+    let grown = events
+        .iter()
+        .position(|e| e.contains(" Normal ApplyWorkload ") && e.contains("4 pods"))
+        .unwrap_or_else(|| panic!("the workload grew:\n{}", events.join("\n")));
+    assert!(issued < grown, "certificate first:\n{}", events.join("\n"));
+    assert_eq!(
+        pods_of(&events, "AddLearner").last().map(String::as_str),
+        Some("demo-3")
+    );
+    assert!(nodes.join("demo-3.crt").exists());
+    load.wait_for_progress(50, Duration::from_secs(20), "after scaling up")
         .await;
     let tally = load.stop().await;
     tally.check(&client).await;
