@@ -66,22 +66,19 @@ impl Operator {
     }
 
     /// With pods as containers of `image`; this test process resolves
-    /// their names as the operator does.
-    fn start_in_containers(replicas: u32, image: String) -> Operator {
+    /// their names as the operator does. `tls`: the manifest asks for
+    /// mutual TLS.
+    fn start_in_containers(replicas: u32, image: String, tls: bool) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         let docker = DockerConfig::for_work_dir(&work.canonicalize().unwrap());
         DockerResolver::install(&docker.network);
-        Operator::start_in(dir, replicas, Pods::Containers { image, docker })
+        Operator::start_as(dir, replicas, Pods::Containers { image, docker }, tls)
     }
 
     fn start_with(replicas: u32, pods: Pods) -> Operator {
-        Operator::start_in(tempfile::tempdir().unwrap(), replicas, pods)
-    }
-
-    fn start_in(dir: tempfile::TempDir, replicas: u32, pods: Pods) -> Operator {
-        Operator::start_as(dir, replicas, pods, false)
+        Operator::start_as(tempfile::tempdir().unwrap(), replicas, pods, false)
     }
 
     /// Processes, the manifest asking for mutual TLS.
@@ -613,7 +610,7 @@ async fn in_containers_pods_move_address_while_the_cluster_scales_rolls_and_repl
     let Some(image) = docker::image() else {
         return; // `docker::image` said why (no Docker engine answers).
     };
-    let op = Operator::start_in_containers(3, image.clone());
+    let op = Operator::start_in_containers(3, image.clone(), false);
     // Dropped before `op`: its container leaves the network first.
     let scope = docker::DockerScope::new("op-containers");
     let s = op.wait_running(3, "three containers after creation").await;
@@ -802,6 +799,46 @@ async fn with_tls_enabled_the_operator_issues_every_certificate_and_a_new_pod_ge
     assert!(nodes.join("demo-3.crt").exists());
     load.wait_for_progress(50, Duration::from_secs(20), "after scaling up")
         .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+/// Mutual TLS with pods as containers: each container mounts the members'
+/// Secret's directory read-only where a pod mounts its Secret, and its
+/// certificate names its DNS name on the network, by which peers, the
+/// operator and clients reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_containers_with_tls_each_pod_mounts_its_secret_and_is_reached_by_name() {
+    let Some(image) = docker::image() else {
+        return; // `docker::image` said why (no Docker engine answers).
+    };
+    let op = Operator::start_in_containers(3, image, true);
+    let s = op.wait_running(3, "three containers over mutual TLS").await;
+    assert!(available(&s), "Available: {s:#?}");
+    let Pods::Containers { docker: d, .. } = &op.pods else {
+        unreachable!()
+    };
+    let mounts = docker::docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Destination}} {{.RW}};{{end}}",
+        &format!("demo-1.demo-peers.{}", d.network),
+    ])
+    .unwrap();
+    assert!(
+        mounts.contains("/etc/raftkit/tls false;"),
+        "the Secret mounted read-only: {mounts}"
+    );
+    let client = op.tls_client();
+    let load = CounterLoad::start(client.clone(), 2);
+    load.wait_for_progress(30, Duration::from_secs(30), "over mutual TLS")
+        .await;
+    let plain = ClusterClient::new(op.addrs(3), "counter", Duration::from_secs(2)).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), plain.fetch_add(1)).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a client without a certificate wrote: {refused:?}"
+    );
     let tally = load.stop().await;
     tally.check(&client).await;
 }
