@@ -62,6 +62,8 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "services"): {"get", "create", "patch", "update"},
     ("", "configmaps"): {"get", "create", "patch", "update"},
+    # The TLS Secrets (operator/src/tls.rs), read by name and applied.
+    ("", "secrets"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "update"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "delete"},
@@ -688,18 +690,20 @@ def main() -> int:
         run.check(f"{d}/ is valid Kubernetes (strict; RaftClusters against the CRD)", files_valid(d))
 
     def examples_cover() -> str:
-        machines, sidecar = set(), False
+        machines, sidecar, tls = set(), False, False
         for f in manifest_files("examples"):
             for o in load_docs(f.read_text(), f.name):
                 if o.get("kind") == "RaftCluster":
                     machines.add(o["spec"].get("stateMachine", "counter"))
                     sidecar |= "template" in o["spec"]
+                    tls |= o["spec"].get("tls", {}).get("enabled", False) is True
         ensure(machines == {"counter", "kv"}, f"examples cover state machines {machines}")
         ensure(sidecar, "no example runs the node as a sidecar (spec.template)")
+        ensure(tls, "no example turns on mutual TLS (spec.tls.enabled)")
         ensure((ROOT / "examples" / "raftcluster.yaml").exists(), "examples/raftcluster.yaml is gone")
-        return "counter, kv and a sidecar example"
+        return "counter, kv, a sidecar and a TLS example"
 
-    run.check("examples cover counter, kv and sidecar mode", examples_cover)
+    run.check("examples cover counter, kv, sidecar mode and TLS", examples_cover)
 
     def validators_bite() -> str:
         # The same validators must refuse broken inputs, or the checks above

@@ -19,8 +19,8 @@
 //! - [`backend`]: where pods run; [`backend::local`] runs them as processes.
 //! - [`local`]: `raftkit-operator local`, the loop around the local backend.
 //! - [`tls`]: the certificates the operator issues for a cluster's mutual
-//!   TLS (CA, members, admin, client), their renewal and Secrets (pure; not
-//!   yet wired into a pass).
+//!   TLS (CA, members, admin, client), their renewal and Secrets (pure);
+//!   `observe` judges them, the plan's `ApplyTls` writes them.
 
 pub mod act;
 pub mod backend;

@@ -36,8 +36,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* What the operator does to the objects of the RaftClusters it watches,
 and nothing more: it applies with server-side apply (patch), reads through
-watches (list, watch), deletes pods to restart them and PVCs of removed
-members, and records Events. deploy/rbac.yaml holds the same rules; the
+watches (list, watch), reads and applies the TLS Secrets of clusters with
+spec.tls by name (get, patch; never list or watch), deletes pods to restart
+them and PVCs of removed members, and records Events. deploy/rbac.yaml holds the same rules; the
 packaging test checks they agree. */}}
 {{- define "raftkit-operator.rules" -}}
 - apiGroups: ["raftkit.io"]
@@ -55,6 +56,9 @@ packaging test checks they agree. */}}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "update"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
