@@ -1,9 +1,10 @@
 //! The certificates of a RaftCluster's mutual TLS when the operator makes
 //! them (`spec.tls.enabled` without `secretName`): a CA per cluster, each
-//! pod's certificate (named by its stable DNS name), the operator's admin
-//! certificate and a client certificate for applications; when one is due
-//! for renewal; the Secrets that hold them; and what a pod mounts. Pure:
-//! no client, no I/O, the caller passes the time.
+//! pod's certificate (naming the host the pod advertises: its stable DNS
+//! name on Kubernetes), the operator's admin certificate and a client
+//! certificate for applications; when one is due for renewal; what a pass
+//! must write ([`owned_secrets`]); and what a pod mounts. Pure: no client,
+//! no I/O (key generation aside), the caller passes the time.
 //!
 //! ```text
 //!  <cluster>-tls-ca      ca.crt ca.key            ClusterCa::generate / from_secret
