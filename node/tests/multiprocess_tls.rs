@@ -21,20 +21,8 @@ use raftkit_tls::{Tls, TlsFiles, ROLE_ADMIN, ROLE_CLIENT, ROLE_NODE};
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn tls(dir: &std::path::Path, ca: &Ca, stem: &str, spec: Option<LeafSpec>) -> TlsFiles {
-    let ca_path = dir.join(format!("{stem}-ca.crt"));
-    std::fs::write(&ca_path, &ca.issued.cert_pem).unwrap();
-    let (cert, key) = match spec {
-        Some(s) => {
-            let (c, k) = ca.issue(&s).unwrap().write(dir, stem).unwrap();
-            (Some(c), Some(k))
-        }
-        None => (None, None),
-    };
-    TlsFiles {
-        cert,
-        key,
-        ca: ca_path,
-    }
+    let leaf = spec.map(|s| ca.issue(&s).unwrap());
+    ca.files(dir, stem, leaf.as_ref()).unwrap()
 }
 
 /// `raftkit_tls_refused_total{reason}` as a plain probe reads it.

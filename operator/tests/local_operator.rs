@@ -321,6 +321,32 @@ impl Operator {
         .await
     }
 
+    /// A follower's node dies and its volume is lost while it is down: it
+    /// comes back as another replica, and the operator replaces the member
+    /// (removes the old raft id, adds the new one) within `within`.
+    async fn lose_a_followers_disk(&self, client: &ClusterClient, within: Duration) {
+        let leader = self.leader_pod(client).await;
+        let s = self.status().unwrap();
+        let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
+        self.kill_pod(&victim.pod);
+        std::fs::remove_dir_all(self.work().join(&victim.pod)).unwrap();
+        let s = self
+            .wait_status(within, "the member to be replaced", |s| {
+                s.phase == "Running"
+                    && s.members.len() == 3
+                    && s.members.iter().all(|m| m.voter && m.healthy)
+                    && s.members
+                        .iter()
+                        .any(|m| m.pod == victim.pod && m.raft_id != victim.raft_id)
+            })
+            .await;
+        assert!(!s.members.iter().any(|m| m.raft_id == victim.raft_id));
+        self.wait_event(Duration::from_secs(1), "the replacement's removal", |e| {
+            e.contains(" RemoveMember ") && e.contains(&victim.raft_id)
+        })
+        .await;
+    }
+
     async fn wait_event(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + within;
         while !self.events().iter().any(|e| pred(e)) {
@@ -507,26 +533,8 @@ async fn leader_killed_mid_roll_and_a_member_that_lost_its_disk_is_replaced() {
 
     // A follower loses its disk while it is down: it comes back as another
     // replica, and the operator replaces the member.
-    let leader = op.leader_pod(&client).await;
-    let s = op.status().unwrap();
-    let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
-    op.kill_pod(&victim.pod);
-    std::fs::remove_dir_all(op.work().join(&victim.pod)).unwrap();
-    let s = op
-        .wait_status(Duration::from_secs(60), "the member to be replaced", |s| {
-            s.phase == "Running"
-                && s.members.len() == 3
-                && s.members.iter().all(|m| m.voter && m.healthy)
-                && s.members
-                    .iter()
-                    .any(|m| m.pod == victim.pod && m.raft_id != victim.raft_id)
-        })
+    op.lose_a_followers_disk(&client, Duration::from_secs(60))
         .await;
-    assert!(!s.members.iter().any(|m| m.raft_id == victim.raft_id));
-    op.wait_event(Duration::from_secs(1), "the replacement's removal", |e| {
-        e.contains(" RemoveMember ") && e.contains(&victim.raft_id)
-    })
-    .await;
     load.wait_for_progress(50, Duration::from_secs(20), "after the replacement")
         .await;
     let tally = load.stop().await;
@@ -682,20 +690,8 @@ async fn in_containers_pods_move_address_while_the_cluster_scales_rolls_and_repl
 
     // A follower's container dies and its volume is lost: the operator
     // replaces the member.
-    let leader = op.leader_pod(&client).await;
-    let s = op.status().unwrap();
-    let victim = s.members.iter().find(|m| m.pod != leader).unwrap().clone();
-    op.kill_pod(&victim.pod);
-    std::fs::remove_dir_all(op.work().join(&victim.pod)).unwrap();
-    op.wait_status(Duration::from_secs(90), "the member to be replaced", |s| {
-        s.phase == "Running"
-            && s.members.len() == 3
-            && s.members.iter().all(|m| m.voter && m.healthy)
-            && s.members
-                .iter()
-                .any(|m| m.pod == victim.pod && m.raft_id != victim.raft_id)
-    })
-    .await;
+    op.lose_a_followers_disk(&client, Duration::from_secs(90))
+        .await;
     load.wait_for_progress(50, Duration::from_secs(30), "after the replacement")
         .await;
     let tally = load.stop().await;

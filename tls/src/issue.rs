@@ -128,6 +128,27 @@ impl Ca {
         Ok(Ca { issued, issuer })
     }
 
+    /// The files a node or client loads, written into `dir`: this CA's
+    /// certificate as `<stem>-ca.crt`, and `leaf` (if any) as `<stem>.crt`
+    /// and `<stem>.key`.
+    pub fn files(
+        &self,
+        dir: &Path,
+        stem: &str,
+        leaf: Option<&Issued>,
+    ) -> Result<crate::TlsFiles, TlsError> {
+        let ca = dir.join(format!("{stem}-ca.crt"));
+        write_replacing(&ca, self.issued.cert_pem.as_bytes())?;
+        let (cert, key) = match leaf {
+            Some(l) => {
+                let (c, k) = l.write(dir, stem)?;
+                (Some(c), Some(k))
+            }
+            None => (None, None),
+        };
+        Ok(crate::TlsFiles { cert, key, ca })
+    }
+
     /// Issues a leaf certificate: client and server use (members dial and
     /// are dialled with the same one).
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, TlsError> {

@@ -22,20 +22,7 @@ impl Dir {
 
     /// Files for `leaf` (or none) trusting `ca`.
     fn files(&self, stem: &str, leaf: Option<&Issued>, ca: &Ca) -> TlsFiles {
-        let ca_path = self.dir.path().join(format!("{stem}-ca.crt"));
-        std::fs::write(&ca_path, &ca.issued.cert_pem).unwrap();
-        let (cert, key) = match leaf {
-            Some(l) => {
-                let (c, k) = l.write(self.dir.path(), stem).unwrap();
-                (Some(c), Some(k))
-            }
-            None => (None, None),
-        };
-        TlsFiles {
-            cert,
-            key,
-            ca: ca_path,
-        }
+        ca.files(self.dir.path(), stem, leaf).unwrap()
     }
 }
 

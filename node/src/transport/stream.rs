@@ -1138,17 +1138,10 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("link test CA", day).unwrap();
-        let ca_path = dir.path().join("ca.crt");
-        std::fs::write(&ca_path, &ca.issued.cert_pem).unwrap();
         let tls = |stem: &str| {
             let spec = LeafSpec::new(stem, raftkit_tls::ROLE_NODE, &["127.0.0.1"], day);
-            let (cert, key) = ca.issue(&spec).unwrap().write(dir.path(), stem).unwrap();
-            raftkit_tls::Tls::load(raftkit_tls::TlsFiles {
-                cert: Some(cert),
-                key: Some(key),
-                ca: ca_path.clone(),
-            })
-            .unwrap()
+            let leaf = ca.issue(&spec).unwrap();
+            raftkit_tls::Tls::load(ca.files(dir.path(), stem, Some(&leaf)).unwrap()).unwrap()
         };
         burst_arrives_whole_and_in_order(Some((tls("client"), tls("server"))));
     }
