@@ -16,6 +16,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
     Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -246,6 +250,135 @@ pub fn pod_disruption_budget(rc: &RaftCluster) -> PodDisruptionBudget {
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+/// The NetworkPolicy guarding the node port.
+pub fn network_policy_name(rc: &RaftCluster) -> String {
+    format!("{}-node", cluster_name(rc))
+}
+
+/// The label every namespace carries with its own name (set by the API
+/// server since Kubernetes 1.22).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Where the operator's own pods run and the labels they carry: the
+/// NetworkPolicy of each cluster admits them to the node port.
+/// `raftkit-operator run` takes them from `POD_NAMESPACE` and
+/// `--operator-pod-labels` (`RAFTKIT_OPERATOR_POD_LABELS`), which the chart
+/// and deploy/ set to the operator Deployment's selector labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorPods {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The operator pods' labels of deploy/ (and of the chart installed as
+/// release `raftkit-operator`): `--operator-pod-labels`' default.
+pub const DEFAULT_OPERATOR_POD_LABELS: &str =
+    "app.kubernetes.io/name=raftkit-operator,app.kubernetes.io/instance=raftkit-operator";
+
+/// Why `--operator-pod-labels` was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("operator pod labels {0:?}: want key=value[,key=value...], at least one")]
+pub struct BadLabels(pub String);
+
+/// Parses `key=value,key=value` (at least one pair; an empty selector
+/// would admit every pod of the operator's namespace).
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, BadLabels> {
+    let bad = || BadLabels(s.to_string());
+    let labels = s
+        .split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return Err(bad());
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    Ok(labels)
+}
+
+/// The NetworkPolicy `<cluster>-node`, Ingress only, selecting the
+/// cluster's pods (`CLUSTER_LABEL`). Its first rule admits the node port
+/// (`NODE_PORT`, TCP) from exactly: the cluster's own pods (members reach
+/// each other), the operator's pods in the operator's namespace (it reads
+/// the members' state and changes membership), and every pod of each
+/// namespace in `spec.networkPolicy.allowedNamespaces`.
+///
+/// Other ports: a pod that any policy selects for Ingress refuses every
+/// connection no rule admits, on every port. So that this policy changes
+/// nothing but the node port (a sidecar app's own ports, `spec.template`),
+/// with `otherPortsOpen` (the default) a second rule admits every other
+/// port from anywhere: TCP 1..8079 and 8081..65535 (`endPort`, stable
+/// since Kubernetes 1.25), all UDP and all SCTP. A network plugin that
+/// ignores `endPort` admits only the first port of each range: it errs
+/// closed on the app's ports, never open on the node's. With
+/// `otherPortsOpen: false` only the node port is admitted and the
+/// namespace's own policies decide the rest (closed without one).
+///
+/// Kubelet probes come from the node itself (host network), which most
+/// network plugins admit whatever the policy, so `/readyz` and `/livez`
+/// keep working. `kubectl port-forward` enters the pod's own network
+/// namespace and is not subject to it either.
+pub fn network_policy(rc: &RaftCluster, operator: &OperatorPods) -> NetworkPolicy {
+    let np = &rc.spec.network_policy;
+    let namespace = |ns: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
+            ns.to_string(),
+        )])),
+        ..LabelSelector::default()
+    };
+    let pods = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let mut from = vec![
+        NetworkPolicyPeer {
+            pod_selector: Some(pods(selector(rc))),
+            ..NetworkPolicyPeer::default()
+        },
+        NetworkPolicyPeer {
+            namespace_selector: Some(namespace(&operator.namespace)),
+            pod_selector: Some(pods(operator.labels.clone())),
+            ..NetworkPolicyPeer::default()
+        },
+    ];
+    from.extend(np.allowed_namespaces.iter().map(|ns| NetworkPolicyPeer {
+        namespace_selector: Some(namespace(ns)),
+        ..NetworkPolicyPeer::default()
+    }));
+    let port = |protocol: &str, first: u16, last: u16| NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(i32::from(first))),
+        end_port: (last != first).then_some(i32::from(last)),
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![port("TCP", NODE_PORT, NODE_PORT)]),
+        from: Some(from),
+    }];
+    if np.other_ports_open {
+        ingress.push(NetworkPolicyIngressRule {
+            ports: Some(vec![
+                port("TCP", 1, NODE_PORT - 1),
+                port("TCP", NODE_PORT + 1, u16::MAX),
+                port("UDP", 1, u16::MAX),
+                port("SCTP", 1, u16::MAX),
+            ]),
+            from: None,
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(rc, network_policy_name(rc)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(selector(rc))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..NetworkPolicySpec::default()
+        }),
     }
 }
 
@@ -620,6 +753,76 @@ mod tests {
             !data.contains_key("RAFTKIT_ADVERTISE"),
             "per-pod settings are not shared"
         );
+    }
+
+    fn operator_pods() -> OperatorPods {
+        OperatorPods {
+            namespace: "ops".into(),
+            labels: parse_labels(DEFAULT_OPERATOR_POD_LABELS).expect("labels"),
+        }
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_node_port_from_the_cluster_the_operator_and_listed_namespaces()
+    {
+        let mut r = owned();
+        r.spec.network_policy.allowed_namespaces = vec!["frontend".into()];
+        let policy = network_policy(&r, &operator_pods());
+        assert_eq!(policy.metadata.name.as_deref(), Some("demo-node"));
+        assert_eq!(policy.metadata.namespace.as_deref(), Some("prod"));
+        let owner = &policy.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("RaftCluster", "u-1")
+        );
+        let got = serde_json::to_value(policy.spec.expect("spec")).expect("json");
+        let other_ports = serde_json::json!({"ports": [
+            {"protocol": "TCP", "port": 1, "endPort": 8079},
+            {"protocol": "TCP", "port": 8081, "endPort": 65535},
+            {"protocol": "UDP", "port": 1, "endPort": 65535},
+            {"protocol": "SCTP", "port": 1, "endPort": 65535},
+        ]});
+        assert_eq!(
+            got,
+            serde_json::json!({
+                "podSelector": {"matchLabels": {"raftkit.io/cluster": "demo"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "ports": [{"protocol": "TCP", "port": 8080}],
+                        "from": [
+                            {"podSelector": {"matchLabels": {"raftkit.io/cluster": "demo"}}},
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                                "podSelector": {"matchLabels": {
+                                    "app.kubernetes.io/instance": "raftkit-operator",
+                                    "app.kubernetes.io/name": "raftkit-operator",
+                                }},
+                            },
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}},
+                        ],
+                    },
+                    other_ports,
+                ],
+            })
+        );
+        // Other ports left to the namespace's own policies.
+        r.spec.network_policy.other_ports_open = false;
+        let closed = network_policy(&r, &operator_pods()).spec.expect("spec");
+        let ingress = closed.ingress.expect("ingress");
+        assert_eq!(ingress.len(), 1, "only the node port is admitted");
+        assert_eq!(ingress[0].from.as_ref().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn operator_pod_labels_parse_and_refuse_an_empty_selector() {
+        assert_eq!(
+            parse_labels("a=1, b.io/c=x").expect("labels"),
+            BTreeMap::from([("a".into(), "1".into()), ("b.io/c".into(), "x".into())])
+        );
+        for bad in ["", "a", "=1", "a=1,"] {
+            assert!(parse_labels(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

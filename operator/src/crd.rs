@@ -81,6 +81,10 @@ pub struct RaftClusterSpec {
     /// Mutual TLS on the node port [default: none: plaintext].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Who may reach the node port: a NetworkPolicy the operator owns
+    /// [default: enabled, from the cluster's own pods and the operator only].
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Stop acting (status stays current; deletion is not blocked).
     #[serde(default)]
     pub paused: bool,
@@ -199,6 +203,44 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub admin_secret_name: Option<String>,
+}
+
+/// The NetworkPolicy `<cluster>-node` the operator owns: the node port
+/// (8080) admits only the cluster's own pods, the operator's pods and every
+/// pod of `allowedNamespaces`. Clients elsewhere (including other pods of
+/// the cluster's own namespace) are refused unless their namespace is
+/// listed; a sidecar app (`template`) reaches its node on localhost.
+/// It takes effect where the cluster's network plugin enforces
+/// NetworkPolicies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Make the policy [default: true]. false: the operator makes none
+    /// (one it made before stays until deleted; the node port is then
+    /// whatever the namespace's own policies say).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Namespaces whose pods (all of them) may reach the node port: your
+    /// applications [default: none].
+    #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")))]
+    pub allowed_namespaces: Vec<String>,
+    /// Every port but the node port stays open to all, as without a
+    /// policy (a sidecar app's own ports) [default: true]. false: only the
+    /// node port is admitted; the namespace's own policies decide the rest
+    /// (closed without one).
+    #[serde(default = "yes")]
+    pub other_ports_open: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            allowed_namespaces: Vec::new(),
+            other_ports_open: true,
+        }
+    }
 }
 
 /// Raft settings of every member (node flags).
@@ -411,6 +453,20 @@ impl RaftClusterSpec {
                 );
             }
         }
+        for ns in &self.network_policy.allowed_namespaces {
+            let label = ns.len() <= 63
+                && ns.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && ns.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && ns
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !label {
+                return bad(
+                    "networkPolicy.allowedNamespaces",
+                    format!("{ns:?} is not a namespace name (a DNS label)"),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -451,7 +507,33 @@ mod tests {
         assert!(rc.spec.storage.retain_on_scale_down);
         assert_eq!(rc.spec.storage.size, "1Gi");
         assert!(!rc.spec.paused);
+        assert!(rc.spec.network_policy.enabled, "the node port is guarded");
+        assert!(rc.spec.network_policy.allowed_namespaces.is_empty());
+        assert!(rc.spec.network_policy.other_ports_open);
         assert!(rc.spec.validate().is_ok());
+        let partial = parse("metadata: {name: d}\nspec: {replicas: 3, networkPolicy: {allowedNamespaces: [apps]}}\n");
+        assert_eq!(
+            partial.spec.network_policy,
+            NetworkPolicySpec {
+                allowed_namespaces: vec!["apps".into()],
+                ..NetworkPolicySpec::default()
+            },
+            "unset fields keep their defaults"
+        );
+    }
+
+    #[test]
+    fn allowed_namespaces_must_be_namespace_names() {
+        let mut rc = parse("metadata: {name: d}\nspec: {replicas: 3, networkPolicy: {allowedNamespaces: [apps, team-2]}}\n");
+        assert!(rc.spec.validate().is_ok());
+        for bad in ["Apps", "-apps", "apps-", "", "a_b"] {
+            rc.spec.network_policy.allowed_namespaces = vec![bad.into()];
+            assert_eq!(
+                rc.spec.validate().unwrap_err().field,
+                "networkPolicy.allowedNamespaces",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

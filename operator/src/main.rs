@@ -1,6 +1,7 @@
 //! `raftkit-operator`: parses the command line and hands over to the
 //! library (`local::run`, `crd`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use kube::CustomResourceExt;
 
 use raftkit_operator::backend::docker::DockerConfig;
 use raftkit_operator::backend::local::{LocalConfig, PodRuntime};
+use raftkit_operator::build;
 use raftkit_operator::crd::RaftCluster;
 use raftkit_operator::local::{self, LocalOptions};
 
@@ -71,9 +73,20 @@ enum Command {
             default_value = "raftkit-operator"
         )]
         lease_name: String,
-        /// The Lease's namespace (the operator's own).
+        /// The Lease's namespace: the operator's own, whose pods every
+        /// cluster's NetworkPolicy admits to the node port.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
+        /// The labels of the operator's own pods (key=value,...), admitted
+        /// to every cluster's node port; the chart and deploy/ set them to
+        /// the operator Deployment's selector labels.
+        #[arg(
+            long,
+            env = "RAFTKIT_OPERATOR_POD_LABELS",
+            default_value = build::DEFAULT_OPERATOR_POD_LABELS,
+            value_parser = build::parse_labels,
+        )]
+        operator_pod_labels: BTreeMap<String, String>,
         /// This replica's name in the Lease and in Events [default: the host name].
         #[arg(long, env = "POD_NAME")]
         instance: Option<String>,
@@ -104,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             instance,
             lease_duration_secs,
             watch_namespace,
+            operator_pod_labels,
         } => {
             let client = kube::Client::try_default().await?;
             let instance = instance.unwrap_or_else(|| {
@@ -118,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 instance,
                 lease_duration: Duration::from_secs(lease_duration_secs),
                 watch_namespace: watch_namespace.filter(|n| !n.is_empty()),
+                operator_pod_labels,
             };
             raftkit_operator::run::run(client, opts, shutdown_signal()).await?;
         }

@@ -3,6 +3,7 @@
 //! they own) and reconciles each, while renewing the lease; serves
 //! `/metrics` and `/healthz`. Stops acting when the lease is lost.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
 use crate::backend::kube::KubeBackend;
+use crate::build::OperatorPods;
 use crate::controller::{error_policy, reconcile_in_cluster, Context};
 use crate::crd::RaftCluster;
 use crate::leader::{LeaseLock, Outcome};
@@ -33,6 +35,9 @@ pub struct RunOptions {
     pub lease_duration: Duration,
     /// Watch RaftClusters in this namespace only; `None`: every namespace.
     pub watch_namespace: Option<String>,
+    /// The labels of this operator's pods (in `lease_namespace`, its own),
+    /// admitted to every cluster's node port by its NetworkPolicy.
+    pub operator_pod_labels: BTreeMap<String, String>,
 }
 
 /// Serves `/metrics` and `/healthz` until the process ends.
@@ -101,7 +106,14 @@ pub async fn run(
     }
     tracing::info!(instance = %opts.instance, "leading: reconciling RaftClusters");
     let ctx = Arc::new(Context {
-        backend: KubeBackend::new(client.clone(), Some(opts.instance.clone())),
+        backend: KubeBackend::new(
+            client.clone(),
+            Some(opts.instance.clone()),
+            OperatorPods {
+                namespace: opts.lease_namespace.clone(),
+                labels: opts.operator_pod_labels.clone(),
+            },
+        ),
         metrics,
     });
     let renewer = tokio::spawn(async move {

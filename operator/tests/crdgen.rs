@@ -61,4 +61,13 @@ fn the_crd_has_the_names_subresources_and_checks_users_rely_on() {
         rule.contains("oldSelf.storageClassName"),
         "the storage class is immutable: {rule}"
     );
+    // The API server fills in spec.networkPolicy: a cluster made without
+    // it is guarded.
+    let np = &props["networkPolicy"];
+    assert_eq!(np["default"]["enabled"], true);
+    assert_eq!(np["default"]["otherPortsOpen"], true);
+    assert_eq!(np["properties"]["enabled"]["default"], true);
+    assert!(np["properties"]["allowedNamespaces"]["items"]["pattern"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("^[a-z0-9]")));
 }

@@ -1,6 +1,6 @@
 //! The exact requests the Kubernetes backend and the leader election make,
 //! against a mock API server (tower-test): server-side apply of every owned
-//! object under one field manager (the TLS Secrets too), the status
+//! object under one field manager (the TLS Secrets and the NetworkPolicy too), the status
 //! subresource, Events, pod and claim deletion, and the Lease.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +12,7 @@ use kube::client::Body;
 use kube::Client;
 use raftkit_operator::backend::kube::{KubeBackend, FIELD_MANAGER};
 use raftkit_operator::backend::{EventType, Workload};
+use raftkit_operator::build::OperatorPods;
 use raftkit_operator::crd::{RaftCluster, RaftClusterStatus};
 use raftkit_operator::leader::{LeaseLock, Outcome};
 use serde_json::{json, Value};
@@ -24,6 +25,17 @@ fn rc() -> RaftCluster {
         "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3}\n",
     )
     .unwrap()
+}
+
+/// The operator's own pods, as `raftkit-operator run` is told them.
+fn operator_pods() -> OperatorPods {
+    OperatorPods {
+        namespace: "ops".into(),
+        labels: [("app.kubernetes.io/name", "raftkit-operator")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
 }
 
 fn mock_client() -> (Client, ApiHandle) {
@@ -108,7 +120,7 @@ fn assert_applied(s: &Seen, path: &str) {
 #[tokio::test]
 async fn the_workload_is_server_side_applied_object_by_object_under_one_field_manager() {
     let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, Some("op-0".into()));
+    let backend = KubeBackend::new(client, Some("op-0".into()), operator_pods());
     let r = rc();
     let call = tokio::spawn(async move { backend.apply(&r, 3, "abc").await });
     let expected = [
@@ -116,6 +128,7 @@ async fn the_workload_is_server_side_applied_object_by_object_under_one_field_ma
         "/api/v1/namespaces/prod/services/demo-peers",
         "/api/v1/namespaces/prod/services/demo",
         "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/demo-node",
         "/apis/apps/v1/namespaces/prod/statefulsets/demo",
     ];
     let mut seen = Vec::new();
@@ -125,7 +138,7 @@ async fn the_workload_is_server_side_applied_object_by_object_under_one_field_ma
         seen.push(s);
     }
     call.await.unwrap().unwrap();
-    let sts = &seen[4].body;
+    let sts = &seen[5].body;
     assert_eq!(sts["spec"]["replicas"], 3);
     assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
     assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
@@ -136,6 +149,51 @@ async fn the_workload_is_server_side_applied_object_by_object_under_one_field_ma
         "abc"
     );
     assert_eq!(seen[1].body["spec"]["publishNotReadyAddresses"], true);
+    let np = &seen[4].body;
+    assert_eq!(np["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(np["kind"], "NetworkPolicy");
+    assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    assert_eq!(
+        np["spec"]["podSelector"],
+        json!({"matchLabels": {"raftkit.io/cluster": "demo"}})
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"][0],
+        json!({
+            "ports": [{"protocol": "TCP", "port": 8080}],
+            "from": [
+                {"podSelector": {"matchLabels": {"raftkit.io/cluster": "demo"}}},
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "raftkit-operator"}},
+                },
+            ],
+        })
+    );
+    assert!(
+        np["spec"]["ingress"][1]["from"].is_null(),
+        "every other port from anywhere"
+    );
+}
+
+#[tokio::test]
+async fn with_the_network_policy_off_none_is_applied() {
+    let (client, mut handle) = mock_client();
+    let backend = KubeBackend::new(client, None, operator_pods());
+    let mut r = rc();
+    r.spec.network_policy.enabled = false;
+    let call = tokio::spawn(async move { backend.apply(&r, 3, "abc").await });
+    let mut paths = Vec::new();
+    for _ in 0..5 {
+        paths.push(echo(&mut handle).await.path);
+    }
+    call.await.unwrap().unwrap();
+    assert!(
+        paths.iter().all(|p| !p.contains("networkpolicies")),
+        "{paths:?}"
+    );
+    assert_eq!(paths[4], "/apis/apps/v1/namespaces/prod/statefulsets/demo");
 }
 
 /// The members' Secret the operator makes for `demo` in `prod`.
@@ -154,7 +212,7 @@ fn nodes_secret() -> k8s_openapi::api::core::v1::Secret {
 #[tokio::test]
 async fn tls_secrets_are_read_by_name_and_server_side_applied_owned_by_the_cluster() {
     let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, None);
+    let backend = KubeBackend::new(client, None, operator_pods());
     let r = rc();
     let secret = nodes_secret();
     let sent = secret.clone();
@@ -228,7 +286,7 @@ async fn tls_secrets_are_read_by_name_and_server_side_applied_owned_by_the_clust
 #[tokio::test]
 async fn status_is_applied_to_the_status_subresource() {
     let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, None);
+    let backend = KubeBackend::new(client, None, operator_pods());
     let r = rc();
     let status = RaftClusterStatus {
         phase: "Running".into(),
@@ -259,7 +317,7 @@ async fn status_is_applied_to_the_status_subresource() {
 #[tokio::test]
 async fn events_are_recorded_on_the_raftcluster() {
     let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, Some("op-0".into()));
+    let backend = KubeBackend::new(client, Some("op-0".into()), operator_pods());
     let r = rc();
     let call = tokio::spawn(async move {
         backend
@@ -286,7 +344,7 @@ async fn events_are_recorded_on_the_raftcluster() {
 #[tokio::test]
 async fn a_wiped_pod_loses_its_claim_first_and_missing_objects_are_not_errors() {
     let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, None);
+    let backend = KubeBackend::new(client, None, operator_pods());
     let r = rc();
     let call = tokio::spawn(async move { backend.wipe_pod(&r, "demo-2").await });
     let s = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;

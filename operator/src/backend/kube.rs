@@ -1,11 +1,12 @@
-//! The Kubernetes workload: the StatefulSet, its Services, PodDisruptionBudget
-//! and ConfigMap (built by `build`), and the TLS Secrets (built by `tls`),
+//! The Kubernetes workload: the StatefulSet, its Services, PodDisruptionBudget,
+//! ConfigMap and NetworkPolicy (built by `build`), and the TLS Secrets (built by `tls`),
 //! applied with server-side apply under one field manager, owned by the
 //! RaftCluster; its pods and their PVCs; the RaftCluster's status
 //! subresource; Events.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
@@ -25,11 +26,14 @@ pub const FIELD_MANAGER: &str = "raftkit-operator";
 pub struct KubeBackend {
     client: Client,
     recorder: Recorder,
+    /// Admitted to every cluster's node port (`build::network_policy`).
+    operator: build::OperatorPods,
 }
 
 impl KubeBackend {
-    /// `instance` names this operator replica in Events (its pod name).
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    /// `instance` names this operator replica in Events (its pod name);
+    /// `operator` is where this operator's pods run and their labels.
+    pub fn new(client: Client, instance: Option<String>, operator: build::OperatorPods) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance,
@@ -37,6 +41,7 @@ impl KubeBackend {
         KubeBackend {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            operator,
         }
     }
 
@@ -195,6 +200,12 @@ impl Workload for KubeBackend {
             .await?;
         self.apply::<PodDisruptionBudget>(rc, &build::pod_disruption_budget(rc))
             .await?;
+        // Before the StatefulSet: its pods never serve unguarded. Turned
+        // off, a policy applied before is left alone (never deleted here).
+        if rc.spec.network_policy.enabled {
+            let policy = build::network_policy(rc, &self.operator);
+            self.apply::<NetworkPolicy>(rc, &policy).await?;
+        }
         let sts = build::stateful_set(rc, &ns, replicas, revision)
             .map_err(|e| Error::Workload(e.to_string()))?;
         self.apply::<StatefulSet>(rc, &sts).await

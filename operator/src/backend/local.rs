@@ -644,6 +644,9 @@ impl Workload for LocalBackend {
     }
 
     async fn apply(&self, rc: &RaftCluster, replicas: u32, revision: &str) -> Result<(), Error> {
+        // No NetworkPolicy here: processes on loopback and containers on a
+        // network of their own have nothing that would enforce one, so
+        // `spec.networkPolicy` is ignored.
         if let PodRuntime::Containers(_) = &self.cfg.runtime {
             docker::check_image(&rc.spec.image).await?;
         }

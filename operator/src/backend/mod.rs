@@ -2,8 +2,10 @@
 //! `local` runs pods as `raftkit-node` processes on this machine, or as
 //! containers on a Docker network (`docker`), with StatefulSet-like names,
 //! addresses and persistent data directories.
-//! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap, Secrets
-//! through kube-rs) implements the same trait.
+//! The Kubernetes backend (StatefulSet, Services, PDB, ConfigMap,
+//! NetworkPolicy, Secrets through kube-rs) implements the same trait. The
+//! local backends have no network to guard and make no NetworkPolicy
+//! (`spec.networkPolicy` is ignored there).
 
 pub mod docker;
 pub mod kube;
