@@ -9,8 +9,9 @@ and jsonschema. No cluster is needed. It:
 - renders charts/raftkit-operator with Helm's library for the default values
   and a few overrides, checks what each rendering holds (least-privilege
   RBAC, a Role instead of a ClusterRole when one namespace is watched, the
-  restricted security context, probes, the env the operator reads, the
-  NetworkPolicy of RaftCluster pods and exactly whom it admits), lints
+  restricted security context, probes, the env the operator reads (its own
+  pods' labels, which every RaftCluster's NetworkPolicy admits), the
+  operator pods' NetworkPolicy and exactly whom it admits), lints
   the chart, and checks values.schema.json refuses bad values;
 - validates every rendered object and every file in crds/, deploy/ and
   examples/ against the Kubernetes schemas, strictly (unknown fields fail);
@@ -65,6 +66,8 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     # The TLS Secrets (operator/src/tls.rs), read by name and applied.
     ("", "secrets"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "update"},
+    # Each RaftCluster's NetworkPolicy (build::network_policy), applied.
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -76,12 +79,9 @@ LEASE_RULES: dict[tuple[str, str], set[str]] = {
 # Failed checkov checks we accept, each with why. A skip no longer needed
 # fails too, so this table stays true.
 #
-# CKV2_K8S_6 (pods without a NetworkPolicy) passes, but not because the
-# operator's own pods have a policy: checkov reads the chart's policy for
-# RaftCluster pods (a podSelector by matchExpressions, no matchLabels) as
-# selecting every pod it scans. The operator's pods accept connections
-# only on their metrics port and need egress to the API server and to every
-# RaftCluster pod; their admission is left to the cluster's own policies.
+# CKV2_K8S_6 (pods without a NetworkPolicy) passes: the chart gives the
+# operator's pods one (metrics port only); RaftCluster pods get theirs from
+# the operator (build::network_policy), not from a manifest checkov sees.
 CHECKOV_SKIPS: dict[str, str] = {
     "CKV_K8S_43": "image by digest: raftkit:<version> is built from this "
     "repository and loaded into the cluster (kind load, a private registry); "
@@ -400,6 +400,17 @@ def check_deployment(objs: list[dict[str, Any]], values: dict[str, Any]) -> None
     watched = env.get("RAFTKIT_OPERATOR_WATCH_NAMESPACE", {}).get("value", "")
     ensure(watched == values["watchNamespace"],
            f"watch namespace env {watched!r}, values say {values['watchNamespace']!r}")
+    # The operator admits its own pods to every RaftCluster's node port by
+    # these labels: they must be exactly the Deployment's selector, and with
+    # the default release name the operator's built-in default (deploy/).
+    pod_labels = env.get("RAFTKIT_OPERATOR_POD_LABELS", {}).get("value", "")
+    parsed = dict(kv.split("=", 1) for kv in pod_labels.split(",") if "=" in kv)
+    ensure(parsed == dep["spec"]["selector"]["matchLabels"],
+           f"RAFTKIT_OPERATOR_POD_LABELS {pod_labels!r} is not the Deployment's selector "
+           f"{dep['spec']['selector']['matchLabels']}")
+    ensure(pod_labels == build_rs_const("DEFAULT_OPERATOR_POD_LABELS"),
+           f"RAFTKIT_OPERATOR_POD_LABELS {pod_labels!r} differs from the operator's default "
+           f"(operator/src/build.rs DEFAULT_OPERATOR_POD_LABELS)")
     port = values["metrics"]["port"]
     ensure(env["RAFTKIT_OPERATOR_METRICS_ADDR"]["value"] == f"0.0.0.0:{port}", "metrics address")
     ensure({"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"], "metrics port")
@@ -444,21 +455,11 @@ def check_service(objs: list[dict[str, Any]], values: dict[str, Any]) -> None:
 
 def build_rs_const(name: str) -> str:
     """A constant of operator/src/build.rs (the operator's object builders),
-    so the chart's policy is checked against what the operator makes."""
+    so the chart is checked against what the operator makes."""
     text = (ROOT / "operator" / "src" / "build.rs").read_text()
-    m = re.search(rf"pub const {name}: [^=]+= \"?([^\";]+)\"?;", text)
+    m = re.search(rf"pub const {name}: [^=]+=\s*\"?([^\";]+)\"?;", text)
     ensure(m is not None, f"operator/src/build.rs has no constant {name}")
     return m.group(1)
-
-
-def network_policy_namespaces(values: dict[str, Any]) -> list[str]:
-    """Where the chart must put the NetworkPolicy of RaftCluster pods."""
-    np = values["networkPolicy"]
-    if not np["enabled"]:
-        return []
-    if values["watchNamespace"]:
-        return [values["watchNamespace"]]
-    return sorted(set(np.get("clusterNamespaces", [])))
 
 
 def port_matches(entry: dict[str, Any], port: int, protocol: str) -> bool:
@@ -488,44 +489,35 @@ def canonical(peers: list[dict] | None) -> list[str] | None:
 
 
 def check_network_policy(objs: list[dict[str, Any]], values: dict[str, Any]) -> None:
-    """One policy per namespace that holds RaftClusters; it selects every
-    RaftCluster pod (the label build.rs puts on them) and admits their node
-    port exactly from RaftCluster pods of the namespace, the operator's pods
-    and the allowed namespaces; other ports open to all or closed, as asked."""
-    cluster_label = build_rs_const("CLUSTER_LABEL")
-    node_port = int(build_rs_const("NODE_PORT"))
+    """The operator's own pods: one policy in the release namespace selecting
+    exactly them (the Deployment's selector), ingress only, admitting the
+    metrics port from metricsNamespaces (anyone when none) and nothing else.
+    RaftCluster pods are the operator's to guard (build::network_policy):
+    no policy of the chart selects them."""
     policies = by_kind(objs, "NetworkPolicy")
-    want_ns = network_policy_namespaces(values)
-    got_ns = sorted(p["metadata"]["namespace"] for p in policies)
-    ensure(got_ns == want_ns, f"NetworkPolicies in {got_ns}, expected in {want_ns}")
-    operator_pods = one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
-    np = values["networkPolicy"]
-    raftcluster_pods = {"matchExpressions": [{"key": cluster_label, "operator": "Exists"}]}
-    expected = [
-        {"podSelector": raftcluster_pods},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
-         "podSelector": {"matchLabels": operator_pods}},
-    ] + [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
-         for ns in np.get("allowedNamespaces", [])]
-    for p in policies:
-        spec = p["spec"]
-        where = ident(p)
-        ensure(spec["podSelector"] == raftcluster_pods,
-               f"{where} selects {spec['podSelector']}, not every pod labelled {cluster_label}")
-        ensure(spec.get("policyTypes") == ["Ingress"] and "egress" not in spec,
-               f"{where} must be about ingress only, has {spec.get('policyTypes')}")
-        got = canonical(admitted(p, node_port))
-        ensure(got == canonical(expected),
-               f"{where} admits port {node_port} from {got if got is not None else 'anyone'}, "
-               f"expected exactly {canonical(expected)}")
-        others = [(1, "TCP"), (node_port - 1, "TCP"), (node_port + 1, "TCP"), (65535, "TCP"),
-                  (53, "UDP"), (9000, "SCTP")]
-        for port, proto in others:
-            got = admitted(p, port, proto)
-            if np.get("otherPortsOpen", True):
-                ensure(got is None, f"{where}: otherPortsOpen, yet {proto} {port} admits only {got}")
-            else:
-                ensure(got == [], f"{where}: otherPortsOpen false, yet {proto} {port} admits {got}")
+    if not values["networkPolicy"]["enabled"]:
+        ensure(not policies, f"networkPolicy.enabled=false, yet {[ident(p) for p in policies]} rendered")
+        return
+    ensure(len(policies) == 1, f"one NetworkPolicy expected, found {[ident(p) for p in policies]}")
+    p = policies[0]
+    spec, where = p["spec"], ident(p)
+    ensure(p["metadata"]["namespace"] == NAMESPACE, f"{where} is not in {NAMESPACE}")
+    operator_pods = {"matchLabels": one(objs, "Deployment")["spec"]["selector"]["matchLabels"]}
+    ensure(spec["podSelector"] == operator_pods,
+           f"{where} selects {spec['podSelector']}, not the operator's pods {operator_pods}")
+    ensure(spec.get("policyTypes") == ["Ingress"] and "egress" not in spec,
+           f"{where} must be about ingress only, has {spec.get('policyTypes')}")
+    port = values["metrics"]["port"]
+    listed = values["networkPolicy"].get("metricsNamespaces", [])
+    expected = canonical([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+                          for ns in listed] if listed else None)
+    got = canonical(admitted(p, port))
+    ensure(got == expected, f"{where} admits port {port} from {got if got is not None else 'anyone'}, "
+           f"expected exactly {expected if expected is not None else 'anyone'}")
+    for other, proto in [(1, "TCP"), (port - 1, "TCP"), (port + 1, "TCP"), (65535, "TCP"),
+                         (53, "UDP"), (9000, "SCTP")]:
+        got_other = admitted(p, other, proto)
+        ensure(got_other == [], f"{where}: {proto} {other} admits {got_other if got_other is not None else 'anyone'}")
 
 
 # Renderings checked: (name, values given to helm, what to expect).
@@ -537,9 +529,8 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [
       "image": {"repository": "registry.example/raftkit", "tag": "0.1.0-rc1", "pullPolicy": "Always"}}),
     ("replicas=3, metrics port 9090, lease 30 s",
      {"replicas": 3, "metrics": {"port": 9090, "service": {"port": 9090}}, "leaseDurationSecs": 30}),
-    ("every namespace watched, NetworkPolicy in team-a and team-b, apps from frontend, other ports closed",
-     {"networkPolicy": {"clusterNamespaces": ["team-a", "team-b"], "allowedNamespaces": ["frontend"],
-                        "otherPortsOpen": False}}),
+    ("metrics scraped from monitoring and team-a only",
+     {"networkPolicy": {"metricsNamespaces": ["monitoring", "team-a"]}}),
     ("watchNamespace=apps, NetworkPolicy off",
      {"watchNamespace": "apps", "networkPolicy": {"enabled": False}}),
 ]
@@ -634,9 +625,11 @@ def main() -> int:
                    {"watchNamespace": "Not_A_Namespace"}, {"leaseDurationSecs": 1},
                    {"metrics": {"service": {"enabled": "yes"}}},
                    {"networkPolicy": {"enabled": "yes"}},
-                   {"networkPolicy": {"allowedNamespaces": ["Not_A_Namespace"]}},
-                   {"networkPolicy": {"allowNamespaces": ["apps"]}},
-                   {"watchNamespace": "apps", "networkPolicy": {"clusterNamespaces": ["b"]}}]
+                   {"networkPolicy": {"metricsNamespaces": ["Not_A_Namespace"]}},
+                   {"networkPolicy": {"metricsNamespace": ["apps"]}},
+                   # The RaftCluster pods' policy is the operator's now.
+                   {"networkPolicy": {"allowedNamespaces": ["apps"]}},
+                   {"networkPolicy": {"clusterNamespaces": ["b"]}}]
             for b in bad:
                 try:
                     chart.validate_schema(chart.merge_values(b))
@@ -757,14 +750,14 @@ def main() -> int:
     def network_policy_check_bites() -> str:
         # check_network_policy must refuse a policy that admits too much or
         # too little, each for its own reason, or its passes above prove
-        # nothing. Two renderings: other ports closed (with an allowed
-        # namespace) and open.
-        closed, open_ = SCENARIOS[4][0], SCENARIOS[1][0]
-        for name in (closed, open_):
+        # nothing. Two renderings: metrics from anyone (the defaults) and
+        # from listed namespaces.
+        anyone, listed, off = SCENARIOS[0][0], SCENARIOS[4][0], SCENARIOS[5][0]
+        for name in (anyone, listed):
             ensure(name in rendered and by_kind(rendered[name], "NetworkPolicy"),
                    f"scenario {name!r} rendered no NetworkPolicy")
 
-        def node_rule(p: dict) -> dict:
+        def metrics_rule(p: dict) -> dict:
             return p["spec"]["ingress"][0]
 
         def add_rule(rule: dict) -> Callable[[dict], None]:
@@ -772,26 +765,24 @@ def main() -> int:
 
         # what -> (scenario, mutation, words the refusal must hold)
         broken: dict[str, tuple[str, Callable[[dict], Any], str]] = {
-            "from every namespace": (
-                closed, lambda p: node_rule(p)["from"].append({"namespaceSelector": {}}), "admits port 8080"),
-            "from anyone (no from)": (closed, lambda p: node_rule(p).pop("from"), "from anyone"),
-            "the node port moved to 8081": (
-                closed, lambda p: node_rule(p)["ports"][0].update(port=8081), "admits port 8080 from []"),
-            "the operator's pods from any namespace": (
-                closed, lambda p: node_rule(p)["from"][1].pop("namespaceSelector"), "admits port 8080"),
-            "the allowed namespace dropped": (
-                closed, lambda p: node_rule(p)["from"].pop(), "admits port 8080"),
+            "metrics from every namespace": (
+                listed, lambda p: metrics_rule(p)["from"].append({"namespaceSelector": {}}), "admits port"),
+            "metrics from anyone (no from)": (listed, lambda p: metrics_rule(p).pop("from"), "from anyone"),
+            "a listed namespace dropped": (listed, lambda p: metrics_rule(p)["from"].pop(), "admits port"),
+            "the metrics port moved": (
+                anyone, lambda p: metrics_rule(p)["ports"][0].update(port=9999), "admits port 8080 from []"),
             "every pod of the namespace selected": (
-                closed, lambda p: p["spec"].update(podSelector={}), "not every pod labelled"),
+                anyone, lambda p: p["spec"].update(podSelector={}), "not the operator's pods"),
+            "RaftCluster pods selected": (
+                anyone, lambda p: p["spec"].update(podSelector={"matchExpressions": [
+                    {"key": build_rs_const("CLUSTER_LABEL"), "operator": "Exists"}]}),
+                "not the operator's pods"),
             "egress too": (
-                closed, lambda p: p["spec"].update(policyTypes=["Ingress", "Egress"]), "ingress only"),
-            "other ports closed, yet UDP 53 open": (
-                closed, add_rule({"ports": [{"protocol": "UDP", "port": 53}]}), "UDP 53 admits"),
-            "other ports open, yet 8080 among them": (
-                open_, add_rule({"ports": [{"protocol": "TCP", "port": 1, "endPort": 65535}]}),
-                "from anyone"),
-            "other ports open, yet UDP left out": (
-                open_, lambda p: p["spec"]["ingress"][1]["ports"].pop(2), "UDP 53 admits only []"),
+                anyone, lambda p: p["spec"].update(policyTypes=["Ingress", "Egress"]), "ingress only"),
+            "UDP 53 open": (anyone, add_rule({"ports": [{"protocol": "UDP", "port": 53}]}), "UDP 53 admits"),
+            "every port open": (
+                anyone, add_rule({"ports": [{"protocol": "TCP", "port": 1, "endPort": 65535}]}),
+                "TCP 1 admits anyone"),
         }
         for what, (name, mutate, words) in broken.items():
             bad = copy.deepcopy(rendered[name])
@@ -804,14 +795,32 @@ def main() -> int:
                 continue
             raise Failed(f"a NetworkPolicy with {what} passes")
         try:
-            check_network_policy([o for o in rendered[closed] if o["kind"] != "NetworkPolicy"],
-                                 merged_values[closed])
+            check_network_policy([o for o in rendered[anyone] if o["kind"] != "NetworkPolicy"],
+                                 merged_values[anyone])
             raise Failed("a missing NetworkPolicy passes")
         except Failed as e:
-            ensure("expected in" in str(e), str(e))
-        return f"{len(broken) + 1} broken policies refused, each for its reason"
+            ensure("one NetworkPolicy expected" in str(e), str(e))
+        try:
+            check_network_policy(rendered[off] + by_kind(rendered[anyone], "NetworkPolicy"),
+                                 merged_values[off])
+            raise Failed("a NetworkPolicy rendered with networkPolicy.enabled=false passes")
+        except Failed as e:
+            ensure("enabled=false" in str(e), str(e))
+        # The labels the operator admits as its own pods must be the
+        # Deployment's selector.
+        bad = copy.deepcopy(rendered[anyone])
+        c = one(bad, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        for e in c["env"]:
+            if e["name"] == "RAFTKIT_OPERATOR_POD_LABELS":
+                e["value"] = "app.kubernetes.io/name=raftkit-operator"
+        try:
+            check_deployment(bad, merged_values[anyone])
+            raise Failed("RAFTKIT_OPERATOR_POD_LABELS other than the Deployment's selector passes")
+        except Failed as e:
+            ensure("is not the Deployment's selector" in str(e), str(e))
+        return f"{len(broken) + 3} broken policies and operator pod labels refused, each for its reason"
 
-    run.check("the NetworkPolicy check refuses broken policies", network_policy_check_bites)
+    run.check("the NetworkPolicy checks refuse broken policies", network_policy_check_bites)
 
     def deploy_is_chart_defaults() -> str:
         # deploy/ is hand-written for reading; it must install what

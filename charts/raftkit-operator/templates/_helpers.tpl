@@ -26,6 +26,12 @@ app.kubernetes.io/name: {{ include "raftkit-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The selector labels as key=value,key=value: RAFTKIT_OPERATOR_POD_LABELS,
+which the operator admits to every cluster's node port. */}}
+{{- define "raftkit-operator.selectorLabelsFlag" -}}
+app.kubernetes.io/name={{ include "raftkit-operator.name" . }},app.kubernetes.io/instance={{ .Release.Name }}
+{{- end -}}
+
 {{- define "raftkit-operator.labels" -}}
 {{ include "raftkit-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -37,7 +43,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* What the operator does to the objects of the RaftClusters it watches,
 and nothing more: it applies with server-side apply (patch), reads through
 watches (list, watch), reads and applies the TLS Secrets of clusters with
-spec.tls by name (get, patch; never list or watch), deletes pods to restart
+spec.tls by name (get, patch; never list or watch), applies each cluster's
+NetworkPolicy (get, create, patch; never deleted: owner references do it), deletes pods to restart
 them and PVCs of removed members, and records Events. deploy/rbac.yaml holds the same rules; the
 packaging test checks they agree. */}}
 {{- define "raftkit-operator.rules" -}}
@@ -56,6 +63,9 @@ packaging test checks they agree. */}}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "update"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
@@ -68,18 +78,4 @@ packaging test checks they agree. */}}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- end -}}
-
-{{/* The namespaces that get the NetworkPolicy of RaftCluster pods, as a
-JSON list (networkpolicy.yaml says why): watchNamespace, or
-networkPolicy.clusterNamespaces when every namespace is watched; none when
-networkPolicy.enabled is false. */}}
-{{- define "raftkit-operator.networkPolicyNamespaces" -}}
-{{- if not .Values.networkPolicy.enabled -}}
-[]
-{{- else if .Values.watchNamespace -}}
-{{- list .Values.watchNamespace | toJson -}}
-{{- else -}}
-{{- .Values.networkPolicy.clusterNamespaces | default list | uniq | toJson -}}
-{{- end -}}
 {{- end -}}
