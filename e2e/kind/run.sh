@@ -126,7 +126,10 @@ kubectl wait --for=condition=Available deployment/raftkit-operator -n raftkit-sy
     --timeout "${timeout_s}s" >&2
 
 kubectl create namespace "$ns" >&2
-sed "s|^  image: .*|  image: $image|" examples/raftcluster.yaml | kubectl apply -n "$ns" -f - >&2
+# The writer and reader below run in $ns: the cluster's NetworkPolicy admits them.
+sed -e "s|^  image: .*|  image: $image|" \
+    -e "/^spec:/a\\  networkPolicy: { allowedNamespaces: [$ns] }" \
+    examples/raftcluster.yaml | kubectl apply -n "$ns" -f - >&2
 kubectl wait --for=condition=Available raftcluster/demo -n "$ns" --timeout "${timeout_s}s" >&2
 wait_until "3 members ready" ready_at 3
 
