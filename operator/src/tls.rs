@@ -30,10 +30,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Secret, SecretVolumeSource, Volume, Vol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::Resource;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-};
+use raftkit_tls::issue::{key_belongs, Ca, LeafSpec};
 use x509_parser::certificate::X509Certificate;
 
 use raftkit_proto::settings;
@@ -51,7 +48,7 @@ pub const OU_ADMIN: &str = raftkit_tls::ROLE_ADMIN;
 /// calls and status.
 pub const OU_CLIENT: &str = raftkit_tls::ROLE_CLIENT;
 /// Organization of every certificate the operator issues.
-pub const ORGANIZATION: &str = "raftkit";
+pub use raftkit_tls::issue::ORGANIZATION;
 
 const DAY: u64 = 24 * 60 * 60;
 /// How long the CA is valid. Its renewal is not automated yet (it needs a
@@ -62,7 +59,7 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * DAY);
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * DAY);
 /// Certificates start this long before they are issued, so a node whose
 /// clock is a little behind the operator's accepts them at once.
-pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub use raftkit_tls::issue::BACKDATE;
 /// Renew a certificate once less than a third of its lifetime remains (30
 /// days of 90).
 pub const RENEW_WHEN_REMAINING: LifetimeShare = LifetimeShare {
@@ -86,22 +83,23 @@ const SECRET_TYPE_OPAQUE: &str = "Opaque";
 /// What went wrong with a certificate, a key or a Secret; each names what.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// rcgen refused to make a key or a certificate.
+    /// The issuer refused to make a key or a certificate.
     #[error("issuing {what}: {source}")]
     Issue {
         what: String,
         #[source]
-        source: rcgen::Error,
+        source: raftkit_tls::TlsError,
     },
     /// A PEM that should hold one X.509 certificate does not.
     #[error("{what}: not a PEM X.509 certificate: {problem}")]
     BadCertificate { what: String, problem: String },
-    /// A PEM that should hold a private key does not.
-    #[error("{what}: not a PEM private key: {source}")]
+    /// A PEM that should hold a private key does not, or the CA cannot be
+    /// rebuilt from it.
+    #[error("{what}: {source}")]
     BadKey {
         what: String,
         #[source]
-        source: rcgen::Error,
+        source: raftkit_tls::TlsError,
     },
     /// The private key is not the certificate's.
     #[error("{what}: the private key does not belong to the certificate")]
@@ -139,16 +137,6 @@ impl Role {
             Role::Client => OU_CLIENT,
         }
     }
-
-    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
-        match self {
-            Role::Node => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            Role::Admin | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        }
-    }
 }
 
 /// A share of a certificate's lifetime, `numerator / denominator`.
@@ -158,22 +146,8 @@ pub struct LifetimeShare {
     pub denominator: u32,
 }
 
-/// A certificate and its private key, both PEM.
-#[derive(Clone, PartialEq, Eq)]
-pub struct IssuedCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl fmt::Debug for IssuedCert {
-    /// Without the private key.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedCert")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"[elided]")
-            .finish()
-    }
-}
+/// A certificate and its private key, both PEM (shown without the key).
+pub use raftkit_tls::issue::Issued as IssuedCert;
 
 /// Why a certificate was issued in place of what a Secret held.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,18 +255,17 @@ pub fn node_sans(rc: &RaftCluster, namespace: &str, host: &str) -> Vec<String> {
 
 // ----------------------------------------------------------------- the CA
 
-/// A cluster's CA: its certificate, and the key that signs the others.
+/// A cluster's CA: its certificate, and the key that signs the others
+/// (issued by `raftkit_tls::issue`, the one issuer).
 pub struct ClusterCa {
-    cert_pem: String,
-    key_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    ca: Ca,
 }
 
 impl fmt::Debug for ClusterCa {
     /// Without the private key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterCa")
-            .field("cert_pem", &self.cert_pem)
+            .field("cert_pem", &self.ca.issued.cert_pem)
             .finish_non_exhaustive()
     }
 }
@@ -300,53 +273,44 @@ impl fmt::Debug for ClusterCa {
 impl ClusterCa {
     /// A new CA for `rc`, valid [`CA_VALIDITY`] from `now`.
     pub fn generate(rc: &RaftCluster, now: SystemTime) -> Result<Self> {
-        let what = format!("the CA of {}", cluster_name(rc));
-        let issue = |source| TlsError::Issue {
-            what: what.clone(),
+        let ca = Ca::generate(
+            &format!("RaftKit CA {}", cluster_name(rc)),
+            now,
+            CA_VALIDITY,
+        )
+        .map_err(|source| TlsError::Issue {
+            what: format!("the CA of {}", cluster_name(rc)),
             source,
-        };
-        let key = KeyPair::generate().map_err(issue)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = subject(&format!("RaftKit CA {}", cluster_name(rc)), None);
-        // Leaves only: no intermediate CA below it.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        set_validity(&mut params, now, CA_VALIDITY)?;
-        let cert = params.self_signed(&key).map_err(issue)?;
-        Ok(ClusterCa {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            issuer: Issuer::new(params, key),
-        })
+        })?;
+        Ok(ClusterCa { ca })
     }
 
     /// The CA read back from its PEM certificate and key (`what` names
     /// where they came from, for errors).
     pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Self> {
-        let key = KeyPair::from_pem(key_pem).map_err(|source| TlsError::BadKey {
-            what: what.to_string(),
-            source,
-        })?;
-        let spki = with_cert(cert_pem, what, |c| c.public_key().raw.to_vec())?;
-        if spki != key.subject_public_key_info() {
-            return Err(TlsError::KeyMismatch {
-                what: what.to_string(),
-            });
+        match key_belongs(cert_pem, key_pem) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(TlsError::KeyMismatch {
+                    what: what.to_string(),
+                })
+            }
+            Err(source) => {
+                return Err(TlsError::BadKey {
+                    what: what.to_string(),
+                    source,
+                })
+            }
         }
-        let issuer =
-            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| TlsError::BadCertificate {
-                what: what.to_string(),
-                problem: e.to_string(),
-            })?;
-        Ok(ClusterCa {
+        let ca = Ca::from_pem(IssuedCert {
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
-            issuer,
         })
+        .map_err(|e| TlsError::BadCertificate {
+            what: what.to_string(),
+            problem: e.to_string(),
+        })?;
+        Ok(ClusterCa { ca })
     }
 
     /// The CA read back from its Secret ([`ca_secret_name`]).
@@ -359,7 +323,7 @@ impl ClusterCa {
 
     /// The CA's certificate, PEM: what every party trusts.
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        &self.ca.issued.cert_pem
     }
 
     /// The CA's Secret, owned by `rc`.
@@ -369,8 +333,8 @@ impl ClusterCa {
             ca_secret_name(rc),
             SECRET_TYPE_OPAQUE,
             [
-                (CA_CRT.to_string(), self.cert_pem.clone()),
-                (CA_KEY.to_string(), self.key_pem.clone()),
+                (CA_CRT.to_string(), self.ca.issued.cert_pem.clone()),
+                (CA_KEY.to_string(), self.ca.issued.key_pem.clone()),
             ],
         )
     }
@@ -388,23 +352,16 @@ impl ClusterCa {
             "the {} certificate {common_name}",
             role.organizational_unit()
         );
-        let issue = |source| TlsError::Issue {
-            what: what.clone(),
-            source,
-        };
-        let key = KeyPair::generate().map_err(issue)?;
-        let mut params = CertificateParams::new(sans.to_vec()).map_err(issue)?;
-        params.distinguished_name = subject(common_name, Some(role.organizational_unit()));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = role.extended_key_usages();
-        params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, now, LEAF_VALIDITY)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(issue)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let spec = LeafSpec::at(
+            common_name,
+            role.organizational_unit(),
+            sans.to_vec(),
+            now,
+            LEAF_VALIDITY,
+        );
+        self.ca
+            .issue(&spec)
+            .map_err(|source| TlsError::Issue { what, source })
     }
 
     /// Pod `ordinal`'s certificate, the pod advertising `host`: common
@@ -437,17 +394,18 @@ impl ClusterCa {
         sans: &[String],
         now: SystemTime,
     ) -> Option<Reissue> {
-        let key = match KeyPair::from_pem(&cert.key_pem) {
-            Ok(k) => k,
-            Err(e) => return Some(Reissue::Unreadable(format!("the key: {e}"))),
-        };
-        let checked = with_cert(&self.cert_pem, "the CA", |ca| {
+        match key_belongs(&cert.cert_pem, &cert.key_pem) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some(Reissue::Unreadable(
+                    "the key does not belong to the certificate".into(),
+                ))
+            }
+            Err(e) => return Some(Reissue::Unreadable(e.to_string())),
+        }
+        let checked = with_cert(self.cert_pem(), "the CA", |ca| {
             with_cert(&cert.cert_pem, "the certificate", |c| {
-                if c.public_key().raw != key.subject_public_key_info().as_slice() {
-                    Some(Reissue::Unreadable(
-                        "the key does not belong to the certificate".into(),
-                    ))
-                } else if c.verify_signature(Some(ca.public_key())).is_err() {
+                if c.verify_signature(Some(ca.public_key())).is_err() {
                     Some(Reissue::OtherCa)
                 } else if !names_exactly(c, role, sans) {
                     Some(Reissue::Changed)
@@ -467,27 +425,6 @@ impl ClusterCa {
             },
         }
     }
-}
-
-fn subject(common_name: &str, organizational_unit: Option<&str>) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, ORGANIZATION);
-    if let Some(ou) = organizational_unit {
-        dn.push(DnType::OrganizationalUnitName, ou);
-    }
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-fn set_validity(params: &mut CertificateParams, now: SystemTime, valid: Duration) -> Result<()> {
-    let at = |t: SystemTime| {
-        unix_secs(t)
-            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
-            .ok_or(TlsError::BadTime(t))
-    };
-    params.not_before = at(now.checked_sub(BACKDATE).ok_or(TlsError::BadTime(now))?)?;
-    params.not_after = at(now.checked_add(valid).ok_or(TlsError::BadTime(now))?)?;
-    Ok(())
 }
 
 // ------------------------------------------------------------ renewal
@@ -633,7 +570,7 @@ pub fn node_certs(
     current: Option<&Secret>,
     now: SystemTime,
 ) -> Result<CertSecret> {
-    let mut data = vec![(CA_CRT.to_string(), ca.cert_pem.clone())];
+    let mut data = vec![(CA_CRT.to_string(), ca.cert_pem().to_string())];
     let mut issued = Vec::new();
     for (&ordinal, host) in hosts {
         let pod = pod_name(rc, ordinal);
@@ -715,7 +652,7 @@ fn leaf_secret(
             [
                 (TLS_CRT.to_string(), cert.cert_pem),
                 (TLS_KEY.to_string(), cert.key_pem),
-                (CA_CRT.to_string(), ca.cert_pem.clone()),
+                (CA_CRT.to_string(), ca.cert_pem().to_string()),
             ],
         ),
         issued,
