@@ -54,8 +54,35 @@ pub fn revision(rc: &RaftCluster) -> String {
     if let Some(secret) = crate::tls::pods_secret_name(rc) {
         inputs["tlsSecret"] = serde_json::Value::String(secret);
     }
-    let digest = Sha256::digest(inputs.to_string().as_bytes());
+    short_digest(&inputs.to_string())
+}
+
+fn short_digest(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Annotation on an owned object the operator keeps in step with the spec
+/// outside the pods' revision (the NetworkPolicy): a digest of what it
+/// applied, so a pass can tell a stale object without comparing fields the
+/// API server defaulted.
+pub const SPEC_DIGEST_ANNOTATION: &str = "raftkit.io/spec-digest";
+
+/// Why the live object must be applied again, if it must: it is missing,
+/// or it was applied from another spec (an edit of `spec.networkPolicy`,
+/// an operator of another version).
+pub fn drift(what: &str, live: Option<&ObjectMeta>, desired: &ObjectMeta) -> Option<String> {
+    let digest = |m: &ObjectMeta| {
+        m.annotations
+            .as_ref()
+            .and_then(|a| a.get(SPEC_DIGEST_ANNOTATION))
+            .cloned()
+    };
+    match live {
+        None => Some(format!("{what} is missing")),
+        Some(l) if digest(l) != digest(desired) => Some(format!("{what} is out of date")),
+        Some(_) => None,
+    }
 }
 
 /// Pod `ordinal`'s name: `<cluster>-<ordinal>`, as a StatefulSet names it.
@@ -371,14 +398,20 @@ pub fn network_policy(rc: &RaftCluster, operator: &OperatorPods) -> NetworkPolic
             from: None,
         });
     }
+    let spec = NetworkPolicySpec {
+        pod_selector: Some(pods(selector(rc))),
+        policy_types: Some(vec!["Ingress".into()]),
+        ingress: Some(ingress),
+        ..NetworkPolicySpec::default()
+    };
+    let mut metadata = meta(rc, network_policy_name(rc));
+    metadata.annotations = Some(BTreeMap::from([(
+        SPEC_DIGEST_ANNOTATION.to_string(),
+        short_digest(&serde_json::to_string(&spec).unwrap_or_default()),
+    )]));
     NetworkPolicy {
-        metadata: meta(rc, network_policy_name(rc)),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pods(selector(rc))),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(ingress),
-            ..NetworkPolicySpec::default()
-        }),
+        metadata,
+        spec: Some(spec),
     }
 }
 
@@ -760,6 +793,38 @@ mod tests {
             namespace: "ops".into(),
             labels: parse_labels(DEFAULT_OPERATOR_POD_LABELS).expect("labels"),
         }
+    }
+
+    #[test]
+    fn a_network_policy_applied_from_another_spec_is_seen_as_stale() {
+        let mut r = rc(BASE);
+        r.metadata.namespace = Some("prod".into());
+        let before = network_policy(&r, &operator_pods());
+        let again = network_policy(&r, &operator_pods());
+        assert_eq!(
+            drift("the NetworkPolicy", Some(&again.metadata), &before.metadata),
+            None,
+            "the same spec: in step"
+        );
+        assert_eq!(
+            drift("the NetworkPolicy", None, &before.metadata).as_deref(),
+            Some("the NetworkPolicy is missing")
+        );
+        r.spec.network_policy.allowed_namespaces = vec!["frontend".into()];
+        let edited = network_policy(&r, &operator_pods());
+        assert_eq!(
+            drift(
+                "the NetworkPolicy",
+                Some(&before.metadata),
+                &edited.metadata
+            )
+            .as_deref(),
+            Some("the NetworkPolicy is out of date")
+        );
+        // One applied before digests existed carries none: out of date.
+        let mut old = before.metadata.clone();
+        old.annotations = None;
+        assert!(drift("the NetworkPolicy", Some(&old), &before.metadata).is_some());
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub async fn observe<W: Workload>(
                 replicas: state.replicas,
                 revision: state.revision.clone(),
                 pods,
+                drifted: state.drifted.clone(),
             }),
             raft,
             tls: tls_view,
@@ -430,6 +431,7 @@ mod tests {
                     replicas,
                     revision,
                     pods: Vec::new(),
+                    drifted: None,
                 }))
         }
         async fn apply(&self, _: &RaftCluster, replicas: u32, rev: &str) -> Result<(), Error> {

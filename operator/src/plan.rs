@@ -82,6 +82,9 @@ pub struct WorkloadView {
     pub revision: String,
     /// One entry per ordinal below `max(replicas, highest pod + 1)`.
     pub pods: Vec<PodView>,
+    /// Why owned objects outside the pods' revision must be applied
+    /// again (see `WorkloadState::drifted`).
+    pub drifted: Option<String>,
 }
 
 /// One pod.
@@ -476,9 +479,11 @@ pub fn plan(o: &Observation, opts: Options) -> Action {
             revision: o.desired.revision.clone(),
         };
     };
-    if w.revision != o.desired.revision {
+    if w.revision != o.desired.revision || w.drifted.is_some() {
         // New pods (and pods restarted below) get the new revision; this
-        // alone restarts nothing.
+        // alone restarts nothing. The same apply brings a missing or stale
+        // NetworkPolicy in step (an edit of spec.networkPolicy, an upgraded
+        // operator), again restarting nothing.
         return Action::ApplyWorkload {
             replicas: w.replicas,
             revision: o.desired.revision.clone(),

@@ -60,6 +60,7 @@ fn healthy(n: u32) -> Observation {
             pods: (0..n)
                 .map(|i| pod(i, id(i), ReplicaState::Member))
                 .collect(),
+            drifted: None,
         }),
         raft: Some(RaftView {
             leader: Some(id(0)),
@@ -90,6 +91,40 @@ fn p(o: &Observation) -> Action {
 #[test]
 fn a_healthy_cluster_of_the_desired_size_needs_nothing() {
     assert_eq!(p(&healthy(3)), Action::Done);
+}
+
+#[test]
+fn a_missing_or_stale_network_policy_is_applied_again_without_a_new_revision() {
+    let mut o = healthy(3);
+    w(&mut o).drifted = Some("the NetworkPolicy is out of date".into());
+    assert_eq!(
+        p(&o),
+        Action::ApplyWorkload {
+            replicas: 3,
+            revision: REV.into()
+        },
+        "the same replicas and revision: no pod restarts"
+    );
+    // Mid scale-up too: the workload keeps its size.
+    let mut o = healthy(3);
+    o.desired.replicas = 5;
+    w(&mut o).drifted = Some("the NetworkPolicy is missing".into());
+    assert_eq!(
+        p(&o),
+        Action::ApplyWorkload {
+            replicas: 3,
+            revision: REV.into()
+        }
+    );
+    w(&mut o).drifted = None;
+    assert_eq!(
+        p(&o),
+        Action::ApplyWorkload {
+            replicas: 5,
+            revision: REV.into()
+        },
+        "then the scale-up goes on"
+    );
 }
 
 #[test]
@@ -520,6 +555,7 @@ prop_compose! {
                 replicas: workload_replicas.max(pods.min(workload_replicas)),
                 revision,
                 pods: pod_views,
+                drifted: None,
             }),
             raft: (!voters.is_empty()).then(|| RaftView {
                 leader,

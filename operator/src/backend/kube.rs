@@ -184,10 +184,27 @@ impl Workload for KubeBackend {
         let pods = (0..replicas.max(highest))
             .map(|o| pod_state(rc, &ns, o, by_ordinal.get(&o).copied()))
             .collect();
+        // The NetworkPolicy lives outside the pods' revision: a missing or
+        // stale one is applied again by the next ApplyWorkload.
+        let drifted = if rc.spec.network_policy.enabled {
+            let desired = build::network_policy(rc, &self.operator);
+            let live = self
+                .api::<NetworkPolicy>(rc)
+                .get_opt(&build::network_policy_name(rc))
+                .await?;
+            build::drift(
+                "the NetworkPolicy",
+                live.as_ref().map(|p| &p.metadata),
+                &desired.metadata,
+            )
+        } else {
+            None
+        };
         Ok(Some(WorkloadState {
             replicas,
             revision,
             pods,
+            drifted,
         }))
     }
 

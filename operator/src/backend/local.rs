@@ -640,6 +640,8 @@ impl Workload for LocalBackend {
             replicas: c.replicas,
             revision: c.revision,
             pods,
+            // Nothing is kept outside the pods here (no NetworkPolicy).
+            drifted: None,
         }))
     }
 

@@ -28,6 +28,9 @@ pub struct WorkloadState {
     pub revision: String,
     /// One per ordinal below `max(replicas, highest existing pod + 1)`.
     pub pods: Vec<PodState>,
+    /// Why objects the controller's apply keeps (the NetworkPolicy) must
+    /// be applied again, if they must: missing, or from another spec.
+    pub drifted: Option<String>,
 }
 
 /// One pod, as the backend sees it.
