@@ -196,6 +196,53 @@ async fn with_the_network_policy_off_none_is_applied() {
     assert_eq!(paths[4], "/apis/apps/v1/namespaces/prod/statefulsets/demo");
 }
 
+/// Observe reads the NetworkPolicy back: missing, or applied from another
+/// spec, it is reported as drift (the plan then applies the workload again
+/// without a new revision); the one applied from this spec is in step.
+#[tokio::test]
+async fn observe_reports_a_missing_or_stale_network_policy() {
+    use raftkit_operator::build;
+    let r = rc();
+    let sts = serde_json::to_value(build::stateful_set(&r, "prod", 3, "abc").unwrap()).unwrap();
+    let in_step = serde_json::to_value(build::network_policy(&r, &operator_pods())).unwrap();
+    let mut edited = r.clone();
+    edited.spec.network_policy.allowed_namespaces = vec!["frontend".into()];
+    let stale = serde_json::to_value(build::network_policy(&edited, &operator_pods())).unwrap();
+    let cases = [
+        (
+            StatusCode::NOT_FOUND,
+            not_found(),
+            Some("the NetworkPolicy is missing"),
+        ),
+        (
+            StatusCode::OK,
+            stale,
+            Some("the NetworkPolicy is out of date"),
+        ),
+        (StatusCode::OK, in_step, None),
+    ];
+    for (status, policy, want) in cases {
+        let (client, mut handle) = mock_client();
+        let backend = KubeBackend::new(client, None, operator_pods());
+        let rr = r.clone();
+        let call = tokio::spawn(async move { backend.observe(&rr).await });
+        let s = answer(&mut handle, StatusCode::OK, sts.clone()).await;
+        assert_eq!(s.path, "/apis/apps/v1/namespaces/prod/statefulsets/demo");
+        let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []});
+        let s = answer(&mut handle, StatusCode::OK, pods).await;
+        assert_eq!(s.path, "/api/v1/namespaces/prod/pods");
+        let s = answer(&mut handle, status, policy).await;
+        assert_eq!(s.method, Method::GET);
+        assert_eq!(
+            s.path,
+            "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/demo-node"
+        );
+        let state = call.await.unwrap().unwrap().expect("a workload");
+        assert_eq!(state.drifted.as_deref(), want);
+        assert_eq!((state.replicas, state.revision.as_str()), (3, "abc"));
+    }
+}
+
 /// The members' Secret the operator makes for `demo` in `prod`.
 fn nodes_secret() -> k8s_openapi::api::core::v1::Secret {
     use raftkit_operator::tls;
