@@ -85,9 +85,31 @@ else
 fi
 
 # 2. The binaries.
-say "cargo build --profile $profile (raftkit-node, raftkit, raftkit-operator)"
-cargo build --profile "$profile" --locked -p raftkit-node -p raftkit-cli -p raftkit-operator \
-    --bin raftkit-node --bin raftkit --bin raftkit-operator
+# Run from a test (testkit::docker::image), this process inherits what
+# cargo sets for a test binary (OUT_DIR, CARGO_MANIFEST_DIR, CARGO_PKG_*,
+# ...). Build scripts such as ring's watch those names with
+# rerun-if-env-changed, so cargo would rebuild ring and all above it: a
+# second copy of half the build. They are not ours to pass on.
+for v in $(compgen -e); do
+    case $v in
+        OUT_DIR | CARGO_MANIFEST_* | CARGO_PKG_* | CARGO_CRATE_NAME | CARGO_BIN_NAME | \
+            CARGO_BIN_EXE_* | CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR | CARGO_RUSTC_CURRENT_DIR)
+            unset "$v" ;;
+    esac
+done
+if [ "$profile" = release ]; then
+    say "cargo build --release (raftkit-node, raftkit, raftkit-operator)"
+    cargo build --release --locked -p raftkit-node -p raftkit-cli -p raftkit-operator \
+        --bin raftkit-node --bin raftkit --bin raftkit-operator
+else
+    # The binaries `cargo test --workspace` builds: the same command resolves
+    # the same features (dev-dependencies included), so inside a test run
+    # this compiles nothing. A narrower `cargo build -p ...` resolves other
+    # features and compiled a second copy of tokio, rustls, kube and the
+    # binaries, which filled CI's disk.
+    say "cargo test --workspace --no-run (the debug binaries the tests use)"
+    cargo test --workspace --no-run --locked >&2
+fi
 
 # 3. The image, from a context holding only what the prebuilt target copies.
 rm -rf "$context"
