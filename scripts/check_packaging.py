@@ -66,8 +66,9 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     # The TLS Secrets (operator/src/tls.rs), read by name and applied.
     ("", "secrets"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "update"},
-    # Each RaftCluster's NetworkPolicy (build::network_policy), applied.
-    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
+    # Each RaftCluster's NetworkPolicy (build::network_policy), applied;
+    # deleted when spec.networkPolicy.enabled turns false.
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},

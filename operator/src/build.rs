@@ -85,6 +85,27 @@ pub fn drift(what: &str, live: Option<&ObjectMeta>, desired: &ObjectMeta) -> Opt
     }
 }
 
+/// Whether `rc` owns the object of `live` (its controller reference names
+/// `rc`'s uid): only such an object is ever deleted.
+pub fn owned_by(rc: &RaftCluster, live: &ObjectMeta) -> bool {
+    let Some(uid) = rc.metadata.uid.as_deref() else {
+        return false;
+    };
+    live.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Why the NetworkPolicy of `live` must go, if it must: the spec turned
+/// the policy off (`spec.networkPolicy.enabled: false`) and this cluster
+/// made it. A policy of the same name someone else made is left alone.
+pub fn unwanted_policy(rc: &RaftCluster, live: Option<&ObjectMeta>) -> Option<String> {
+    (!rc.spec.network_policy.enabled && live.is_some_and(|l| owned_by(rc, l))).then(|| {
+        "the NetworkPolicy is no longer asked for (spec.networkPolicy.enabled: false)".into()
+    })
+}
+
 /// Pod `ordinal`'s name: `<cluster>-<ordinal>`, as a StatefulSet names it.
 pub fn pod_name(rc: &RaftCluster, ordinal: u32) -> String {
     format!("{}-{ordinal}", cluster_name(rc))
@@ -793,6 +814,29 @@ mod tests {
             namespace: "ops".into(),
             labels: parse_labels(DEFAULT_OPERATOR_POD_LABELS).expect("labels"),
         }
+    }
+
+    #[test]
+    fn a_policy_turned_off_is_unwanted_only_if_this_cluster_made_it() {
+        let mut r = rc("metadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3}\n");
+        let ours = network_policy(&r, &operator_pods());
+        assert_eq!(unwanted_policy(&r, Some(&ours.metadata)), None, "on: kept");
+        r.spec.network_policy.enabled = false;
+        assert_eq!(
+            unwanted_policy(&r, Some(&ours.metadata)).as_deref(),
+            Some("the NetworkPolicy is no longer asked for (spec.networkPolicy.enabled: false)")
+        );
+        assert_eq!(unwanted_policy(&r, None), None, "already gone");
+        let mut theirs = ours.metadata.clone();
+        theirs.owner_references = None;
+        assert_eq!(unwanted_policy(&r, Some(&theirs)), None, "not ours");
+        let mut other = r.clone();
+        other.metadata.uid = Some("another-uid".into());
+        assert_eq!(
+            unwanted_policy(&other, Some(&ours.metadata)),
+            None,
+            "another cluster of that name made it"
+        );
     }
 
     #[test]

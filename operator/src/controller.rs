@@ -17,6 +17,9 @@ pub struct Pass {
     /// The step failed with this error (it is retried on a later pass).
     pub failed: Option<String>,
     pub status: RaftClusterStatus,
+    /// When the first of the operator's certificates is due for renewal:
+    /// look again by then.
+    pub renew_at: Option<std::time::SystemTime>,
 }
 
 /// Runs one pass for `rc` (whose `status` is the stored status).
@@ -78,6 +81,7 @@ pub async fn reconcile<W: Workload>(rc: &RaftCluster, workload: &W) -> Result<Pa
         finished,
         failed,
         status: st,
+        renew_at: observed.tls.renew_at,
     })
 }
 
@@ -94,14 +98,23 @@ pub struct Context {
 
 /// How soon to look again after a pass: soon while acting or waiting on a
 /// step, rarely once done (changes of the resource or its StatefulSet
-/// trigger a pass anyway).
-pub fn requeue_after(action: &Action) -> std::time::Duration {
+/// trigger a pass anyway), and never after a certificate falls due.
+pub fn requeue_after(pass: &Pass, now: std::time::SystemTime) -> std::time::Duration {
     use std::time::Duration;
-    match action {
+    let by_step = match &pass.action {
         Action::Done => Duration::from_secs(30),
         Action::Wait(w) if w.is_degraded() => Duration::from_secs(10),
         Action::Wait(_) => Duration::from_secs(2),
         _ => Duration::from_millis(500),
+    };
+    match pass.renew_at {
+        // A second past it: due means strictly less than a third left.
+        Some(at) => by_step.min(
+            at.duration_since(now)
+                .unwrap_or_default()
+                .saturating_add(Duration::from_secs(1)),
+        ),
+        None => by_step,
     }
 }
 
@@ -119,7 +132,8 @@ pub async fn reconcile_in_cluster(
         ctx.metrics.operation_done(kind, *took);
     }
     Ok(kube::runtime::controller::Action::requeue(requeue_after(
-        &pass.action,
+        &pass,
+        std::time::SystemTime::now(),
     )))
 }
 
@@ -132,4 +146,53 @@ pub fn error_policy(
     tracing::warn!(%error, "reconcile failed; retrying");
     ctx.metrics.failed();
     kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn pass(action: Action, renew_at: Option<SystemTime>) -> Pass {
+        Pass {
+            action,
+            finished: None,
+            failed: None,
+            status: RaftClusterStatus::default(),
+            renew_at,
+        }
+    }
+
+    /// A quiet cluster is looked at every 30 s, but a certificate due
+    /// sooner brings the next pass forward to a second after it falls due;
+    /// one already due means a pass at once (a second).
+    #[test]
+    fn the_next_pass_comes_no_later_than_the_first_renewal() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let secs = Duration::from_secs;
+        assert_eq!(requeue_after(&pass(Action::Done, None), now), secs(30));
+        assert_eq!(
+            requeue_after(&pass(Action::Done, Some(now + secs(3600))), now),
+            secs(30)
+        );
+        assert_eq!(
+            requeue_after(&pass(Action::Done, Some(now + secs(12))), now),
+            secs(13)
+        );
+        assert_eq!(
+            requeue_after(&pass(Action::Done, Some(now - secs(5))), now),
+            secs(1)
+        );
+        assert_eq!(
+            requeue_after(
+                &pass(Action::Wait(plan::Wait::NoLeader), Some(now + secs(3))),
+                now
+            ),
+            secs(4)
+        );
+        assert_eq!(
+            requeue_after(&pass(Action::Wait(plan::Wait::Paused), None), now),
+            secs(2)
+        );
+    }
 }

@@ -14,6 +14,10 @@ pub const GROUP: &str = "raftkit.io";
 /// Annotation whose change restarts every pod, one at a time (as
 /// `kubectl rollout restart` does for a Deployment).
 pub const RESTARTED_AT: &str = "raftkit.io/restartedAt";
+/// Annotation whose change rotates the cluster's CA (when the operator
+/// made it): a new CA is trusted, then signs every certificate anew, then
+/// the old one is dropped; no pod restarts.
+pub const CA_ROTATED_AT: &str = "raftkit.io/caRotatedAt";
 /// Bounds of `spec.replicas`.
 pub const MIN_REPLICAS: i32 = 1;
 pub const MAX_REPLICAS: i32 = 9;
@@ -203,7 +207,21 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub admin_secret_name: Option<String>,
+    /// How long the certificates the operator issues to members, itself
+    /// and applications are valid, in seconds [default: 7776000, 90 days].
+    /// Each is renewed once less than a third of it is left; changing it
+    /// reissues them all. At least 60; at most 157680000 (5 years).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 157_680_000))]
+    pub certificate_lifetime_secs: Option<u64>,
 }
+
+/// Bounds of `spec.tls.certificateLifetimeSecs`: a minute (renewal is then
+/// due every 40 s, for trying it out) to five years (half the CA's life).
+pub const MIN_CERTIFICATE_LIFETIME_SECS: u64 = 60;
+pub const MAX_CERTIFICATE_LIFETIME_SECS: u64 = 5 * 365 * 24 * 60 * 60;
+/// `spec.tls.certificateLifetimeSecs` when unset: 90 days.
+pub const DEFAULT_CERTIFICATE_LIFETIME_SECS: u64 = 90 * 24 * 60 * 60;
 
 /// The NetworkPolicy `<cluster>-node` the operator owns: the node port
 /// (8080) admits only the cluster's own pods, the operator's pods and every
@@ -216,8 +234,8 @@ pub struct TlsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// Make the policy [default: true]. false: the operator makes none
-    /// (one it made before stays until deleted; the node port is then
-    /// whatever the namespace's own policies say).
+    /// and deletes the one it made before; the node port is then whatever
+    /// the namespace's own policies say.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Namespaces whose pods (all of them) may reach the node port: your
@@ -452,6 +470,16 @@ impl RaftClusterSpec {
                     "secretName and adminSecretName go together".into(),
                 );
             }
+            if let Some(l) = tls.certificate_lifetime_secs {
+                if !(MIN_CERTIFICATE_LIFETIME_SECS..=MAX_CERTIFICATE_LIFETIME_SECS).contains(&l) {
+                    return bad(
+                        "tls.certificateLifetimeSecs",
+                        format!(
+                            "{l} is out of range {MIN_CERTIFICATE_LIFETIME_SECS}..={MAX_CERTIFICATE_LIFETIME_SECS} (seconds)"
+                        ),
+                    );
+                }
+            }
         }
         for ns in &self.network_policy.allowed_namespaces {
             let label = ns.len() <= 63
@@ -477,12 +505,33 @@ impl RaftCluster {
         self.spec.tls.as_ref().is_some_and(|t| t.enabled)
     }
 
+    /// How long the operator's leaf certificates are valid
+    /// (`spec.tls.certificateLifetimeSecs`, 90 days unless set).
+    pub fn certificate_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.spec
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate_lifetime_secs)
+                .unwrap_or(DEFAULT_CERTIFICATE_LIFETIME_SECS),
+        )
+    }
+
     /// The restart annotation's value, if set.
     pub fn restarted_at(&self) -> Option<&str> {
         self.metadata
             .annotations
             .as_ref()
             .and_then(|a: &BTreeMap<String, String>| a.get(RESTARTED_AT))
+            .map(String::as_str)
+    }
+
+    /// The CA rotation annotation's value, if set.
+    pub fn ca_rotated_at(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a: &BTreeMap<String, String>| a.get(CA_ROTATED_AT))
             .map(String::as_str)
     }
 }
@@ -575,6 +624,38 @@ mod tests {
             ..tls
         });
         assert_eq!(rc.spec.validate().unwrap_err().field, "tls.adminSecretName");
+    }
+
+    #[test]
+    fn the_certificate_lifetime_is_90_days_unless_set_and_bounded() {
+        let mut rc = parse("metadata: {name: d}\nspec: {replicas: 3, tls: {enabled: true}}\n");
+        assert_eq!(
+            rc.certificate_lifetime(),
+            std::time::Duration::from_secs(90 * 24 * 3600)
+        );
+        let rc2 = parse(
+            "metadata: {name: d}\nspec: {replicas: 3, tls: {enabled: true, certificateLifetimeSecs: 3600}}\n",
+        );
+        assert_eq!(rc2.certificate_lifetime().as_secs(), 3600);
+        assert!(rc2.spec.validate().is_ok());
+        for (l, ok) in [
+            (59, false),
+            (60, true),
+            (157_680_000, true),
+            (157_680_001, false),
+        ] {
+            rc.spec.tls.as_mut().expect("tls").certificate_lifetime_secs = Some(l);
+            match rc.spec.validate() {
+                Ok(()) => assert!(ok, "{l} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{l} refused: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("spec.tls.certificateLifetimeSecs: {l} is out of range 60..=157680000 (seconds)")
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct TlsMaterial {
     /// The identity the operator presents to the members: its admin
     /// certificate, from its own Secret or the user's `adminSecretName`.
     pub admin: Option<Arc<raftkit_tls::Tls>>,
+    /// When the first of the operator's certificates is due for renewal.
+    pub renew_at: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for TlsMaterial {
         f.debug_struct("TlsMaterial")
             .field("to_write", &names)
             .field("admin", &self.admin.is_some())
+            .field("renew_at", &self.renew_at)
             .finish()
     }
 }
@@ -167,6 +170,7 @@ async fn observe_tls<W: Workload>(
                 TlsMaterial {
                     to_write: Vec::new(),
                     admin: Some(admin),
+                    renew_at: None,
                 },
             )),
             Err(why) => unusable(why),
@@ -195,7 +199,8 @@ async fn observe_tls<W: Workload>(
         })
         .collect();
     let namespace = rc.metadata.namespace.as_deref().unwrap_or("default");
-    let due = match tls::owned_secrets(rc, namespace, &hosts, &current, now) {
+    let propagation = workload.secret_propagation();
+    let due = match tls::owned_secrets(rc, namespace, &hosts, &current, now, propagation) {
         Ok(d) => d,
         Err(e) => return unusable(e.to_string()),
     };
@@ -212,6 +217,7 @@ async fn observe_tls<W: Workload>(
         TlsMaterial {
             to_write: due.to_write,
             admin: Some(admin),
+            renew_at: due.renew_at,
         },
     ))
 }
@@ -452,6 +458,9 @@ mod tests {
         }
         fn pod_addr(&self, _: &RaftCluster, ordinal: u32) -> String {
             format!("127.0.0.1:{}", 9000 + ordinal)
+        }
+        fn secret_propagation(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
         }
         async fn read_secret(&self, _: &RaftCluster, name: &str) -> Result<Option<Secret>, Error> {
             Ok(self.secrets.lock().expect("lock").get(name).cloned())

@@ -14,6 +14,13 @@
 //!        └─► <cluster>-tls-client  tls.crt tls.key ca.crt       client_secret (OU raftkit-client)
 //! ```
 //!
+//! The CA is rotated in three steps, each written to every Secret and
+//! given time to reach every pod ([`CaSet::advance`], the workload's
+//! `secret_propagation`): a new CA is trusted beside the old one; then it
+//! signs, and every certificate is reissued; then the old one is no longer
+//! trusted. A rotation starts when less than a third of the CA's lifetime
+//! is left, or when the `raftkit.io/caRotatedAt` annotation changes.
+//!
 //! Renewal needs no restart: the pods mount the nodes' Secret as a whole
 //! directory (never by `subPath`), so the kubelet swaps the files in place
 //! and the node reloads them. Certificates are not part of the pod
@@ -55,8 +62,9 @@ const DAY: u64 = 24 * 60 * 60;
 /// trust bundle of old and new CA while the leaves move over).
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * DAY);
 /// How long a member's, the admin's and the client's certificates are
-/// valid.
-pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * DAY);
+/// valid unless `spec.tls.certificateLifetimeSecs` says otherwise.
+pub const LEAF_VALIDITY: Duration =
+    Duration::from_secs(crate::crd::DEFAULT_CERTIFICATE_LIFETIME_SECS);
 /// Certificates start this long before they are issued, so a node whose
 /// clock is a little behind the operator's accepts them at once.
 pub use raftkit_tls::issue::BACKDATE;
@@ -74,6 +82,14 @@ pub const TLS_VOLUME: &str = "tls";
 /// Keys of the Secrets.
 pub const CA_CRT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
+/// Keys of the CA's Secret during a rotation: the new CA, trusted but not
+/// signing yet; the old one, trusted but no longer signing; when the step
+/// began (UNIX seconds); the `raftkit.io/caRotatedAt` value last acted on.
+pub const NEXT_CRT: &str = "next.crt";
+pub const NEXT_KEY: &str = "next.key";
+pub const PREVIOUS_CRT: &str = "previous.crt";
+pub const STEP_SINCE: &str = "step-since";
+pub const ROTATED_FOR: &str = "rotated-for";
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 /// The Secret type of a certificate and its key (`tls.crt`, `tls.key`).
@@ -110,9 +126,6 @@ pub enum TlsError {
     /// A Secret's value is not text.
     #[error("Secret {secret}: key `{key}` is not UTF-8 PEM")]
     NotUtf8 { secret: String, key: String },
-    /// A time no certificate can carry.
-    #[error("time {0:?} is before 1970 or past what X.509 can hold")]
-    BadTime(SystemTime),
 }
 
 type Result<T, E = TlsError> = std::result::Result<T, E>;
@@ -157,6 +170,9 @@ pub enum Reissue {
     /// Less than [`RENEW_WHEN_REMAINING`] of its lifetime remained, or it
     /// expired.
     Renewal,
+    /// It is valid for another length of time than the spec asks for now
+    /// (`spec.tls.certificateLifetimeSecs` changed).
+    Lifetime,
     /// Its names or its role are not the ones it should carry now.
     Changed,
     /// Another CA signed it.
@@ -171,6 +187,8 @@ pub struct CertSecret {
     pub secret: Secret,
     /// (pod or role, why) of every certificate issued rather than kept.
     pub issued: Vec<(String, Reissue)>,
+    /// When the first of its certificates is due for renewal.
+    pub renew_at: Option<SystemTime>,
 }
 
 // ------------------------------------------------------------------ names
@@ -259,6 +277,11 @@ pub fn node_sans(rc: &RaftCluster, namespace: &str, host: &str) -> Vec<String> {
 /// (issued by `raftkit_tls::issue`, the one issuer).
 pub struct ClusterCa {
     ca: Ca,
+    /// How long the certificates it issues are valid.
+    leaf_lifetime: Duration,
+    /// What the Secrets' `ca.crt` holds, if more than this CA (during a
+    /// rotation, [`CaSet::trust_pem`]).
+    trust: Option<String>,
 }
 
 impl fmt::Debug for ClusterCa {
@@ -266,12 +289,14 @@ impl fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterCa")
             .field("cert_pem", &self.ca.issued.cert_pem)
+            .field("leaf_lifetime", &self.leaf_lifetime)
             .finish_non_exhaustive()
     }
 }
 
 impl ClusterCa {
-    /// A new CA for `rc`, valid [`CA_VALIDITY`] from `now`.
+    /// A new CA for `rc`, valid [`CA_VALIDITY`] from `now`, issuing
+    /// certificates valid for `rc`'s certificate lifetime.
     pub fn generate(rc: &RaftCluster, now: SystemTime) -> Result<Self> {
         let ca = Ca::generate(
             &format!("RaftKit CA {}", cluster_name(rc)),
@@ -282,7 +307,37 @@ impl ClusterCa {
             what: format!("the CA of {}", cluster_name(rc)),
             source,
         })?;
-        Ok(ClusterCa { ca })
+        Ok(ClusterCa {
+            ca,
+            leaf_lifetime: rc.certificate_lifetime(),
+            trust: None,
+        })
+    }
+
+    /// This CA issuing certificates valid for `lifetime` (renewed once less
+    /// than a third of it is left).
+    pub fn with_leaf_lifetime(mut self, lifetime: Duration) -> Self {
+        self.leaf_lifetime = lifetime;
+        self
+    }
+
+    /// This CA, the Secrets it fills saying to trust `trust_pem` (PEM
+    /// certificates, this CA's among them).
+    pub fn with_trust(mut self, trust_pem: String) -> Self {
+        self.trust = Some(trust_pem);
+        self
+    }
+
+    /// What the Secrets' `ca.crt` holds: this CA's certificate, or during a
+    /// rotation both CAs'.
+    pub fn trust_pem(&self) -> &str {
+        self.trust.as_deref().unwrap_or(self.cert_pem())
+    }
+
+    /// When the certificate `cert_pem` this CA issued is due for renewal:
+    /// once less than [`RENEW_WHEN_REMAINING`] of the leaf lifetime is left.
+    pub fn renewal_due_at(&self, cert_pem: &str) -> Result<SystemTime> {
+        renewal_due_at(cert_pem, self.leaf_lifetime, RENEW_WHEN_REMAINING)
     }
 
     /// The CA read back from its PEM certificate and key (`what` names
@@ -310,7 +365,11 @@ impl ClusterCa {
             what: what.to_string(),
             problem: e.to_string(),
         })?;
-        Ok(ClusterCa { ca })
+        Ok(ClusterCa {
+            ca,
+            leaf_lifetime: LEAF_VALIDITY,
+            trust: None,
+        })
     }
 
     /// The CA read back from its Secret ([`ca_secret_name`]).
@@ -339,8 +398,8 @@ impl ClusterCa {
         )
     }
 
-    /// A certificate for `role` named `common_name` with `sans`, valid
-    /// [`LEAF_VALIDITY`] from `now`, with a new key.
+    /// A certificate for `role` named `common_name` with `sans`, valid for
+    /// the leaf lifetime from `now`, with a new key.
     pub fn issue(
         &self,
         role: Role,
@@ -357,7 +416,7 @@ impl ClusterCa {
             role.organizational_unit(),
             sans.to_vec(),
             now,
-            LEAF_VALIDITY,
+            self.leaf_lifetime,
         );
         self.ca
             .issue(&spec)
@@ -385,8 +444,9 @@ impl ClusterCa {
 
     /// Why `cert` cannot stay a certificate for `role` named `sans`, or
     /// `None` when it can: it parses, `key_pem` is its key, this CA signed
-    /// it, it names exactly `sans` with `role`'s organizational unit, and
-    /// more than [`RENEW_WHEN_REMAINING`] of its lifetime is left.
+    /// it, it names exactly `sans` with `role`'s organizational unit, it is
+    /// valid for the leaf lifetime, and more than [`RENEW_WHEN_REMAINING`]
+    /// of that is left.
     pub fn reissue_reason(
         &self,
         cert: &IssuedCert,
@@ -409,6 +469,8 @@ impl ClusterCa {
                     Some(Reissue::OtherCa)
                 } else if !names_exactly(c, role, sans) {
                     Some(Reissue::Changed)
+                } else if !lasts(c, self.leaf_lifetime) {
+                    Some(Reissue::Lifetime)
                 } else {
                     None
                 }
@@ -418,7 +480,12 @@ impl ClusterCa {
         match checked {
             Err(e) => Some(Reissue::Unreadable(e.to_string())),
             Ok(Some(why)) => Some(why),
-            Ok(None) => match needs_renewal(&cert.cert_pem, now, RENEW_WHEN_REMAINING) {
+            Ok(None) => match needs_renewal(
+                &cert.cert_pem,
+                now,
+                self.leaf_lifetime,
+                RENEW_WHEN_REMAINING,
+            ) {
                 Ok(true) => Some(Reissue::Renewal),
                 Ok(false) => None,
                 Err(e) => Some(Reissue::Unreadable(e.to_string())),
@@ -427,32 +494,212 @@ impl ClusterCa {
     }
 }
 
-// ------------------------------------------------------------ renewal
+// ------------------------------------------------------ CA rotation
 
-/// Whether `cert_pem` is due for renewal at `now`: less than `threshold`
-/// of its lifetime (not before to not after) remains, or it has expired.
-/// A certificate not valid yet (the operator's clock behind) is not due.
-pub fn needs_renewal(cert_pem: &str, now: SystemTime, threshold: LifetimeShare) -> Result<bool> {
-    let (not_before, not_after) = with_cert(cert_pem, "the certificate", |c| {
-        (
-            c.validity().not_before.timestamp(),
-            c.validity().not_after.timestamp(),
-        )
-    })?;
-    let now = unix_secs(now).ok_or(TlsError::BadTime(now))?;
-    let lifetime = i128::from(not_after) - i128::from(not_before);
-    let remaining = i128::from(not_after) - i128::from(now);
-    if remaining <= 0 || lifetime <= 0 {
-        return Ok(true);
-    }
-    Ok(remaining * i128::from(threshold.denominator) < lifetime * i128::from(threshold.numerator))
+/// The CA's Secret: the CA that signs, and during a rotation the one
+/// beside it that every party trusts too.
+#[derive(Debug)]
+pub struct CaSet {
+    pub signing: ClusterCa,
+    /// Introduced: trusted everywhere, signing once that has reached the
+    /// pods.
+    pub next: Option<ClusterCa>,
+    /// Retired from signing: still trusted until every pod has its new
+    /// certificate.
+    pub previous: Option<String>,
+    /// When `next` or `previous` was written.
+    pub since: Option<SystemTime>,
+    /// The `raftkit.io/caRotatedAt` value that started the last rotation.
+    pub rotated_for: Option<String>,
 }
 
-fn unix_secs(t: SystemTime) -> Option<i64> {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).ok(),
-        Err(e) => i64::try_from(e.duration().as_secs()).ok().map(|s| -s),
+impl CaSet {
+    /// A new CA for `rc`, nothing else.
+    pub fn generate(rc: &RaftCluster, now: SystemTime) -> Result<Self> {
+        Ok(CaSet {
+            signing: ClusterCa::generate(rc, now)?,
+            next: None,
+            previous: None,
+            since: None,
+            rotated_for: rc.ca_rotated_at().map(str::to_string),
+        })
     }
+
+    /// The set read back from the CA's Secret ([`ca_secret_name`]).
+    pub fn from_secret(secret: &Secret) -> Result<Self> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let optional = |key: &str| secret_text(secret, key).ok();
+        let next = match (optional(NEXT_CRT), optional(NEXT_KEY)) {
+            (Some(c), Some(k)) => Some(ClusterCa::from_pem(
+                &c,
+                &k,
+                &format!("Secret {name} ({NEXT_CRT}, {NEXT_KEY})"),
+            )?),
+            _ => None,
+        };
+        let since = optional(STEP_SINCE)
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map(|t| UNIX_EPOCH + Duration::from_secs(t));
+        Ok(CaSet {
+            signing: ClusterCa::from_secret(secret)?,
+            next,
+            previous: optional(PREVIOUS_CRT),
+            since,
+            rotated_for: optional(ROTATED_FOR),
+        })
+    }
+
+    /// The CA's Secret, owned by `rc`.
+    pub fn secret(&self, rc: &RaftCluster) -> Secret {
+        let mut data = vec![
+            (CA_CRT.to_string(), self.signing.cert_pem().to_string()),
+            (CA_KEY.to_string(), self.signing.ca.issued.key_pem.clone()),
+        ];
+        if let Some(n) = &self.next {
+            data.push((NEXT_CRT.to_string(), n.cert_pem().to_string()));
+            data.push((NEXT_KEY.to_string(), n.ca.issued.key_pem.clone()));
+        }
+        if let Some(p) = &self.previous {
+            data.push((PREVIOUS_CRT.to_string(), p.clone()));
+        }
+        if let Some(t) = self.since {
+            let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            data.push((STEP_SINCE.to_string(), secs.to_string()));
+        }
+        if let Some(r) = &self.rotated_for {
+            data.push((ROTATED_FOR.to_string(), r.clone()));
+        }
+        secret(rc, ca_secret_name(rc), SECRET_TYPE_OPAQUE, data)
+    }
+
+    /// What every party trusts (`ca.crt` of the other Secrets): the
+    /// signing CA, and during a rotation the other one.
+    pub fn trust_pem(&self) -> String {
+        if self.next.is_none() && self.previous.is_none() {
+            return self.signing.cert_pem().to_string();
+        }
+        let mut pems = vec![self.signing.cert_pem()];
+        pems.extend(self.next.as_ref().map(ClusterCa::cert_pem));
+        pems.extend(self.previous.as_deref());
+        let mut out = String::new();
+        for p in pems {
+            out.push_str(p.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// When the next step of a rotation under way is due (a rotation not
+    /// under way: when the CA falls due).
+    pub fn next_step_at(&self, propagation: Duration) -> Result<SystemTime> {
+        match self.since {
+            Some(since) if self.next.is_some() || self.previous.is_some() => {
+                Ok(since + propagation)
+            }
+            _ => renewal_due_at(self.signing.cert_pem(), CA_VALIDITY, RENEW_WHEN_REMAINING),
+        }
+    }
+
+    /// The set one rotation step on at `now`, and what the step did, if it
+    /// is due; each step waits `propagation` after the last (the time the
+    /// workload takes to bring a changed Secret to every pod):
+    /// - none under way: a new CA is introduced (trusted, not signing)
+    ///   when less than a third of the CA's lifetime is left or the
+    ///   `raftkit.io/caRotatedAt` annotation has a value not acted on yet;
+    /// - introduced: it signs, the old one stays trusted (every
+    ///   certificate is then reissued: another CA signed it);
+    /// - retired: the old one is no longer trusted.
+    pub fn advance(
+        mut self,
+        rc: &RaftCluster,
+        now: SystemTime,
+        propagation: Duration,
+    ) -> Result<(Self, Option<String>)> {
+        let settled = self.since.is_none_or(|t| now >= t + propagation);
+        if let Some(next) = self.next.take() {
+            if !settled {
+                self.next = Some(next);
+                return Ok((self, None));
+            }
+            let old = std::mem::replace(&mut self.signing, next);
+            self.previous = Some(old.cert_pem().to_string());
+            self.since = Some(now);
+            return Ok((
+                self,
+                Some("the new CA signs (the old one still trusted)".into()),
+            ));
+        }
+        if self.previous.is_some() {
+            if !settled {
+                return Ok((self, None));
+            }
+            self.previous = None;
+            self.since = None;
+            return Ok((self, Some("the old CA is no longer trusted".into())));
+        }
+        let asked = rc
+            .ca_rotated_at()
+            .filter(|a| self.rotated_for.as_deref() != Some(*a));
+        let why = if let Some(a) = asked {
+            format!(
+                "a new CA trusted beside the old ({} {a})",
+                crate::crd::CA_ROTATED_AT
+            )
+        } else if needs_renewal(
+            self.signing.cert_pem(),
+            now,
+            CA_VALIDITY,
+            RENEW_WHEN_REMAINING,
+        )? {
+            "a new CA trusted beside the old (less than a third of the CA's lifetime left)".into()
+        } else {
+            return Ok((self, None));
+        };
+        self.rotated_for = rc.ca_rotated_at().map(str::to_string);
+        self.next = Some(ClusterCa::generate(rc, now)?);
+        self.since = Some(now);
+        Ok((self, Some(why)))
+    }
+}
+
+// ------------------------------------------------------------ renewal
+
+/// When `cert_pem`, issued for `lifetime` (not counting [`BACKDATE`]), is
+/// due for renewal: once less than `threshold` of `lifetime` is left
+/// before it expires.
+pub fn renewal_due_at(
+    cert_pem: &str,
+    lifetime: Duration,
+    threshold: LifetimeShare,
+) -> Result<SystemTime> {
+    let not_after = with_cert(cert_pem, "the certificate", |c| {
+        c.validity().not_after.timestamp()
+    })?;
+    let not_after = u64::try_from(not_after).unwrap_or(0);
+    let keep = u128::from(lifetime.as_secs()) * u128::from(threshold.numerator)
+        / u128::from(threshold.denominator.max(1));
+    let keep = u64::try_from(keep).unwrap_or(u64::MAX);
+    Ok(UNIX_EPOCH + Duration::from_secs(not_after.saturating_sub(keep)))
+}
+
+/// Whether `cert_pem`, issued for `lifetime`, is due for renewal at `now`
+/// ([`renewal_due_at`]; an expired certificate always is).
+pub fn needs_renewal(
+    cert_pem: &str,
+    now: SystemTime,
+    lifetime: Duration,
+    threshold: LifetimeShare,
+) -> Result<bool> {
+    Ok(now > renewal_due_at(cert_pem, lifetime, threshold)?)
+}
+
+/// Whether `cert` is valid for `lifetime` after [`BACKDATE`] (give or
+/// take two seconds: times are written to the second).
+fn lasts(cert: &X509Certificate<'_>, lifetime: Duration) -> bool {
+    let v = cert.validity();
+    let span = v.not_after.timestamp() - v.not_before.timestamp();
+    let want = i64::try_from((lifetime + BACKDATE).as_secs()).unwrap_or(i64::MAX);
+    span.abs_diff(want) <= 2
 }
 
 // ------------------------------------------------------ reading certs
@@ -538,6 +785,11 @@ fn cert_in(secret: Option<&Secret>, cert_key: &str, key_key: &str) -> Option<Iss
     })
 }
 
+/// The earlier of `a` and `b`.
+fn earliest(a: Option<SystemTime>, b: SystemTime) -> Option<SystemTime> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
 /// `kept` if it can stay a certificate for `role` named `sans`, else what
 /// `issue` makes, with why.
 fn keep_or_issue(
@@ -570,8 +822,9 @@ pub fn node_certs(
     current: Option<&Secret>,
     now: SystemTime,
 ) -> Result<CertSecret> {
-    let mut data = vec![(CA_CRT.to_string(), ca.cert_pem().to_string())];
+    let mut data = vec![(CA_CRT.to_string(), ca.trust_pem().to_string())];
     let mut issued = Vec::new();
+    let mut renew_at = None;
     for (&ordinal, host) in hosts {
         let pod = pod_name(rc, ordinal);
         let (cert_key, key_key) = (pod_cert_key(&pod), pod_key_key(&pod));
@@ -583,12 +836,14 @@ pub fn node_certs(
         if let Some(why) = why {
             issued.push((pod, why));
         }
+        renew_at = earliest(renew_at, ca.renewal_due_at(&cert.cert_pem)?);
         data.push((cert_key, cert.cert_pem));
         data.push((key_key, cert.key_pem));
     }
     Ok(CertSecret {
         secret: secret(rc, nodes_secret_name(rc), SECRET_TYPE_OPAQUE, data),
         issued,
+        renew_at,
     })
 }
 
@@ -644,7 +899,9 @@ fn leaf_secret(
         .map(|why| (role.organizational_unit().to_string(), why))
         .into_iter()
         .collect();
+    let renew_at = Some(ca.renewal_due_at(&cert.cert_pem)?);
     Ok(CertSecret {
+        renew_at,
         secret: secret(
             rc,
             name,
@@ -652,7 +909,7 @@ fn leaf_secret(
             [
                 (TLS_CRT.to_string(), cert.cert_pem),
                 (TLS_KEY.to_string(), cert.key_pem),
-                (CA_CRT.to_string(), ca.cert_pem().to_string()),
+                (CA_CRT.to_string(), ca.trust_pem().to_string()),
             ],
         ),
         issued,
@@ -686,6 +943,10 @@ pub struct SecretsDue {
     /// the CA, not the Secret.
     pub admin: IssuedCert,
     pub ca_pem: String,
+    /// When the first certificate is due for renewal, or the next step of
+    /// a CA rotation: the operator looks again then, however quiet the
+    /// cluster is.
+    pub renew_at: Option<SystemTime>,
 }
 
 /// The operator's Secrets for `rc` whose members are `hosts` (every pod
@@ -700,18 +961,35 @@ pub fn owned_secrets(
     hosts: &PodHosts,
     current: &OwnedSecrets,
     now: SystemTime,
+    propagation: Duration,
 ) -> Result<SecretsDue> {
-    let (ca, new_ca) = match &current.ca {
-        Some(s) => (ClusterCa::from_secret(s)?, false),
-        None => (ClusterCa::generate(rc, now)?, true),
+    let mut why = Vec::new();
+    let cas = match &current.ca {
+        Some(s) => {
+            let (cas, step) = CaSet::from_secret(s)?.advance(rc, now, propagation)?;
+            why.extend(step);
+            cas
+        }
+        None => {
+            why.push("a new CA".to_string());
+            CaSet::generate(rc, now)?
+        }
     };
+    let ca_secret = cas.secret(rc);
+    let next_step = cas.next_step_at(propagation)?;
+    let trust = cas.trust_pem();
+    let ca = cas
+        .signing
+        .with_leaf_lifetime(rc.certificate_lifetime())
+        .with_trust(trust);
     let nodes = node_certs(&ca, rc, namespace, hosts, current.nodes.as_ref(), now)?;
     let admin = admin_secret(&ca, rc, current.admin.as_ref(), now)?;
     let client = client_secret(&ca, rc, current.client.as_ref(), now)?;
-    let mut why = Vec::new();
-    if new_ca {
-        why.push("a new CA".to_string());
-    }
+    let renew_at = [&nodes, &admin, &client]
+        .into_iter()
+        .filter_map(|c| c.renew_at)
+        .chain([next_step])
+        .min();
     let issued: Vec<_> = [&nodes, &admin, &client]
         .into_iter()
         .flat_map(|c| c.issued.iter().cloned())
@@ -724,7 +1002,7 @@ pub fn owned_secrets(
     let (admin_cert, ca_pem) = client_identity(&admin.secret, None)?;
     let mut to_write = Vec::new();
     for (made, was) in [
-        (ca.secret(rc), &current.ca),
+        (ca_secret, &current.ca),
         (nodes.secret, &current.nodes),
         (admin.secret, &current.admin),
         (client.secret, &current.client),
@@ -745,6 +1023,7 @@ pub fn owned_secrets(
         to_write,
         admin: admin_cert,
         ca_pem,
+        renew_at,
     })
 }
 
@@ -755,6 +1034,7 @@ fn describe_issued(issued: &[(String, Reissue)]) -> Vec<String> {
         let why = match why {
             Reissue::Missing => "new".to_string(),
             Reissue::Renewal => "renewed (less than a third of its lifetime left)".into(),
+            Reissue::Lifetime => "reissued (spec.tls.certificateLifetimeSecs changed)".into(),
             Reissue::Changed => "reissued (its names or role changed)".into(),
             Reissue::OtherCa => "reissued (another CA signed it)".into(),
             Reissue::Unreadable(e) => format!("reissued (unreadable: {e})"),
@@ -893,6 +1173,9 @@ mod tests {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
     use std::collections::BTreeMap;
+
+    /// The wait between CA rotation steps in these tests.
+    const PROPAGATION: Duration = Duration::from_secs(180);
 
     const DEMO: &str =
         "metadata: {name: demo, namespace: prod, uid: u-1}\nspec: {replicas: 3, tls: {enabled: true}}\n";
@@ -1104,6 +1387,168 @@ mod tests {
         }
     }
 
+    /// Whether a CA of `bundle` (PEM certificates) signed `cert_pem` for
+    /// client authentication at `at`, as a member's rustls checks a peer.
+    fn trusts(bundle: &str, cert_pem: &str, at: SystemTime) -> bool {
+        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bundle.as_bytes())
+            .collect::<std::result::Result<_, _>>()
+            .expect("PEM certificates");
+        let anchors: Vec<_> = cas
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).expect("a CA"))
+            .collect();
+        let leaf = der(cert_pem);
+        let ee = webpki::EndEntityCert::try_from(&leaf).expect("a certificate");
+        let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).expect("after 1970"));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            at,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
+
+    /// Every certificate (members', admin, client) and every `ca.crt` of a
+    /// set of the operator's Secrets.
+    fn leaves_and_trust(o: &OwnedSecrets) -> (Vec<String>, Vec<String>) {
+        let mut leaves = Vec::new();
+        let mut trust = Vec::new();
+        for s in [&o.nodes, &o.admin, &o.client].into_iter().flatten() {
+            for (k, v) in s.data.as_ref().expect("data") {
+                let text = String::from_utf8(v.0.clone()).expect("text");
+                if k == CA_CRT {
+                    trust.push(text);
+                } else if k.ends_with(".crt") {
+                    leaves.push(text);
+                }
+            }
+        }
+        (leaves, trust)
+    }
+
+    /// What a pass wrote, laid over what was there.
+    fn written(mut o: OwnedSecrets, due: &SecretsDue) -> OwnedSecrets {
+        for s in &due.to_write {
+            let name = s.metadata.name.clone().expect("name");
+            let slot = match name.as_str() {
+                "demo-tls-ca" => &mut o.ca,
+                "demo-tls-nodes" => &mut o.nodes,
+                "demo-tls-admin" => &mut o.admin,
+                "demo-tls-client" => &mut o.client,
+                other => panic!("unexpected Secret {other}"),
+            };
+            *slot = Some(s.clone());
+        }
+        o
+    }
+
+    /// `raftkit.io/caRotatedAt` set: a new CA is trusted beside the old;
+    /// once that has had time to reach the pods it signs every certificate
+    /// anew; once those have, the old CA is dropped. At every step a pod
+    /// still holding the Secrets of the step before and one holding the new
+    /// ones trust each other's certificates, so no link is refused. The same
+    /// annotation does not rotate twice; a CA with less than a third of its
+    /// ten years left rotates by itself.
+    #[test]
+    fn the_ca_is_rotated_in_steps_that_never_leave_two_pods_distrusting() {
+        let r = rc(DEMO);
+        let hosts = dns_hosts(&r, "prod", 0..3);
+        let pass = |r: &RaftCluster, o: &OwnedSecrets, at: SystemTime| {
+            owned_secrets(r, "prod", &hosts, o, at, PROPAGATION).expect("a pass")
+        };
+        let first = pass(&r, &OwnedSecrets::default(), t0());
+        let mut state = written(OwnedSecrets::default(), &first);
+        let first_ca = CaSet::from_secret(state.ca.as_ref().expect("ca")).expect("reads");
+        let old_ca = first_ca.signing.cert_pem().to_string();
+        assert_eq!(first_ca.trust_pem(), old_ca, "one CA: trusted as it is");
+        let t1 = t0() + Duration::from_secs(3600);
+        assert!(pass(&r, &state, t1).to_write.is_empty());
+
+        let mut asked = r.clone();
+        asked.metadata.annotations = Some(
+            [(
+                crate::crd::CA_ROTATED_AT.to_string(),
+                "2027-01-15T01:00:00Z".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        let steps = [
+            (t1, "a new CA trusted beside the old (raftkit.io/caRotatedAt 2027-01-15T01:00:00Z)"),
+            (t1 + PROPAGATION, "the new CA signs (the old one still trusted); demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: reissued (another CA signed it)"),
+            (t1 + 2 * PROPAGATION, "the old CA is no longer trusted"),
+        ];
+        let renewals = [
+            t1 + PROPAGATION,
+            t1 + 2 * PROPAGATION,
+            t1 + PROPAGATION + LEAF_VALIDITY * 2 / 3,
+        ];
+        for (i, ((at, want), renew_at)) in steps.into_iter().zip(renewals).enumerate() {
+            if i > 0 {
+                let early = pass(&asked, &state, at - Duration::from_secs(1));
+                assert!(early.to_write.is_empty(), "step {i} waits: {:?}", early.due);
+            }
+            let due = pass(&asked, &state, at);
+            assert_eq!(due.due.as_deref(), Some(want), "step {i}");
+            assert_eq!(due.renew_at, Some(renew_at), "step {i}: the next look");
+            let next = written(state.clone(), &due);
+            // Pods on either side of the step trust each other.
+            let (before_leaves, before_trust) = leaves_and_trust(&state);
+            let (after_leaves, after_trust) = leaves_and_trust(&next);
+            for trust in before_trust.iter().chain(&after_trust) {
+                for leaf in before_leaves.iter().chain(&after_leaves) {
+                    assert!(
+                        trusts(trust, leaf, at),
+                        "step {i}: a certificate not trusted"
+                    );
+                }
+            }
+            state = next;
+        }
+        let done = CaSet::from_secret(state.ca.as_ref().expect("ca")).expect("reads");
+        let new_ca = done.signing.cert_pem().to_string();
+        assert_ne!(new_ca, old_ca);
+        assert_eq!((done.next.is_none(), done.previous.is_none()), (true, true));
+        let (leaves, trust) = leaves_and_trust(&state);
+        assert!(
+            trust.iter().all(|t| *t == new_ca),
+            "only the new CA trusted"
+        );
+        let (first_leaves, _) = leaves_and_trust(&written(OwnedSecrets::default(), &first));
+        let later = t1 + 3 * PROPAGATION;
+        assert!(leaves.iter().all(|l| trusts(&new_ca, l, later)));
+        assert!(
+            first_leaves.iter().all(|l| !trusts(&new_ca, l, later)),
+            "the old CA's certificates are refused"
+        );
+        assert!(
+            pass(&asked, &state, later).to_write.is_empty(),
+            "the same annotation rotates once"
+        );
+
+        // Unasked, once less than a third of its ten years is left.
+        let ca_due = renewal_due_at(&new_ca, CA_VALIDITY, RENEW_WHEN_REMAINING).expect("parses");
+        assert!(
+            pass(&r, &state, ca_due)
+                .to_write
+                .iter()
+                .all(|s| s.metadata.name.as_deref() != Some("demo-tls-ca")),
+            "exactly a third left: the CA stays"
+        );
+        let auto = pass(&r, &state, ca_due + Duration::from_secs(1));
+        assert!(
+            auto.due.as_deref().is_some_and(|d| d.starts_with(
+                "a new CA trusted beside the old (less than a third of the CA's lifetime left)"
+            )),
+            "{:?}",
+            auto.due
+        );
+    }
+
     #[test]
     fn a_certificate_is_renewed_once_less_than_a_third_of_its_lifetime_remains() {
         let r = rc(DEMO);
@@ -1111,10 +1556,15 @@ mod tests {
         let cert = ca
             .issue_node(&r, "prod", 0, &pod_dns_name(&r, "prod", 0), t0())
             .expect("cert");
-        let lifetime = LEAF_VALIDITY + BACKDATE;
         let not_after = t0() + LEAF_VALIDITY;
-        let renew_from = not_after - lifetime / 3;
-        let due = |at| needs_renewal(&cert.cert_pem, at, RENEW_WHEN_REMAINING).expect("parses");
+        let renew_from = not_after - LEAF_VALIDITY / 3;
+        assert_eq!(
+            ca.renewal_due_at(&cert.cert_pem).expect("parses"),
+            renew_from
+        );
+        let due = |at| {
+            needs_renewal(&cert.cert_pem, at, LEAF_VALIDITY, RENEW_WHEN_REMAINING).expect("parses")
+        };
         assert!(!due(t0()));
         assert!(
             !due(t0() - BACKDATE - Duration::from_secs(60)),
@@ -1130,19 +1580,92 @@ mod tests {
             numerator: 1,
             denominator: 2,
         };
-        let halfway = not_after - lifetime / 2;
-        assert!(!needs_renewal(&cert.cert_pem, halfway, half).expect("parses"));
-        assert!(
-            needs_renewal(&cert.cert_pem, halfway + Duration::from_secs(1), half).expect("parses")
-        );
+        let halfway = not_after - LEAF_VALIDITY / 2;
+        assert!(!needs_renewal(&cert.cert_pem, halfway, LEAF_VALIDITY, half).expect("parses"));
+        assert!(needs_renewal(
+            &cert.cert_pem,
+            halfway + Duration::from_secs(1),
+            LEAF_VALIDITY,
+            half
+        )
+        .expect("parses"));
         assert!(matches!(
-            needs_renewal("not a certificate", t0(), RENEW_WHEN_REMAINING),
+            needs_renewal(
+                "not a certificate",
+                t0(),
+                LEAF_VALIDITY,
+                RENEW_WHEN_REMAINING
+            ),
             Err(TlsError::BadCertificate { .. })
         ));
         // 30 days of 90: renewed with 29 days left, not with 31.
         let day = Duration::from_secs(DAY);
         assert!(!due(not_after - 31 * day));
         assert!(due(not_after - 29 * day));
+    }
+
+    /// `certificateLifetimeSecs: 60`: issued for a minute (after the
+    /// backdating), renewed 40 s after issue, not on every pass; a change of
+    /// the lifetime reissues every certificate at once.
+    #[test]
+    fn the_spec_sets_the_lifetime_and_a_new_lifetime_reissues() {
+        let short = rc(&DEMO.replace(
+            "tls: {enabled: true}",
+            "tls: {enabled: true, certificateLifetimeSecs: 60}",
+        ));
+        assert_eq!(short.certificate_lifetime(), Duration::from_secs(60));
+        let hosts = dns_hosts(&short, "prod", 0..3);
+        let made = owned_secrets(
+            &short,
+            "prod",
+            &hosts,
+            &OwnedSecrets::default(),
+            t0(),
+            PROPAGATION,
+        )
+        .expect("made");
+        let current = OwnedSecrets {
+            ca: made.to_write.first().cloned(),
+            nodes: made.to_write.get(1).cloned(),
+            admin: made.to_write.get(2).cloned(),
+            client: made.to_write.get(3).cloned(),
+        };
+        assert_eq!(made.renew_at, Some(t0() + Duration::from_secs(40)));
+        let cert = pod_cert(current.nodes.as_ref().expect("nodes"), "demo-0");
+        let validity = with_cert(&cert.cert_pem, "cert", |c| {
+            c.validity().not_after.timestamp() - c.validity().not_before.timestamp()
+        })
+        .expect("parses");
+        assert_eq!(validity, 60 + 300, "a minute after five of backdating");
+        let at = |secs: u64| {
+            owned_secrets(
+                &short,
+                "prod",
+                &hosts,
+                &current,
+                t0() + Duration::from_secs(secs),
+                PROPAGATION,
+            )
+            .expect("pass")
+        };
+        assert!(at(39).due.is_none(), "{:?}", at(39).due);
+        assert!(at(40).due.is_none(), "exactly a third left");
+        let due = at(41).due.expect("due 41 s after issue");
+        assert!(
+            due.contains("demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: renewed"),
+            "{due}"
+        );
+        // Back to the default: everything is reissued at once.
+        let long = rc(DEMO);
+        let again =
+            owned_secrets(&long, "prod", &hosts, &current, t0(), PROPAGATION).expect("pass");
+        let due = again.due.expect("a new lifetime reissues");
+        assert!(
+            due.contains("reissued (spec.tls.certificateLifetimeSecs changed)"),
+            "{due}"
+        );
+        assert_eq!(again.to_write.len(), 3, "the CA stays");
+        assert_eq!(again.renew_at, Some(t0() + LEAF_VALIDITY * 2 / 3));
     }
 
     #[test]
@@ -1421,6 +1944,7 @@ mod tests {
             &dns_hosts(&r, "prod", 0..3),
             &OwnedSecrets::default(),
             t0(),
+            PROPAGATION,
         )
         .expect("first");
         assert_eq!(
@@ -1452,8 +1976,15 @@ mod tests {
             now
         };
         let stored = written(&first, &OwnedSecrets::default());
-        let again =
-            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, t0()).expect("again");
+        let again = owned_secrets(
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            &stored,
+            t0(),
+            PROPAGATION,
+        )
+        .expect("again");
         assert!(
             again.to_write.is_empty() && again.due.is_none(),
             "{again:?}"
@@ -1469,21 +2000,42 @@ mod tests {
         .expect("an identity the admin client can use");
 
         // Scale-up: only demo-3's certificate is new.
-        let four =
-            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..4), &stored, t0()).expect("four");
+        let four = owned_secrets(
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..4),
+            &stored,
+            t0(),
+            PROPAGATION,
+        )
+        .expect("four");
         assert_eq!(names(&four.to_write), ["demo-tls-nodes"]);
         assert_eq!(four.due.as_deref(), Some("demo-3: new"));
         let stored = written(&four, &stored);
         // Scale-down: demo-3's is dropped.
-        let three =
-            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, t0()).expect("three");
+        let three = owned_secrets(
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            &stored,
+            t0(),
+            PROPAGATION,
+        )
+        .expect("three");
         assert_eq!(names(&three.to_write), ["demo-tls-nodes"]);
         assert_eq!(three.due.as_deref(), Some("dropped (no such pod): demo-3"));
         let stored = written(&three, &stored);
         // 61 days on: every leaf is renewed, the CA stays.
         let later = t0() + 61 * Duration::from_secs(DAY);
-        let renewed = owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &stored, later)
-            .expect("renewed");
+        let renewed = owned_secrets(
+            &r,
+            "prod",
+            &dns_hosts(&r, "prod", 0..3),
+            &stored,
+            later,
+            PROPAGATION,
+        )
+        .expect("renewed");
         assert_eq!(
             names(&renewed.to_write),
             ["demo-tls-nodes", "demo-tls-admin", "demo-tls-client"]
@@ -1505,7 +2057,14 @@ mod tests {
             ca.data.as_mut().expect("data").remove(CA_KEY);
         }
         assert!(matches!(
-            owned_secrets(&r, "prod", &dns_hosts(&r, "prod", 0..3), &broken, t0()),
+            owned_secrets(
+                &r,
+                "prod",
+                &dns_hosts(&r, "prod", 0..3),
+                &broken,
+                t0(),
+                PROPAGATION
+            ),
             Err(TlsError::MissingKey { .. })
         ));
     }
@@ -1514,8 +2073,15 @@ mod tests {
     fn a_local_pods_certificate_names_the_host_it_advertises() {
         let r = rc(DEMO);
         let hosts = PodHosts::from([(0, "127.0.0.1".to_string()), (1, "127.0.0.1".to_string())]);
-        let made =
-            owned_secrets(&r, "default", &hosts, &OwnedSecrets::default(), t0()).expect("made");
+        let made = owned_secrets(
+            &r,
+            "default",
+            &hosts,
+            &OwnedSecrets::default(),
+            t0(),
+            PROPAGATION,
+        )
+        .expect("made");
         let nodes = &made.to_write[1];
         let cert = pod_cert(nodes, "demo-1");
         assert_eq!(

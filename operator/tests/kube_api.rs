@@ -177,23 +177,47 @@ async fn the_workload_is_server_side_applied_object_by_object_under_one_field_ma
     );
 }
 
+/// `spec.networkPolicy.enabled: false`: nothing is applied to
+/// networkpolicies; the policy is read back and deleted only when this
+/// cluster made it (a user's policy of that name, or none, stays as is).
 #[tokio::test]
-async fn with_the_network_policy_off_none_is_applied() {
-    let (client, mut handle) = mock_client();
-    let backend = KubeBackend::new(client, None, operator_pods());
+async fn with_the_network_policy_off_the_clusters_own_is_deleted_and_no_other() {
+    use raftkit_operator::build;
     let mut r = rc();
     r.spec.network_policy.enabled = false;
-    let call = tokio::spawn(async move { backend.apply(&r, 3, "abc").await });
-    let mut paths = Vec::new();
-    for _ in 0..5 {
-        paths.push(echo(&mut handle).await.path);
+    let ours = serde_json::to_value(build::network_policy(&rc(), &operator_pods())).unwrap();
+    let mut theirs = ours.clone();
+    theirs["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    let policy = "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/demo-node";
+    for (status, live, deleted) in [
+        (StatusCode::OK, ours, true),
+        (StatusCode::OK, theirs, false),
+        (StatusCode::NOT_FOUND, not_found(), false),
+    ] {
+        let (client, mut handle) = mock_client();
+        let backend = KubeBackend::new(client, None, operator_pods());
+        let rr = r.clone();
+        let call = tokio::spawn(async move { backend.apply(&rr, 3, "abc").await });
+        for _ in 0..4 {
+            let s = echo(&mut handle).await;
+            assert_eq!(s.method, Method::PATCH);
+            assert!(!s.path.contains("networkpolicies"), "{}", s.path);
+        }
+        let s = answer(&mut handle, status, live).await;
+        assert_eq!((s.method, s.path.as_str()), (Method::GET, policy));
+        if deleted {
+            let gone =
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+            let s = answer(&mut handle, StatusCode::OK, gone).await;
+            assert_eq!((s.method, s.path.as_str()), (Method::DELETE, policy));
+        }
+        let s = echo(&mut handle).await;
+        assert_applied(&s, "/apis/apps/v1/namespaces/prod/statefulsets/demo");
+        call.await.unwrap().unwrap();
     }
-    call.await.unwrap().unwrap();
-    assert!(
-        paths.iter().all(|p| !p.contains("networkpolicies")),
-        "{paths:?}"
-    );
-    assert_eq!(paths[4], "/apis/apps/v1/namespaces/prod/statefulsets/demo");
 }
 
 /// Observe reads the NetworkPolicy back: missing, or applied from another

@@ -51,6 +51,8 @@ struct Operator {
     pods: Pods,
     /// The manifest asks for mutual TLS (`tls: {enabled: true}`).
     tls: bool,
+    /// ... with this `certificateLifetimeSecs`.
+    cert_lifetime_secs: Option<u64>,
     child: Option<Child>,
     runs: u32,
 }
@@ -89,11 +91,29 @@ impl Operator {
         Operator::start_as(tempfile::tempdir().unwrap(), replicas, pods, true)
     }
 
+    /// Processes over mutual TLS with certificates valid `secs` seconds.
+    fn start_with_short_certificates(replicas: u32, secs: u64) -> Operator {
+        let mut op = Operator {
+            dir: tempfile::tempdir().unwrap(),
+            pods: Pods::Processes {
+                base_port: free_port_range(9),
+            },
+            tls: true,
+            cert_lifetime_secs: Some(secs),
+            child: None,
+            runs: 0,
+        };
+        op.write_manifest(replicas, None, false);
+        op.launch();
+        op
+    }
+
     fn start_as(dir: tempfile::TempDir, replicas: u32, pods: Pods, tls: bool) -> Operator {
         let mut op = Operator {
             dir,
             pods,
             tls,
+            cert_lifetime_secs: None,
             child: None,
             runs: 0,
         };
@@ -111,17 +131,32 @@ impl Operator {
     }
 
     fn write_manifest(&self, replicas: u32, restarted_at: Option<&str>, paused: bool) {
-        let annotations = restarted_at
-            .map(|r| format!("  annotations:\n    raftkit.io/restartedAt: \"{r}\"\n"))
-            .unwrap_or_default();
+        let annotations: Vec<_> = restarted_at
+            .map(|r| ("raftkit.io/restartedAt", r))
+            .into_iter()
+            .collect();
+        self.write_manifest_with(replicas, &annotations, paused);
+    }
+
+    /// The manifest with these annotations on the RaftCluster.
+    fn write_manifest_with(&self, replicas: u32, annotations: &[(&str, &str)], paused: bool) {
+        let annotations = if annotations.is_empty() {
+            String::new()
+        } else {
+            let lines: String = annotations
+                .iter()
+                .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+                .collect();
+            format!("  annotations:\n{lines}")
+        };
         let image = match &self.pods {
             Pods::Processes { .. } => String::new(),
             Pods::Containers { image, .. } => format!("  image: {image}\n"),
         };
-        let tls = if self.tls {
-            "  tls: {enabled: true}\n"
-        } else {
-            ""
+        let tls = match (self.tls, self.cert_lifetime_secs) {
+            (false, _) => String::new(),
+            (true, None) => "  tls: {enabled: true}\n".into(),
+            (true, Some(l)) => format!("  tls: {{enabled: true, certificateLifetimeSecs: {l}}}\n"),
         };
         let text = format!(
             "apiVersion: raftkit.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n{annotations}spec:\n  replicas: {replicas}\n{image}  paused: {paused}\n  raft: {{electionTimeoutMs: 500}}\n{tls}"
@@ -795,6 +830,219 @@ async fn with_tls_enabled_the_operator_issues_every_certificate_and_a_new_pod_ge
     assert!(nodes.join("demo-3.crt").exists());
     load.wait_for_progress(50, Duration::from_secs(20), "after scaling up")
         .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+/// The certificate a member presents to a new connection now (DER).
+async fn served_certificate(addr: &str, tls: &Tls) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = raftkit_tls::connect(tls, tcp, addr).await.unwrap();
+    let certs = stream.get_ref().1.peer_certificates().unwrap();
+    certs[0].as_ref().to_vec()
+}
+
+/// A PEM file's first certificate (DER).
+fn certificate_in(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .as_ref()
+        .to_vec()
+}
+
+/// The UNIX time `pem`'s certificate expires.
+fn not_after(path: &Path) -> std::time::SystemTime {
+    let der = certificate_in(path);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap();
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `certificateLifetimeSecs: 60`: every certificate the operator issued
+/// is renewed about 40 s after issue while a client with the
+/// applications' certificate writes; each member presents its new one to
+/// new connections without a restart; once the first certificates have
+/// expired, a member killed then comes back and rejoins over new links,
+/// and a new client is served. No write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_before_they_expire_and_reloaded_without_a_restart() {
+    let op = Operator::start_with_short_certificates(3, 60);
+    op.wait_running(3, "three members with one-minute certificates")
+        .await;
+    let nodes = op.secret_dir("demo-tls-nodes");
+    let first: Vec<Vec<u8>> = (0..3)
+        .map(|i| certificate_in(&nodes.join(format!("demo-{i}.crt"))))
+        .collect();
+    let first_expiry = not_after(&nodes.join("demo-0.crt"));
+    let pids: Vec<Option<i32>> = (0..3).map(|i| op.pid(&format!("demo-{i}"))).collect();
+    let client = op.tls_client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(20), "over mutual TLS")
+        .await;
+
+    op.wait_event(Duration::from_secs(60), "the renewal", |e| {
+        e.contains(" Normal ApplyTls ")
+            && e.contains(
+                "demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: renewed (less than a third of its lifetime left)",
+            )
+    })
+    .await;
+    let client_dir = op.secret_dir("demo-tls-client");
+    let checker = Tls::load(TlsFiles {
+        cert: Some(client_dir.join("tls.crt")),
+        key: Some(client_dir.join("tls.key")),
+        ca: client_dir.join("ca.crt"),
+    })
+    .unwrap();
+    for i in 0..3u16 {
+        let file = nodes.join(format!("demo-{i}.crt"));
+        let renewed = certificate_in(&file);
+        assert_ne!(renewed, first[usize::from(i)], "demo-{i} renewed");
+        // The node reloads its files within a second or two.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let served = served_certificate(&op.addr(i), &checker).await;
+            if served == certificate_in(&file) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "demo-{i} still presents its first certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let now_pids: Vec<Option<i32>> = (0..3).map(|i| op.pid(&format!("demo-{i}"))).collect();
+    assert_eq!(pids, now_pids, "no member restarted for the renewal");
+    load.wait_for_progress(50, Duration::from_secs(20), "after the renewal")
+        .await;
+
+    // Past the first certificates' expiry: new links and clients work.
+    while std::time::SystemTime::now() < first_expiry + Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = op.leader_pod(&client).await;
+    let follower = (0..3)
+        .map(|i| format!("demo-{i}"))
+        .find(|p| *p != leader)
+        .unwrap();
+    let killed = op.pid(&follower);
+    op.kill_pod(&follower);
+    op.wait_status(Duration::from_secs(60), "the killed member back", |s| {
+        s.phase == "Running"
+            && s.members.len() == 3
+            && s.members.iter().all(|m| m.healthy)
+            && op.pid(&follower).is_some_and(|p| Some(p) != killed)
+    })
+    .await;
+    let fresh = op.tls_client();
+    // A read (a write would not be in the load's tally).
+    tokio::time::timeout(Duration::from_secs(20), fresh.counter_get())
+        .await
+        .expect("a new client is served in time")
+        .expect("a new client is served");
+    load.wait_for_progress(
+        50,
+        Duration::from_secs(20),
+        "after the first certificates expired",
+    )
+    .await;
+    let tally = load.stop().await;
+    tally.check(&client).await;
+}
+
+/// A client identity from PEM files in `dir` (`tls.crt`, `tls.key`,
+/// `ca.crt`), reloaded when they change.
+fn identity_in(dir: &Path) -> Arc<Tls> {
+    Tls::load(TlsFiles {
+        cert: Some(dir.join("tls.crt")),
+        key: Some(dir.join("tls.key")),
+        ca: dir.join("ca.crt"),
+    })
+    .unwrap()
+}
+
+/// The PEM certificates in `path`, each as DER.
+fn certificates_in(path: &Path) -> Vec<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(|c| c.unwrap().as_ref().to_vec())
+        .collect()
+}
+
+/// `raftkit.io/caRotatedAt` set on a TLS cluster under load: a new CA is
+/// trusted beside the old, then signs every certificate anew, then the old
+/// one is dropped, each step a few seconds after the last (the local
+/// backend's Secret propagation). No member restarts, the client keeps
+/// writing (reloading its files), every member presents a certificate of
+/// the new CA, a client still holding the old CA's certificate is refused,
+/// and no write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_is_rotated_on_request_under_load_without_a_restart() {
+    let op = Operator::start_with_tls(3);
+    op.wait_running(3, "three members over mutual TLS").await;
+    let ca_file = op.secret_dir("demo-tls-nodes").join("ca.crt");
+    let old_ca = certificates_in(&ca_file);
+    assert_eq!(old_ca.len(), 1);
+    // The applications' identity as it is now, kept aside.
+    let old_client = op.dir.path().join("old-client");
+    std::fs::create_dir_all(&old_client).unwrap();
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::copy(op.secret_dir("demo-tls-client").join(f), old_client.join(f)).unwrap();
+    }
+    let pids: Vec<Option<i32>> = (0..3).map(|i| op.pid(&format!("demo-{i}"))).collect();
+    let client = op.tls_client();
+    let load = CounterLoad::start(client.clone(), 4);
+    load.wait_for_progress(50, Duration::from_secs(20), "over mutual TLS")
+        .await;
+
+    op.write_manifest_with(3, &[("raftkit.io/caRotatedAt", "rotation-1")], false);
+    for step in [
+        "a new CA trusted beside the old (raftkit.io/caRotatedAt rotation-1)",
+        "the new CA signs (the old one still trusted); demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: reissued (another CA signed it)",
+        "the old CA is no longer trusted",
+    ] {
+        op.wait_event(Duration::from_secs(30), step, |e| {
+            e.contains(" Normal ApplyTls ") && e.contains(step)
+        })
+        .await;
+    }
+    let new_ca = certificates_in(&ca_file);
+    assert_eq!(new_ca.len(), 1, "one CA trusted at the end");
+    assert_ne!(new_ca, old_ca);
+    let checker = identity_in(&op.secret_dir("demo-tls-client"));
+    for i in 0..3u16 {
+        let file = op
+            .secret_dir("demo-tls-nodes")
+            .join(format!("demo-{i}.crt"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Handshaking with the checker, which trusts only the new CA, is
+        // itself the proof the member's certificate chains to it.
+        while served_certificate(&op.addr(i), &checker).await != certificate_in(&file) {
+            assert!(
+                Instant::now() < deadline,
+                "demo-{i} does not present its new certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let now_pids: Vec<Option<i32>> = (0..3).map(|i| op.pid(&format!("demo-{i}"))).collect();
+    assert_eq!(pids, now_pids, "no member restarted for the rotation");
+    load.wait_for_progress(50, Duration::from_secs(20), "after the rotation")
+        .await;
+
+    let stale = Arc::new(
+        ClusterClient::new(op.addrs(3), "counter", Duration::from_secs(2))
+            .unwrap()
+            .with_tls(identity_in(&old_client)),
+    );
+    let refused = tokio::time::timeout(Duration::from_secs(10), stale.fetch_add(1)).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a client of the old CA wrote: {refused:?}"
+    );
     let tally = load.stop().await;
     tally.check(&client).await;
 }

@@ -21,6 +21,9 @@ use crate::Error;
 
 /// The field manager of every object and status the operator writes.
 pub const FIELD_MANAGER: &str = "raftkit-operator";
+/// How long a changed Secret may take to reach a pod's volume
+/// ([`Workload::secret_propagation`]).
+pub const SECRET_PROPAGATION: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// Pods and objects in a Kubernetes cluster.
 pub struct KubeBackend {
@@ -186,19 +189,17 @@ impl Workload for KubeBackend {
             .collect();
         // The NetworkPolicy lives outside the pods' revision: a missing or
         // stale one is applied again by the next ApplyWorkload.
+        // Turned off, one this cluster made is deleted by the same step.
+        let live = self
+            .api::<NetworkPolicy>(rc)
+            .get_opt(&build::network_policy_name(rc))
+            .await?;
+        let live = live.as_ref().map(|p| &p.metadata);
         let drifted = if rc.spec.network_policy.enabled {
             let desired = build::network_policy(rc, &self.operator);
-            let live = self
-                .api::<NetworkPolicy>(rc)
-                .get_opt(&build::network_policy_name(rc))
-                .await?;
-            build::drift(
-                "the NetworkPolicy",
-                live.as_ref().map(|p| &p.metadata),
-                &desired.metadata,
-            )
+            build::drift("the NetworkPolicy", live, &desired.metadata)
         } else {
-            None
+            build::unwanted_policy(rc, live)
         };
         Ok(Some(WorkloadState {
             replicas,
@@ -218,10 +219,20 @@ impl Workload for KubeBackend {
         self.apply::<PodDisruptionBudget>(rc, &build::pod_disruption_budget(rc))
             .await?;
         // Before the StatefulSet: its pods never serve unguarded. Turned
-        // off, a policy applied before is left alone (never deleted here).
+        // off, the policy this cluster made is deleted (a user's policy of
+        // that name is left alone).
+        let policies = self.api::<NetworkPolicy>(rc);
         if rc.spec.network_policy.enabled {
             let policy = build::network_policy(rc, &self.operator);
             self.apply::<NetworkPolicy>(rc, &policy).await?;
+        } else if let Some(live) = policies.get_opt(&build::network_policy_name(rc)).await? {
+            if build::unwanted_policy(rc, Some(&live.metadata)).is_some() {
+                gone_is_done(
+                    policies
+                        .delete(&build::network_policy_name(rc), &DeleteParams::default())
+                        .await,
+                )?;
+            }
         }
         let sts = build::stateful_set(rc, &ns, replicas, revision)
             .map_err(|e| Error::Workload(e.to_string()))?;
@@ -277,6 +288,13 @@ impl Workload for KubeBackend {
 
     fn pod_addr(&self, rc: &RaftCluster, ordinal: u32) -> String {
         build::pod_addr(rc, &Self::ns(rc), ordinal)
+    }
+
+    /// The kubelet brings a changed Secret to a pod's volume at its next
+    /// sync of the pod (every minute by default) plus its cache's delay;
+    /// three minutes leaves a margin.
+    fn secret_propagation(&self) -> std::time::Duration {
+        SECRET_PROPAGATION
     }
 
     async fn read_secret(&self, rc: &RaftCluster, name: &str) -> Result<Option<Secret>, Error> {

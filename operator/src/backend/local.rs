@@ -716,6 +716,12 @@ impl Workload for LocalBackend {
         self.addr(rc, ordinal)
     }
 
+    /// Secrets are files the pods read in place (bind-mounted into
+    /// containers); a node looks at its files once a second.
+    fn secret_propagation(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+
     async fn read_secret(&self, rc: &RaftCluster, name: &str) -> Result<Option<Secret>, Error> {
         let dir = self.secret_dir(name)?;
         let entries = match std::fs::read_dir(&dir) {

@@ -110,6 +110,11 @@ pub trait Workload: Send + Sync {
     /// what its certificate must name.
     fn pod_addr(&self, rc: &RaftCluster, ordinal: u32) -> String;
 
+    /// How long a changed Secret may take to reach every pod that mounts
+    /// it, and its node to reload the files: the wait between the steps of
+    /// a CA rotation (`tls::CaSet::advance`).
+    fn secret_propagation(&self) -> std::time::Duration;
+
     /// The Secret `name` of `rc`'s namespace; `None` when there is none.
     /// Only `metadata.name` and `data` are needed.
     fn read_secret(
