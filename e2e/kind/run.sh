@@ -9,7 +9,10 @@
 #      while a client Job writes (one `raftkit counter fetch-add 1` per pod),
 #      a rolling restart (annotation raftkit.io/restartedAt) and the leader
 #      pod deleted; then the counter must hold at least every acknowledged
-#      increment (a Job pod that succeeded) and at most every attempted one.
+#      increment (a Job pod that succeeded) and at most every attempted one;
+#   5. examples/raftcluster-tls.yaml as "secure": a client with the
+#      applications' Secret served, one without a certificate refused, then
+#      the CA rotated (raftkit.io/caRotatedAt) and a new client served.
 # Needs kind, kubectl, helm and a Docker engine that can pull images (kind's
 # node image); where one is missing it prints "skipped: <why>" and exits 0.
 #
@@ -193,4 +196,56 @@ value=$(kubectl logs reader -n "$ns" | tail -n 1 | tr -dc '0-9')
 say "counter $value; acknowledged $acked, attempted $((acked + failed))"
 ((value >= acked)) || die "acknowledged increments lost: counter $value < $acked acknowledged"
 ((value <= acked + failed)) || die "counter $value exceeds the $((acked + failed)) increments attempted"
-echo "kind e2e: passed (3 -> 5 -> 3, rolling restart and leader loss under writes; $acked acknowledged increments kept)"
+
+# Mutual TLS (issue 21): a second cluster, "secure", from
+# examples/raftcluster-tls.yaml. A pod with the applications' Secret
+# mounted writes; a pod without a certificate is refused; after a CA
+# rotation (raftkit.io/caRotatedAt: three steps, minutes apart) a new pod
+# with the Secret as it is then writes again.
+# run_client NAME SECRET|- ARGS...: a pod running `raftkit ARGS...`, with
+# SECRET's files at /tls when one is named.
+run_client() {
+    local name=$1 secret=$2
+    shift 2
+    local args volumes=""
+    args=$(printf '"%s",' "$@")
+    if [[ $secret != - ]]; then
+        volumes='"volumes": [{"name": "tls", "secret": {"secretName": "'"$secret"'"}}],'
+        volumes+='"containers": [{"name": "'"$name"'", "image": "'"$image"'", "imagePullPolicy": "IfNotPresent",
+          "command": ['"${args%,}"'], "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}]}]'
+    else
+        volumes='"containers": [{"name": "'"$name"'", "image": "'"$image"'", "imagePullPolicy": "IfNotPresent",
+          "command": ['"${args%,}"']}]'
+    fi
+    kubectl run "$name" -n "$ns" --image="$image" --restart=Never \
+        --overrides='{"apiVersion": "v1", "spec": {'"$volumes"'}}' >&2
+}
+pod_finished() {
+    local phase
+    phase=$(kubectl get pod "$1" -n "$ns" -o 'jsonpath={.status.phase}')
+    [[ $phase == Succeeded || $phase == Failed ]]
+}
+tls_args=(raftkit --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt
+    --cluster secure:8080 --timeout-ms 10000 counter fetch-add 1)
+ca_rotated() {
+    kubectl get events -n "$ns" --field-selector involvedObject.name=secure -o 'jsonpath={.items[*].message}' |
+        grep -q "the old CA is no longer trusted"
+}
+
+say "a TLS cluster: secure"
+sed -e "s|^  image: .*|  image: $image|" -e "s|^  name: demo|  name: secure|" \
+    -e "/^spec:/a\\  networkPolicy: { allowedNamespaces: [$ns] }" \
+    examples/raftcluster-tls.yaml | kubectl apply -n "$ns" -f - >&2
+kubectl wait --for=condition=Available raftcluster/secure -n "$ns" --timeout "${timeout_s}s" >&2
+run_client tls-writer secure-tls-client "${tls_args[@]}"
+wait_until "the TLS client finished" pod_succeeded tls-writer
+run_client plain-writer - raftkit --cluster secure:8080 --timeout-ms 5000 counter fetch-add 1
+wait_until "the plain client finished" pod_finished plain-writer
+[[ $(kubectl get pod plain-writer -n "$ns" -o 'jsonpath={.status.phase}') == Failed ]] ||
+    die "a client without a certificate wrote to the TLS cluster"
+kubectl annotate raftcluster secure -n "$ns" --overwrite raftkit.io/caRotatedAt="$(date -u +%FT%TZ)" >&2
+wait_until "the CA rotated (three steps)" ca_rotated
+run_client tls-writer-2 secure-tls-client "${tls_args[@]}"
+wait_until "the TLS client finished after the CA rotation" pod_succeeded tls-writer-2
+
+echo "kind e2e: passed (3 -> 5 -> 3, rolling restart and leader loss under writes; $acked acknowledged increments kept; TLS cluster: certified client served, plain one refused, CA rotated)"
