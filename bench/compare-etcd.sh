@@ -9,9 +9,21 @@
 # target/bench/compare-etcd.json. First it measures the machine's latency
 # floor for one replicated write (target/bench/floor.json).
 #
+# Each system is driven in three layouts (LAYOUTS), the same for both:
+#   leader-shared      every client on one connection to the leader (how
+#                      etcd's own benchmark tool drives etcd: its best);
+#   leader-per-client  a connection per client, all to the leader;
+#   all-members        a connection per client, spread over the three
+#                      members (etcd's followers forward writes to the
+#                      leader; RaftKit's client finds the leader and sends
+#                      there itself, so it differs from leader-per-client
+#                      only in where it starts).
+# Every RaftKit row is compared with the BEST etcd row at that client count
+# (most puts/s): the headline ratio is RaftKit's best against etcd's best.
+#
 #   bench/compare-etcd.sh                 # full run
 #   BENCH_SECS=5 CLIENTS="1 64" bench/compare-etcd.sh
-#   BENCH_CONNS=1 bench/compare-etcd.sh   # all clients share one connection (both systems)
+#   LAYOUTS=leader-shared bench/compare-etcd.sh   # one layout only
 #   RAFTKIT_IDLE_POLL_US=0 bench/compare-etcd.sh
 #       # RaftKit's nodes run with --idle-poll-us 0 instead of the default
 #       # `auto` (which keeps idle CPUs awake after each write at light load,
@@ -27,8 +39,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 secs="${BENCH_SECS:-20}"
 clients="${CLIENTS:-1 16 64 256}"
-# Connections the clients share, for both systems (0: one per client).
-conns="${BENCH_CONNS:-0}"
+layouts="${LAYOUTS:-leader-shared leader-per-client all-members}"
+for l in $layouts; do
+  case $l in
+    leader-shared | leader-per-client | all-members) ;;
+    *) echo "unknown layout '$l' (LAYOUTS: leader-shared, leader-per-client, all-members)" >&2; exit 2 ;;
+  esac
+done
 out_dir="$root/target/bench"
 mkdir -p "$out_dir"
 
@@ -95,50 +112,95 @@ echo "== RaftKit idle polling: --idle-poll-us $idle_poll, window in force ${wind
 if [ "${window:-0}" = 0 ]; then rm -f "$out_dir/floor-idle-poll.json"; fi
 
 etcd_eps="127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792"
+# The leaders, asked again before every point (an election may move one).
+etcd_leader() {
+  for ep in ${etcd_eps//,/ }; do
+    # The gRPC gateway's Status: this member's id and the leader's.
+    if curl -fs -X POST "http://$ep/v3/maintenance/status" -d '{}' |
+      python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("leader") and s["leader"] == s["header"]["member_id"] else 1)'; then
+      echo "$ep"
+      return
+    fi
+  done
+  echo "no etcd leader" >&2
+  exit 1
+}
+raftkit_leader() {
+  "$raftkit" --cluster "$rk_cluster" --output json status |
+    python3 -c 'import json,sys
+for m in json.load(sys.stdin):
+    for g in m.get("groups", []):
+        if g["group"] == "kv" and g["role"] == "leader":
+            print(m["addr"]); sys.exit(0)
+sys.exit("no RaftKit leader of kv")'
+}
 rows="$out_dir/compare-etcd.jsonl"
 : >"$rows"
-run() { # system cluster op clients
+run() { # system layout op clients
+  local all endpoints conns
+  if [ "$1" = etcd ]; then all=$etcd_eps; else all=$rk_cluster; fi
+  case $2 in
+    leader-shared) conns=1 ;;
+    leader-per-client | all-members) conns=0 ;;
+  esac
+  if [ "$2" = all-members ]; then endpoints=$all
+  elif [ "$1" = etcd ]; then endpoints=$(etcd_leader)
+  else endpoints=$(raftkit_leader); fi
   # Start each point on a quiet disk: flush what the previous point left
   # dirty (etcd's backend writes in particular) and let writeback settle.
   sync
   sleep 2
-  echo "-- $1 $3 clients=$4" >&2
-  "$raftkit" --cluster "$2" --output json bench --system "$1" --op "$3" --clients "$4" \
+  echo "-- $1 $2 $3 clients=$4 (endpoints $endpoints)" >&2
+  "$raftkit" --cluster "$endpoints" --output json bench --system "$1" --op "$3" --clients "$4" \
     --duration-s "$secs" --warmup-s 2 --key-size 16 --value-size 256 --key-space 100000 \
-    --conns "$conns" >>"$rows"
+    --conns "$conns" | python3 -c 'import json,sys; r=json.load(sys.stdin); r["layout"]=sys.argv[1]; print(json.dumps(r))' "$2" >>"$rows"
 }
 for c in $clients; do
-  run etcd "$etcd_eps" put "$c"
-  run raftkit "$rk_cluster" put "$c"
-  run raftkit "$rk_cluster" fetch-add "$c"
+  for l in $layouts; do
+    run etcd "$l" put "$c"
+    run raftkit "$l" put "$c"
+  done
+  run raftkit all-members fetch-add "$c"
 done
 
 python3 - "$rows" "$out_dir/compare-etcd.json" "$out_dir/floor.json" "$out_dir/floor-idle-poll.json" <<'PY'
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 json.dump(rows, open(sys.argv[2], "w"), indent=2)
-def find(system, op, c):
-    return next((r for r in rows if r["system"] == system and r["op"] == op and r["clients"] == c), None)
+def of(system, op, c):
+    return [r for r in rows if r["system"] == system and r["op"] == op and r["clients"] == c]
+def best(rs):
+    return max(rs, key=lambda r: r["ops_per_sec"]) if rs else None
 print()
-print(f"{'clients':>7} | {'etcd put/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'raftkit put/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'ratio ops':>9} {'ratio p99':>9} | {'fetch-add/s':>11} {'p99 ms':>7}")
+print(f"{'clients':>7} {'system':>8} {'layout':>18} | {'put/s':>8} {'p50 ms':>7} {'p99 ms':>7} | {'vs etcd best: put/s':>19} {'p99':>6}")
+headline = {}
 for c in sorted({r["clients"] for r in rows}):
-    e, k, f = find("etcd", "put", c), find("raftkit", "put", c), find("raftkit", "fetch-add", c)
-    if not (e and k):
-        continue
-    ratio = k["ops_per_sec"] / e["ops_per_sec"] if e["ops_per_sec"] else float("nan")
-    rp99 = k["p99_ms"] / e["p99_ms"] if e["p99_ms"] else float("nan")
-    fa = f"{f['ops_per_sec']:>11.0f} {f['p99_ms']:>7.2f}" if f else ""
-    print(f"{c:>7} | {e['ops_per_sec']:>10.0f} {e['p50_ms']:>7.2f} {e['p99_ms']:>7.2f} | {k['ops_per_sec']:>13.0f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f} | {ratio:>9.2f} {rp99:>9.2f} | {fa}")
+    e = best(of("etcd", "put", c))
+    for system in ("etcd", "raftkit"):
+        for r in sorted(of(system, "put", c), key=lambda r: r.get("layout", "")):
+            vs = ""
+            if e and system == "raftkit" and e["ops_per_sec"] and e["p99_ms"]:
+                vs = f"{r['ops_per_sec'] / e['ops_per_sec']:>18.2f}x {r['p99_ms'] / e['p99_ms']:>5.2f}x"
+            mark = " (etcd best)" if r is e else ""
+            print(f"{c:>7} {system:>8} {r.get('layout', '?'):>18} | {r['ops_per_sec']:>8.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} | {vs}{mark}")
+    f = of("raftkit", "fetch-add", c)
+    if f:
+        print(f"{c:>7} {'raftkit':>8} {'fetch-add':>18} | {f[0]['ops_per_sec']:>8.0f} {f[0]['p50_ms']:>7.2f} {f[0]['p99_ms']:>7.2f} |")
+    k = best(of("raftkit", "put", c))
+    if e and k:
+        headline[c] = (k, e)
 print()
-for c, name in ((64, "64 clients"),):
-    e, k = find("etcd", "put", c), find("raftkit", "put", c)
-    if e and k and e["ops_per_sec"] and e["p99_ms"]:
-        print(f"{name}: put/s ratio {k['ops_per_sec'] / e['ops_per_sec']:.2f} (target >= 3), "
-              f"p99 ratio {k['p99_ms'] / e['p99_ms']:.2f} (target <= 0.33)")
+for c, (k, e) in sorted(headline.items()):
+    line = (f"{c} clients: RaftKit best ({k.get('layout')}) {k['ops_per_sec']:.0f} put/s, p99 {k['p99_ms']:.2f} ms; "
+            f"etcd best ({e.get('layout')}) {e['ops_per_sec']:.0f} put/s, p99 {e['p99_ms']:.2f} ms: "
+            f"put/s ratio {k['ops_per_sec'] / e['ops_per_sec']:.2f}, p99 ratio {k['p99_ms'] / e['p99_ms']:.2f}")
+    if c == 64:
+        line += " (targets: >= 3, <= 0.33)"
+    print(line)
 floor = json.load(open(sys.argv[3]))
-k = find("raftkit", "put", 1)
+k = best(of("raftkit", "put", 1))
 if k:
-    print(f"1 client: put p50 {k['p50_ms']:.3f} ms; floor {floor['floor_ms']:.3f} ms "
+    print(f"1 client: put p50 {k['p50_ms']:.3f} ms ({k.get('layout')}); floor {floor['floor_ms']:.3f} ms "
           f"(fsync {floor['fsync_p50_ms']:.3f} + 2 x rtt {floor['rtt_p50_ms']:.3f}); "
           f"target p50 <= {2 * floor['floor_ms']:.3f} ms")
     if floor.get("floor_same_cpu_ms"):
