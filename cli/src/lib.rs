@@ -143,7 +143,8 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// One line per member and group: role, term, leader, indexes.
+    /// One line per member and group: role, term, leader, indexes (every
+    /// member the asked ones name is asked too).
     Status,
     /// Each member's state-machine digest per group and the applied index it
     /// was taken at; members at the same index must agree (like etcd's
@@ -877,8 +878,26 @@ async fn snapshot(cli: &Cli, peer: &str) -> Result<(), CliError> {
 async fn status(cli: &Cli) -> Result<(), CliError> {
     let c = client(cli, "")?;
     let mut rows: Vec<(String, Result<Vec<NodeStatusReply>, ClientError>)> = Vec::new();
-    for addr in c.addrs() {
-        rows.push((addr.clone(), c.member_status(&addr).await));
+    // The members --cluster names, then every member, learner or leaving
+    // voter their answers name that was not asked yet: one address shows
+    // the whole cluster (an unreachable member gets its row too).
+    let mut ask = c.addrs();
+    while !ask.is_empty() {
+        for addr in std::mem::take(&mut ask) {
+            let r = c.member_status(&addr).await;
+            rows.push((addr, r));
+        }
+        let mut named: Vec<String> = rows
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .flat_map(|g| g.voters.iter().chain(&g.learners).chain(&g.voters_outgoing))
+            .map(|m| m.addr.clone())
+            .filter(|a| !a.is_empty() && !rows.iter().any(|(asked, _)| asked == a))
+            .collect();
+        named.sort();
+        named.dedup();
+        ask = named;
     }
     let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
     match cli.output {

@@ -191,6 +191,16 @@ async fn counter_kv_and_status_commands_against_a_real_cluster() {
     let o = raftkit(&conf, &["--output", "json", "status"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
+    // One address is enough: the members it names are asked too.
+    let text = stdout(&raftkit(one, &["status"]));
+    assert_eq!(
+        text.lines().count(),
+        1 + 3 * 2,
+        "every member from one address:\n{text}"
+    );
+    for a in &addrs {
+        assert!(text.contains(a.as_str()), "{a} missing:\n{text}");
+    }
 
     // The group's cluster format per member, beside the build's limits:
     // every build here is uncapped, so the leaders raise it to 2.
