@@ -223,6 +223,9 @@ pub enum RemoveReason {
     ScaleDown,
     /// Its pod came back with another replica (its disk was lost).
     Replaced,
+    /// No pod of the cluster holds its address (added by hand, or left by
+    /// a pod that is gone): it only weakens the quorum.
+    NoPod,
 }
 
 /// Why nothing can be done now.
@@ -401,6 +404,7 @@ impl fmt::Display for Action {
                 match why {
                     RemoveReason::ScaleDown => "scale down",
                     RemoveReason::Replaced => "its pod lost its data and is replaced",
+                    RemoveReason::NoPod => "no pod of the cluster holds its address",
                 }
             ),
             Action::TransferLeader { from, to, to_pod } => {
@@ -532,6 +536,12 @@ pub fn plan(o: &Observation, opts: Options) -> Action {
     }
     // 2. Members whose pod came back as another replica (disk lost).
     if let Some(a) = plan_replacements(&view, raft) {
+        return a;
+    }
+    // 2b. Members at an address no pod holds (added by hand, say): the
+    // operator keeps the membership to its pods, and such a member is never
+    // healthy in its eyes, so it only weakens the quorum.
+    if let Some(a) = plan_strays(&view, raft, leader) {
         return a;
     }
     // 3. A learner becomes a voter once caught up.
@@ -711,6 +721,29 @@ fn plan_replacements(view: &View, raft: &RaftView) -> Option<Action> {
             i.id != m.id && matches!(i.state, ReplicaState::Empty | ReplicaState::Uninitialized);
         replaced.then(|| remove_if_safe(view, raft, m, RemoveReason::Replaced))
     })
+}
+
+fn plan_strays(view: &View, raft: &RaftView, leader: u64) -> Option<Action> {
+    let m = raft
+        .members
+        .iter()
+        .find(|m| !view.pod_of.contains_key(&m.id))?;
+    if m.id == leader {
+        // Leadership goes to a healthy voter of a pod first.
+        let to = raft
+            .members
+            .iter()
+            .find(|c| c.voter && c.id != leader && view.healthy(c));
+        return Some(match to {
+            Some(c) => Action::TransferLeader {
+                from: leader,
+                to: c.id,
+                to_pod: view.pod_name(c.id).unwrap_or_default(),
+            },
+            None => Action::Wait(Wait::NoTransferTarget),
+        });
+    }
+    Some(remove_if_safe(view, raft, m, RemoveReason::NoPod))
 }
 
 fn plan_promotion(view: &View, raft: &RaftView) -> Option<Action> {

@@ -323,6 +323,69 @@ fn a_member_whose_pod_lost_its_disk_is_removed_then_added_again() {
     assert!(matches!(p(&o), Action::AddLearner { id: 555, .. }));
 }
 
+/// A member no pod holds (added by hand at another address): removed once
+/// that keeps a healthy quorum, after leadership moved away from it; the
+/// cluster is then Done.
+#[test]
+fn a_member_at_an_address_no_pod_holds_is_removed() {
+    let mut o = healthy(3);
+    let stray = RaftMember {
+        id: 900,
+        addr: "10.9.9.9:8080".into(),
+        ..member(0)
+    };
+    r(&mut o).members.push(RaftMember {
+        reachable: false,
+        caught_up: false,
+        ..stray.clone()
+    });
+    let removal = Action::RemoveMember {
+        pod: None,
+        id: 900,
+        expected_conf_index: 7,
+        why: RemoveReason::NoPod,
+    };
+    assert_eq!(p(&o), removal);
+    assert_eq!(
+        removal.to_string(),
+        "remove member 0000000000000384 (no pod of the cluster holds its address; configuration index 7)"
+    );
+    // As a learner too (never promoted).
+    r(&mut o).members[3].voter = false;
+    r(&mut o).members[3].learner = true;
+    assert_eq!(p(&o), removal);
+    r(&mut o).members.pop();
+    assert_eq!(p(&o), Action::Done);
+
+    // The stray leads: leadership moves to a pod's voter first.
+    let mut o = healthy(3);
+    r(&mut o).members.push(stray);
+    r(&mut o).leader = Some(900);
+    assert_eq!(
+        p(&o),
+        Action::TransferLeader {
+            from: 900,
+            to: id(0),
+            to_pod: "demo-0".into()
+        }
+    );
+
+    // Removing a voter that leaves too few healthy ones waits: two pods,
+    // one of them down, and a stray voter (3 voters, 1 healthy).
+    let mut o = healthy(2);
+    w(&mut o).pods[1].ready = false;
+    r(&mut o).members.push(RaftMember {
+        id: 900,
+        addr: "10.9.9.9:8080".into(),
+        ..member(0)
+    });
+    assert!(
+        matches!(p(&o), Action::Wait(Wait::WouldLoseQuorum(_))),
+        "{:?}",
+        p(&o)
+    );
+}
+
 #[test]
 fn a_removed_replica_starts_over_and_foreign_data_is_left_alone() {
     let mut o = healthy(3);

@@ -834,6 +834,52 @@ async fn with_tls_enabled_the_operator_issues_every_certificate_and_a_new_pod_ge
     tally.check(&client).await;
 }
 
+/// A learner added by hand on a node the operator does not run (an address
+/// no pod holds): the operator removes it, saying why, and the cluster is
+/// its three pods again; a client writes all along and no write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_by_hand_outside_the_pods_is_removed() {
+    let op = Operator::start(3);
+    op.wait_running(3, "three members").await;
+    let client = op.client();
+    let load = CounterLoad::start(client.clone(), 2);
+    load.wait_for_progress(50, Duration::from_secs(20), "before")
+        .await;
+
+    let addr = format!("127.0.0.1:{}", raftkit_testkit::procs::free_ports(1)[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let _stray = raftkit_testkit::procs::Proc::start(
+        &addr,
+        &dir.path().join("data"),
+        dir.path(),
+        &["--state-machine".into(), "counter".into()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while raftkit_client::probe::probe(&addr, "/livez").await.is_err() {
+        assert!(Instant::now() < deadline, "the stray node did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin =
+        raftkit_client::AdminClient::new(op.addrs(3), "counter", Duration::from_secs(10)).unwrap();
+    admin
+        .add_learner(&addr, None)
+        .await
+        .expect("a learner added by hand");
+    op.wait_event(Duration::from_secs(60), "the stray removed", |e| {
+        e.contains(" Normal RemoveMember ") && e.contains("no pod of the cluster holds its address")
+    })
+    .await;
+    op.wait_running(3, "the three pods' members again").await;
+    let st = admin.cluster_status().await;
+    assert!(
+        st.voters.iter().chain(&st.learners).all(|m| m.addr != addr),
+        "{st:?}"
+    );
+    load.wait_for_progress(50, Duration::from_secs(20), "after")
+        .await;
+    load.stop().await.check(&client).await;
+}
+
 /// The certificate a member presents to a new connection now (DER).
 async fn served_certificate(addr: &str, tls: &Tls) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
