@@ -17,8 +17,8 @@ pub struct Pass {
     /// The step failed with this error (it is retried on a later pass).
     pub failed: Option<String>,
     pub status: RaftClusterStatus,
-    /// When the first of the operator's certificates is due for renewal:
-    /// look again by then.
+    /// When the first of the operator's certificates is due for renewal,
+    /// or the next step of a CA rotation: look again by then.
     pub renew_at: Option<std::time::SystemTime>,
 }
 

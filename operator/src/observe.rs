@@ -41,7 +41,8 @@ pub struct TlsMaterial {
     /// The identity the operator presents to the members: its admin
     /// certificate, from its own Secret or the user's `adminSecretName`.
     pub admin: Option<Arc<raftkit_tls::Tls>>,
-    /// When the first of the operator's certificates is due for renewal.
+    /// When the first of the operator's certificates is due for renewal,
+    /// or the next step of a CA rotation.
     pub renew_at: Option<SystemTime>,
 }
 
