@@ -674,22 +674,33 @@ fn plan_scale_down(view: &View, raft: &RaftView, leader: u64, target: u32) -> Op
     let (m, _) = *beyond.first()?;
     if m.id == leader {
         // Leadership goes to a healthy voter that stays.
-        let to = raft.members.iter().find(|c| {
-            c.voter
-                && c.id != leader
-                && view.healthy(c)
-                && view.pod_of.get(&c.id).is_some_and(|p| p.ordinal < target)
-        });
-        return Some(match to {
-            Some(c) => Action::TransferLeader {
-                from: leader,
-                to: c.id,
-                to_pod: view.pod_name(c.id).unwrap_or_default(),
-            },
-            None => Action::Wait(Wait::NoTransferTarget),
-        });
+        return Some(move_leadership(view, raft, leader, |p| p.ordinal < target));
     }
     Some(remove_if_safe(view, raft, m, RemoveReason::ScaleDown))
+}
+
+/// Leadership moved from `leader` to a healthy voter whose pod `stays`,
+/// or a wait when there is none.
+fn move_leadership(
+    view: &View,
+    raft: &RaftView,
+    leader: u64,
+    stays: impl Fn(&PodView) -> bool,
+) -> Action {
+    let to = raft.members.iter().find(|c| {
+        c.voter
+            && c.id != leader
+            && view.healthy(c)
+            && view.pod_of.get(&c.id).is_some_and(|p| stays(p))
+    });
+    match to {
+        Some(c) => Action::TransferLeader {
+            from: leader,
+            to: c.id,
+            to_pod: view.pod_name(c.id).unwrap_or_default(),
+        },
+        None => Action::Wait(Wait::NoTransferTarget),
+    }
 }
 
 /// Removing `m` keeps a quorum of healthy voters in the new configuration.
@@ -730,18 +741,7 @@ fn plan_strays(view: &View, raft: &RaftView, leader: u64) -> Option<Action> {
         .find(|m| !view.pod_of.contains_key(&m.id))?;
     if m.id == leader {
         // Leadership goes to a healthy voter of a pod first.
-        let to = raft
-            .members
-            .iter()
-            .find(|c| c.voter && c.id != leader && view.healthy(c));
-        return Some(match to {
-            Some(c) => Action::TransferLeader {
-                from: leader,
-                to: c.id,
-                to_pod: view.pod_name(c.id).unwrap_or_default(),
-            },
-            None => Action::Wait(Wait::NoTransferTarget),
-        });
+        return Some(move_leadership(view, raft, leader, |_| true));
     }
     Some(remove_if_safe(view, raft, m, RemoveReason::NoPod))
 }

@@ -1624,12 +1624,7 @@ mod tests {
             PROPAGATION,
         )
         .expect("made");
-        let current = OwnedSecrets {
-            ca: made.to_write.first().cloned(),
-            nodes: made.to_write.get(1).cloned(),
-            admin: made.to_write.get(2).cloned(),
-            client: made.to_write.get(3).cloned(),
-        };
+        let current = written(OwnedSecrets::default(), &made);
         assert_eq!(made.renew_at, Some(t0() + Duration::from_secs(40)));
         let cert = pod_cert(current.nodes.as_ref().expect("nodes"), "demo-0");
         let validity = with_cert(&cert.cert_pem, "cert", |c| {
@@ -1961,21 +1956,7 @@ mod tests {
             first.due.as_deref(),
             Some("a new CA; demo-0, demo-1, demo-2, raftkit-admin, raftkit-client: new")
         );
-        let written = |d: &SecretsDue, was: &OwnedSecrets| {
-            let mut now = was.clone();
-            for s in &d.to_write {
-                let slot = match s.metadata.name.as_deref() {
-                    Some("demo-tls-ca") => &mut now.ca,
-                    Some("demo-tls-nodes") => &mut now.nodes,
-                    Some("demo-tls-admin") => &mut now.admin,
-                    Some("demo-tls-client") => &mut now.client,
-                    other => panic!("unexpected Secret {other:?}"),
-                };
-                *slot = Some(s.clone());
-            }
-            now
-        };
-        let stored = written(&first, &OwnedSecrets::default());
+        let stored = written(OwnedSecrets::default(), &first);
         let again = owned_secrets(
             &r,
             "prod",
@@ -2011,7 +1992,7 @@ mod tests {
         .expect("four");
         assert_eq!(names(&four.to_write), ["demo-tls-nodes"]);
         assert_eq!(four.due.as_deref(), Some("demo-3: new"));
-        let stored = written(&four, &stored);
+        let stored = written(stored.clone(), &four);
         // Scale-down: demo-3's is dropped.
         let three = owned_secrets(
             &r,
@@ -2024,7 +2005,7 @@ mod tests {
         .expect("three");
         assert_eq!(names(&three.to_write), ["demo-tls-nodes"]);
         assert_eq!(three.due.as_deref(), Some("dropped (no such pod): demo-3"));
-        let stored = written(&three, &stored);
+        let stored = written(stored.clone(), &three);
         // 61 days on: every leaf is renewed, the CA stays.
         let later = t0() + 61 * Duration::from_secs(DAY);
         let renewed = owned_secrets(
