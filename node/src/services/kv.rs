@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use super::kv_key::Key;
 use super::sessions::{command_meta, Sessions};
 use super::{propose_then, read_barrier, require_leader, to_status, wait_for, GroupTable};
 use crate::error::RaftError;
@@ -66,8 +67,9 @@ pub fn check_value(value: &[u8]) -> Result<(), RaftError> {
 pub struct KvState {
     /// A persistent (structurally shared) ordered map: a snapshot takes an
     /// O(1) copy, where cloning a `BTreeMap` of 100k keys held the apply
-    /// thread for 25-35 ms.
-    map: Arc<RwLock<OrdMap<Bytes, Bytes>>>,
+    /// thread for 25-35 ms. Keys are [`Key`]s (short ones in place, so a
+    /// search stays inside each node).
+    map: Arc<RwLock<OrdMap<Key, Bytes>>>,
 }
 
 impl KvState {
@@ -83,11 +85,11 @@ impl KvState {
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
-            .take_while(|(k, _)| k.starts_with(prefix));
+            .take_while(|(k, _)| k.as_slice().starts_with(prefix));
         let items: Vec<(Bytes, Bytes)> = it
             .by_ref()
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_bytes(), v.clone()))
             .collect();
         let more = it.next().is_some();
         (items, more)
@@ -153,7 +155,7 @@ fn execute_op(state: &KvState, op: Option<Op>) -> KvResult {
             if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
                 return failure("invalid", e.to_string());
             }
-            let previous = map.insert(key, value);
+            let previous = map.insert(Key::new(&key), value);
             KvResult {
                 previous,
                 ok: true,
@@ -161,7 +163,7 @@ fn execute_op(state: &KvState, op: Option<Op>) -> KvResult {
             }
         }
         Some(Op::Delete(KvDelete { key })) => {
-            let previous = map.remove(&key);
+            let previous = map.remove(&key[..]);
             KvResult {
                 ok: previous.is_some(),
                 previous,
@@ -176,9 +178,9 @@ fn execute_op(state: &KvState, op: Option<Op>) -> KvResult {
             if let Err(e) = check_key(&key).and_then(|_| check_value(&value)) {
                 return failure("invalid", e.to_string());
             }
-            let current = map.get(&key).cloned();
+            let current = map.get(&key[..]).cloned();
             if current == expected {
-                map.insert(key, value);
+                map.insert(Key::new(&key), value);
                 KvResult {
                     previous: current,
                     ok: true,
@@ -218,9 +220,9 @@ impl StateMachine for KvFsm {
                     .create_file(SNAPSHOT_FILE)
                     .map_err(|e| e.to_string())?;
                 for (k, v) in &copy {
-                    f.write_all(&(k.len() as u32).to_le_bytes())
+                    f.write_all(&(k.as_slice().len() as u32).to_le_bytes())
                         .map_err(|e| e.to_string())?;
-                    f.write_all(k).map_err(|e| e.to_string())?;
+                    f.write_all(k.as_slice()).map_err(|e| e.to_string())?;
                     f.write_all(&(v.len() as u32).to_le_bytes())
                         .map_err(|e| e.to_string())?;
                     f.write_all(v).map_err(|e| e.to_string())?;
@@ -240,7 +242,7 @@ impl StateMachine for KvFsm {
     fn state_digest(&self) -> Option<u64> {
         let mut d = Digest::default();
         for (k, v) in self.state.map.read().iter() {
-            d.field(k).field(v);
+            d.field(k.as_slice()).field(v);
         }
         d.field(&self.sessions.encode());
         Some(d.value())
@@ -273,7 +275,7 @@ impl StateMachine for KvFsm {
                     .map_err(|_| "bad length")?,
             ) as usize;
             let v = take(vl, &mut p)?;
-            map.insert(k, v);
+            map.insert(Key::new(&k), v);
         }
         self.sessions = if reader.has_file(SESSIONS_FILE) {
             Sessions::decode(&reader.read_file(SESSIONS_FILE).map_err(|e| e.to_string())?)?
@@ -587,7 +589,7 @@ mod tests {
         for k in ["a1", "a2", "a3", "b1"] {
             s.map
                 .write()
-                .insert(Bytes::from(k), Bytes::from_static(b"v"));
+                .insert(Key::new(k.as_bytes()), Bytes::from_static(b"v"));
         }
         let (items, more) = s.scan(b"a", 2);
         assert_eq!(

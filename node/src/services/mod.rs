@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod counter;
 pub mod kv;
+pub mod kv_key;
 pub mod mux;
 pub mod sessions;
 
