@@ -36,6 +36,8 @@ pub const MAX_SCAN_LIMIT: u32 = 100_000;
 
 const SNAPSHOT_FILE: &str = "kv";
 const SESSIONS_FILE: &str = "sessions";
+/// Bytes of the KV snapshot file gathered before each write.
+const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 /// Checks a key; the error says what is wrong with it.
 pub fn check_key(key: &[u8]) -> Result<(), RaftError> {
@@ -219,14 +221,21 @@ impl StateMachine for KvFsm {
                 let mut f = writer
                     .create_file(SNAPSHOT_FILE)
                     .map_err(|e| e.to_string())?;
+                // Whole chunks, not four small writes per pair: each write
+                // is a call into the checksummed, buffered file writer.
+                let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK + 1024);
                 for (k, v) in &copy {
-                    f.write_all(&(k.as_slice().len() as u32).to_le_bytes())
-                        .map_err(|e| e.to_string())?;
-                    f.write_all(k.as_slice()).map_err(|e| e.to_string())?;
-                    f.write_all(&(v.len() as u32).to_le_bytes())
-                        .map_err(|e| e.to_string())?;
-                    f.write_all(v).map_err(|e| e.to_string())?;
+                    let k = k.as_slice();
+                    chunk.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                    chunk.extend_from_slice(k);
+                    chunk.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    chunk.extend_from_slice(v);
+                    if chunk.len() >= SNAPSHOT_CHUNK {
+                        f.write_all(&chunk).map_err(|e| e.to_string())?;
+                        chunk.clear();
+                    }
                 }
+                f.write_all(&chunk).map_err(|e| e.to_string())?;
                 f.finish().map_err(|e| e.to_string())?;
                 writer
                     .write_file(SESSIONS_FILE, &sessions)
