@@ -168,6 +168,51 @@ async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
     c.shutdown().await;
 }
 
+/// Under concurrent writes a leader's inputs queue and batch: the first
+/// proposal after each commit no longer runs (and fsyncs) on the thread
+/// that delivered it while the other writers wait behind it
+/// (raft_loop::INLINE_QUIET). A lone writer runs inline again after a
+/// short quiet time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_queue_on_the_leader_and_a_lone_one_runs_inline_again() {
+    let mut c = Cluster::new(3);
+    let l = c.wait_leader(T).await;
+    let node = c.node(l);
+    let inline = move || node.metrics().raft_inputs_inline.load(Ordering::Relaxed);
+    for i in 0..10 {
+        node.propose(payload(i)).await.expect("write succeeds");
+    }
+    // Four writers, each waiting for its answer before the next write.
+    let before = inline();
+    let writers = (0..4).map(|w| async move {
+        for i in 0..100 {
+            node.propose(payload(1000 * (w + 1) + i))
+                .await
+                .expect("write succeeds");
+        }
+    });
+    futures::future::join_all(writers).await;
+    let ran = inline() - before;
+    eprintln!("leader: {ran} inputs run inline over 400 concurrent writes");
+    assert!(
+        ran < 40,
+        "the leader ran {ran} inputs inline over 400 writes from 4 concurrent writers"
+    );
+    // Alone again: once the quiet time is over, lone writes run inline.
+    let mut i = 10;
+    wait_until_async(T, "a lone write runs inline again", || {
+        i += 1;
+        let n = i;
+        async move {
+            let before = inline();
+            node.propose(payload(n)).await.expect("write succeeds");
+            inline() > before
+        }
+    })
+    .await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_leader_after_the_old_one_dies_keeps_every_acknowledged_write() {
     let mut c = Cluster::new(3);

@@ -132,6 +132,16 @@ const MAX_READY_ROUNDS: usize = 4;
 /// How often lazily persisted fields (commit, applied) are written.
 const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// After a leader last had more than one write in flight, its inputs queue
+/// (and batch) for this long before a sender may run one itself again. A
+/// sender that runs the loop also writes and fsyncs the leader's new entry
+/// on its own thread; under concurrent writes the first proposal after
+/// each commit did so, alone, and the network thread reading the next
+/// proposals waited for that fsync. With 2 to 64 closed-loop clients,
+/// queuing everything was 10-28% faster than that (docs/benchmarks.md);
+/// a lone client keeps the inline path.
+const INLINE_QUIET: Duration = Duration::from_millis(10);
+
 struct PendingRead {
     waiters: Vec<ReadWaiter>,
     /// When the request was last (re)issued, for retries.
@@ -302,6 +312,9 @@ pub(crate) struct RaftLoop {
     /// Shared with the inbox: whether `takes_inline` can be true for any
     /// input (updated after each batch).
     inline_hint: Arc<std::sync::atomic::AtomicBool>,
+    /// A leader's senders run no input themselves before this
+    /// ([`INLINE_QUIET`] after it last had more than one write in flight).
+    inline_quiet_until: Instant,
 }
 
 impl RaftLoop {
@@ -387,13 +400,15 @@ impl RaftLoop {
             next_format_check: Instant::now(),
             conf_applied: false,
             inline_hint: Arc::default(),
+            inline_quiet_until: Instant::now(),
         }
     }
 
     /// Whether the sender of `msg` may run it itself (see `inbox`): only
     /// with at most one write in flight, so that inputs under load still
     /// queue and batch. A leader runs proposals, answers and its own
-    /// write's completion; a follower runs an append of at most one entry
+    /// write's completion, and not within [`INLINE_QUIET`] of having had
+    /// more in flight; a follower runs an append of at most one entry
     /// (and writes it there, see `handle_ready`).
     fn takes_inline(&self, msg: &RaftMsg) -> bool {
         if self.failed.is_some() {
@@ -404,7 +419,7 @@ impl RaftLoop {
             RaftMsg::Propose(_) | RaftMsg::Step(..) | RaftMsg::Persisted { .. }
                 if self.raw.raft.state == StateRole::Leader =>
             {
-                log.last_index() <= log.committed + 1
+                log.last_index() <= log.committed + 1 && Instant::now() >= self.inline_quiet_until
             }
             // The leader had nothing but this entry in flight: everything
             // before it was committed when it sent it.
@@ -461,8 +476,11 @@ impl RaftLoop {
             self.on_applied(index);
         }
         let log = &self.raw.raft.raft_log;
-        let could = self.failed.is_none()
-            && (self.raw.raft.state != StateRole::Leader || log.last_index() <= log.committed + 1);
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if leader && log.last_index() > log.committed + 1 {
+            self.inline_quiet_until = now + INLINE_QUIET;
+        }
+        let could = self.failed.is_none() && (!leader || now >= self.inline_quiet_until);
         self.inline_hint
             .store(could, std::sync::atomic::Ordering::Relaxed);
     }
