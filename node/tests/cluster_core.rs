@@ -171,8 +171,9 @@ async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
 /// Under concurrent writes a leader's inputs queue and batch: the first
 /// proposal after each commit no longer runs (and fsyncs) on the thread
 /// that delivered it while the other writers wait behind it
-/// (raft_loop::INLINE_QUIET). A lone writer runs inline again after a
-/// short quiet time.
+/// (raft_loop::INLINE_QUIET); nor does a follower write a lone append on
+/// the thread that read it while the next one waits. A lone writer runs
+/// inline again after a short quiet time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_queue_on_the_leader_and_a_lone_one_runs_inline_again() {
     let mut c = Cluster::new(3);
@@ -182,10 +183,17 @@ async fn concurrent_writers_queue_on_the_leader_and_a_lone_one_runs_inline_again
     for i in 0..10 {
         node.propose(payload(i)).await.expect("write succeeds");
     }
-    // Four writers, each waiting for its answer before the next write.
+    let member_inline = |i: usize| {
+        c.node(i)
+            .metrics()
+            .raft_inputs_inline
+            .load(Ordering::Relaxed)
+    };
+    let members_before: Vec<u64> = (0..3).map(member_inline).collect();
+    // Two writers, each waiting for its answer before the next write.
     let before = inline();
-    let writers = (0..4).map(|w| async move {
-        for i in 0..100 {
+    let writers = (0..2).map(|w| async move {
+        for i in 0..200 {
             node.propose(payload(1000 * (w + 1) + i))
                 .await
                 .expect("write succeeds");
@@ -196,8 +204,16 @@ async fn concurrent_writers_queue_on_the_leader_and_a_lone_one_runs_inline_again
     eprintln!("leader: {ran} inputs run inline over 400 concurrent writes");
     assert!(
         ran < 40,
-        "the leader ran {ran} inputs inline over 400 writes from 4 concurrent writers"
+        "the leader ran {ran} inputs inline over 400 writes from 2 concurrent writers"
     );
+    for (i, b) in members_before.iter().enumerate().filter(|(i, _)| *i != l) {
+        let ran = member_inline(i) - b;
+        eprintln!("follower {i}: {ran} inputs run inline over 400 concurrent writes");
+        assert!(
+            ran < 40,
+            "follower {i} ran {ran} inputs inline over 400 writes from 2 concurrent writers"
+        );
+    }
     // Alone again: once the quiet time is over, lone writes run inline.
     let mut i = 10;
     wait_until_async(T, "a lone write runs inline again", || {

@@ -11,9 +11,9 @@
 //! after it itself, on its own thread; a follower then also writes and
 //! fsyncs there, and its answer leaves from the thread that received the
 //! append. Under load the loop has many writes in flight, and inputs queue
-//! and batch as before; a leader keeps queuing for a short quiet time
+//! and batch as before; a member keeps queuing for a short quiet time
 //! (`INLINE_QUIET`) after it last had more than one write in flight, so that
-//! concurrent writers are not held behind one sender's inline fsync.
+//! concurrent writes are not held behind one sender's inline fsync.
 //!
 //! Order: the queue is only drained under the lock, and a sender that runs
 //! its input first runs whatever was queued before it, so inputs from one

@@ -132,12 +132,14 @@ const MAX_READY_ROUNDS: usize = 4;
 /// How often lazily persisted fields (commit, applied) are written.
 const META_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// After a leader last had more than one write in flight, its inputs queue
-/// (and batch) for this long before a sender may run one itself again. A
-/// sender that runs the loop also writes and fsyncs the leader's new entry
-/// on its own thread; under concurrent writes the first proposal after
-/// each commit did so, alone, and the network thread reading the next
-/// proposals waited for that fsync. With 2 to 64 closed-loop clients,
+/// After a member last had more than one write in flight (its log more
+/// than one entry past its commit), its inputs queue (and batch) for this
+/// long before a sender may run one itself again. A sender that runs the
+/// loop also writes and fsyncs the new entry on its own thread; under
+/// concurrent writes the first proposal after each commit did so on the
+/// leader, alone, and the network thread reading the next proposals
+/// waited for that fsync; a follower did the same with a lone append while
+/// the next append waited unread. With 2 to 64 closed-loop clients,
 /// queuing everything was 10-28% faster than that (docs/benchmarks.md);
 /// a lone client keeps the inline path.
 const INLINE_QUIET: Duration = Duration::from_millis(10);
@@ -312,8 +314,8 @@ pub(crate) struct RaftLoop {
     /// Shared with the inbox: whether `takes_inline` can be true for any
     /// input (updated after each batch).
     inline_hint: Arc<std::sync::atomic::AtomicBool>,
-    /// A leader's senders run no input themselves before this
-    /// ([`INLINE_QUIET`] after it last had more than one write in flight).
+    /// Senders run no input themselves before this ([`INLINE_QUIET`] after
+    /// this member last had more than one write in flight).
     inline_quiet_until: Instant,
 }
 
@@ -407,9 +409,9 @@ impl RaftLoop {
     /// Whether the sender of `msg` may run it itself (see `inbox`): only
     /// with at most one write in flight, so that inputs under load still
     /// queue and batch. A leader runs proposals, answers and its own
-    /// write's completion, and not within [`INLINE_QUIET`] of having had
-    /// more in flight; a follower runs an append of at most one entry
-    /// (and writes it there, see `handle_ready`).
+    /// write's completion; a follower runs an append of at most one entry
+    /// (and writes it there, see `handle_ready`); neither within
+    /// [`INLINE_QUIET`] of having had more in flight.
     fn takes_inline(&self, msg: &RaftMsg) -> bool {
         if self.failed.is_some() {
             return false;
@@ -427,6 +429,7 @@ impl RaftLoop {
                 m.get_msg_type() == MessageType::MsgAppend
                     && m.entries.len() <= 1
                     && m.commit >= m.index
+                    && Instant::now() >= self.inline_quiet_until
             }
             _ => false,
         }
@@ -476,11 +479,10 @@ impl RaftLoop {
             self.on_applied(index);
         }
         let log = &self.raw.raft.raft_log;
-        let leader = self.raw.raft.state == StateRole::Leader;
-        if leader && log.last_index() > log.committed + 1 {
+        if log.last_index() > log.committed + 1 {
             self.inline_quiet_until = now + INLINE_QUIET;
         }
-        let could = self.failed.is_none() && (!leader || now >= self.inline_quiet_until);
+        let could = self.failed.is_none() && now >= self.inline_quiet_until;
         self.inline_hint
             .store(could, std::sync::atomic::Ordering::Relaxed);
     }
