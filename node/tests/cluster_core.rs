@@ -15,12 +15,17 @@ use common::{wait_until, wait_until_async, Cluster, ELECTION_MS};
 use raft::eraftpb::MessageType;
 use raftkit_node::closure::{Done, Task};
 use raftkit_node::error::RaftError;
-use raftkit_node::node::Role;
+use raftkit_node::node::{Node, Role};
 
 const T: Duration = Duration::from_secs(10);
 
 fn payload(i: usize) -> Bytes {
     Bytes::from(format!("entry-{i}"))
+}
+
+/// Raft inputs `node` ran on the thread that delivered them (raft_loop::inbox).
+fn inline_inputs(node: &Node) -> u64 {
+    node.metrics().raft_inputs_inline.load(Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,12 +80,7 @@ async fn replicates_every_entry_in_order_to_every_member() {
 async fn lone_writes_run_on_the_delivering_thread_and_a_burst_queues() {
     let mut c = Cluster::new(3);
     let l = c.wait_leader(T).await;
-    let inline = |i: usize| {
-        c.node(i)
-            .metrics()
-            .raft_inputs_inline
-            .load(Ordering::Relaxed)
-    };
+    let inline = |i: usize| inline_inputs(c.node(i));
     let queued = |i: usize| {
         c.node(i)
             .metrics()
@@ -179,16 +179,11 @@ async fn concurrent_writers_queue_on_the_leader_and_a_lone_one_runs_inline_again
     let mut c = Cluster::new(3);
     let l = c.wait_leader(T).await;
     let node = c.node(l);
-    let inline = move || node.metrics().raft_inputs_inline.load(Ordering::Relaxed);
+    let inline = move || inline_inputs(node);
     for i in 0..10 {
         node.propose(payload(i)).await.expect("write succeeds");
     }
-    let member_inline = |i: usize| {
-        c.node(i)
-            .metrics()
-            .raft_inputs_inline
-            .load(Ordering::Relaxed)
-    };
+    let member_inline = |i: usize| inline_inputs(c.node(i));
     let members_before: Vec<u64> = (0..3).map(member_inline).collect();
     // Two writers, each waiting for its answer before the next write.
     let before = inline();
